@@ -1,0 +1,1 @@
+"""The command line: parses flags, calls the core, renders. Nothing here is imported by the core."""

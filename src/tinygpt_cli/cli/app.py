@@ -1,0 +1,71 @@
+"""The `tinygpt` Typer app and the one place that turns exceptions into exit codes."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from .. import __version__
+from ..errors import TinyGPTError
+from . import data_cmds
+
+app = typer.Typer(
+    name="tinygpt",
+    help="Build a small GPT language model from scratch.\n\nExample: tinygpt prepare shakespeare",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"tinygpt {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """Build a small GPT language model from scratch.
+
+    Example: tinygpt prepare shakespeare && tinygpt train --preset cpu
+    """
+
+
+data_cmds.register(app)
+
+
+def _report(message: str, hint: str | None) -> None:
+    from rich.text import Text
+
+    from .console import err
+
+    err.print(Text.assemble(("Error:", "bold red"), " ", message), soft_wrap=True)
+    if hint:
+        err.print(Text.assemble(("Try:", "bold"), " ", hint), soft_wrap=True)
+
+
+def main() -> None:
+    debug = os.environ.get("TINYGPT_DEBUG") == "1"
+    try:
+        app()
+    except TinyGPTError as e:
+        if debug:
+            raise
+        _report(e.message, e.hint)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        _report("interrupted", None)
+        sys.exit(130)
+    except Exception as e:  # a bug: still one line, the traceback on request
+        if debug:
+            raise
+        _report(f"internal error: {type(e).__name__}: {e}", "TINYGPT_DEBUG=1 tinygpt ...  (shows the traceback; please report it)")
+        sys.exit(1)

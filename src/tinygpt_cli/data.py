@@ -1,0 +1,266 @@
+"""Text in, dataset folder out: read or download, check, build the vocabulary, encode, split.
+
+A dataset folder holds `input.txt` (the raw text), `vocab.json`, `train.bin` and `val.bin`
+(uint16 token ids) and `meta.json` (sizes, checksums, split). `meta.json` is written last and
+removed first, so a folder with a `meta.json` whose checksums match is complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import TinyGPTError, UsageError
+from .fsutil import write_bytes_atomic, write_json_atomic
+from .vocab import Vocabulary
+
+SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+SHAKESPEARE_BYTES = 1_115_394
+
+META_FORMAT = "tinygpt-dataset"
+META_VERSION = 1
+# Each split must hold at least this many tokens, enough for a few windows to train and evaluate on.
+MIN_SPLIT_TOKENS = 256
+# Refuse downloads past this size: a char-level corpus this tool can train on is far smaller.
+MAX_DOWNLOAD_BYTES = 256 * 2**20
+DOWNLOAD_TIMEOUT_S = 30
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def check_name(name: str, what: str = "name") -> str:
+    """A dataset or run name: letters, digits, '.', '_', '-'; no path separators, no '..'."""
+    if not _NAME_RE.match(name) or ".." in name:
+        raise UsageError(
+            f"invalid {what} {name!r}: use letters, digits, '.', '_' and '-' only (no '/' or '..')",
+        )
+    return name
+
+
+def is_url(source: str) -> bool:
+    return "://" in source
+
+
+def download(url: str, max_bytes: int = MAX_DOWNLOAD_BYTES, timeout: float = DOWNLOAD_TIMEOUT_S) -> bytes:
+    """Fetch `url` (http or https only) into memory, refusing bodies over `max_bytes`."""
+    scheme = urllib.parse.urlsplit(url).scheme.lower()
+    if scheme not in ("http", "https"):
+        raise UsageError(f"unsupported URL scheme {scheme!r} in {url}: only http and https", "pass a local file path to --source instead")
+    offline_hint = "tinygpt prepare shakespeare --source PATH/TO/input.txt  (a local copy works offline)"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            declared = response.headers.get("Content-Length")
+            if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+                raise TinyGPTError(f"{url} is {int(declared):,} bytes, over the {max_bytes:,}-byte download limit")
+            body = response.read(max_bytes + 1)
+    except urllib.error.HTTPError as e:
+        raise TinyGPTError(f"download failed: {url} answered HTTP {e.code} {e.reason}", offline_hint) from e
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise TinyGPTError(f"cannot reach {url}: {reason}", offline_hint) from e
+    if len(body) > max_bytes:
+        raise TinyGPTError(f"{url} sent more than the {max_bytes:,}-byte download limit")
+    return body
+
+
+def read_source(source: str) -> bytes:
+    """Bytes of a local file or an http(s) URL."""
+    if is_url(source):
+        return download(source)
+    path = Path(source)
+    try:
+        return path.read_bytes()
+    except FileNotFoundError as e:
+        raise UsageError(f"no such file: {path}") from e
+    except IsADirectoryError as e:
+        raise UsageError(f"{path} is a folder, not a text file") from e
+    except OSError as e:
+        raise TinyGPTError(f"cannot read {path}: {e.strerror}") from e
+
+
+def decode_text(data: bytes, source: str) -> str:
+    """UTF-8 text of `data`; names the byte offset of the first bad byte."""
+    if not data:
+        raise TinyGPTError(f"{source} is empty")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise TinyGPTError(f"{source} is not UTF-8 text: invalid byte 0x{data[e.start]:02x} at byte offset {e.start:,}") from e
+    if "\x00" in text:
+        raise TinyGPTError(f"{source} looks binary: NUL byte at character {text.index(chr(0)):,}")
+    return text
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What `meta.json` records about a prepared dataset folder."""
+
+    name: str
+    path: Path
+    source: str
+    sha256: str
+    text_bytes: int
+    text_chars: int
+    vocab_size: int
+    train_tokens: int
+    val_tokens: int
+    val_fraction: float
+    train_sha256: str
+    val_sha256: str
+
+    def to_dict(self) -> dict:
+        d = {k: v for k, v in self.__dict__.items() if k != "path"}
+        return {"format": META_FORMAT, "version": META_VERSION, **d}
+
+
+def split_sizes(n_tokens: int, val_fraction: float) -> tuple[int, int]:
+    n_train = int(n_tokens * (1 - val_fraction))
+    return n_train, n_tokens - n_train
+
+
+def _read_meta(folder: Path) -> DatasetInfo | None:
+    try:
+        obj = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        if obj.pop("format") != META_FORMAT or obj.pop("version") != META_VERSION:
+            return None
+        return DatasetInfo(path=folder, **obj)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
+def intact_dataset(folder: Path) -> DatasetInfo | None:
+    """The folder's DatasetInfo if every file is present and matches its checksum, else None."""
+    info = _read_meta(folder)
+    if info is None:
+        return None
+    try:
+        ok = (
+            sha256_hex((folder / "input.txt").read_bytes()) == info.sha256
+            and sha256_hex((folder / "train.bin").read_bytes()) == info.train_sha256
+            and sha256_hex((folder / "val.bin").read_bytes()) == info.val_sha256
+            and Vocabulary.load(folder / "vocab.json").size == info.vocab_size
+        )
+    except (OSError, TinyGPTError):
+        return None
+    return info if ok else None
+
+
+def _make_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as e:
+        raise TinyGPTError(f"cannot create data folder {folder}: a file is in the way") from e
+    except OSError as e:
+        raise TinyGPTError(f"cannot create data folder {folder}: {e.strerror}", "pass a writable folder with --data-dir") from e
+
+
+def write_dataset(raw: bytes, folder: Path, name: str, source: str, val_fraction: float) -> DatasetInfo:
+    """Build the vocabulary, encode, split and write every file of a dataset folder."""
+    if not 0 < val_fraction < 1:
+        raise UsageError(f"--val-fraction must be between 0 and 1 (got {val_fraction})")
+    text = decode_text(raw, source)
+    vocab = Vocabulary.from_text(text)
+    ids = vocab.encode_array(text)
+    n_train, n_val = split_sizes(len(ids), val_fraction)
+    if min(n_train, n_val) < MIN_SPLIT_TOKENS:
+        raise TinyGPTError(
+            f"{source} is too short: {len(ids):,} characters give {n_train:,} train and {n_val:,} validation "
+            f"tokens; each split needs at least {MIN_SPLIT_TOKENS}",
+            "use a longer text, or change the split with --val-fraction",
+        )
+    train_bytes, val_bytes = ids[:n_train].tobytes(), ids[n_train:].tobytes()
+    info = DatasetInfo(
+        name=name,
+        path=folder,
+        source=source,
+        sha256=sha256_hex(raw),
+        text_bytes=len(raw),
+        text_chars=len(text),
+        vocab_size=vocab.size,
+        train_tokens=n_train,
+        val_tokens=n_val,
+        val_fraction=val_fraction,
+        train_sha256=sha256_hex(train_bytes),
+        val_sha256=sha256_hex(val_bytes),
+    )
+    _make_folder(folder)
+    try:
+        (folder / "meta.json").unlink(missing_ok=True)  # the folder is incomplete until meta.json is back
+        write_bytes_atomic(folder / "input.txt", raw)
+        vocab.save(folder / "vocab.json")
+        write_bytes_atomic(folder / "train.bin", train_bytes)
+        write_bytes_atomic(folder / "val.bin", val_bytes)
+        write_json_atomic(folder / "meta.json", info.to_dict())
+    except OSError as e:
+        raise TinyGPTError(f"cannot write dataset to {folder}: {e.strerror}", "free some space or pass a writable --data-dir") from e
+    return info
+
+
+@dataclass(frozen=True)
+class PrepareResult:
+    info: DatasetInfo
+    reused: bool
+
+
+def prepare_shakespeare(folder: Path, source: str | None, verify: bool, val_fraction: float) -> PrepareResult:
+    """Tiny Shakespeare from its canonical URL (or `source`), checked against its SHA-256."""
+    existing = intact_dataset(folder)
+    if existing and existing.val_fraction == val_fraction and (not verify or existing.sha256 == SHAKESPEARE_SHA256):
+        return PrepareResult(existing, reused=True)
+    src = source or SHAKESPEARE_URL
+    raw = read_source(src)
+    if verify and sha256_hex(raw) != SHAKESPEARE_SHA256:
+        raise TinyGPTError(
+            f"checksum mismatch for {src}: got SHA-256 {sha256_hex(raw)[:12]}… ({len(raw):,} bytes), "
+            f"expected {SHAKESPEARE_SHA256[:12]}… ({SHAKESPEARE_BYTES:,} bytes)",
+            f"tinygpt prepare shakespeare --source {src} --no-verify  (only if you edited the copy on purpose)",
+        )
+    return PrepareResult(write_dataset(raw, folder, "shakespeare", src, val_fraction), reused=False)
+
+
+def prepare_text(path: Path, folder: Path, name: str, val_fraction: float) -> PrepareResult:
+    """Any UTF-8 text file the user brings."""
+    raw = read_source(str(path))
+    existing = intact_dataset(folder)
+    if existing and existing.sha256 == sha256_hex(raw) and existing.val_fraction == val_fraction:
+        return PrepareResult(existing, reused=True)
+    return PrepareResult(write_dataset(raw, folder, name, str(path), val_fraction), reused=False)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A prepared dataset in memory: both splits as uint16 arrays, and the vocabulary."""
+
+    info: DatasetInfo
+    vocab: Vocabulary
+    train: np.ndarray
+    val: np.ndarray
+
+
+def load_dataset(folder: str | Path) -> Dataset:
+    folder = Path(folder)
+    if not (folder / "meta.json").exists():
+        hint = "tinygpt prepare shakespeare" if folder.name == "shakespeare" else f"tinygpt prepare text FILE --data-dir {folder}"
+        raise TinyGPTError(f"no prepared dataset in {folder}", hint)
+    info = intact_dataset(folder)
+    if info is None:
+        raise TinyGPTError(
+            f"the dataset in {folder} is damaged or incomplete (a file is missing or fails its checksum)",
+            "run the same `tinygpt prepare` command again to rebuild it",
+        )
+    vocab = Vocabulary.load(folder / "vocab.json")
+    train = np.fromfile(folder / "train.bin", dtype=np.uint16)
+    val = np.fromfile(folder / "val.bin", dtype=np.uint16)
+    return Dataset(info=info, vocab=vocab, train=train, val=val)

@@ -1,0 +1,132 @@
+"""The character vocabulary: every distinct character of a text, sorted, one id each."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import TinyGPTError, UsageError
+from .fsutil import write_json_atomic
+
+VOCAB_FORMAT = "tinygpt-vocab"
+VOCAB_VERSION = 1
+# Token files store ids as uint16, so a vocabulary holds at most this many characters.
+MAX_VOCAB_SIZE = 2**16
+
+
+def escape_char(ch: str) -> str:
+    """A visible spelling of a character: whitespace and control characters escaped."""
+    named = {"\n": "\\n", "\t": "\\t", "\r": "\\r", " ": "␣"}
+    if ch in named:
+        return named[ch]
+    if not ch.isprintable():
+        return f"\\u{ord(ch):04x}" if ord(ch) <= 0xFFFF else f"\\U{ord(ch):08x}"
+    return ch
+
+
+class UnknownCharactersError(UsageError):
+    def __init__(self, unknown: Iterable[str]):
+        self.unknown = sorted(set(unknown))
+        listed = " ".join(repr(c) for c in self.unknown[:20])
+        more = f" and {len(self.unknown) - 20} more" if len(self.unknown) > 20 else ""
+        super().__init__(
+            f"{len(self.unknown)} character(s) not in the vocabulary: {listed}{more}",
+            "use only characters of the training text (tinygpt vocab lists them)",
+        )
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """Maps characters to ids and back. Ids follow code-point order, so the mapping is canonical."""
+
+    chars: tuple[str, ...]
+    _codepoints: np.ndarray = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if list(self.chars) != sorted(set(self.chars)) or any(len(c) != 1 for c in self.chars):
+            raise ValueError("vocabulary characters must be distinct single characters in sorted order")
+        if not 0 < len(self.chars) <= MAX_VOCAB_SIZE:
+            raise TinyGPTError(
+                f"the text has {len(self.chars):,} distinct characters; at most {MAX_VOCAB_SIZE:,} fit in uint16 token ids"
+            )
+        codepoints = np.array([ord(c) for c in self.chars], dtype=np.uint32)
+        object.__setattr__(self, "_codepoints", codepoints)
+
+    @classmethod
+    def from_text(cls, text: str) -> Vocabulary:
+        if not text:
+            raise TinyGPTError("the text is empty: there is nothing to build a vocabulary from")
+        codepoints = np.unique(np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32))
+        if len(codepoints) > MAX_VOCAB_SIZE:
+            raise TinyGPTError(
+                f"the text has {len(codepoints):,} distinct characters; at most {MAX_VOCAB_SIZE:,} fit in uint16 token ids"
+            )
+        return cls(tuple(chr(int(c)) for c in codepoints))
+
+    @property
+    def size(self) -> int:
+        return len(self.chars)
+
+    def __len__(self) -> int:
+        return len(self.chars)
+
+    def encode_array(self, text: str) -> np.ndarray:
+        """Token ids of `text` as uint16; raises UnknownCharactersError listing strangers."""
+        codepoints = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        ids = np.searchsorted(self._codepoints, codepoints)
+        ids = np.minimum(ids, len(self._codepoints) - 1)
+        unknown = self._codepoints[ids] != codepoints
+        if unknown.any():
+            raise UnknownCharactersError(chr(int(c)) for c in codepoints[unknown])
+        return ids.astype(np.uint16)
+
+    def encode(self, text: str) -> list[int]:
+        return self.encode_array(text).tolist()
+
+    def decode(self, ids: Iterable[int]) -> str:
+        chars = self.chars
+        try:
+            return "".join(chars[i] for i in ids)
+        except IndexError as e:
+            raise TinyGPTError(f"token id out of range for a vocabulary of {self.size}") from e
+
+    def to_dict(self) -> dict:
+        return {"format": VOCAB_FORMAT, "version": VOCAB_VERSION, "size": self.size, "chars": list(self.chars)}
+
+    @classmethod
+    def from_dict(cls, obj: object, source: str = "vocabulary") -> Vocabulary:
+        ok = (
+            isinstance(obj, dict)
+            and obj.get("format") == VOCAB_FORMAT
+            and obj.get("version") == VOCAB_VERSION
+            and isinstance(obj.get("chars"), list)
+            and all(isinstance(c, str) for c in obj["chars"])
+            and obj.get("size") == len(obj["chars"])
+        )
+        if not ok:
+            raise TinyGPTError(f"{source} is not a tinygpt vocabulary (format {VOCAB_FORMAT} v{VOCAB_VERSION})")
+        try:
+            return cls(tuple(obj["chars"]))
+        except ValueError as e:
+            raise TinyGPTError(f"{source}: {e}") from e
+
+    def save(self, path: str | Path) -> None:
+        write_json_atomic(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> Vocabulary:
+        try:
+            obj = json.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError as e:
+            raise TinyGPTError(f"no vocabulary file at {path}") from e
+        except (OSError, ValueError) as e:
+            raise TinyGPTError(f"cannot read vocabulary {path}: {e}") from e
+        return cls.from_dict(obj, str(path))
+
+    def counts(self, ids: np.ndarray) -> np.ndarray:
+        """How often each id occurs in `ids`."""
+        return np.bincount(ids, minlength=self.size)
