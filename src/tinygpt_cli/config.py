@@ -1,0 +1,201 @@
+"""Hyperparameters as typed pydantic models, presets, and the precedence that resolves them.
+
+Precedence, highest first: command-line flag > `--config FILE.toml` > `--preset` > field default.
+Every field becomes a `--kebab-case` flag of `tinygpt train`; its description is the flag's help.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import ConfigError, UsageError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+def _panel(name: str) -> dict:
+    return {"panel": name}
+
+
+class ModelConfig(BaseModel):
+    """The shape of the network. Changing any of these changes the checkpoint's tensors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    vocab_size: int = Field(65, gt=0, le=2**16, description="Number of distinct characters (set from the dataset).", json_schema_extra=_panel("Model"))
+    block_size: int = Field(256, gt=0, description="Context length: how many characters the model sees at once.", json_schema_extra=_panel("Model"))
+    n_layer: int = Field(6, gt=0, description="Number of Transformer blocks stacked on top of each other.", json_schema_extra=_panel("Model"))
+    n_head: int = Field(6, gt=0, description="Attention heads per block; n_embd must divide by it.", json_schema_extra=_panel("Model"))
+    n_embd: int = Field(384, gt=0, description="Width of the residual stream (embedding size).", json_schema_extra=_panel("Model"))
+    dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Dropout probability during training (0 turns it off).", json_schema_extra=_panel("Model"))
+    bias: bool = Field(False, description="Use bias terms in linear layers and LayerNorms.", json_schema_extra=_panel("Model"))
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> ModelConfig:
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        return self
+
+    @property
+    def head_size(self) -> int:
+        return self.n_embd // self.n_head
+
+
+class TrainConfig(BaseModel):
+    """How to train: optimisation, data and run settings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    batch_size: int = Field(64, gt=0, description="Sequences per optimiser step (per process).", json_schema_extra=_panel("Data"))
+    grad_accum: int = Field(1, gt=0, description="Micro-batches accumulated per optimiser step.", json_schema_extra=_panel("Data"))
+    data_dir: str = Field("data/shakespeare", description="Prepared dataset folder (see `tinygpt prepare`).", json_schema_extra=_panel("Data"))
+
+    max_iters: int = Field(5000, gt=0, description="Total optimiser steps.", json_schema_extra=_panel("Optimisation"))
+    learning_rate: float = Field(1e-3, gt=0, description="Peak learning rate, reached after warmup.", json_schema_extra=_panel("Optimisation"))
+    min_lr: float = Field(1e-4, ge=0, description="Learning rate at the end of the decay.", json_schema_extra=_panel("Optimisation"))
+    warmup_iters: int = Field(100, ge=0, description="Steps of linear warmup from 0 to learning_rate.", json_schema_extra=_panel("Optimisation"))
+    lr_decay: Literal["cosine", "linear", "constant"] = Field("cosine", description="Shape of the decay from learning_rate to min_lr.", json_schema_extra=_panel("Optimisation"))
+    weight_decay: float = Field(0.1, ge=0, description="AdamW decoupled weight decay (2-D weight matrices only).", json_schema_extra=_panel("Optimisation"))
+    beta1: float = Field(0.9, ge=0, lt=1, description="Adam momentum: decay rate of the gradient's running mean.", json_schema_extra=_panel("Optimisation"))
+    beta2: float = Field(0.99, ge=0, lt=1, description="Adam decay rate of the squared gradient's running mean.", json_schema_extra=_panel("Optimisation"))
+    grad_clip: float = Field(1.0, ge=0, description="Clip the gradient norm to this (0 turns clipping off).", json_schema_extra=_panel("Optimisation"))
+
+    eval_interval: int = Field(250, ge=1, description="Evaluate train/val loss and save `last` every N steps.", json_schema_extra=_panel("Run"))
+    eval_iters: int = Field(200, gt=0, description="Batches averaged per loss estimate.", json_schema_extra=_panel("Run"))
+    seed: int = Field(1337, ge=0, description="Random seed: same seed, same run.", json_schema_extra=_panel("Run"))
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="Where to train (auto: cuda, then mps, then cpu).", json_schema_extra=_panel("Run"))
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="Compute precision (auto: bfloat16 on CUDA if supported, else float32).", json_schema_extra=_panel("Run"))
+    compile: bool = Field(False, description="Compile the model with torch.compile (slow start, faster steps).", json_schema_extra=_panel("Run"))
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> TrainConfig:
+        problems = []
+        if self.min_lr > self.learning_rate:
+            problems.append(f"min_lr ({self.min_lr}) must not exceed learning_rate ({self.learning_rate})")
+        if self.warmup_iters >= self.max_iters:
+            problems.append(f"warmup_iters ({self.warmup_iters}) must be smaller than max_iters ({self.max_iters})")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+class RunConfig(BaseModel):
+    """Everything a run needs, as saved in its folder's config.json."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: ModelConfig
+    train: TrainConfig
+
+    def flat(self) -> dict[str, Any]:
+        return {**self.model.model_dump(), **self.train.model_dump()}
+
+
+MODEL_FIELDS = tuple(ModelConfig.model_fields)
+TRAIN_FIELDS = tuple(TrainConfig.model_fields)
+ALL_FIELDS = MODEL_FIELDS + TRAIN_FIELDS
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The classic "baby GPT": about 1.47 validation loss on tiny Shakespeare after 5000 steps on a GPU.
+    "baby": dict(
+        n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=64, dropout=0.2,
+        learning_rate=1e-3, min_lr=1e-4, warmup_iters=100, max_iters=5000, beta2=0.99,
+        eval_interval=250, eval_iters=200,
+    ),
+    # A model worth reading after a few minutes on a 2-core laptop CPU.
+    "cpu": dict(
+        n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, dropout=0.0,
+        learning_rate=1e-3, min_lr=1e-4, warmup_iters=100, max_iters=2000, beta2=0.99,
+        eval_interval=250, eval_iters=20,
+    ),
+}
+DEFAULT_PRESET = "baby"
+
+
+def flag_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Values from a TOML file: flat `field = value` pairs (optionally under [model] / [train])."""
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise UsageError(f"no config file at {path}") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"cannot read config file {path}: {e}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"config file {path} is not valid TOML: {e}") from e
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in ("model", "train") and isinstance(value, dict):
+            values.update(value)
+        elif key == "preset":
+            values["preset"] = value
+        else:
+            values[key] = value
+    unknown = sorted(set(values) - set(ALL_FIELDS) - {"preset"})
+    if unknown:
+        raise ConfigError([f"{k}: unknown setting in {path}" for k in unknown], "tinygpt train --help  (lists every setting)")
+    return values
+
+
+def _format_errors(error: ValidationError) -> list[str]:
+    lines = []
+    for e in error.errors():
+        field = ".".join(str(p) for p in e["loc"] if p not in ("model", "train"))
+        message = e["msg"].removeprefix("Value error, ")
+        if field:
+            lines.append(f"{flag_name(field)}: {message} (got {e.get('input')!r})")
+        else:
+            lines.extend(message.split("; "))
+    return lines
+
+
+def build_config(values: dict[str, Any]) -> RunConfig:
+    """Validate a flat dict of settings; every broken rule becomes one line of a ConfigError."""
+    model_values = {k: v for k, v in values.items() if k in MODEL_FIELDS}
+    train_values = {k: v for k, v in values.items() if k in TRAIN_FIELDS}
+    problems: list[str] = []
+    parts: dict[str, Any] = {}
+    for name, cls, vals in (("model", ModelConfig, model_values), ("train", TrainConfig, train_values)):
+        try:
+            parts[name] = cls(**vals)
+        except ValidationError as e:
+            problems.extend(_format_errors(e))
+    if problems:
+        raise ConfigError(problems, "tinygpt train --help  (lists every setting and its rule)")
+    return RunConfig(**parts)
+
+
+def resolve_config(preset: str | None, config_file: Path | None, flags: dict[str, Any]) -> RunConfig:
+    """Merge preset < config file < flags (flags that are None were not given)."""
+    file_values = read_config_file(config_file) if config_file else {}
+    preset = preset or file_values.pop("preset", None) or DEFAULT_PRESET
+    file_values.pop("preset", None)
+    if preset not in PRESETS:
+        raise UsageError(f"unknown preset {preset!r}: choose from {', '.join(PRESETS)}")
+    values = {**PRESETS[preset], **file_values, **{k: v for k, v in flags.items() if v is not None}}
+    return build_config(values)
+
+
+def check_against_data(config: RunConfig, train_tokens: int, val_tokens: int, vocab_size: int) -> None:
+    """Rules that need the dataset: windows must fit in each split."""
+    problems = []
+    smallest = min(train_tokens, val_tokens)
+    if config.model.block_size >= smallest:
+        problems.append(
+            f"--block-size: {config.model.block_size} must be smaller than each split of the dataset "
+            f"(train {train_tokens:,}, val {val_tokens:,} tokens)"
+        )
+    if config.model.vocab_size != vocab_size:
+        problems.append(f"--vocab-size: {config.model.vocab_size} does not match the dataset's {vocab_size} characters")
+    if problems:
+        raise ConfigError(problems)

@@ -1,0 +1,112 @@
+"""Run folders: `runs/<name>/` with config.json, metrics.jsonl, run.json, last/best checkpoints.
+
+A lock file (flock, released by the kernel even on SIGKILL) keeps a second training out.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from .errors import TinyGPTError
+from .fsutil import write_json_atomic, write_text_atomic
+
+RUNS_DIR = Path("runs")
+
+
+class RunDir:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    config_path = property(lambda self: self.path / "config.json")
+    metrics_path = property(lambda self: self.path / "metrics.jsonl")
+    status_path = property(lambda self: self.path / "run.json")
+    last_path = property(lambda self: self.path / "last.safetensors")
+    best_path = property(lambda self: self.path / "best.safetensors")
+    lock_path = property(lambda self: self.path / ".lock")
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def has_checkpoint(self) -> bool:
+        return self.last_path.exists() or self.best_path.exists()
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the run's lock; a second holder gets a clear error instead of a corrupted run."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise TinyGPTError(f"cannot create run folder {self.path}: {e.strerror or e}", "pass a writable folder with --out") from e
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                raise TinyGPTError(
+                    f"{self.path} is in use by another training (pid {holder})",
+                    "wait for it to finish, or train into another folder with --out runs/NAME",
+                ) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def clear(self) -> None:
+        """Remove a previous run's files (for --overwrite); the lock file stays, it is ours."""
+        for child in self.path.iterdir():
+            if child.name == ".lock":
+                continue
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+    def write_status(self, status: str, **fields: Any) -> None:
+        write_json_atomic(self.status_path, {"status": status, "pid": os.getpid(), "updated": time.time(), **fields})
+
+    def read_status(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.status_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """Metric records in order; a torn last line (a crash mid-write) is skipped."""
+        records = []
+        try:
+            lines = self.metrics_path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return []
+        for line in lines:
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+        return records
+
+    def truncate_metrics(self, iteration: int) -> None:
+        """Drop records past `iteration`: a resumed run logs them again."""
+        kept = [r for r in self.read_metrics() if r.get("iter", 0) <= iteration]
+        write_text_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+def default_run_name() -> str:
+    return time.strftime("%Y%m%d-%H%M%S")
+
+
+def latest_run(root: Path = RUNS_DIR) -> RunDir | None:
+    """The most recently updated run folder under `root` that holds a checkpoint."""
+    if not root.is_dir():
+        return None
+    runs = [RunDir(p) for p in root.iterdir() if p.is_dir()]
+    runs = [r for r in runs if r.has_checkpoint()]
+    if not runs:
+        return None
+    return max(runs, key=lambda r: max(p.stat().st_mtime for p in (r.last_path, r.best_path) if p.exists()))

@@ -1,0 +1,444 @@
+"""Training: batches, learning-rate schedule, AdamW, evaluation, checkpoints and exact resume.
+
+The loop reports progress to a `TrainingReporter`; the CLI supplies one that renders it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import signal
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .checkpoint import Checkpoint, load_checkpoint, load_model_weights, model_weights, save_checkpoint
+from .config import RunConfig, TrainConfig, build_config, check_against_data
+from .data import Dataset, load_dataset
+from .errors import TinyGPTError, TrainingStopped, UsageError
+from .fsutil import write_json_atomic
+from .model import GPT
+from .runs import RunDir
+
+LOG_INTERVAL = 10  # steps between step records in metrics.jsonl
+# Rough sustained throughput, for the projection printed before the first step.
+ASSUMED_FLOPS = {"cpu": 3e10, "mps": 3e12, "cuda": 5e13}
+SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA GPU is available here", "tinygpt train --device cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UsageError("--device mps: Apple's MPS backend is not available here", "tinygpt train --device cpu")
+    return torch.device(name)
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if bf16 else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def autocast_for(device: torch.device, dtype: torch.dtype):
+    """Mixed precision: weights stay fp32, matmuls run in `dtype`."""
+    if dtype == torch.float32:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def flops_per_token(n_params: int, n_layer: int, n_embd: int, block_size: int) -> int:
+    """Training FLOPs per token: 6N for the matmuls forward and backward, plus attention."""
+    return 6 * n_params + 12 * n_layer * n_embd * block_size
+
+
+class Batches:
+    """Random windows of one split. Each step draws one global batch from one seeded generator,
+    so the data order depends only on the seed and the global batch size, never on how the batch
+    is divided between processes or micro-steps."""
+
+    def __init__(self, tokens: np.ndarray, block_size: int, device: torch.device):
+        # One int64 tensor for the whole split; a batch is a gather of windows, no per-batch copies.
+        self.data = torch.from_numpy(tokens.astype(np.int64)).to(device)
+        self.offsets = torch.arange(block_size + 1, device=device)  # (T+1,)
+        self.block_size = block_size
+        self.device = device
+
+    def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        starts = torch.randint(len(self.data) - self.block_size, (n,), generator=generator)
+        windows = self.data[starts.to(self.device)[:, None] + self.offsets]  # (n, T+1)
+        return windows[:, :-1], windows[:, 1:]  # inputs and next-character targets, (n, T) each
+
+
+def learning_rate_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_iters:
+        return cfg.learning_rate * (step + 1) / (cfg.warmup_iters + 1)
+    if cfg.lr_decay == "constant":
+        return cfg.learning_rate
+    progress = min(1.0, (step - cfg.warmup_iters) / max(1, cfg.max_iters - cfg.warmup_iters))
+    coeff = 0.5 * (1 + math.cos(math.pi * progress)) if cfg.lr_decay == "cosine" else 1 - progress
+    return cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices (embeddings, linear weights) only, never biases or norm gains."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    fused = device.type in ("cpu", "cuda")  # one kernel for all parameters instead of a loop
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), fused=fused)
+
+
+class StopSignals:
+    """First SIGINT/SIGTERM: remember it, let the loop save and stop. Second: abort at once."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self) -> StopSignals:
+        for sig in SIGNAL_EXIT:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+@dataclass
+class StartInfo:
+    run: Path
+    config: RunConfig
+    device: str
+    dtype: str
+    n_params: int
+    tokens_per_iter: int
+    start_iter: int
+    projected_seconds: float
+
+
+class TrainingReporter:
+    """Receives progress; the CLI renders it. Every method does nothing by default."""
+
+    def on_start(self, info: StartInfo) -> None: ...
+    def on_step(self, record: dict[str, Any]) -> None: ...
+    def on_eval(self, record: dict[str, Any]) -> None: ...
+    def on_end(self, status: str, record: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    run: Path
+    iteration: int
+    best_val_loss: float | None
+    last_val_loss: float | None
+    elapsed: float
+
+
+class Trainer:
+    def __init__(self, config: RunConfig, dataset: Dataset, run: RunDir, reporter: TrainingReporter,
+                 rank: int = 0, world_size: int = 1):
+        self.config, self.dataset, self.run, self.reporter = config, dataset, run, reporter
+        self.rank, self.world_size = rank, world_size
+        cfg = config.train
+        self.device = pick_device(cfg.device)
+        self.dtype = pick_dtype(cfg.dtype, self.device)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        self.model = GPT(config.model).to(self.device)
+        self.optimizer = make_optimizer(self.model, cfg, self.device)
+        self.forward = torch.compile(self.model) if cfg.compile else self.model
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        self.data_gen = torch.Generator().manual_seed(cfg.seed)
+        block = config.model.block_size
+        self.splits = {"train": Batches(dataset.train, block, self.device), "val": Batches(dataset.val, block, self.device)}
+        self.step = 0
+        self.best_val: float | None = None
+        self.last_val: float | None = None
+        self.evaluated_at = -1
+        self.saved_at = -1
+        self.elapsed_before = 0.0
+
+    # --- state in and out of checkpoints -------------------------------------------------
+    def restore(self, ckpt: Checkpoint) -> None:
+        load_model_weights(self.model, ckpt.weights, self.run.last_path)
+        if ckpt.optimizer is None or ckpt.rng is None:
+            raise TinyGPTError(f"{self.run.last_path} has no optimiser or RNG state: it cannot be resumed")
+        self.optimizer.load_state_dict(ckpt.optimizer)
+        torch.set_rng_state(ckpt.rng["torch"])
+        self.data_gen.set_state(ckpt.rng["data"])
+        if self.device.type == "cuda" and ckpt.rng["cuda"]:
+            torch.cuda.set_rng_state_all(ckpt.rng["cuda"])
+        py = ckpt.rng["python"]
+        random.setstate((py[0], tuple(py[1]), py[2]))
+        np.random.set_state(tuple(ckpt.rng["numpy"]))
+        self.step = ckpt.iteration
+        self.best_val = ckpt.best_val_loss
+        self.last_val = ckpt.val_loss
+        self.evaluated_at = ckpt.progress.get("evaluated_at", -1)
+        self.saved_at = ckpt.iteration
+        self.elapsed_before = ckpt.progress.get("elapsed", 0.0)
+
+    def _checkpoint(self, kind: str) -> Checkpoint:
+        full = kind == "last"
+        np_state = np.random.get_state()
+        rng = {
+            "torch": torch.get_rng_state(),
+            "data": self.data_gen.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            "python": random.getstate(),
+            "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        }
+        return Checkpoint(
+            kind=kind,
+            model_config=self.config.model,
+            vocab=self.dataset.vocab,
+            iteration=self.step,
+            weights=model_weights(self.model),
+            best_val_loss=self.best_val,
+            val_loss=self.last_val,
+            train_config=self.config.train.model_dump(),
+            optimizer=self.optimizer.state_dict() if full else None,
+            rng=rng if full else None,
+            progress={"elapsed": self.elapsed(), "evaluated_at": self.evaluated_at},
+        )
+
+    def save(self, kind: str) -> None:
+        if self.rank != 0:
+            return
+        save_checkpoint(self.run.last_path if kind == "last" else self.run.best_path, self._checkpoint(kind))
+        if kind == "last":
+            self.saved_at = self.step
+
+    # --- the work ------------------------------------------------------------------------
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self._t0
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Mean loss over `eval_iters` batches of each split; the same windows at every evaluation."""
+        cfg = self.config.train
+        self.model.eval()
+        losses = {}
+        for split, batches in self.splits.items():
+            gen = torch.Generator().manual_seed(cfg.seed + 1)
+            total = torch.zeros((), device=self.device)
+            for _ in range(cfg.eval_iters):
+                x, y = batches.sample(cfg.batch_size, gen)
+                with autocast_for(self.device, self.dtype):
+                    _, loss = self.forward(x, y)
+                total += loss.float()
+            losses[split] = self._mean_across_ranks(total / cfg.eval_iters)
+        self.model.train()
+        return losses
+
+    def _mean_across_ranks(self, value: torch.Tensor) -> float:
+        return value.item()
+
+    def train_step(self) -> float:
+        cfg = self.config.train
+        lr = learning_rate_at(self.step, cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        B, accum = cfg.batch_size, cfg.grad_accum
+        x_all, y_all = self.splits["train"].sample(B * self.world_size * accum, self.data_gen)
+        total = torch.zeros((), device=self.device)
+        for micro in range(accum):
+            rows = slice((micro * self.world_size + self.rank) * B, (micro * self.world_size + self.rank + 1) * B)
+            with self._sync_context(micro == accum - 1), autocast_for(self.device, self.dtype):
+                _, loss = self.forward(x_all[rows], y_all[rows])
+            self.scaler.scale(loss / accum).backward()
+            total += loss.detach().float()
+        if cfg.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return (total / accum).item()
+
+    def _sync_context(self, last_micro_step: bool):
+        return nullcontext()
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.rank == 0:
+            with open(self.run.metrics_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def _maybe_evaluate(self) -> None:
+        cfg = self.config.train
+        due = self.step % cfg.eval_interval == 0 or self.step == cfg.max_iters
+        if not due or self.evaluated_at == self.step:
+            return
+        losses = self.evaluate()
+        self.evaluated_at = self.step
+        self.last_val = losses["val"]
+        record = {"iter": self.step, "train_loss": losses["train"], "val_loss": losses["val"],
+                  "lr": learning_rate_at(max(0, self.step - 1), cfg), "elapsed": self.elapsed()}
+        improved = self.best_val is None or losses["val"] < self.best_val
+        if improved:
+            self.best_val = losses["val"]
+        self._log(record)
+        self.save("last")
+        if improved:
+            self.save("best")
+        if self.rank == 0:
+            self.run.write_status("running", iteration=self.step, max_iters=cfg.max_iters, best_val_loss=self.best_val)
+        self.reporter.on_eval({**record, "best_val_loss": self.best_val, "improved": improved})
+
+    def start_info(self) -> StartInfo:
+        cfg, m = self.config.train, self.config.model
+        tokens = cfg.batch_size * cfg.grad_accum * self.world_size * m.block_size
+        n = self.model.num_params()
+        per_iter = flops_per_token(n, m.n_layer, m.n_embd, m.block_size) * tokens
+        speed = ASSUMED_FLOPS[self.device.type] * (torch.get_num_threads() / 2 if self.device.type == "cpu" else 1)
+        projected = per_iter * (cfg.max_iters - self.step) / speed / self.world_size
+        return StartInfo(self.run.path, self.config, str(self.device), str(self.dtype).removeprefix("torch."),
+                         n, tokens, self.step, projected)
+
+    def fit(self) -> TrainResult:
+        cfg = self.config.train
+        self._t0 = time.perf_counter()
+        info = self.start_info()
+        self.reporter.on_start(info)
+        if self.rank == 0:
+            self.run.write_status("running", iteration=self.step, max_iters=cfg.max_iters)
+        window_start, window_steps = time.perf_counter(), 0
+        with StopSignals() as stop:
+            self._maybe_evaluate()
+            while self.step < cfg.max_iters and stop.signum is None:
+                loss = self.train_step()
+                self.step += 1
+                window_steps += 1
+                if not math.isfinite(loss):
+                    self._fail_non_finite(loss)
+                if self.step % LOG_INTERVAL == 0 or self.step == cfg.max_iters:
+                    now = time.perf_counter()
+                    record = {"iter": self.step, "loss": loss, "lr": learning_rate_at(self.step - 1, cfg),
+                              "tokens_per_s": window_steps * info.tokens_per_iter / (now - window_start),
+                              "elapsed": self.elapsed()}
+                    window_start, window_steps = now, 0
+                    self._log(record)
+                    self.reporter.on_step(record)
+                if stop.signum is None:
+                    self._maybe_evaluate()
+            if stop.signum is not None:
+                return self._stop(stop.signum)
+        return self._finish("finished")
+
+    def _finish(self, status: str) -> TrainResult:
+        result = TrainResult(self.run.path, self.step, self.best_val, self.last_val, self.elapsed())
+        if self.rank == 0:
+            self.run.write_status(status, iteration=self.step, max_iters=self.config.train.max_iters,
+                                  best_val_loss=self.best_val, elapsed=result.elapsed)
+        self.reporter.on_end(status, result.__dict__)
+        return result
+
+    def _stop(self, signum: int) -> TrainResult:
+        if self.saved_at != self.step:
+            self.save("last")
+        self._finish("stopped")
+        name = signal.Signals(signum).name
+        raise TrainingStopped(
+            f"{name} received: saved {self.run.last_path} at iteration {self.step}",
+            f"tinygpt resume {self.run.path}",
+            SIGNAL_EXIT[signum],
+        )
+
+    def _fail_non_finite(self, loss: float) -> None:
+        if self.rank == 0:
+            self.run.write_status("failed", iteration=self.step, reason=f"loss {loss} at iteration {self.step}")
+        last = f"{self.run.last_path} (iteration {self.saved_at})" if self.saved_at >= 0 else "none was saved yet"
+        raise TinyGPTError(
+            f"the loss became {loss} at iteration {self.step}; training stopped without saving. Last good checkpoint: {last}",
+            f"tinygpt resume {self.run.path} --learning-rate {self.config.train.learning_rate / 3:g}",
+        )
+
+
+def prepare_training(config: RunConfig) -> tuple[RunConfig, Dataset]:
+    """Load the dataset and fit the config to it (vocabulary size, absolute data path)."""
+    data_dir = Path(config.train.data_dir).resolve()
+    dataset = load_dataset(data_dir)
+    flat = {**config.flat(), "vocab_size": dataset.vocab.size, "data_dir": str(data_dir)}
+    config = build_config(flat)
+    check_against_data(config, len(dataset.train), len(dataset.val), dataset.vocab.size)
+    return config, dataset
+
+
+def train_new(config: RunConfig, run_path: Path, reporter: TrainingReporter | None = None,
+              overwrite: bool = False) -> TrainResult:
+    config, dataset = prepare_training(config)
+    run = RunDir(run_path)
+    with run.locked():
+        if run.has_checkpoint() or run.metrics_path.exists():
+            if not overwrite:
+                raise UsageError(f"{run.path} already holds a run", f"tinygpt resume {run.path}  (or pass --overwrite to start it again)")
+            run.clear()
+        write_json_atomic(run.config_path, config.model_dump())
+        return Trainer(config, dataset, run, reporter or TrainingReporter()).fit()
+
+
+SHAPE_FIELDS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "bias")
+
+
+def read_run_config(run: RunDir) -> RunConfig:
+    try:
+        return RunConfig(**json.loads(run.config_path.read_text(encoding="utf-8")))
+    except FileNotFoundError as e:
+        raise TinyGPTError(f"{run.path} is not a run folder (no config.json)", "tinygpt train --out RUN  (starts one)") from e
+    except Exception as e:
+        raise TinyGPTError(f"{run.config_path} is unreadable: {e}") from e
+
+
+def resume(run_path: Path, overrides: dict[str, Any] | None = None, reporter: TrainingReporter | None = None) -> TrainResult:
+    """Continue a run from its `last` checkpoint; `overrides` may change non-shape settings."""
+    run = RunDir(run_path)
+    if not run.path.is_dir():
+        raise UsageError(f"no run folder at {run.path}", "ls runs/  (lists run folders)")
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    refused = sorted(set(overrides) & set(SHAPE_FIELDS))
+    if refused:
+        raise UsageError(f"cannot change the model's shape on resume ({', '.join('--' + f.replace('_', '-') for f in refused)})",
+                         "start a new run with tinygpt train instead")
+    with run.locked():
+        saved = read_run_config(run)
+        config = build_config({**saved.flat(), **overrides})
+        if not run.last_path.exists():
+            raise TinyGPTError(f"{run.path} has no last checkpoint to resume from", f"tinygpt train --out {run.path} --overwrite")
+        ckpt = load_checkpoint(run.last_path)
+        if config.train.max_iters < ckpt.iteration:
+            raise UsageError(f"--max-iters {config.train.max_iters} is below the {ckpt.iteration} iterations already done",
+                             f"tinygpt resume {run.path} --max-iters {ckpt.iteration * 2}")
+        config, dataset = prepare_training(config)
+        if ckpt.vocab != dataset.vocab:
+            raise TinyGPTError(f"the dataset in {config.train.data_dir} has a different vocabulary from the checkpoint")
+        write_json_atomic(run.config_path, config.model_dump())
+        run.truncate_metrics(ckpt.iteration)
+        trainer = Trainer(config, dataset, run, reporter or TrainingReporter())
+        trainer.restore(ckpt)
+        return trainer.fit()
