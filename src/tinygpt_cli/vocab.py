@@ -76,7 +76,8 @@ class Vocabulary:
 
     def encode_array(self, text: str) -> np.ndarray:
         """Token ids of `text` as uint16; raises UnknownCharactersError listing strangers."""
-        codepoints = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        # surrogatepass: a lone surrogate (e.g. from a non-UTF-8 command-line argument) is reported as unknown
+        codepoints = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
         ids = np.searchsorted(self._codepoints, codepoints)
         ids = np.minimum(ids, len(self._codepoints) - 1)
         unknown = self._codepoints[ids] != codepoints
@@ -104,6 +105,7 @@ class Vocabulary:
             and obj.get("format") == VOCAB_FORMAT
             and obj.get("version") == VOCAB_VERSION
             and isinstance(obj.get("chars"), list)
+            and 0 < len(obj["chars"]) <= MAX_VOCAB_SIZE
             and all(isinstance(c, str) for c in obj["chars"])
             and obj.get("size") == len(obj["chars"])
         )

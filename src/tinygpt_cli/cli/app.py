@@ -9,7 +9,7 @@ import typer
 
 from .. import __version__
 from ..errors import TinyGPTError
-from . import data_cmds
+from . import data_cmds, train_cmds
 
 app = typer.Typer(
     name="tinygpt",
@@ -38,6 +38,7 @@ def _root(
 
 
 data_cmds.register(app)
+train_cmds.register(app)
 
 
 def _report(message: str, hint: str | None) -> None:

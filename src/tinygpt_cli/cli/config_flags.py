@@ -1,0 +1,54 @@
+"""Turn the pydantic config fields into `--kebab-case` Typer options, grouped in help panels.
+
+The config models stay the one place where a hyperparameter, its type, its default and its
+description are written down; the flags of `train`, `resume` and `params` are derived from them.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Iterable
+from typing import Any, Optional
+
+import typer
+
+from ..config import ALL_FIELDS, ModelConfig, TrainConfig, flag_name
+
+_FIELD_INFO = {**ModelConfig.model_fields, **TrainConfig.model_fields}
+
+
+def _option(name: str) -> inspect.Parameter:
+    info = _FIELD_INFO[name]
+    annotation = info.annotation
+    panel = (info.json_schema_extra or {}).get("panel", "Options")
+    default = "" if info.default is None else f" (default {info.default})"
+    kwargs: dict[str, Any] = {"help": f"{info.description}{default}", "rich_help_panel": panel, "show_default": False}
+    decls = [flag_name(name)]
+    if annotation is bool:
+        decls = [f"{flag_name(name)}/--no-{name.replace('_', '-')}"]
+    return inspect.Parameter(
+        name, inspect.Parameter.KEYWORD_ONLY, default=typer.Option(None, *decls, **kwargs), annotation=Optional[annotation]
+    )
+
+
+def with_config_flags(fields: Iterable[str] = ALL_FIELDS) -> Callable:
+    """Decorate `command(flags: dict, **own_options)`: the config fields arrive in `flags`
+    (None where the flag was not given), the command's own options as usual."""
+    fields = tuple(fields)
+
+    def decorate(command: Callable) -> Callable:
+        own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "flags"]
+
+        @functools.wraps(command)
+        def wrapper(**kwargs: Any) -> Any:
+            flags = {name: kwargs.pop(name) for name in fields}
+            return command(flags, **kwargs)
+
+        params = own + [_option(name) for name in fields]
+        del wrapper.__wrapped__  # Typer must read the signature below, not the original one
+        wrapper.__signature__ = inspect.Signature(params)
+        wrapper.__annotations__ = {p.name: p.annotation for p in params}
+        return wrapper
+
+    return decorate

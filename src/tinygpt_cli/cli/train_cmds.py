@@ -1,0 +1,139 @@
+"""`tinygpt train` and `tinygpt resume`, with a live display or plain lines when piped."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from ..config import MODEL_FIELDS, TRAIN_FIELDS
+from .config_flags import with_config_flags
+from .console import err, out
+
+TRAIN_FLAGS = [f for f in MODEL_FIELDS + TRAIN_FIELDS if f != "vocab_size"]  # vocab size comes from the data
+RESUME_FLAGS = [f for f in TRAIN_FIELDS if f not in ("data_dir",)] + ["dropout"]
+
+
+def _fmt_time(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def make_reporter(interactive: bool):
+    """A TrainingReporter that draws a live progress line on a terminal and plain lines otherwise."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from ..train import TrainingReporter
+
+    class Reporter(TrainingReporter):
+        def __init__(self) -> None:
+            self.progress: Progress | None = None
+            self.task = None
+            self.max_iters = 0
+
+        def on_start(self, info) -> None:
+            cfg = info.config
+            self.max_iters = cfg.train.max_iters
+            out.print(
+                f"run {info.run}  |  {info.n_params / 1e6:.2f}M parameters  |  {info.tokens_per_iter:,} tokens/iteration  |  "
+                f"device {info.device} ({info.dtype})  |  {cfg.model.n_layer} layers, {cfg.model.n_head} heads, "
+                f"{cfg.model.n_embd} wide, block {cfg.model.block_size}"
+            )
+            if info.start_iter:
+                out.print(f"resuming at iteration {info.start_iter:,} of {self.max_iters:,}")
+            if info.projected_seconds > 3600:
+                out.print(
+                    f"[yellow]warning:[/] this may take about {info.projected_seconds / 3600:.1f} h on {info.device}; "
+                    "for a quick CPU run try: tinygpt train --preset cpu"
+                )
+            if interactive:
+                self.progress = Progress(
+                    TextColumn("iter {task.completed:>6.0f}/{task.total:.0f}"),
+                    BarColumn(),
+                    TextColumn("loss {task.fields[loss]}  val {task.fields[val]}  lr {task.fields[lr]}  {task.fields[tps]} tok/s"),
+                    TimeElapsedColumn(),
+                    TextColumn("ETA"),
+                    TimeRemainingColumn(),
+                    console=out,
+                    transient=False,
+                )
+                self.progress.start()
+                self.task = self.progress.add_task("train", total=self.max_iters, completed=info.start_iter,
+                                                   loss="-", val="-", lr="-", tps="-")
+
+        def on_step(self, record: dict[str, Any]) -> None:
+            fields = dict(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", tps=f"{record['tokens_per_s']:,.0f}")
+            if self.progress is not None:
+                self.progress.update(self.task, completed=record["iter"], **fields)
+            elif record["iter"] % 100 == 0 or record["iter"] == self.max_iters:
+                out.print(f"iter {record['iter']:>6}  loss {fields['loss']}  lr {fields['lr']}  {fields['tps']} tok/s  "
+                          f"elapsed {_fmt_time(record['elapsed'])}")
+
+        def on_eval(self, record: dict[str, Any]) -> None:
+            star = " *" if record["improved"] else ""
+            line = (f"eval {record['iter']:>6}  train {record['train_loss']:.4f}  val {record['val_loss']:.4f}  "
+                    f"best {record['best_val_loss']:.4f}{star}  elapsed {_fmt_time(record['elapsed'])}")
+            if self.progress is not None:
+                self.progress.update(self.task, val=f"{record['val_loss']:.4f}")
+                self.progress.console.print(line)
+            else:
+                out.print(line)
+
+        def on_end(self, status: str, result: dict[str, Any]) -> None:
+            if self.progress is not None:
+                self.progress.stop()
+            if status == "finished":
+                best = result["best_val_loss"]
+                out.print(f"done: {result['iteration']:,} iterations in {_fmt_time(result['elapsed'])}, "
+                          f"best val loss {best:.4f}  ->  {result['run']}/best.safetensors")
+                out.print(f"next: tinygpt generate --run {result['run']} --prompt \"ROMEO:\"")
+
+    return Reporter()
+
+
+def _interactive() -> bool:
+    return sys.stdout.isatty()
+
+
+@with_config_flags(TRAIN_FLAGS)
+def train(
+    flags: dict,
+    preset: str = typer.Option(None, "--preset", help="Starting values: baby (default, GPU-sized) or cpu (minutes on a laptop)."),
+    config: Path = typer.Option(None, "--config", help="TOML file of settings (flags override it)."),
+    out_dir: Path = typer.Option(None, "--out", help="Run folder (default: runs/<timestamp>)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start over in a run folder that already holds a run."),
+) -> None:
+    """Train a GPT from scratch on a prepared dataset.
+
+    Example: tinygpt train --preset cpu --max-iters 2000
+    """
+    from ..config import resolve_config
+    from ..runs import RUNS_DIR, default_run_name
+    from ..train import train_new
+
+    run_config = resolve_config(preset, config, flags)
+    run_path = out_dir or RUNS_DIR / default_run_name()
+    train_new(run_config, run_path, make_reporter(_interactive()), overwrite=overwrite)
+
+
+@with_config_flags(RESUME_FLAGS)
+def resume(
+    flags: dict,
+    run: Path = typer.Argument(..., help="The run folder to continue (runs/NAME)."),
+) -> None:
+    """Continue a stopped run exactly where it left off (--max-iters may extend it).
+
+    Example: tinygpt resume runs/20261127-181500 --max-iters 4000
+    """
+    from ..train import resume as resume_run
+
+    resume_run(run, flags, make_reporter(_interactive()))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train", no_args_is_help=False)(train)
+    app.command("resume")(resume)
