@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import http.server
 import os
 import random
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -15,10 +18,13 @@ DEFAULT_SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
 
 # Variables that change what the CLI does; a test sets them explicitly when it means to.
 _DROPPED_ENV = ("TINYGPT_SHAKESPEARE_SOURCE", "TINYGPT_DEBUG")
+# Downloads in tests go to 127.0.0.1 only: never through a proxy.
+_PROXY_ENV = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
 
 
 def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _DROPPED_ENV}
+    env = {k: v for k, v in os.environ.items() if k not in _DROPPED_ENV + _PROXY_ENV}
+    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
     env["COLUMNS"] = "200"  # rich tables must not wrap or truncate numbers
     env["PYTHONIOENCODING"] = "utf-8"
     env.pop("FORCE_COLOR", None)
@@ -90,3 +96,75 @@ def small_text(tmp_path) -> Path:
 def tmp_files(root: Path) -> list[Path]:
     """Leftover temporary files of atomic writes anywhere under `root`."""
     return [p for p in root.rglob("*.tmp")]
+
+
+@pytest.fixture
+def no_proxy(monkeypatch):
+    """In-process downloads: no proxy variables, so 127.0.0.1 is reached directly."""
+    for name in _PROXY_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    routes: dict[str, tuple[bytes, bool]] = {}
+
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        route = self.routes.get(self.path)
+        if route is None:
+            self.send_error(404, "Not Found")
+            return
+        body, with_length = route
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        if with_length:
+            self.send_header("Content-Length", str(len(body)))
+        self.end_headers()  # HTTP/1.0: without Content-Length the body ends when the connection closes
+        self.wfile.write(body)
+
+    def log_message(self, format, *args):  # keep test output clean
+        pass
+
+
+class LocalServer:
+    """A tiny HTTP server on 127.0.0.1; `serve(path, body)` adds a route and returns its URL."""
+
+    def __init__(self):
+        handler = type("Handler", (_Handler,), {"routes": {}})
+        self.routes = handler.routes
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
+        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    def serve(self, path: str, body: bytes, with_length: bool = True) -> str:
+        self.routes[path] = (body, with_length)
+        return self.base + path
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def http_server():
+    server = LocalServer()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def closed_port_url() -> str:
+    """A URL on 127.0.0.1 whose port was just bound and closed: connecting is refused."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/input.txt"

@@ -28,6 +28,7 @@ from . import __version__
 from .config import ModelConfig
 from .errors import CheckpointError
 from .fsutil import atomic_path
+from .model import GPT
 from .vocab import Vocabulary
 
 CHECKPOINT_FORMAT = "tinygpt-checkpoint"
@@ -132,6 +133,35 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> None:
         save_file(tensors, str(tmp), metadata=str_meta)
 
 
+def read_header(data: bytes, path: Path) -> dict[str, Any]:
+    """The JSON-decoded metadata of a safetensors file's header, checked for sanity."""
+    if len(data) < 8:
+        raise CheckpointError(f"{path} is not a safetensors file ({len(data)} bytes, too short for a header)")
+    (header_len,) = struct.unpack("<Q", data[:8])
+    if header_len > MAX_HEADER_BYTES or 8 + header_len > len(data):
+        raise CheckpointError(f"{path} is not a valid safetensors file (header length {header_len:,} does not fit a {len(data):,}-byte file)")
+    try:
+        header = json.loads(data[8 : 8 + header_len])
+        return {k: json.loads(v) for k, v in header["__metadata__"].items()}
+    except (ValueError, AttributeError, TypeError, KeyError) as e:
+        raise CheckpointError(f"{path} has an unreadable header (not safetensors JSON with tinygpt metadata)") from e
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """Only the metadata (model config, vocabulary, iteration...), without reading the tensors."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            length = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
+            data = head + f.read(min(length, MAX_HEADER_BYTES))
+    except FileNotFoundError as e:
+        raise CheckpointError(f"no checkpoint at {path}") from e
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror}") from e
+    return read_header(data, path)
+
+
 def _read_verified(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     try:
         data = path.read_bytes()
@@ -139,17 +169,7 @@ def _read_verified(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]
         raise CheckpointError(f"no checkpoint at {path}", "tinygpt train --preset cpu  (creates runs/<name>/best.safetensors)") from e
     except OSError as e:
         raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror}") from e
-    if len(data) < 8:
-        raise CheckpointError(f"{path} is not a safetensors file ({len(data)} bytes, too short for a header)")
-    (header_len,) = struct.unpack("<Q", data[:8])
-    if header_len > min(MAX_HEADER_BYTES, len(data) - 8):
-        raise CheckpointError(f"{path} is not a valid safetensors file (header length {header_len:,} is impossible for a {len(data):,}-byte file)")
-    try:
-        header = json.loads(data[8 : 8 + header_len])
-        raw_meta = header.get("__metadata__")
-        meta = {k: json.loads(v) for k, v in raw_meta.items()}
-    except (ValueError, AttributeError, TypeError) as e:
-        raise CheckpointError(f"{path} has an unreadable header (not safetensors JSON with tinygpt metadata)") from e
+    meta = read_header(data, path)
     if meta.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is a safetensors file but not a tinygpt checkpoint")
     try:
@@ -218,3 +238,11 @@ def load_model_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor],
             parts.append(f"{k} has shape {tuple(weights[k].shape)}, the config needs {tuple(expected[k])}")
         raise CheckpointError(f"{source} does not fit its model config: {'; '.join(parts)}")
     model.load_state_dict(weights, strict=False)
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, Checkpoint]:
+    """A ready-to-use model (eval mode) and its checkpoint, from a verified file."""
+    ckpt = load_checkpoint(path)
+    model = GPT(ckpt.model_config)
+    load_model_weights(model, ckpt.weights, path)
+    return model.to(device).eval(), ckpt

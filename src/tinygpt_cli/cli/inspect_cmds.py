@@ -1,0 +1,183 @@
+"""`tinygpt generate`, `tinygpt params` and `tinygpt eval`: use and inspect a trained model."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from ..config import MODEL_FIELDS
+from .config_flags import with_config_flags
+from .console import out, print_json
+
+RUN = typer.Option(None, "--run", help="Run folder to read (default: the most recent run in runs/).")
+CHECKPOINT = typer.Option(None, "--checkpoint", help="A checkpoint file (.safetensors) instead of a run.")
+JSON = typer.Option(False, "--json", help="Print JSON instead of a table.")
+
+
+def _read_prompt(prompt: str | None, prompt_file: Path | None) -> str:
+    from ..data import decode_text, read_source
+    from ..errors import UsageError
+
+    if prompt is not None and prompt_file is not None:
+        raise UsageError("pass either --prompt or --prompt-file, not both")
+    if prompt_file is not None:
+        return decode_text(read_source(str(prompt_file)), str(prompt_file))
+    return prompt or ""
+
+
+def generate(
+    prompt: str = typer.Option(None, "--prompt", help="Text to continue (empty: start from a newline)."),
+    prompt_file: Path = typer.Option(None, "--prompt-file", help="Read the prompt from a UTF-8 file."),
+    run: Path = RUN,
+    checkpoint: Path = CHECKPOINT,
+    max_new_tokens: int = typer.Option(500, "--max-new-tokens", min=0, help="Characters to generate per sample."),
+    temperature: float = typer.Option(0.8, "--temperature", min=0.0, help="Randomness: below 1 safer, above 1 wilder, 0 greedy."),
+    top_k: int = typer.Option(None, "--top-k", min=1, help="Sample only among the k most likely characters."),
+    top_p: float = typer.Option(None, "--top-p", min=0.0, max=1.0, help="Sample from the smallest set of characters whose probability reaches p."),
+    num_samples: int = typer.Option(1, "--num-samples", min=1, help="How many independent samples."),
+    seed: int = typer.Option(None, "--seed", help="Same seed and options give the same text."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or mps."),
+    kv_cache: bool = typer.Option(True, "--kv-cache/--no-kv-cache", help="Reuse past keys/values (fast); off recomputes each window."),
+) -> None:
+    """Write text with a trained model, streamed as it is produced.
+
+    Example: tinygpt generate --prompt "ROMEO:" --max-new-tokens 300 --seed 1
+    """
+    from ..checkpoint import load_model
+    from ..runs import resolve_checkpoint
+    from ..sampling import generate as generate_ids
+
+    text = _read_prompt(prompt, prompt_file) or "\n"
+    model, ckpt = load_model(resolve_checkpoint(run, checkpoint), device)
+    prompt_ids = ckpt.vocab.encode(text)  # unknown characters: a one-line error, exit 2
+    interactive = sys.stdout.isatty()
+    for i in range(num_samples):
+        if i:
+            if interactive:
+                out.rule(f"sample {i + 1}")
+            else:
+                sys.stdout.write(f"\n---------- sample {i + 1} ----------\n")
+        sys.stdout.write(text)
+        sample_seed = None if seed is None else seed + i
+        for token in generate_ids(model, prompt_ids, max_new_tokens, temperature=temperature, top_k=top_k,
+                                  top_p=top_p, seed=sample_seed, kv_cache=kv_cache):
+            sys.stdout.write(ckpt.vocab.chars[token])
+            if interactive:
+                sys.stdout.flush()
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+
+
+def _params_table(report) -> None:
+    from rich.table import Table
+
+    c = report.config
+    table = Table(title=f"{c.n_layer} layers, {c.n_head} heads, {c.n_embd} wide, block {c.block_size}, "
+                        f"vocab {c.vocab_size}, bias {'on' if c.bias else 'off'}", title_justify="left")
+    table.add_column("part")
+    table.add_column("shape", justify="right")
+    table.add_column("parameters", justify="right")
+    table.add_column("share", justify="right")
+    table.add_column("note", style="dim")
+    share = lambda n: f"{100 * n / report.total:.1f}%"  # noqa: E731
+    for row in report.embedding:
+        table.add_row(row.name, row.shape, f"{row.count:,}", share(row.count), row.note)
+    table.add_section()
+    for row in report.block:
+        table.add_row(f"  block: {row.name}", row.shape, f"{row.count:,}", "", row.note)
+    blocks = report.block_total * c.n_layer
+    table.add_row("[bold]one block[/]", "", f"{report.block_total:,}", share(report.block_total))
+    table.add_row(f"[bold]{c.n_layer} blocks[/]", f"{c.n_layer} x {report.block_total:,}", f"{blocks:,}", share(blocks))
+    table.add_section()
+    for row in report.head:
+        table.add_row(row.name, row.shape, f"{row.count:,}" if row.count else "(shared)", share(row.count) if row.count else "", row.note)
+    table.add_section()
+    table.add_row("[bold]total[/]", "", f"[bold]{report.total:,}[/]", "100%")
+    out.print(table)
+    d = report.to_dict()
+    mib = lambda b: f"{b / 2**20:,.1f} MiB"  # noqa: E731
+    out.print(f"without position embeddings: {d['without_position_embedding']:,}   non-embedding (blocks + final norm): {d['non_embedding']:,}")
+    out.print(f"memory in fp32: weights {mib(d['weights_bytes_fp32'])}, AdamW state {mib(d['adamw_state_bytes_fp32'])} "
+              f"(+ gradients {mib(d['weights_bytes_fp32'])} while training)")
+    out.print(f"training FLOPs per token: {d['training_flops_per_token']:,} (6N + 12·n_layer·n_embd·block_size, N = parameters without position embeddings)")
+
+
+@with_config_flags(MODEL_FIELDS)
+def params(
+    flags: dict,
+    preset: str = typer.Option(None, "--preset", help="Model shape to start from: baby (default) or cpu."),
+    config: Path = typer.Option(None, "--config", help="TOML file of settings (flags override it)."),
+    run: Path = typer.Option(None, "--run", help="Count the parameters of a trained run instead."),
+    checkpoint: Path = CHECKPOINT,
+    as_json: bool = JSON,
+) -> None:
+    """Count the model's parameters and show where they live (no training, no data needed).
+
+    Example: tinygpt params --n-layer 12 --n-embd 768
+    """
+    from ..config import ModelConfig, resolve_config
+    from ..params import param_report
+
+    if run is not None or checkpoint is not None:
+        from ..checkpoint import read_metadata
+        from ..runs import resolve_checkpoint
+
+        model_config = ModelConfig(**read_metadata(resolve_checkpoint(run, checkpoint))["model_config_json"])
+    else:
+        model_config = resolve_config(preset, config, flags).model
+    report = param_report(model_config)
+    if as_json:
+        print_json(report.to_dict())
+    else:
+        _params_table(report)
+
+
+def evaluate(
+    run: Path = RUN,
+    checkpoint: Path = CHECKPOINT,
+    data_dir: Path = typer.Option(None, "--data-dir", help="Dataset to score on (default: the one the run trained on)."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or mps."),
+    as_json: bool = JSON,
+) -> None:
+    """Validation loss, perplexity and bits per character of a checkpoint, over the whole val split.
+
+    Example: tinygpt eval --run runs/demo
+    """
+    from ..checkpoint import load_model
+    from ..data import load_dataset
+    from ..errors import TinyGPTError
+    from ..evaluate import score_split, score_train_sample
+    from ..runs import resolve_checkpoint
+
+    path = resolve_checkpoint(run, checkpoint)
+    model, ckpt = load_model(path, device)
+    folder = data_dir or Path((ckpt.train_config or {}).get("data_dir", "data/shakespeare"))
+    dataset = load_dataset(folder)
+    if dataset.vocab != ckpt.vocab:
+        raise TinyGPTError(f"the vocabulary of {folder} differs from the one {path} was trained on: scores would be meaningless",
+                           "pass the dataset the model was trained on with --data-dir")
+    if len(dataset.val) <= 1:
+        raise TinyGPTError(f"the validation split of {folder} is empty")
+    val = score_split(model, dataset.val)
+    train = score_train_sample(model, dataset.train)
+    result = {"checkpoint": str(path), "iteration": ckpt.iteration, "data_dir": str(folder),
+              "val": val.to_dict(), "train_sample": train.to_dict()}
+    if as_json:
+        print_json(result)
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{path} (iteration {ckpt.iteration:,}) on {folder}", title_justify="left")
+    for col in ("split", "tokens", "loss", "perplexity", "bits/char"):
+        table.add_column(col, justify="right" if col != "split" else "left")
+    for name, score in (("val (all)", val), ("train (sample)", train)):
+        table.add_row(name, f"{score.tokens:,}", f"{score.loss:.4f}", f"{score.perplexity:.3f}", f"{score.bits_per_char:.4f}")
+    out.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("generate")(generate)
+    app.command("params")(params)
+    app.command("eval")(evaluate)

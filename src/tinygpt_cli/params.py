@@ -1,0 +1,102 @@
+"""Where the parameters live, computed from the model config alone (no torch needed).
+
+The counts mirror model.py layer by layer; the test suite checks that the total equals the
+sum of `numel()` over a built model for many shapes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import ModelConfig
+
+
+@dataclass(frozen=True)
+class ParamRow:
+    name: str
+    shape: str
+    count: int
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class ParamReport:
+    config: ModelConfig
+    embedding: list[ParamRow]
+    block: list[ParamRow]  # one block; the stack has n_layer of them
+    head: list[ParamRow]
+
+    @property
+    def block_total(self) -> int:
+        return sum(r.count for r in self.block)
+
+    @property
+    def total(self) -> int:
+        return sum(r.count for r in self.embedding + self.head) + self.block_total * self.config.n_layer
+
+    @property
+    def position_embedding(self) -> int:
+        return self.config.block_size * self.config.n_embd
+
+    @property
+    def non_embedding(self) -> int:
+        """Parameters outside both embedding tables (the blocks and the final norm)."""
+        return self.total - self.position_embedding - self.config.vocab_size * self.config.n_embd
+
+    @property
+    def matmul_params(self) -> int:
+        """Parameters that take part in matrix multiplies: all but the position table (a lookup).
+        The token table counts because the tied LM head multiplies by it."""
+        return self.total - self.position_embedding
+
+    def flops_per_token(self) -> int:
+        """Training FLOPs per token: 6N (forward + backward matmuls) + 12·n_layer·n_embd·block_size
+        (attention scores and weighted sums)."""
+        c = self.config
+        return 6 * self.matmul_params + 12 * c.n_layer * c.n_embd * c.block_size
+
+    def to_dict(self) -> dict:
+        rows = lambda rs: [r.__dict__ for r in rs]  # noqa: E731
+        return {
+            "config": self.config.model_dump(),
+            "embedding": rows(self.embedding),
+            "block": rows(self.block),
+            "block_total": self.block_total,
+            "blocks_total": self.block_total * self.config.n_layer,
+            "head": rows(self.head),
+            "total": self.total,
+            "without_position_embedding": self.total - self.position_embedding,
+            "non_embedding": self.non_embedding,
+            "weights_bytes_fp32": 4 * self.total,
+            "adamw_state_bytes_fp32": 8 * self.total,
+            "training_flops_per_token": self.flops_per_token(),
+        }
+
+
+def _linear(name: str, n_in: int, n_out: int, bias: bool) -> list[ParamRow]:
+    rows = [ParamRow(name, f"{n_in} x {n_out}", n_in * n_out)]
+    if bias:
+        rows.append(ParamRow(f"{name} bias", f"{n_out}", n_out))
+    return rows
+
+
+def _norm(name: str, width: int, bias: bool) -> list[ParamRow]:
+    return [ParamRow(name, f"{width}" + (" + bias" if bias else ""), width * (2 if bias else 1))]
+
+
+def param_report(config: ModelConfig) -> ParamReport:
+    C, V, T, bias = config.n_embd, config.vocab_size, config.block_size, config.bias
+    embedding = [
+        ParamRow("token embedding", f"{V} x {C}", V * C, "shared with the LM head"),
+        ParamRow("position embedding", f"{T} x {C}", T * C),
+    ]
+    block = (
+        _norm("ln_1", C, bias)
+        + _linear("attention q, k, v", C, 3 * C, bias)
+        + _linear("attention output projection", C, C, bias)
+        + _norm("ln_2", C, bias)
+        + _linear("MLP up", C, 4 * C, bias)
+        + _linear("MLP down", 4 * C, C, bias)
+    )
+    head = _norm("final layer norm", C, bias) + [ParamRow("LM head", f"{C} x {V}", 0, "tied: the token embedding, not counted twice")]
+    return ParamReport(config, embedding, block, head)
