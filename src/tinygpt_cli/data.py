@@ -8,6 +8,7 @@ removed first, so a folder with a `meta.json` whose checksums match is complete.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import re
 import urllib.error
@@ -67,7 +68,7 @@ def download(url: str, max_bytes: int = MAX_DOWNLOAD_BYTES, timeout: float = DOW
             body = response.read(max_bytes + 1)
     except urllib.error.HTTPError as e:
         raise TinyGPTError(f"download failed: {url} answered HTTP {e.code} {e.reason}", offline_hint) from e
-    except (urllib.error.URLError, OSError) as e:
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
         reason = getattr(e, "reason", e)
         raise TinyGPTError(f"cannot reach {url}: {reason}", offline_hint) from e
     if len(body) > max_bytes:

@@ -9,7 +9,7 @@ import typer
 
 from .. import __version__
 from ..errors import TinyGPTError
-from . import data_cmds, inspect_cmds, train_cmds
+from . import bench_cmds, data_cmds, inspect_cmds, train_cmds
 
 app = typer.Typer(
     name="tinygpt",
@@ -40,6 +40,7 @@ def _root(
 data_cmds.register(app)
 train_cmds.register(app)
 inspect_cmds.register(app)
+bench_cmds.register(app)
 
 
 def _report(message: str, hint: str | None) -> None:

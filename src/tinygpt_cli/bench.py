@@ -1,0 +1,85 @@
+"""Measure what this machine does: training step time for a configuration, and matmul peak.
+
+Used by `tinygpt bench` and by the scripts under benchmarks/. Synthetic token ids stand in for
+a dataset: step time does not depend on the text.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import RunConfig
+from .data import Dataset, DatasetInfo
+from .params import param_report
+from .runs import RunDir
+from .train import Trainer, TrainingReporter
+from .vocab import Vocabulary
+
+SYNTHETIC_TOKENS = 200_000
+
+
+def synthetic_dataset(vocab_size: int, n_tokens: int = SYNTHETIC_TOKENS, seed: int = 0) -> Dataset:
+    rng = np.random.default_rng(seed)
+    vocab = Vocabulary(tuple(chr(32 + i) for i in range(vocab_size)))
+    train = rng.integers(0, vocab_size, n_tokens, dtype=np.uint16)
+    val = rng.integers(0, vocab_size, n_tokens // 10, dtype=np.uint16)
+    info = DatasetInfo("synthetic", Path("."), "synthetic", "", 0, 0, vocab_size, len(train), len(val), 0.1, "", "")
+    return Dataset(info, vocab, train, val)
+
+
+@dataclass(frozen=True)
+class StepTiming:
+    ms_per_iter: float  # median over repeats
+    ms_all: list[float]
+    tokens_per_iter: int
+    flops_per_token: int
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens_per_iter / (self.ms_per_iter / 1000)
+
+    @property
+    def gflops(self) -> float:
+        return self.tokens_per_s * self.flops_per_token / 1e9
+
+    def projected_seconds(self, iters: int) -> float:
+        return iters * self.ms_per_iter / 1000
+
+
+def time_training_steps(config: RunConfig, steps: int = 20, warmup: int = 3, repeats: int = 3) -> StepTiming:
+    """Median milliseconds per optimiser step of the real training step for `config`."""
+    dataset = synthetic_dataset(config.model.vocab_size)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(config, dataset, RunDir(tmp), TrainingReporter())
+        for _ in range(warmup):
+            trainer.train_step()
+        samples = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                trainer.train_step()
+            if trainer.device.type == "cuda":
+                torch.cuda.synchronize()
+            samples.append((time.perf_counter() - t0) * 1000 / steps)
+    c = config
+    tokens = c.train.batch_size * c.train.grad_accum * c.model.block_size
+    return StepTiming(statistics.median(samples), samples, tokens, param_report(c.model).flops_per_token())
+
+
+def matmul_peak_gflops(n: int = 1024, repeats: int = 10) -> float:
+    """Best fp32 matrix-multiply rate on the CPU, the ceiling for training throughput."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9

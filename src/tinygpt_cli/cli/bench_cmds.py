@@ -1,0 +1,59 @@
+"""`tinygpt bench`: what this machine does for a configuration, and how long a run would take."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ..config import MODEL_FIELDS, TRAIN_FIELDS
+from .config_flags import with_config_flags
+from .console import err, out, print_json
+
+BENCH_FLAGS = [f for f in MODEL_FIELDS + TRAIN_FIELDS if f not in ("data_dir",)]
+
+
+@with_config_flags(BENCH_FLAGS)
+def bench(
+    flags: dict,
+    preset: str = typer.Option(None, "--preset", help="Configuration to measure: baby (default) or cpu."),
+    config: Path = typer.Option(None, "--config", help="TOML file of settings (flags override it)."),
+    steps: int = typer.Option(10, "--steps", min=1, help="Timed training steps per repeat."),
+    repeats: int = typer.Option(3, "--repeats", min=1, help="Repeats; the median is reported."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+) -> None:
+    """Time real training steps on synthetic data and project the run's duration.
+
+    Example: tinygpt bench --preset cpu
+    """
+    import torch
+
+    from ..bench import matmul_peak_gflops, time_training_steps
+    from ..config import resolve_config
+
+    run_config = resolve_config(preset, config, flags)
+    with err.status(f"timing {repeats} x {steps} training steps…"):
+        timing = time_training_steps(run_config, steps=steps, repeats=repeats)
+        peak = matmul_peak_gflops() if run_config.train.device in ("auto", "cpu") and not torch.cuda.is_available() else None
+    max_iters = run_config.train.max_iters
+    result = {
+        "ms_per_iter": timing.ms_per_iter,
+        "tokens_per_s": timing.tokens_per_s,
+        "gflops": timing.gflops,
+        "matmul_peak_gflops": peak,
+        "max_iters": max_iters,
+        "projected_training_seconds": timing.projected_seconds(max_iters),
+        "threads": torch.get_num_threads(),
+    }
+    if as_json:
+        print_json(result)
+        return
+    out.print(f"{timing.ms_per_iter:.1f} ms/iteration  |  {timing.tokens_per_s:,.0f} tokens/s  |  {timing.gflops:.1f} GFLOP/s"
+              + (f" ({100 * timing.gflops / peak:.0f}% of the {peak:.0f} GFLOP/s matmul peak)" if peak else "")
+              + f"  |  {torch.get_num_threads()} threads")
+    out.print(f"projected: {max_iters:,} iterations take about {timing.projected_seconds(max_iters) / 60:.1f} min of training steps "
+              "(plus evaluation)")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("bench")(bench)
