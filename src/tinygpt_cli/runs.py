@@ -97,8 +97,8 @@ class RunDir:
         write_text_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
-def default_run_name() -> str:
-    return time.strftime("%Y%m%d-%H%M%S")
+def default_run_name(timestamp: float | None = None) -> str:
+    return time.strftime("%Y%m%d-%H%M%S", time.localtime(timestamp))
 
 
 def latest_run(root: Path = RUNS_DIR) -> RunDir | None:

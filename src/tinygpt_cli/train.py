@@ -21,6 +21,7 @@ import torch
 from .checkpoint import Checkpoint, load_checkpoint, load_model_weights, model_weights, save_checkpoint
 from .config import RunConfig, TrainConfig, build_config, check_against_data
 from .data import Dataset, load_dataset
+from .distributed import DistContext, all_reduce_sum, barrier, init_process_group
 from .errors import TinyGPTError, TrainingStopped, UsageError
 from .fsutil import write_json_atomic
 from .model import GPT
@@ -158,11 +159,16 @@ class TrainResult:
 
 class Trainer:
     def __init__(self, config: RunConfig, dataset: Dataset, run: RunDir, reporter: TrainingReporter,
-                 rank: int = 0, world_size: int = 1):
+                 dist: DistContext = DistContext()):
         self.config, self.dataset, self.run, self.reporter = config, dataset, run, reporter
-        self.rank, self.world_size = rank, world_size
+        self.dist = dist
+        self.rank, self.world_size = dist.rank, dist.world_size
         cfg = config.train
         self.device = pick_device(cfg.device)
+        if self.device.type == "cuda" and dist.enabled:
+            self.device = torch.device("cuda", dist.local_rank)
+            torch.cuda.set_device(self.device)
+        init_process_group(dist, self.device.type)
         self.dtype = pick_dtype(cfg.dtype, self.device)
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -173,6 +179,11 @@ class Trainer:
         self.model = GPT(config.model).to(self.device)
         self.optimizer = make_optimizer(self.model, cfg, self.device)
         self.forward = torch.compile(self.model) if cfg.compile else self.model
+        if dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # DDP all-reduces (averages) gradients across ranks during backward.
+            self.forward = DistributedDataParallel(self.forward, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.data_gen = torch.Generator().manual_seed(cfg.seed)
         block = config.model.block_size
@@ -239,9 +250,15 @@ class Trainer:
     def elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self._t0
 
+    def _my_rows(self, micro: int) -> slice:
+        """This rank's rows of a global batch for micro-step `micro` (see Batches)."""
+        B, k = self.config.train.batch_size, micro * self.world_size + self.rank
+        return slice(k * B, (k + 1) * B)
+
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Mean loss over `eval_iters` batches of each split; the same windows at every evaluation."""
+        """Mean loss over `eval_iters` global batches of each split, the same windows at every
+        evaluation; each rank scores its slices, as in training, and the sums are combined."""
         cfg = self.config.train
         self.model.eval()
         losses = {}
@@ -249,18 +266,19 @@ class Trainer:
             gen = torch.Generator().manual_seed(cfg.seed + 1)
             total = torch.zeros((), device=self.device)
             for _ in range(cfg.eval_iters):
-                x, y = batches.sample(cfg.batch_size, gen)
-                with autocast_for(self.device, self.dtype):
-                    _, loss = self.forward(x, y)
-                total += loss.float()
-            losses[split] = self._mean_across_ranks(total / cfg.eval_iters)
+                x, y = batches.sample(cfg.batch_size * self.world_size * cfg.grad_accum, gen)
+                for micro in range(cfg.grad_accum):
+                    rows = self._my_rows(micro)
+                    with autocast_for(self.device, self.dtype):
+                        _, loss = self.model(x[rows], y[rows])
+                    total += loss.float()
+            n_batches = cfg.eval_iters * cfg.grad_accum * self.world_size
+            losses[split] = all_reduce_sum(total, self.dist).item() / n_batches
         self.model.train()
         return losses
 
-    def _mean_across_ranks(self, value: torch.Tensor) -> float:
-        return value.item()
-
-    def train_step(self) -> float:
+    def train_step(self) -> torch.Tensor:
+        """One optimiser step; returns this rank's mean loss (a 0-d tensor, not yet synchronised)."""
         cfg = self.config.train
         lr = learning_rate_at(self.step, cfg)
         for group in self.optimizer.param_groups:
@@ -269,7 +287,7 @@ class Trainer:
         x_all, y_all = self.splits["train"].sample(B * self.world_size * accum, self.data_gen)
         total = torch.zeros((), device=self.device)
         for micro in range(accum):
-            rows = slice((micro * self.world_size + self.rank) * B, (micro * self.world_size + self.rank + 1) * B)
+            rows = self._my_rows(micro)
             with self._sync_context(micro == accum - 1), autocast_for(self.device, self.dtype):
                 _, loss = self.forward(x_all[rows], y_all[rows])
             self.scaler.scale(loss / accum).backward()
@@ -280,10 +298,20 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        return (total / accum).item()
+        return total / accum
 
     def _sync_context(self, last_micro_step: bool):
+        # Under DDP, all-reduce gradients only once per step, on the last micro-batch.
+        if self.dist.enabled and not last_micro_step:
+            return self.forward.no_sync()
         return nullcontext()
+
+    def _agree(self, loss: torch.Tensor, stop_requested: bool) -> tuple[float, bool]:
+        """The loss averaged over ranks, and whether any rank was asked to stop: one all-reduce,
+        so that every rank stops after the same step."""
+        both = torch.stack([loss.float(), torch.tensor(float(stop_requested), device=loss.device)])
+        both = all_reduce_sum(both, self.dist)
+        return both[0].item() / self.world_size, bool(both[1].item() > 0)
 
     def _log(self, record: dict[str, Any]) -> None:
         if self.rank == 0:
@@ -331,8 +359,12 @@ class Trainer:
         window_start, window_steps = time.perf_counter(), 0
         with StopSignals() as stop:
             self._maybe_evaluate()
-            while self.step < cfg.max_iters and stop.signum is None:
-                loss = self.train_step()
+            stopping = False
+            while self.step < cfg.max_iters and not stopping:
+                if stop.signum is not None and not self.dist.enabled:
+                    stopping = True  # one process needs no agreement: stop before another step
+                    break
+                loss, stopping = self._agree(self.train_step(), stop.signum is not None)
                 self.step += 1
                 window_steps += 1
                 if not math.isfinite(loss):
@@ -345,10 +377,10 @@ class Trainer:
                     window_start, window_steps = now, 0
                     self._log(record)
                     self.reporter.on_step(record)
-                if stop.signum is None:
+                if not stopping:
                     self._maybe_evaluate()
-            if stop.signum is not None:
-                return self._stop(stop.signum)
+            if stopping:
+                return self._stop(stop.signum or signal.SIGTERM)
         return self._finish("finished")
 
     def _finish(self, status: str) -> TrainResult:
@@ -362,6 +394,7 @@ class Trainer:
     def _stop(self, signum: int) -> TrainResult:
         if self.saved_at != self.step:
             self.save("last")
+        barrier(self.dist)  # no rank leaves before rank 0 has saved
         self._finish("stopped")
         name = signal.Signals(signum).name
         raise TrainingStopped(
@@ -391,16 +424,18 @@ def prepare_training(config: RunConfig) -> tuple[RunConfig, Dataset]:
 
 
 def train_new(config: RunConfig, run_path: Path, reporter: TrainingReporter | None = None,
-              overwrite: bool = False) -> TrainResult:
+              overwrite: bool = False, dist: DistContext = DistContext()) -> TrainResult:
+    """Start a run in `run_path`. Under torchrun only rank 0 touches the folder."""
     config, dataset = prepare_training(config)
     run = RunDir(run_path)
-    with run.locked():
-        if run.has_checkpoint() or run.metrics_path.exists():
-            if not overwrite:
-                raise UsageError(f"{run.path} already holds a run", f"tinygpt resume {run.path}  (or pass --overwrite to start it again)")
-            run.clear()
-        write_json_atomic(run.config_path, config.model_dump())
-        return Trainer(config, dataset, run, reporter or TrainingReporter()).fit()
+    with run.locked() if dist.is_main else nullcontext():
+        if dist.is_main:
+            if run.has_checkpoint() or run.metrics_path.exists():
+                if not overwrite:
+                    raise UsageError(f"{run.path} already holds a run", f"tinygpt resume {run.path}  (or pass --overwrite to start it again)")
+                run.clear()
+            write_json_atomic(run.config_path, config.model_dump())
+        return Trainer(config, dataset, run, reporter or TrainingReporter(), dist).fit()
 
 
 SHAPE_FIELDS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "bias")
@@ -415,8 +450,13 @@ def read_run_config(run: RunDir) -> RunConfig:
         raise TinyGPTError(f"{run.config_path} is unreadable: {e}") from e
 
 
-def resume(run_path: Path, overrides: dict[str, Any] | None = None, reporter: TrainingReporter | None = None) -> TrainResult:
-    """Continue a run from its `last` checkpoint; `overrides` may change non-shape settings."""
+def resume(run_path: Path, overrides: dict[str, Any] | None = None, reporter: TrainingReporter | None = None,
+           dist: DistContext = DistContext()) -> TrainResult:
+    """Continue a run from its `last` checkpoint; `overrides` may change non-shape settings.
+
+    The number of processes may differ from the first launch; the data order then follows the
+    new global batch size from the resumed iteration on.
+    """
     run = RunDir(run_path)
     if not run.path.is_dir():
         raise UsageError(f"no run folder at {run.path}", "ls runs/  (lists run folders)")
@@ -425,7 +465,7 @@ def resume(run_path: Path, overrides: dict[str, Any] | None = None, reporter: Tr
     if refused:
         raise UsageError(f"cannot change the model's shape on resume ({', '.join('--' + f.replace('_', '-') for f in refused)})",
                          "start a new run with tinygpt train instead")
-    with run.locked():
+    with run.locked() if dist.is_main else nullcontext():
         saved = read_run_config(run)
         config = build_config({**saved.flat(), **overrides})
         if not run.last_path.exists():
@@ -437,8 +477,9 @@ def resume(run_path: Path, overrides: dict[str, Any] | None = None, reporter: Tr
         config, dataset = prepare_training(config)
         if ckpt.vocab != dataset.vocab:
             raise TinyGPTError(f"the dataset in {config.train.data_dir} has a different vocabulary from the checkpoint")
-        write_json_atomic(run.config_path, config.model_dump())
-        run.truncate_metrics(ckpt.iteration)
-        trainer = Trainer(config, dataset, run, reporter or TrainingReporter())
+        if dist.is_main:
+            write_json_atomic(run.config_path, config.model_dump())
+            run.truncate_metrics(ckpt.iteration)
+        trainer = Trainer(config, dataset, run, reporter or TrainingReporter(), dist)
         trainer.restore(ckpt)
         return trainer.fit()

@@ -99,6 +99,36 @@ def _interactive() -> bool:
     return sys.stdout.isatty()
 
 
+def _launch_torchrun(nproc: int, out_dir: Path) -> None:
+    """Re-run this command under torchrun on this machine, one process per device."""
+    import os
+
+    from ..errors import UsageError
+
+    args = sys.argv[1:]
+    for i, arg in enumerate(args):  # drop --nproc N / --nproc=N
+        if arg == "--nproc":
+            del args[i : i + 2]
+            break
+        if arg.startswith("--nproc="):
+            del args[i]
+            break
+    if "--out" not in args and not any(a.startswith("--out=") for a in args):
+        args += ["--out", str(out_dir)]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "tinygpt_cli", *args]
+    if os.environ.get("RANK") is not None:
+        raise UsageError("--nproc is for a plain launch; under torchrun, leave it out")
+    out.print(f"launching {nproc} processes: {' '.join(command[2:])}")
+    sys.stdout.flush()
+    os.execv(sys.executable, command)
+
+
+def _reporter_for(dist):
+    from ..train import TrainingReporter
+
+    return make_reporter(_interactive()) if dist.is_main else TrainingReporter()
+
+
 @with_config_flags(TRAIN_FLAGS)
 def train(
     flags: dict,
@@ -106,18 +136,36 @@ def train(
     config: Path = typer.Option(None, "--config", help="TOML file of settings (flags override it)."),
     out_dir: Path = typer.Option(None, "--out", help="Run folder (default: runs/<timestamp>)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start over in a run folder that already holds a run."),
+    nproc: int = typer.Option(None, "--nproc", min=1, help="Data-parallel processes on this machine (starts torchrun for you).", rich_help_panel="Run"),
 ) -> None:
     """Train a GPT from scratch on a prepared dataset.
 
     Example: tinygpt train --preset cpu --max-iters 2000
     """
+    import time
+
     from ..config import resolve_config
+    from ..distributed import broadcast_int, context_from_env, destroy_process_group, init_process_group
     from ..runs import RUNS_DIR, default_run_name
-    from ..train import train_new
+    from ..train import pick_device, train_new
 
     run_config = resolve_config(preset, config, flags)
-    run_path = out_dir or RUNS_DIR / default_run_name()
-    train_new(run_config, run_path, make_reporter(_interactive()), overwrite=overwrite)
+    if nproc is not None and nproc > 1:
+        _launch_torchrun(nproc, out_dir or RUNS_DIR / default_run_name())
+    dist = context_from_env()
+    run_path = out_dir
+    if run_path is None:
+        # Under torchrun every rank must agree on the folder: rank 0's clock decides.
+        init_process_group(dist, pick_device(run_config.train.device).type)
+        run_path = RUNS_DIR / default_run_name(broadcast_int(int(time.time()), dist))
+    try:
+        if dist.enabled and dist.is_main:
+            out.print(f"data parallel: {dist.world_size} processes, global batch "
+                      f"{run_config.train.batch_size * run_config.train.grad_accum * dist.world_size} sequences "
+                      f"({run_config.train.batch_size} per process x {run_config.train.grad_accum} accumulation steps)")
+        train_new(run_config, run_path, _reporter_for(dist), overwrite=overwrite, dist=dist)
+    finally:
+        destroy_process_group()
 
 
 @with_config_flags(RESUME_FLAGS)
@@ -129,9 +177,14 @@ def resume(
 
     Example: tinygpt resume runs/20261127-181500 --max-iters 4000
     """
+    from ..distributed import context_from_env, destroy_process_group
     from ..train import resume as resume_run
 
-    resume_run(run, flags, make_reporter(_interactive()))
+    dist = context_from_env()
+    try:
+        resume_run(run, flags, _reporter_for(dist), dist=dist)
+    finally:
+        destroy_process_group()
 
 
 def register(app: typer.Typer) -> None:
