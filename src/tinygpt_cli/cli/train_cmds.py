@@ -123,6 +123,24 @@ def _launch_torchrun(nproc: int, out_dir: Path) -> None:
     os.execv(sys.executable, command)
 
 
+def _quiet_unless_main(dist):
+    """Under torchrun, only rank 0 reports a graceful stop; other ranks leave with its exit code."""
+    from contextlib import contextmanager
+
+    from ..errors import TrainingStopped
+
+    @contextmanager
+    def guard():
+        try:
+            yield
+        except TrainingStopped as e:
+            if dist.is_main:
+                raise
+            sys.exit(e.exit_code)
+
+    return guard()
+
+
 def _reporter_for(dist):
     from ..train import TrainingReporter
 
@@ -163,7 +181,8 @@ def train(
             out.print(f"data parallel: {dist.world_size} processes, global batch "
                       f"{run_config.train.batch_size * run_config.train.grad_accum * dist.world_size} sequences "
                       f"({run_config.train.batch_size} per process x {run_config.train.grad_accum} accumulation steps)")
-        train_new(run_config, run_path, _reporter_for(dist), overwrite=overwrite, dist=dist)
+        with _quiet_unless_main(dist):
+            train_new(run_config, run_path, _reporter_for(dist), overwrite=overwrite, dist=dist)
     finally:
         destroy_process_group()
 
@@ -182,7 +201,8 @@ def resume(
 
     dist = context_from_env()
     try:
-        resume_run(run, flags, _reporter_for(dist), dist=dist)
+        with _quiet_unless_main(dist):
+            resume_run(run, flags, _reporter_for(dist), dist=dist)
     finally:
         destroy_process_group()
 

@@ -1,0 +1,129 @@
+"""Loss curves: a PNG through matplotlib (an optional extra, imported only when asked for) and a
+compact curve drawn with characters for the terminal (no dependencies).
+
+Both read metrics.jsonl records: step records carry `loss` (the training batch loss every few
+steps), eval records carry `train_loss` and `val_loss` (estimates over `eval_iters` batches).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from .errors import TinyGPTError, UsageError
+from .fsutil import atomic_path
+
+X_AXES = ("iter", "time")
+PLOT_HINT = "pip install 'tinygpt[plot]'"
+
+
+def require_matplotlib() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise TinyGPTError("matplotlib is not installed: plotting needs it", PLOT_HINT) from None
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def loss_series(records: list[dict[str, Any]], x: str = "iter") -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+    """(train, val) as lists of (x, loss): train from step records (eval records' train_loss when
+    there are none), val from eval records. `x` is "iter" or "time" (elapsed seconds)."""
+    if x not in X_AXES:
+        raise UsageError(f"--x {x!r}: choose iter or time")
+    key = "iter" if x == "iter" else "elapsed"
+    steps = [(r[key], r["loss"]) for r in records if _finite(r.get(key)) and _finite(r.get("loss"))]
+    if not steps:
+        steps = [(r[key], r["train_loss"]) for r in records if _finite(r.get(key)) and _finite(r.get("train_loss"))]
+    evals = [(r[key], r["val_loss"]) for r in records if _finite(r.get(key)) and _finite(r.get("val_loss"))]
+    return steps, evals
+
+
+def plot_runs(runs: list[tuple[str, list[dict[str, Any]]]], x: str = "iter", title: str | None = None):
+    """A matplotlib Figure with a train (dashed) and a val (solid) curve per run that has them.
+
+    `runs` holds (label, metrics records) pairs. Uses the object-oriented API only (no pyplot),
+    so no window system and no global figure state are involved.
+    """
+    require_matplotlib()
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 5.5), layout="constrained")
+    ax = fig.add_subplot()
+    series = [(label, *loss_series(records, x)) for label, records in runs]
+    seconds = max((p[0] for _, t, v in series for p in t + v), default=0.0)
+    scale, unit = (60.0, "min") if x == "time" and seconds > 180 else (1.0, "s")
+    single = len(runs) == 1
+    for i, (label, train, val) in enumerate(series):
+        color = f"C{i % 10}"
+        if train:
+            ax.plot([p[0] / scale for p in train] if x == "time" else [p[0] for p in train], [p[1] for p in train],
+                    color=color, linestyle="--", linewidth=1, alpha=0.7, label="train" if single else f"{label} (train)")
+        if val:
+            ax.plot([p[0] / scale for p in val] if x == "time" else [p[0] for p in val], [p[1] for p in val],
+                    color=color, linestyle="-", linewidth=2, marker="o", markersize=3, label="val" if single else f"{label} (val)")
+    ax.set_xlabel("iteration" if x == "iter" else f"wall time ({unit})")
+    ax.set_ylabel("loss (cross-entropy, nats per character)")
+    ax.set_title(title or ("loss" if single else "loss by run"))
+    ax.grid(True, alpha=0.3)
+    if ax.get_lines():
+        ax.legend(fontsize="small")
+    return fig
+
+
+def save_png(fig, path: str | Path) -> Path:
+    """Write the figure as a PNG, atomically (a reader never sees half a file)."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=110)
+    except OSError as e:
+        raise TinyGPTError(f"cannot write {path}: {e.strerror or e}", "pass a writable path with --out") from e
+    return path
+
+
+def _fmt_loss(v: float) -> str:
+    return f"{v:.3f}" if abs(v) < 1000 else f"{v:.3g}"
+
+
+def terminal_curve(records: list[dict[str, Any]], width: int = 60, height: int = 12, ascii: bool = False) -> str:
+    """Train and val loss against iteration, drawn with characters; "" when there is nothing to draw.
+
+    Train points are averaged per column (batch losses are noisy); val points are drawn on top.
+    """
+    width, height = max(8, width), max(3, height)
+    train, val = loss_series(records, "iter")
+    points = train + val
+    if not points:
+        return ""
+    x0, x1 = min(p[0] for p in points), max(p[0] for p in points)
+    lo, hi = min(p[1] for p in points), max(p[1] for p in points)
+    if hi - lo < 1e-9:
+        pad = max(abs(hi) * 0.05, 0.05)
+        lo, hi = lo - pad, hi + pad
+    col = lambda it: 0 if x1 == x0 else round((it - x0) / (x1 - x0) * (width - 1))  # noqa: E731
+    row = lambda y: round((hi - y) / (hi - lo) * (height - 1))  # noqa: E731
+    train_mark, val_mark = (".", "o") if ascii else ("·", "●")
+    grid = [[" "] * width for _ in range(height)]
+    columns: dict[int, list[float]] = {}
+    for it, loss in train:
+        columns.setdefault(col(it), []).append(loss)
+    for c, losses in columns.items():
+        grid[row(sum(losses) / len(losses))][c] = train_mark
+    for it, loss in val:
+        grid[row(loss)][col(it)] = val_mark
+    labels = {0: _fmt_loss(hi), height - 1: _fmt_loss(lo), (height - 1) // 2: _fmt_loss((hi + lo) / 2)}
+    pad = max(len(s) for s in labels.values())
+    tick, bar, corner, dash = ("+", "|", "+", "-") if ascii else ("┤", "│", "└", "─")
+    lines = [f"{labels[r]:>{pad}} {tick}" + "".join(grid[r]).rstrip() if r in labels else " " * pad + f" {bar}" + "".join(grid[r]).rstrip()
+             for r in range(height)]
+    lines.append(" " * pad + f" {corner}" + dash * width)
+    left, right = f"{x0:g}", f"{x1:g} iter"
+    lines.append(" " * (pad + 2) + left + " " * max(1, width - len(left) - len(right)) + right)
+    legend = f"{train_mark} train" + (f"   {val_mark} val" if val else "")
+    lines.append(" " * (pad + 2) + legend)
+    return "\n".join(lines)

@@ -1,0 +1,204 @@
+"""Summaries of run folders for `tinygpt runs`, `plot` legends and sweep tables (no torch, no rich).
+
+A summary never raises for a damaged folder: a corrupted config.json or run.json makes the run
+"unreadable", with the reason, so one bad folder does not hide the others.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import ALL_FIELDS, ModelConfig, RunConfig
+from .errors import UsageError
+from .params import param_report
+from .runs import RunDir
+
+RUN_FILES = ("config.json", "run.json", "metrics.jsonl", "last.safetensors", "best.safetensors")
+# Fields that follow from others or from the machine, never worth a column of their own.
+NOT_COMPARED = ("vocab_size",)
+STATUSES = ("finished", "stopped", "running", "failed", "crashed", "not started", "unreadable")
+
+
+@dataclass
+class RunSummary:
+    name: str
+    path: Path
+    status: str
+    updated: float | None = None  # seconds since the epoch of the last status write (or file change)
+    config: dict[str, Any] | None = None  # flat RunConfig, None when unreadable
+    n_params: int | None = None
+    iteration: int | None = None
+    max_iters: int | None = None
+    best_val_loss: float | None = None
+    elapsed: float | None = None
+    tokens_per_s: float | None = None
+    error: str | None = None  # why the run is unreadable
+    differing: dict[str, Any] = field(default_factory=dict)  # filled by summarize_runs
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "path": str(self.path), "status": self.status, "updated": self.updated,
+            "n_params": self.n_params, "iteration": self.iteration, "max_iters": self.max_iters,
+            "best_val_loss": self.best_val_loss, "elapsed": self.elapsed, "tokens_per_s": self.tokens_per_s,
+            "differing": self.differing, "config": self.config, "error": self.error,
+        }
+
+
+def pid_alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def is_run_folder(path: Path) -> bool:
+    return path.is_dir() and any((path / name).exists() for name in RUN_FILES)
+
+
+def discover_runs(root: Path, depth: int = 2) -> list[Path]:
+    """Run folders under `root`: direct children holding run files, and the runs inside
+    folders that hold none themselves (a sweep folder), `depth` levels down."""
+    if not root.is_dir():
+        return []
+    found: list[Path] = []
+    for child in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if is_run_folder(child):
+            found.append(child)
+        elif depth > 1:
+            found.extend(discover_runs(child, depth - 1))
+    return found
+
+
+def _finite(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def read_summary(path: Path, name: str | None = None) -> RunSummary:
+    run = RunDir(path)
+    summary = RunSummary(name=name or path.name, path=path, status="unreadable")
+    try:
+        summary.config = RunConfig(**json.loads(run.config_path.read_text(encoding="utf-8"))).flat()
+    except FileNotFoundError:
+        summary.error = "no config.json"
+        return summary
+    except Exception as e:  # invalid JSON, wrong fields, unreadable file
+        summary.error = f"config.json: {str(e).splitlines()[0]}"
+        return summary
+    try:
+        status = json.loads(run.status_path.read_text(encoding="utf-8"))
+        if not isinstance(status, dict):
+            raise ValueError("not a JSON object")
+    except FileNotFoundError:
+        status = None
+    except Exception as e:
+        summary.error = f"run.json: {str(e).splitlines()[0]}"
+        return summary
+
+    summary.n_params = param_report(ModelConfig(**{k: summary.config[k] for k in ModelConfig.model_fields})).total
+    records = run.read_metrics()
+    evals = [r for r in records if "val_loss" in r]
+    steps = [r for r in records if "tokens_per_s" in r]
+    if status is None:
+        summary.status = "not started"
+        summary.updated = run.config_path.stat().st_mtime
+    else:
+        summary.status = str(status.get("status", "unknown"))
+        if summary.status == "running" and not pid_alive(status.get("pid")):
+            summary.status = "crashed"
+        summary.updated = _finite(status.get("updated")) or run.status_path.stat().st_mtime
+        summary.iteration = status.get("iteration") if isinstance(status.get("iteration"), int) else None
+        summary.best_val_loss = _finite(status.get("best_val_loss"))
+        summary.elapsed = _finite(status.get("elapsed"))
+    summary.max_iters = (status or {}).get("max_iters") if isinstance((status or {}).get("max_iters"), int) else summary.config["max_iters"]
+    if summary.iteration is None and records:
+        summary.iteration = max(int(r.get("iter", 0)) for r in records)
+    if summary.best_val_loss is None:
+        vals = [v for v in (_finite(r.get("val_loss")) for r in evals) if v is not None]
+        summary.best_val_loss = min(vals) if vals else None
+    if summary.elapsed is None and records:
+        summary.elapsed = _finite(records[-1].get("elapsed"))
+    speeds = [v for v in (_finite(r.get("tokens_per_s")) for r in steps[1:] or steps) if v is not None]
+    summary.tokens_per_s = statistics.median(speeds) if speeds else None
+    return summary
+
+
+def differing_fields(configs: list[dict[str, Any]]) -> list[str]:
+    """Config fields (in declaration order) whose values are not the same in every config."""
+    if len(configs) < 2:
+        return []
+    return [f for f in ALL_FIELDS if f not in NOT_COMPARED and len({json.dumps(c.get(f)) for c in configs}) > 1]
+
+
+def format_value(name: str, value: Any) -> str:
+    if name == "data_dir" and isinstance(value, str):
+        return Path(value).name or value
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def label_for(summary: RunSummary, fields: list[str]) -> str:
+    """A short label from the differing fields, e.g. `n_layer=2, learning_rate=0.001`."""
+    if not fields or summary.config is None:
+        return summary.name
+    return ", ".join(f"{f}={format_value(f, summary.config.get(f))}" for f in fields)
+
+
+def summarize_runs(paths: list[Path], root: Path | None = None) -> tuple[list[RunSummary], list[str]]:
+    """Summaries of `paths` (named relative to `root` when given) and the fields that differ."""
+    summaries = []
+    for p in paths:
+        try:
+            name = str(p.relative_to(root)) if root is not None else p.name
+        except ValueError:
+            name = p.name
+        summaries.append(read_summary(p, name))
+    fields = differing_fields([s.config for s in summaries if s.config is not None])
+    for s in summaries:
+        if s.config is not None:
+            s.differing = {f: s.config.get(f) for f in fields}
+    return summaries, fields
+
+
+SORT_KEYS = {
+    "name": lambda s: s.name,
+    "updated": lambda s: s.updated,
+    "date": lambda s: s.updated,
+    "status": lambda s: s.status,
+    "params": lambda s: s.n_params,
+    "iters": lambda s: s.iteration,
+    "val_loss": lambda s: s.best_val_loss,
+    "time": lambda s: s.elapsed,
+    "tokens_per_s": lambda s: s.tokens_per_s,
+}
+
+
+def sort_runs(summaries: list[RunSummary], key: str = "name", reverse: bool = False) -> list[RunSummary]:
+    """Sort by a column (see SORT_KEYS) or a hyperparameter; runs without a value go last either way."""
+    key = key.replace("-", "_")
+    if key in SORT_KEYS:
+        get = SORT_KEYS[key]
+    elif key in ALL_FIELDS:
+        get = lambda s: None if s.config is None else s.config.get(key)  # noqa: E731
+    else:
+        raise UsageError(f"cannot sort by {key!r}: choose from {', '.join(SORT_KEYS)} or a hyperparameter such as n_layer")
+    present = [s for s in summaries if get(s) is not None]
+    missing = [s for s in summaries if get(s) is None]
+    try:
+        present.sort(key=lambda s: (get(s), s.name), reverse=reverse)
+    except TypeError:  # mixed types in a hyperparameter: compare as text
+        present.sort(key=lambda s: (str(get(s)), s.name), reverse=reverse)
+    return present + missing
