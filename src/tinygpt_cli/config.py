@@ -36,6 +36,11 @@ class ModelConfig(BaseModel):
     n_embd: int = Field(384, gt=0, description="Width of the residual stream (embedding size).", json_schema_extra=_panel("Model"))
     dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Dropout probability during training (0 turns it off).", json_schema_extra=_panel("Model"))
     bias: bool = Field(False, description="Use bias terms in linear layers and LayerNorms.", json_schema_extra=_panel("Model"))
+    # Options beyond the classic GPT-2 recipe; the defaults keep the classic model.
+    pos_embedding: Literal["learned", "rope"] = Field("learned", description="Positions: a learned table added to the input (GPT-2) or rotary embeddings inside attention.", json_schema_extra=_panel("Model"))
+    norm: Literal["layernorm", "rmsnorm"] = Field("layernorm", description="Normalisation layer: LayerNorm (GPT-2) or RMSNorm (cheaper, no centring).", json_schema_extra=_panel("Model"))
+    activation: Literal["gelu", "relu2"] = Field("gelu", description="MLP non-linearity: GELU (GPT-2) or squared ReLU.", json_schema_extra=_panel("Model"))
+    qk_norm: bool = Field(False, description="Normalise queries and keys per head before attention (steadier at high learning rates).", json_schema_extra=_panel("Model"))
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> ModelConfig:

@@ -36,7 +36,7 @@ class ParamReport:
 
     @property
     def position_embedding(self) -> int:
-        return self.config.block_size * self.config.n_embd
+        return self.config.block_size * self.config.n_embd if self.config.pos_embedding == "learned" else 0
 
     @property
     def non_embedding(self) -> int:
@@ -80,23 +80,27 @@ def _linear(name: str, n_in: int, n_out: int, bias: bool) -> list[ParamRow]:
     return rows
 
 
-def _norm(name: str, width: int, bias: bool) -> list[ParamRow]:
-    return [ParamRow(name, f"{width}" + (" + bias" if bias else ""), width * (2 if bias else 1))]
+def _norm(name: str, config: ModelConfig) -> list[ParamRow]:
+    width = config.n_embd
+    bias = config.bias and config.norm == "layernorm"  # RMSNorm has a gain, never a bias
+    kind = "RMSNorm" if config.norm == "rmsnorm" else "LayerNorm"
+    return [ParamRow(name, f"{width}" + (" + bias" if bias else ""), width * (2 if bias else 1), kind)]
 
 
 def param_report(config: ModelConfig) -> ParamReport:
     C, V, T, bias = config.n_embd, config.vocab_size, config.block_size, config.bias
-    embedding = [
-        ParamRow("token embedding", f"{V} x {C}", V * C, "shared with the LM head"),
-        ParamRow("position embedding", f"{T} x {C}", T * C),
-    ]
+    embedding = [ParamRow("token embedding", f"{V} x {C}", V * C, "shared with the LM head")]
+    if config.pos_embedding == "learned":
+        embedding.append(ParamRow("position embedding", f"{T} x {C}", T * C))
+    else:
+        embedding.append(ParamRow("position embedding", "rotary", 0, "RoPE: computed, no parameters"))
     block = (
-        _norm("ln_1", C, bias)
+        _norm("ln_1", config)
         + _linear("attention q, k, v", C, 3 * C, bias)
         + _linear("attention output projection", C, C, bias)
-        + _norm("ln_2", C, bias)
+        + _norm("ln_2", config)
         + _linear("MLP up", C, 4 * C, bias)
         + _linear("MLP down", 4 * C, C, bias)
     )
-    head = _norm("final layer norm", C, bias) + [ParamRow("LM head", f"{C} x {V}", 0, "tied: the token embedding, not counted twice")]
+    head = _norm("final norm", config) + [ParamRow("LM head", f"{C} x {V}", 0, "tied: the token embedding, not counted twice")]
     return ParamReport(config, embedding, block, head)

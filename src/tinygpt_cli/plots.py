@@ -116,7 +116,8 @@ def terminal_curve(records: list[dict[str, Any]], width: int = 60, height: int =
         grid[row(sum(losses) / len(losses))][c] = train_mark
     for it, loss in val:
         grid[row(loss)][col(it)] = val_mark
-    labels = {0: _fmt_loss(hi), height - 1: _fmt_loss(lo), (height - 1) // 2: _fmt_loss((hi + lo) / 2)}
+    mid = (height - 1) // 2
+    labels = {0: _fmt_loss(hi), height - 1: _fmt_loss(lo), mid: _fmt_loss(hi - mid / (height - 1) * (hi - lo))}
     pad = max(len(s) for s in labels.values())
     tick, bar, corner, dash = ("+", "|", "+", "-") if ascii else ("┤", "│", "└", "─")
     lines = [f"{labels[r]:>{pad}} {tick}" + "".join(grid[r]).rstrip() if r in labels else " " * pad + f" {bar}" + "".join(grid[r]).rstrip()
