@@ -168,3 +168,70 @@ def closed_port_url() -> str:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     return f"http://127.0.0.1:{port}/input.txt"
+
+
+# --- Tiny models and runs (shared by test_model/config/train/sampling/inspect) ----------------
+
+TINY_TEXT_CHARS = 20_000
+
+# A model and a training run small enough for a 2-core CPU: a few milliseconds per step.
+TINY_MODEL = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, dropout=0.0, bias=False)
+TINY_TRAIN = dict(batch_size=8, max_iters=30, eval_interval=10, eval_iters=2, warmup_iters=2,
+                  learning_rate=3e-3, min_lr=1e-4, seed=1337, device="cpu", dtype="float32")
+# Subprocesses train with one thread as well: two cores shared by several torch processes
+# oversubscribe badly, and one thread makes in-process and subprocess runs bit-identical.
+ONE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def tiny_config(data_dir: str | os.PathLike, **overrides):
+    """A RunConfig of the tiny shape and schedule above (overrides win), reading `data_dir`."""
+    from tinygpt_cli.config import resolve_config
+
+    return resolve_config("cpu", None, {**TINY_MODEL, **TINY_TRAIN, "data_dir": str(data_dir), **overrides})
+
+
+def tiny_cli_flags(data_dir: str | os.PathLike, **overrides) -> list[str]:
+    """The same settings as `tiny_config`, as `tinygpt train` flags."""
+    from tinygpt_cli.config import flag_name
+
+    values = {**TINY_MODEL, **TINY_TRAIN, "data_dir": str(data_dir), **overrides}
+    args = ["--preset", "cpu"]
+    for key, value in values.items():
+        if isinstance(value, bool):
+            args.append(flag_name(key) if value else "--no-" + key.replace("_", "-"))
+        else:
+            args += [flag_name(key), str(value)]
+    return args
+
+
+@pytest.fixture(scope="session")
+def torch_one_thread():
+    """torch on one intra-op thread for the session (much faster for tiny models on 2 cores)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """A prepared dataset folder (about 18,000 train and 2,000 val tokens) from `make_text`."""
+    from tinygpt_cli.data import prepare_text
+
+    root = tmp_path_factory.mktemp("tiny_dataset")
+    source = root / "tiny.txt"
+    source.write_text(make_text(TINY_TEXT_CHARS, seed=2024), encoding="utf-8")
+    prepare_text(source, root / "data", "tiny", 0.1)
+    return root / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_dataset, torch_one_thread) -> Path:
+    """A finished tiny training run folder (30 iterations, block 16). Treat it as read-only."""
+    from tinygpt_cli.train import train_new
+
+    run = tmp_path_factory.mktemp("tiny_run") / "run"
+    train_new(tiny_config(tiny_dataset), run)
+    return run

@@ -1,8 +1,46 @@
 """tinygpt: build a small character-level GPT from scratch.
 
-The library API is importable from here; names load lazily so that `tinygpt --help` stays fast.
+The names a Python user needs, importable from here (loaded lazily, so that the command line's
+`--help` does not pay for importing torch):
+
+    from tinygpt_cli import load_model, generate, score_split, load_dataset
+    model, ckpt = load_model("runs/demo/best.safetensors")
+    ids = generate(model, ckpt.vocab.encode("ROMEO:"), 200, temperature=0.8, seed=1)
+    print(ckpt.vocab.decode(ids))
 """
 
 from __future__ import annotations
 
+import importlib
+
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    # configuration
+    "ModelConfig": "config", "TrainConfig": "config", "RunConfig": "config", "resolve_config": "config",
+    "PRESETS": "config",
+    # data
+    "Vocabulary": "vocab", "prepare_shakespeare": "data", "prepare_text": "data", "load_dataset": "data",
+    # model and checkpoints
+    "GPT": "model", "KVCache": "model",
+    "Checkpoint": "checkpoint", "save_checkpoint": "checkpoint", "load_checkpoint": "checkpoint", "load_model": "checkpoint",
+    # training, sampling, inspection
+    "train_new": "train", "resume": "train", "TrainingReporter": "train",
+    "generate": "sampling",
+    "param_report": "params", "score_split": "evaluate",
+    "TinyGPTError": "errors",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -21,6 +21,7 @@ import torch
 from .checkpoint import Checkpoint, load_checkpoint, load_model_weights, model_weights, save_checkpoint
 from .config import RunConfig, TrainConfig, build_config, check_against_data
 from .data import Dataset, load_dataset
+from .devices import autocast_for, pick_device, pick_dtype
 from .distributed import DistContext, all_reduce_sum, barrier, init_process_group
 from .errors import TinyGPTError, TrainingStopped, UsageError
 from .fsutil import write_json_atomic
@@ -31,34 +32,6 @@ LOG_INTERVAL = 10  # steps between step records in metrics.jsonl
 # Rough sustained throughput, for the projection printed before the first step.
 ASSUMED_FLOPS = {"cpu": 3e10, "mps": 3e12, "cuda": 5e13}
 SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA GPU is available here", "tinygpt train --device cpu")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise UsageError("--device mps: Apple's MPS backend is not available here", "tinygpt train --device cpu")
-    return torch.device(name)
-
-
-def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        return torch.bfloat16 if bf16 else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-
-
-def autocast_for(device: torch.device, dtype: torch.dtype):
-    """Mixed precision: weights stay fp32, matmuls run in `dtype`."""
-    if dtype == torch.float32:
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def flops_per_token(n_params: int, n_layer: int, n_embd: int, block_size: int) -> int:

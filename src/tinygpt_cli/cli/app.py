@@ -10,6 +10,7 @@ import typer
 from .. import __version__
 from ..errors import TinyGPTError
 from . import bench_cmds, data_cmds, inspect_cmds, train_cmds
+from . import runs_cmds
 
 app = typer.Typer(
     name="tinygpt",
@@ -41,6 +42,7 @@ data_cmds.register(app)
 train_cmds.register(app)
 inspect_cmds.register(app)
 bench_cmds.register(app)
+runs_cmds.register(app)
 
 
 def _report(message: str, hint: str | None) -> None:

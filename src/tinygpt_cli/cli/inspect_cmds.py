@@ -38,7 +38,7 @@ def generate(
     top_p: float = typer.Option(None, "--top-p", min=0.0, max=1.0, help="Sample from the smallest set of characters whose probability reaches p."),
     num_samples: int = typer.Option(1, "--num-samples", min=1, help="How many independent samples."),
     seed: int = typer.Option(None, "--seed", help="Same seed and options give the same text."),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda or mps."),
+    device: str = typer.Option("cpu", "--device", help="auto, cpu, cuda or mps."),
     kv_cache: bool = typer.Option(True, "--kv-cache/--no-kv-cache", help="Reuse past keys/values (fast); off recomputes each window."),
 ) -> None:
     """Write text with a trained model, streamed as it is produced.
@@ -46,11 +46,12 @@ def generate(
     Example: tinygpt generate --prompt "ROMEO:" --max-new-tokens 300 --seed 1
     """
     from ..checkpoint import load_model
+    from ..devices import pick_device
     from ..runs import resolve_checkpoint
     from ..sampling import generate as generate_ids
 
     text = _read_prompt(prompt, prompt_file) or "\n"
-    model, ckpt = load_model(resolve_checkpoint(run, checkpoint), device)
+    model, ckpt = load_model(resolve_checkpoint(run, checkpoint), pick_device(device))
     prompt_ids = ckpt.vocab.encode(text)  # unknown characters: a one-line error, exit 2
     interactive = sys.stdout.isatty()
     for i in range(num_samples):
@@ -138,7 +139,7 @@ def evaluate(
     run: Path = RUN,
     checkpoint: Path = CHECKPOINT,
     data_dir: Path = typer.Option(None, "--data-dir", help="Dataset to score on (default: the one the run trained on)."),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda or mps."),
+    device: str = typer.Option("cpu", "--device", help="auto, cpu, cuda or mps."),
     as_json: bool = JSON,
 ) -> None:
     """Validation loss, perplexity and bits per character of a checkpoint, over the whole val split.
@@ -147,12 +148,13 @@ def evaluate(
     """
     from ..checkpoint import load_model
     from ..data import load_dataset
+    from ..devices import pick_device
     from ..errors import TinyGPTError
     from ..evaluate import score_split, score_train_sample
     from ..runs import resolve_checkpoint
 
     path = resolve_checkpoint(run, checkpoint)
-    model, ckpt = load_model(path, device)
+    model, ckpt = load_model(path, pick_device(device))
     folder = data_dir or Path((ckpt.train_config or {}).get("data_dir", "data/shakespeare"))
     dataset = load_dataset(folder)
     if dataset.vocab != ckpt.vocab:

@@ -90,6 +90,10 @@ def make_reporter(interactive: bool):
                 best = result["best_val_loss"]
                 out.print(f"done: {result['iteration']:,} iterations in {_fmt_time(result['elapsed'])}, "
                           f"best val loss {best:.4f}  ->  {result['run']}/best.safetensors")
+                from ..runs import RunDir
+                from .runs_cmds import print_curve
+
+                print_curve(RunDir(result["run"]).read_metrics())
                 out.print(f"next: tinygpt generate --run {result['run']} --prompt \"ROMEO:\"")
 
     return Reporter()

@@ -1,0 +1,278 @@
+"""`tinygpt plot`, `tinygpt runs` and `tinygpt sweep`: see and compare runs.
+
+torch and matplotlib are imported inside the commands only, so `tinygpt --help` stays quick.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import typer
+
+from .console import err, out, print_json
+
+JSON = typer.Option(False, "--json", help="Print JSON instead of a table.")
+STATUS_STYLE = {"finished": "green", "stopped": "yellow", "running": "cyan", "failed": "red", "crashed": "red",
+                "unreadable": "red", "not started": "dim"}
+
+
+def _fmt_time(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = max(0, int(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def _fmt_count(n: int | None) -> str:
+    if n is None:
+        return "-"
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else str(n)
+
+
+def _ascii_only() -> bool:
+    return not (getattr(sys.stdout, "encoding", None) or "").lower().replace("-", "").startswith("utf")
+
+
+def print_curve(records: list[dict], title: str | None = None) -> None:
+    """A compact loss curve on stdout (used at the end of `train` and by `plot --terminal`)."""
+    from ..plots import terminal_curve
+
+    curve = terminal_curve(records, ascii=_ascii_only())
+    if curve:
+        if title:
+            out.print(title, markup=False)
+        out.print(curve, markup=False, highlight=False, soft_wrap=True)
+
+
+def runs_table(summaries, fields: list[str], title: str | None = None) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    from ..runs_table import format_value
+
+    table = Table(title=title, title_justify="left")
+    for col in ("name", "updated", "status", "params", *fields, "iters", "best val", "time", "tok/s"):
+        table.add_column(col, justify="left" if col in ("name", "updated", "status") else "right")
+    notes = any(s.error for s in summaries)
+    if notes:
+        table.add_column("note", style="dim")
+    for s in summaries:
+        updated = time.strftime("%Y-%m-%d %H:%M", time.localtime(s.updated)) if s.updated else "-"
+        iters = "-" if s.iteration is None else f"{s.iteration:,}" + (f"/{s.max_iters:,}" if s.max_iters else "")
+        row = [Text(s.name), updated, Text(s.status, style=STATUS_STYLE.get(s.status, "")), _fmt_count(s.n_params),
+               *[format_value(f, s.config[f]) if s.config else "-" for f in fields], iters,
+               "-" if s.best_val_loss is None else f"{s.best_val_loss:.4f}", _fmt_time(s.elapsed),
+               "-" if s.tokens_per_s is None else f"{s.tokens_per_s:,.0f}"]
+        table.add_row(*row, *([Text(s.error or "")] if notes else []))
+    out.print(table)
+
+
+def _run_paths(args: list[Path]) -> list[Path]:
+    """Run folders named on the command line: a path, a name under runs/, or a sweep folder (its runs)."""
+    from ..errors import UsageError
+    from ..runs import RUNS_DIR
+    from ..runs_table import discover_runs, is_run_folder
+
+    paths: list[Path] = []
+    for arg in args:
+        path = arg if arg.is_dir() or arg.is_absolute() else (RUNS_DIR / arg if (RUNS_DIR / arg).is_dir() else arg)
+        if is_run_folder(path):
+            paths.append(path)
+        elif path.is_dir() and discover_runs(path):
+            paths.extend(discover_runs(path))
+        else:
+            raise UsageError(f"no run folder at {arg}", "tinygpt runs  (lists run folders)")
+    return paths
+
+
+def _labelled(summaries, fields: list[str]) -> list[tuple[str, list[dict]]]:
+    from ..runs import RunDir
+    from ..runs_table import label_for
+
+    labels = [label_for(s, fields) for s in summaries]
+    if len(set(labels)) < len(labels):
+        labels = [s.name if label == s.name else f"{s.name}: {label}" for s, label in zip(summaries, labels)]
+    return [(label, RunDir(s.path).read_metrics()) for s, label in zip(summaries, labels)]
+
+
+def plot(
+    runs: list[Path] = typer.Argument(..., help="Run folders (runs/NAME, or just NAME); a sweep folder adds all its runs."),
+    out_path: Path = typer.Option(None, "--out", help="PNG file to write (default: RUN/loss.png for one run, loss.png here for several)."),
+    x: str = typer.Option("iter", "--x", help="Horizontal axis: iter (iterations) or time (wall-clock)."),
+    terminal: bool = typer.Option(False, "--terminal", help="Draw the curves in the terminal instead (no matplotlib needed)."),
+    title: str = typer.Option(None, "--title", help="Title of the plot."),
+) -> None:
+    """Plot train and validation loss of one or more runs, overlaid, labelled by what differs.
+
+    Example: tinygpt plot runs/a runs/b --x time
+    """
+    from ..errors import TinyGPTError, UsageError
+    from ..plots import X_AXES, plot_runs, require_matplotlib, save_png
+    from ..runs_table import summarize_runs
+
+    if x not in X_AXES:
+        raise UsageError(f"--x {x!r}: choose iter or time")
+    if not terminal:
+        require_matplotlib()
+    summaries, fields = summarize_runs(_run_paths(runs))
+    series = []
+    for label, records in _labelled(summaries, fields):
+        if records:
+            series.append((label, records))
+        else:
+            err.print(f"skipped {label}: no metrics yet", markup=False)
+    if not series:
+        raise TinyGPTError("none of these runs has logged any loss yet", "train for at least 10 iterations first")
+    if terminal:
+        for label, records in series:
+            print_curve(records, label)
+        return
+    target = out_path or (summaries[0].path / "loss.png" if len(summaries) == 1 else Path("loss.png"))
+    fig = plot_runs(series, x=x, title=title)
+    save_png(fig, target)
+    out.print(f"wrote {target} ({len(fig.axes[0].get_lines())} curves, {len(series)} run{'s' * (len(series) > 1)})", markup=False)
+
+
+def list_runs(
+    folder: Path = typer.Option(None, "--dir", help="Folder holding run folders (default: runs/)."),
+    sort: str = typer.Option("name", "--sort", help="Sort by name, date, status, params, iters, val_loss, time, tokens_per_s or a hyperparameter."),
+    reverse: bool = typer.Option(False, "--reverse", help="Largest first."),
+    as_json: bool = JSON,
+) -> None:
+    """List runs: status, size, the hyperparameters that differ, progress and best loss.
+
+    Example: tinygpt runs --sort val_loss
+    """
+    from ..runs import RUNS_DIR
+    from ..runs_table import discover_runs, sort_runs, summarize_runs
+
+    root = folder or RUNS_DIR
+    summaries, fields = summarize_runs(discover_runs(root), root)
+    summaries = sort_runs(summaries, sort, reverse)
+    if as_json:
+        print_json([s.to_dict() for s in summaries])
+    elif not summaries:
+        out.print(f"no runs under {root}/  (start one: tinygpt train --preset cpu)", markup=False)
+    else:
+        runs_table(summaries, fields, title=f"{len(summaries)} run{'s' * (len(summaries) > 1)} in {root}")
+
+
+def _cell_reporter(interactive: bool):
+    """The train display for one cell, ending with one line instead of train's closing block."""
+    from ..train import TrainingReporter
+    from .train_cmds import make_reporter
+
+    inner = make_reporter(interactive)
+
+    class CellReporter(TrainingReporter):
+        on_start, on_step, on_eval = inner.on_start, inner.on_step, inner.on_eval
+
+        def on_end(self, status: str, result: dict) -> None:
+            if getattr(inner, "progress", None) is not None:
+                inner.progress.stop()
+            best = result.get("best_val_loss")
+            out.print(f"{status}: {result['iteration']:,} iterations in {_fmt_time(result['elapsed'])}, "
+                      f"best val loss {'-' if best is None else f'{best:.4f}'}", markup=False)
+
+    return CellReporter()
+
+
+def _sweep_command(out_dir: Path) -> str:
+    args = sys.argv[1:]
+    if "--out" not in args and not any(a.startswith("--out=") for a in args):
+        args += ["--out", str(out_dir)]
+    return "tinygpt " + shlex.join(a for a in args if a != "--dry-run")
+
+
+def sweep(
+    ctx: typer.Context,
+    preset: str = typer.Option(None, "--preset", help="Starting values for every run: baby (default) or cpu."),
+    config: Path = typer.Option(None, "--config", help="TOML file of settings (flags override it)."),
+    out_dir: Path = typer.Option(None, "--out", help="Sweep folder, one run folder per cell (default: runs/sweep-<timestamp>)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show the grid, each run's parameters and projected time; train nothing."),
+    as_json: bool = JSON,
+) -> None:
+    """Train a grid of runs: any train flag takes comma-separated values, every combination runs.
+
+    Rerun the same command with --out SWEEP_FOLDER to skip finished runs and resume stopped ones.
+
+    Example: tinygpt sweep --preset cpu --n-layer 2,4 --learning-rate 1e-3,3e-3 --max-iters 500
+    """
+    from ..errors import TinyGPTError, TrainingStopped
+    from ..sweep import plan_sweep, project, run_sweep
+
+    plan = plan_sweep(list(ctx.args), preset, config, out_dir)
+    axes = "  x  ".join(f"{k} {{{', '.join(map(str, v))}}}" for k, v in plan.axes.items())
+    if dry_run:
+        rows = project(plan)
+        total = sum(r["projected_seconds"] for r in rows)
+        if as_json:
+            print_json({**plan.to_dict(), "cells": rows, "projected_seconds": total})
+            return
+        from rich.table import Table
+
+        table = Table(title=f"{len(rows)} runs into {plan.out}: {axes}", title_justify="left")
+        for col in ("run", "action", "parameters", "iters", "ms/iter", "projected"):
+            table.add_column(col, justify="left" if col in ("run", "action") else "right")
+        for r in rows:
+            table.add_row(r["name"], r["action"], f"{r['n_params']:,}", f"{r['done_iters']:,}/{r['max_iters']:,}",
+                          "-" if r["ms_per_iter"] is None else f"{r['ms_per_iter']:.1f}", _fmt_time(r["projected_seconds"]))
+        out.print(table)
+        out.print(f"projected total: {_fmt_time(total)} (timed on this machine; evaluations included)", markup=False)
+        return
+    say = err if as_json else out
+    say.print(f"sweep of {len(plan.cells)} runs into {plan.out}: {axes}", markup=False)
+    say.print(f"(stopped? the same command with --out {plan.out} resumes it)", markup=False)
+    verbs = {"train": "training", "restart": "training", "resume": "resuming", "skip": "skipped (finished)"}
+
+    def on_cell(i: int, cell, action: str) -> None:
+        say.print(f"[bold]\\[{i + 1}/{len(plan.cells)}][/] {cell.name}: {verbs[action]}")
+
+    from ..train import TrainingReporter
+
+    interactive = sys.stdout.isatty() and not as_json
+    try:
+        result = run_sweep(plan, (lambda cell: TrainingReporter()) if as_json else (lambda cell: _cell_reporter(interactive)), on_cell)
+    except TrainingStopped as e:
+        raise TrainingStopped(e.message, _sweep_command(plan.out), e.exit_code) from None
+    _sweep_summary(plan, result, as_json)
+    if result.failed:
+        names = ", ".join(c.cell.name for c in result.failed)
+        raise TinyGPTError(f"{len(result.failed)} of {len(plan.cells)} runs failed ({names}): {result.failed[0].error}",
+                           f"{_sweep_command(plan.out)}  (resumes them from their last checkpoint)")
+
+
+def _sweep_summary(plan, result, as_json: bool) -> None:
+    """The comparison table (best first) and sweep.png in the sweep folder."""
+    from ..errors import TinyGPTError
+    from ..plots import plot_runs, save_png
+    from ..runs_table import sort_runs, summarize_runs
+
+    summaries, fields = summarize_runs([c.path for c in plan.cells], plan.out)
+    png: Path | None = plan.out / "sweep.png"
+    try:
+        save_png(plot_runs([s for s in _labelled(summaries, fields) if s[1]], title=f"sweep {plan.out.name}"), png)
+    except TinyGPTError as e:
+        err.print(f"no sweep.png: {e.message}" + (f" ({e.hint})" if e.hint else ""), markup=False)
+        png = None
+    ranked = sort_runs(summaries, "val_loss")
+    if as_json:
+        outcomes = {c.cell.name: c for c in result.cells}
+        print_json({"out": str(plan.out), "plot": str(png) if png else None,
+                    "runs": [{**s.to_dict(), "outcome": outcomes[s.name].outcome, "outcome_error": outcomes[s.name].error}
+                             for s in ranked]})
+        return
+    runs_table(ranked, fields, title=f"sweep {plan.out} (best first)")
+    if png is not None:
+        out.print(f"wrote {png}", markup=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("plot")(plot)
+    app.command("runs")(list_runs)
+    app.command("sweep", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(sweep)

@@ -1,0 +1,135 @@
+"""The GPT module: initial loss, learning, weight tying, init scales, shapes and the KV cache."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tinygpt_cli.config import ModelConfig
+from tinygpt_cli.model import GPT, KVCache
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+TINY = ModelConfig(vocab_size=65, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
+
+
+def make_model(config: ModelConfig = TINY, seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(config)
+
+
+def test_initial_loss_is_uniform_guess():
+    model = make_model().eval()
+    g = torch.Generator().manual_seed(1)
+    idx = torch.randint(0, TINY.vocab_size, (8, TINY.block_size), generator=g)
+    targets = torch.randint(0, TINY.vocab_size, (8, TINY.block_size), generator=g)
+    with torch.no_grad():
+        logits, loss = model(idx, targets)
+    assert logits.shape == (8, TINY.block_size, TINY.vocab_size)
+    assert loss.ndim == 0
+    assert abs(loss.item() - math.log(TINY.vocab_size)) < 0.3
+
+
+def test_loss_falls_when_overfitting_one_batch():
+    model = make_model().train()
+    g = torch.Generator().manual_seed(2)
+    idx = torch.randint(0, TINY.vocab_size, (4, TINY.block_size), generator=g)
+    targets = torch.roll(idx, -1, dims=1)  # a learnable mapping: the next token of a fixed batch
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(50):
+        _, loss = model(idx, targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(x) for x in losses)
+    assert losses[-1] < losses[0] - 1.0, (losses[0], losses[-1])
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_weight_tying_shares_one_tensor():
+    model = make_model()
+    assert model.lm_head.weight is model.tok_emb.weight
+    # Counted once: the shared matrix appears a single time in parameters().
+    names = [n for n, _ in model.named_parameters()]
+    assert "tok_emb.weight" in names and "lm_head.weight" not in names
+    # A change through one is seen through the other.
+    with torch.no_grad():
+        model.tok_emb.weight[3, 5] = 7.0
+    assert model.lm_head.weight[3, 5].item() == 7.0
+
+
+def test_residual_projections_have_scaled_init():
+    config = ModelConfig(vocab_size=65, block_size=32, n_layer=4, n_head=4, n_embd=256, dropout=0.0)
+    model = make_model(config)
+    expected = 0.02 / math.sqrt(2 * config.n_layer)
+    for block in model.blocks:
+        for weight in (block.attn.proj.weight, block.mlp.down.weight):
+            assert weight.std().item() == pytest.approx(expected, rel=0.05)
+            assert abs(weight.mean().item()) < expected / 10
+        # The other matrices keep the plain 0.02.
+        for weight in (block.attn.qkv.weight, block.mlp.up.weight):
+            assert weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert model.tok_emb.weight.std().item() == pytest.approx(0.02, rel=0.05)
+
+
+def test_biases_start_at_zero_when_enabled():
+    model = make_model(TINY.model_copy(update={"bias": True}))
+    biases = [p for n, p in model.named_parameters() if n.endswith(".bias") and "ln_" not in n]
+    assert biases and all(torch.count_nonzero(b) == 0 for b in biases)
+
+
+def test_forward_without_targets_returns_last_position_only():
+    model = make_model().eval()
+    idx = torch.randint(0, TINY.vocab_size, (3, 10))
+    with torch.no_grad():
+        logits, loss = model(idx)
+        full, _ = model(idx, torch.zeros_like(idx))
+    assert loss is None
+    assert logits.shape == (3, 1, TINY.vocab_size)
+    torch.testing.assert_close(logits[:, 0], full[:, -1])
+
+
+def test_forward_longer_than_block_size_is_refused():
+    model = make_model().eval()
+    with pytest.raises(ValueError, match="block_size"):
+        model(torch.zeros((1, TINY.block_size + 1), dtype=torch.long))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_kv_cache_one_token_at_a_time_matches_full_forward(dtype):
+    model = make_model(seed=3).to(dtype).eval()
+    g = torch.Generator().manual_seed(4)
+    idx = torch.randint(0, TINY.vocab_size, (2, TINY.block_size), generator=g)
+    cache = KVCache(TINY, batch_size=2, device="cpu", dtype=dtype)
+    atol = 1e-5 if dtype == torch.float32 else 1e-12
+    with torch.no_grad():
+        for t in range(TINY.block_size):
+            cached, _ = model(idx[:, t : t + 1], cache=cache)
+            full, _ = model(idx[:, : t + 1])
+            assert cached.shape == (2, 1, TINY.vocab_size)
+            assert torch.allclose(cached, full, atol=atol, rtol=0), f"position {t}"
+    assert cache.length == TINY.block_size
+    # The cache is full: one more position would go past block_size.
+    with pytest.raises(ValueError, match="block_size"):
+        model(idx[:, :1], cache=cache)
+
+
+def test_kv_cache_prefill_then_single_steps_matches_full_forward():
+    model = make_model(seed=5).double().eval()
+    idx = torch.randint(0, TINY.vocab_size, (1, TINY.block_size), generator=torch.Generator().manual_seed(6))
+    cache = KVCache(TINY, batch_size=1, device="cpu", dtype=torch.float64)
+    with torch.no_grad():
+        prefill, _ = model(idx[:, :7], cache=cache)
+        assert torch.allclose(prefill, model(idx[:, :7])[0], atol=1e-12, rtol=0)
+        for t in range(7, TINY.block_size):
+            step, _ = model(idx[:, t : t + 1], cache=cache)
+            assert torch.allclose(step, model(idx[:, : t + 1])[0], atol=1e-12, rtol=0)
+        # A non-empty cache takes one position at a time.
+        cache.reset()
+        model(idx[:, :2], cache=cache)
+        with pytest.raises(ValueError, match="one new position"):
+            model(idx[:, 2:4], cache=cache)
