@@ -23,9 +23,9 @@ def pick_device(name: str) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA GPU is available here", "tinygpt train --device cpu")
+        raise UsageError("--device cuda: no CUDA GPU is available here", "pass --device cpu")
     if name == "mps" and not torch.backends.mps.is_available():
-        raise UsageError("--device mps: Apple's MPS backend is not available here", "tinygpt train --device cpu")
+        raise UsageError("--device mps: Apple's MPS backend is not available here", "pass --device cpu")
     return torch.device(name)
 
 
