@@ -71,6 +71,8 @@ class TrainConfig(BaseModel):
     beta1: float = Field(0.9, ge=0, lt=1, description="Adam momentum: decay rate of the gradient's running mean.", json_schema_extra=_panel("Optimisation"))
     beta2: float = Field(0.99, ge=0, lt=1, description="Adam decay rate of the squared gradient's running mean.", json_schema_extra=_panel("Optimisation"))
     grad_clip: float = Field(1.0, ge=0, description="Clip the gradient norm to this (0 turns clipping off).", json_schema_extra=_panel("Optimisation"))
+    optimizer: Literal["adamw", "muon"] = Field("adamw", description="AdamW for everything, or Muon for the blocks' weight matrices (AdamW for the rest).", json_schema_extra=_panel("Optimisation"))
+    muon_lr: float = Field(0.02, gt=0, description="Peak learning rate of the Muon matrices (with --optimizer muon; follows the same schedule).", json_schema_extra=_panel("Optimisation"))
 
     eval_interval: int = Field(250, ge=1, description="Evaluate train/val loss and save `last` every N steps.", json_schema_extra=_panel("Run"))
     eval_iters: int = Field(200, gt=0, description="Batches averaged per loss estimate.", json_schema_extra=_panel("Run"))

@@ -26,6 +26,7 @@ from .distributed import DistContext, all_reduce_sum, barrier, init_process_grou
 from .errors import TinyGPTError, TrainingStopped, UsageError
 from .fsutil import write_json_atomic
 from .model import GPT
+from .optim import MuonAdamW
 from .runs import RunDir
 
 LOG_INTERVAL = 10  # steps between step records in metrics.jsonl
@@ -67,12 +68,24 @@ def learning_rate_at(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices (embeddings, linear weights) only, never biases or norm gains."""
-    params = [p for p in model.parameters() if p.requires_grad]
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW (or Muon for the blocks' matrices); weight decay on matrices only, never on biases
+    or norm gains. Each group's `lr_scale` ties its rate to the one schedule."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    matrices = [p for _, p in named if p.dim() >= 2]
+    vectors = [p for _, p in named if p.dim() < 2]
+    if cfg.optimizer == "muon":
+        hidden = [p for n, p in named if p.dim() == 2 and n.startswith("blocks.")]
+        embeddings = [p for n, p in named if p.dim() >= 2 and not n.startswith("blocks.")]
+        groups = [
+            {"params": hidden, "weight_decay": cfg.weight_decay, "muon": True, "lr_scale": cfg.muon_lr / cfg.learning_rate},
+            {"params": embeddings, "weight_decay": cfg.weight_decay, "lr_scale": 1.0},
+            {"params": vectors, "weight_decay": 0.0, "lr_scale": 1.0},
+        ]
+        return MuonAdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2))
     groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        {"params": matrices, "weight_decay": cfg.weight_decay, "lr_scale": 1.0},
+        {"params": vectors, "weight_decay": 0.0, "lr_scale": 1.0},
     ]
     fused = device.type in ("cpu", "cuda")  # one kernel for all parameters instead of a loop
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), fused=fused)
@@ -255,7 +268,7 @@ class Trainer:
         cfg = self.config.train
         lr = learning_rate_at(self.step, cfg)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_scale"]
         B, accum = cfg.batch_size, cfg.grad_accum
         x_all, y_all = self.splits["train"].sample(B * self.world_size * accum, self.data_gen)
         total = torch.zeros((), device=self.device)

@@ -1,0 +1,80 @@
+"""Muon for the hidden weight matrices, AdamW for everything else, in one torch optimizer.
+
+Muon (MomentUm Orthogonalized by Newton-Schulz) replaces each matrix's momentum by the nearest
+semi-orthogonal matrix before stepping: every direction of the update gets a similar size, so
+rare but useful directions are not drowned by dominant ones. Speed-run records report 1.3-2x
+fewer steps than AdamW for the same loss. Embeddings, the tied head, norms and biases keep AdamW.
+
+Being one `torch.optim.Optimizer`, its state_dict saves and loads like AdamW's, so checkpoints
+and exact resume work unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def orthogonalize(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """Approximately U·Vᵀ of g = U·S·Vᵀ, by a quintic Newton-Schulz iteration (coefficients
+    tuned to converge fast on singular values in (0, 1], as in the Muon speed-run code)."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = g / (g.norm() + 1e-7)  # singular values into (0, 1]
+    tall = x.size(0) > x.size(1)
+    if tall:
+        x = x.T  # iterate on the smaller Gram matrix
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.T if tall else x
+
+
+class MuonAdamW(torch.optim.Optimizer):
+    """Param groups with `muon=True` take Muon steps; the others take AdamW steps.
+
+    Group keys: lr, weight_decay, muon; Muon groups: momentum, ns_steps; AdamW groups: betas, eps.
+    """
+
+    def __init__(self, groups: list[dict], lr: float, betas: tuple[float, float] = (0.9, 0.95),
+                 eps: float = 1e-8, momentum: float = 0.95, ns_steps: int = 5):
+        defaults = dict(lr=lr, weight_decay=0.0, muon=False, betas=betas, eps=eps, momentum=momentum, ns_steps=ns_steps)
+        super().__init__(groups, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if group["weight_decay"]:
+                    p.mul_(1 - group["lr"] * group["weight_decay"])  # decoupled, as in AdamW
+                if group["muon"]:
+                    self._muon(p, group)
+                else:
+                    self._adamw(p, group)
+
+    def _muon(self, p: torch.Tensor, group: dict) -> None:
+        state = self.state[p]
+        if "momentum_buffer" not in state:
+            state["momentum_buffer"] = torch.zeros_like(p)
+        buf = state["momentum_buffer"]
+        buf.lerp_(p.grad, 1 - group["momentum"])
+        nesterov = p.grad.lerp(buf, group["momentum"])
+        update = orthogonalize(nesterov.float(), group["ns_steps"]).to(p.dtype)
+        # Orthogonal updates have unit singular values; scale so tall matrices move alike.
+        p.add_(update, alpha=-group["lr"] * math.sqrt(max(1.0, p.size(0) / p.size(1))))
+
+    def _adamw(self, p: torch.Tensor, group: dict) -> None:
+        state = self.state[p]
+        if "step" not in state:
+            state["step"] = torch.zeros((), dtype=torch.float32)
+            state["exp_avg"] = torch.zeros_like(p)
+            state["exp_avg_sq"] = torch.zeros_like(p)
+        beta1, beta2 = group["betas"]
+        state["step"] += 1
+        t = state["step"].item()
+        state["exp_avg"].lerp_(p.grad, 1 - beta1)  # first moment: momentum
+        state["exp_avg_sq"].mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)  # second moment: per-weight scale
+        denom = (state["exp_avg_sq"] / (1 - beta2**t)).sqrt_().add_(group["eps"])
+        p.addcdiv_(state["exp_avg"], denom, value=-group["lr"] / (1 - beta1**t))
