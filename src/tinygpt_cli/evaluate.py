@@ -63,5 +63,7 @@ def score_split(model: GPT, tokens: np.ndarray) -> SplitScore:
 
 def score_train_sample(model: GPT, tokens: np.ndarray, windows: int = TRAIN_SAMPLE_WINDOWS) -> SplitScore:
     T = model.config.block_size
+    if len(tokens) <= T:  # not one full window fits (another dataset given to eval): score it all
+        return score_split(model, tokens)
     starts = np.linspace(0, len(tokens) - T - 1, num=min(windows, len(tokens) - T)).astype(np.int64)
     return score_windows(model, tokens, starts, T)

@@ -29,7 +29,8 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
     probs = torch.softmax(sorted_logits, dim=-1)
     mass_before = torch.cumsum(probs, dim=-1) - probs  # mass of the tokens ranked above each one
-    drop_sorted = mass_before >= p  # the top token always stays (its mass_before is 0)
+    drop_sorted = mass_before >= p
+    drop_sorted[..., 0] = False  # the top token always stays, even for p = 0
     drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
     return logits.masked_fill(drop, float("-inf"))
 

@@ -77,7 +77,7 @@ def _params_table(report) -> None:
     c = report.config
     table = Table(title=f"{c.n_layer} layers, {c.n_head} heads, {c.n_embd} wide, block {c.block_size}, "
                         f"vocab {c.vocab_size}, bias {'on' if c.bias else 'off'}", title_justify="left")
-    table.add_column("part")
+    table.add_column("part", no_wrap=True)
     table.add_column("shape", justify="right")
     table.add_column("parameters", justify="right")
     table.add_column("share", justify="right")

@@ -49,27 +49,39 @@ def print_curve(records: list[dict], title: str | None = None) -> None:
         out.print(curve, markup=False, highlight=False, soft_wrap=True)
 
 
-def runs_table(summaries, fields: list[str], title: str | None = None) -> None:
+def runs_table(summaries, fields: list[str], title: str | None = None, skip: tuple[str, ...] = ()) -> None:
+    """The runs as a table; columns of least interest go first when the terminal is narrow."""
     from rich.table import Table
     from rich.text import Text
 
     from ..runs_table import format_value
 
-    table = Table(title=title, title_justify="left")
-    for col in ("name", "updated", "status", "params", *fields, "iters", "best val", "time", "tok/s"):
-        table.add_column(col, justify="left" if col in ("name", "updated", "status") else "right")
-    notes = any(s.error for s in summaries)
-    if notes:
-        table.add_column("note", style="dim")
+    columns = [c for c in ("name", "updated", "status", "params", *fields, "iters", "best val", "time", "tok/s") if c not in skip]
+    rows = []
     for s in summaries:
-        updated = time.strftime("%Y-%m-%d %H:%M", time.localtime(s.updated)) if s.updated else "-"
         iters = "-" if s.iteration is None else f"{s.iteration:,}" + (f"/{s.max_iters:,}" if s.max_iters else "")
-        row = [Text(s.name), updated, Text(s.status, style=STATUS_STYLE.get(s.status, "")), _fmt_count(s.n_params),
-               *[format_value(f, s.config[f]) if s.config else "-" for f in fields], iters,
-               "-" if s.best_val_loss is None else f"{s.best_val_loss:.4f}", _fmt_time(s.elapsed),
-               "-" if s.tokens_per_s is None else f"{s.tokens_per_s:,.0f}"]
-        table.add_row(*row, *([Text(s.error or "")] if notes else []))
+        rows.append({
+            "name": s.name, "status": s.status, "params": _fmt_count(s.n_params), "iters": iters, "time": _fmt_time(s.elapsed),
+            "updated": time.strftime("%Y-%m-%d %H:%M", time.localtime(s.updated)) if s.updated else "-",
+            "best val": "-" if s.best_val_loss is None else f"{s.best_val_loss:.4f}",
+            "tok/s": "-" if s.tokens_per_s is None else f"{s.tokens_per_s:,.0f}",
+            **{f: format_value(f, s.config[f]) if s.config else "-" for f in fields},
+        })
+    widths = {c: max([len(r[c]) for r in rows] + [len(c)]) for c in columns}
+    for droppable in ("updated", "tok/s", "time", "params"):  # numbers stay whole; only the name may wrap
+        if sum(widths[c] + 3 for c in columns if c != "name") + 16 <= out.width or droppable not in columns:
+            continue
+        columns.remove(droppable)
+    table = Table(title=title, title_justify="left")
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("name", "updated", "status") else "right", overflow="fold",
+                         min_width=None if col == "name" else widths[col])
+    for r in rows:
+        table.add_row(*[Text(r[c], style=STATUS_STYLE.get(r[c], "") if c == "status" else "") for c in columns])
     out.print(table)
+    for s in summaries:
+        if s.error:
+            out.print(Text.assemble((f"{s.name}", "bold"), f" is unreadable: {s.error}"), soft_wrap=True)
 
 
 def _run_paths(args: list[Path]) -> list[Path]:
@@ -199,6 +211,9 @@ def sweep(
 ) -> None:
     """Train a grid of runs: any train flag takes comma-separated values, every combination runs.
 
+    Grid flags: every flag of `tinygpt train --help` (e.g. --n-layer 2,4,6 --learning-rate 1e-3,3e-3);
+    a flag with one value applies to every run.
+
     Rerun the same command with --out SWEEP_FOLDER to skip finished runs and resume stopped ones.
 
     Example: tinygpt sweep --preset cpu --n-layer 2,4 --learning-rate 1e-3,3e-3 --max-iters 500
@@ -218,7 +233,7 @@ def sweep(
 
         table = Table(title=f"{len(rows)} runs into {plan.out}: {axes}", title_justify="left")
         for col in ("run", "action", "parameters", "iters", "ms/iter", "projected"):
-            table.add_column(col, justify="left" if col in ("run", "action") else "right")
+            table.add_column(col, justify="left" if col in ("run", "action") else "right", overflow="fold")
         for r in rows:
             table.add_row(r["name"], r["action"], f"{r['n_params']:,}", f"{r['done_iters']:,}/{r['max_iters']:,}",
                           "-" if r["ms_per_iter"] is None else f"{r['ms_per_iter']:.1f}", _fmt_time(r["projected_seconds"]))
@@ -267,7 +282,7 @@ def _sweep_summary(plan, result, as_json: bool) -> None:
                     "runs": [{**s.to_dict(), "outcome": outcomes[s.name].outcome, "outcome_error": outcomes[s.name].error}
                              for s in ranked]})
         return
-    runs_table(ranked, fields, title=f"sweep {plan.out} (best first)")
+    runs_table(ranked, fields, title=f"sweep {plan.out} (best first)", skip=("name", "updated") if fields else ("updated",))
     if png is not None:
         out.print(f"wrote {png}", markup=False)
 
