@@ -170,7 +170,7 @@ def build_config(values: dict[str, Any]) -> RunConfig:
     """Validate a flat dict of settings; every broken rule becomes one line of a ConfigError."""
     model_values = {k: v for k, v in values.items() if k in MODEL_FIELDS}
     train_values = {k: v for k, v in values.items() if k in TRAIN_FIELDS}
-    problems: list[str] = []
+    problems: list[str] = [f"{k}: unknown setting" for k in sorted(set(values) - set(ALL_FIELDS))]
     parts: dict[str, Any] = {}
     for name, cls, vals in (("model", ModelConfig, model_values), ("train", TrainConfig, train_values)):
         try:
@@ -187,7 +187,7 @@ def resolve_config(preset: str | None, config_file: Path | None, flags: dict[str
     file_values = read_config_file(config_file) if config_file else {}
     preset = preset or file_values.pop("preset", None) or DEFAULT_PRESET
     file_values.pop("preset", None)
-    if preset not in PRESETS:
+    if not isinstance(preset, str) or preset not in PRESETS:
         raise UsageError(f"unknown preset {preset!r}: choose from {', '.join(PRESETS)}")
     values = {**PRESETS[preset], **file_values, **{k: v for k, v in flags.items() if v is not None}}
     return build_config(values)
