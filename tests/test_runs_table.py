@@ -1,0 +1,171 @@
+"""Run summaries and `tinygpt runs` on synthetic run folders (no training, no torch)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import cli_env
+
+from tinygpt_cli.config import build_config
+from tinygpt_cli.errors import UsageError
+from tinygpt_cli.params import param_report
+from tinygpt_cli.runs_table import (
+    RunSummary,
+    differing_fields,
+    discover_runs,
+    label_for,
+    read_summary,
+    sort_runs,
+    summarize_runs,
+)
+
+BASE = dict(n_layer=2, n_head=2, n_embd=16, block_size=16, batch_size=4, max_iters=100, warmup_iters=2, learning_rate=1e-3)
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def make_run(root: Path, name: str, status: dict | None, val_losses=(3.0, 2.5), **overrides) -> Path:
+    """A run folder as training leaves it: config.json, metrics.jsonl and (unless None) run.json."""
+    path = root / name
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps(build_config({**BASE, **overrides}).model_dump()))
+    records = []
+    for i, val in enumerate(val_losses):
+        it = i * 50
+        if it:
+            records += [{"iter": it - 10, "loss": val + 0.1, "lr": 1e-3, "tokens_per_s": 1000.0 * i, "elapsed": it / 10 - 1},
+                        {"iter": it, "loss": val + 0.05, "lr": 1e-3, "tokens_per_s": 1000.0 * i, "elapsed": it / 10}]
+        records.append({"iter": it, "train_loss": val - 0.1, "val_loss": val, "lr": 1e-3, "elapsed": it / 10})
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    if status is not None:
+        (path / "run.json").write_text(json.dumps({"pid": dead_pid(), "updated": 1_700_000_000.0, **status}))
+    (path / "last.safetensors").write_bytes(b"x")
+    return path
+
+
+@pytest.fixture
+def runs_root(tmp_path) -> Path:
+    root = tmp_path / "runs"
+    make_run(root, "a-finished", {"status": "finished", "iteration": 100, "max_iters": 100, "best_val_loss": 2.5, "elapsed": 12.0},
+             val_losses=(3.0, 2.7, 2.5))
+    make_run(root, "b-stopped", {"status": "stopped", "iteration": 50, "max_iters": 100, "best_val_loss": 2.9, "elapsed": 5.0},
+             val_losses=(3.1, 2.9), n_layer=4, learning_rate=3e-3)
+    make_run(root, "c-crashed", {"status": "running", "iteration": 50, "max_iters": 100, "best_val_loss": 2.8}, val_losses=(3.0, 2.8))
+    bad = root / "d-corrupt"
+    bad.mkdir()
+    (bad / "config.json").write_text('{"model": {"n_layer": 2,')  # torn write
+    (bad / "run.json").write_text("{}")
+    bad_status = make_run(root, "e-bad-status", None)
+    (bad_status / "run.json").write_text("[not json")
+    (root / "not-a-run").mkdir()  # no run files: not listed
+    make_run(root / "sweep-1", "n_layer=2", {"status": "finished", "iteration": 100, "max_iters": 100, "best_val_loss": 2.6})
+    return root
+
+
+def by_name(summaries):
+    return {s.name: s for s in summaries}
+
+
+def test_summaries_of_each_kind_of_run(runs_root):
+    summaries, fields = summarize_runs(discover_runs(runs_root), runs_root)
+    runs = by_name(summaries)
+    assert set(runs) == {"a-finished", "b-stopped", "c-crashed", "d-corrupt", "e-bad-status", "sweep-1/n_layer=2"}
+    a = runs["a-finished"]
+    assert (a.status, a.iteration, a.max_iters, a.best_val_loss, a.elapsed) == ("finished", 100, 100, 2.5, 12.0)
+    assert a.n_params == param_report(build_config(BASE).model).total
+    assert a.tokens_per_s == pytest.approx(2000.0)  # the median of the step records after the first window
+    assert runs["b-stopped"].status == "stopped"
+    assert runs["c-crashed"].status == "crashed"  # says running, but its pid is dead
+    for name, file in (("d-corrupt", "config.json"), ("e-bad-status", "run.json")):
+        assert runs[name].status == "unreadable"
+        assert runs[name].error.startswith(file)
+    assert fields == ["n_layer", "learning_rate"]
+    assert runs["b-stopped"].differing == {"n_layer": 4, "learning_rate": 3e-3}
+    assert runs["d-corrupt"].differing == {}
+
+
+def test_running_with_a_live_pid_stays_running(tmp_path):
+    path = make_run(tmp_path, "live", {"status": "running", "iteration": 10, "max_iters": 100})
+    status = json.loads((path / "run.json").read_text())
+    (path / "run.json").write_text(json.dumps({**status, "pid": os.getpid()}))
+    assert read_summary(path).status == "running"
+
+
+def test_missing_run_json_means_not_started_and_values_come_from_metrics(tmp_path):
+    s = read_summary(make_run(tmp_path, "new", None, val_losses=(3.0, 2.4, 2.6)))
+    assert s.status == "not started"
+    assert s.best_val_loss == 2.4 and s.iteration == 100 and s.elapsed == 10.0
+
+
+def test_differing_fields_and_labels():
+    a, b, c = (build_config({**BASE, **kw}).flat() for kw in ({}, {"n_layer": 4}, {"n_layer": 4, "dropout": 0.1}))
+    assert differing_fields([a]) == []
+    assert differing_fields([a, a]) == []
+    assert differing_fields([a, b, c]) == ["n_layer", "dropout"]
+    run = RunSummary("r", Path("r"), "finished", config={**c, "data_dir": "/x/data/tiny"})
+    assert label_for(run, ["n_layer", "dropout", "data_dir"]) == "n_layer=4, dropout=0.1, data_dir=tiny"
+    assert label_for(run, []) == "r"
+
+
+def test_sorting(runs_root):
+    summaries, _ = summarize_runs(discover_runs(runs_root), runs_root)
+    by_val = [s.name for s in sort_runs(summaries, "val_loss")]
+    assert by_val[:4] == ["a-finished", "sweep-1/n_layer=2", "c-crashed", "b-stopped"]
+    assert set(by_val[4:]) == {"d-corrupt", "e-bad-status"}  # no value: last, either way
+    assert [s.name for s in sort_runs(summaries, "val_loss", reverse=True)][:4] == by_val[:4][::-1]
+    assert [s.name for s in sort_runs(summaries, "n_layer", reverse=True)][0] == "b-stopped"
+    with pytest.raises(UsageError, match="cannot sort by 'nope'"):
+        sort_runs(summaries, "nope")
+
+
+def run_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tinygpt_cli", *args], cwd=cwd, env=cli_env(), capture_output=True,
+                          text=True, encoding="utf-8", timeout=60)
+
+
+def test_runs_command_lists_every_run_and_succeeds_despite_corruption(runs_root):
+    proc = run_cli(runs_root.parent, "runs", "--sort", "val_loss")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    order = [next(i for i, line in enumerate(lines) if name in line) for name in ("a-finished", "c-crashed", "b-stopped", "d-corrupt")]
+    assert order == sorted(order)
+    assert "unreadable" in proc.stdout and "crashed" in proc.stdout and "stopped" in proc.stdout
+    assert "n_layer" in proc.stdout and "learning_rate" in proc.stdout  # the differing hyperparameters are columns
+    assert "d-corrupt is unreadable: config.json" in proc.stdout
+
+
+def test_runs_json_and_dir(runs_root, tmp_path):
+    proc = run_cli(tmp_path, "runs", "--dir", str(runs_root / "sweep-1"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    assert [(r["name"], r["status"], r["best_val_loss"]) for r in rows] == [("n_layer=2", "finished", 2.6)]
+    empty = run_cli(tmp_path, "runs", "--dir", str(tmp_path / "nothing"), "--json")
+    assert empty.returncode == 0 and json.loads(empty.stdout) == []
+    bad = run_cli(tmp_path, "runs", "--sort", "nope")
+    assert bad.returncode == 2 and bad.stderr.startswith("Error: cannot sort by 'nope'")
+
+
+def test_help_imports_neither_torch_nor_matplotlib(tmp_path):
+    code = (
+        "import runpy, sys\n"
+        "for argv in (['--help'], ['plot', '--help'], ['runs', '--help'], ['sweep', '--help']):\n"
+        "    sys.argv = ['tinygpt', *argv]\n"
+        "    try:\n"
+        "        runpy.run_module('tinygpt_cli', run_name='__main__')\n"
+        "    except SystemExit as e:\n"
+        "        assert e.code in (0, None), e.code\n"
+        "print('LOADED', 'torch' in sys.modules, 'matplotlib' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "LOADED False False" in proc.stdout
+    assert "comma-separated" in proc.stdout  # sweep's help explains its grid flags

@@ -1,0 +1,197 @@
+"""Sweeps: grid flags, cell names, a tiny 2x2 grid end to end, and resume after a stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import cli_env, make_text
+
+from tinygpt_cli.data import prepare_text
+from tinygpt_cli.errors import ConfigError, TrainingStopped, UsageError
+from tinygpt_cli.params import param_report
+from tinygpt_cli.sweep import cell_name, parse_grid_args, plan_sweep
+
+TINY = ["--n-embd", "16", "--n-head", "2", "--block-size", "16", "--batch-size", "4", "--max-iters", "20",
+        "--eval-iters", "2", "--eval-interval", "10", "--warmup-iters", "2", "--dropout", "0", "--device", "cpu"]
+GRID = ["--n-layer", "1,2", "--learning-rate", "1e-3,3e-3"]
+CELLS = ["n_layer=1,learning_rate=0.001", "n_layer=1,learning_rate=0.003",
+         "n_layer=2,learning_rate=0.001", "n_layer=2,learning_rate=0.003"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("sweepdata")
+    (root / "text.txt").write_text(make_text(20_000), encoding="utf-8")
+    prepare_text(root / "text.txt", root / "data", "text", 0.1)
+    return root / "data"
+
+
+# --- parsing and planning ----------------------------------------------------------------------
+
+
+def test_parse_grid_args_forms():
+    grid = parse_grid_args(["--n-layer", "2,4,6", "--learning-rate=1e-3,3e-3", "--bias", "--no-compile", "--lr-decay", "cosine"])
+    assert grid == {"n_layer": ["2", "4", "6"], "learning_rate": ["1e-3", "3e-3"], "bias": ["true"], "compile": ["false"],
+                    "lr_decay": ["cosine"]}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--n-layr", "2,4"], "unknown flag --n-layr"),
+    (["--vocab-size", "10,20"], "unknown flag --vocab-size"),  # set by the dataset, not sweepable
+    (["--n-layer"], "--n-layer needs a value"),
+    (["--n-layer", "2,,4"], "empty value"),
+    (["--n-layer", "2", "--n-layer", "4"], "given twice"),
+    (["stray"], "unexpected argument 'stray'"),
+])
+def test_parse_grid_args_errors(args, message):
+    with pytest.raises(UsageError) as e:
+        parse_grid_args(args)
+    assert message in e.value.message
+    if "unknown flag" in message:
+        assert "--n-layer" in e.value.hint and "--learning-rate" in e.value.hint
+
+
+def test_plan_expands_the_grid_with_typed_values(tmp_path):
+    plan = plan_sweep(["--n-layer", "1,2", "--learning-rate", "1e-3,0.001,3e-3", "--max-iters", "20", "--warmup-iters", "2"],
+                      out=tmp_path / "sw")
+    assert plan.axes == {"n_layer": [1, 2], "learning_rate": [0.001, 0.003]}  # 1e-3 and 0.001 are one value
+    assert plan.fixed == {"max_iters": 20, "warmup_iters": 2}
+    assert [c.name for c in plan.cells] == CELLS
+    assert [c.path for c in plan.cells] == [tmp_path / "sw" / n for n in CELLS]
+    last = plan.cells[-1].config
+    assert (last.model.n_layer, last.train.learning_rate, last.train.max_iters) == (2, 3e-3, 20)
+    assert last.model.n_embd == 384  # the rest from the default preset
+    assert not (tmp_path / "sw").exists()  # planning writes nothing
+
+
+def test_plan_errors():
+    with pytest.raises(UsageError, match="nothing to sweep"):
+        plan_sweep(["--n-layer", "2", "--max-iters", "20"])
+    with pytest.raises(UsageError, match="--n-layer: 'two' is not valid"):
+        plan_sweep(["--n-layer", "two,4"])
+    with pytest.raises(ConfigError) as e:  # every cell is checked before anything runs
+        plan_sweep(["--n-embd", "64,66", "--n-head", "4"])
+    assert any("n_embd (66) must be divisible by n_head (4)" in p and "cell n_embd=66" in p for p in e.value.problems)
+
+
+def test_cell_names_are_safe():
+    assert cell_name({"n_layer": 2, "learning_rate": 0.001}) == "n_layer=2,learning_rate=0.001"
+    assert cell_name({"data_dir": "/some/where/tiny shakespeare"}) == "data_dir=tiny_shakespeare"
+    assert cell_name({"lr_decay": "a/b\\c:d"}) == "lr_decay=a_b_c_d"
+    assert len(cell_name({"data_dir": "x" * 500})) <= 120
+
+
+def test_a_failing_cell_does_not_stop_the_sweep(tmp_path, monkeypatch):
+    import tinygpt_cli.sweep as sweep_mod
+    import tinygpt_cli.train as train_mod
+    from tinygpt_cli.errors import TinyGPTError
+
+    plan = plan_sweep(["--n-layer", "1,2,3", "--max-iters", "20", "--warmup-iters", "2"], out=tmp_path / "sw")
+    monkeypatch.setattr(sweep_mod, "prepared_configs", lambda plan: [c.config for c in plan.cells])  # no dataset needed
+    trained = []
+
+    def fake_train_new(config, path, reporter=None, overwrite=False):
+        if config.model.n_layer == 2:
+            raise TinyGPTError("the loss became nan at iteration 7")
+        trained.append(config.model.n_layer)
+
+    monkeypatch.setattr(train_mod, "train_new", fake_train_new)
+    result = sweep_mod.run_sweep(plan)
+    assert trained == [1, 3]
+    assert [(c.outcome, c.error) for c in result.cells] == [("trained", None), ("failed", "the loss became nan at iteration 7"),
+                                                           ("trained", None)]
+    assert [c.cell.name for c in result.failed] == ["n_layer=2"]
+
+
+# --- running ----------------------------------------------------------------------------------
+
+
+def run_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tinygpt_cli", *args], cwd=cwd, env=cli_env(), capture_output=True,
+                          text=True, encoding="utf-8", timeout=180)
+
+
+def mtimes(folder: Path) -> dict[str, int]:
+    return {c: (folder / c / "last.safetensors").stat().st_mtime_ns for c in CELLS}
+
+
+@pytest.mark.slow
+def test_sweep_2x2_end_to_end_and_rerun_skips(tmp_path, data_dir):
+    args = ["sweep", *GRID, *TINY, "--data-dir", str(data_dir), "--out", "sw"]
+    proc = run_cli(tmp_path, *args)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    sw = tmp_path / "sw"
+    for cell in CELLS:
+        status = json.loads((sw / cell / "run.json").read_text())
+        assert (status["status"], status["iteration"]) == ("finished", 20)
+    assert (sw / "sweep.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert json.loads((sw / "sweep.json").read_text())["axes"] == {"n_layer": [1, 2], "learning_rate": [0.001, 0.003]}
+    assert proc.stdout.count(": training") == 4
+    assert "best first" in proc.stdout and "n_layer" in proc.stdout and "learning_rate" in proc.stdout
+    before = mtimes(sw)
+
+    again = run_cli(tmp_path, *args, "--json")
+    assert again.returncode == 0, again.stderr
+    assert again.stderr.count("skipped (finished)") == 4
+    result = json.loads(again.stdout)
+    assert sorted(r["name"] for r in result["runs"]) == sorted(CELLS)
+    assert {r["outcome"] for r in result["runs"]} == {"skipped"}
+    vals = [r["best_val_loss"] for r in result["runs"]]
+    assert vals == sorted(vals)  # best first
+    assert mtimes(sw) == before  # finished cells were not touched
+
+
+@pytest.mark.slow
+def test_stopped_sweep_resumes_where_it_left_off(tmp_path, data_dir):
+    from tinygpt_cli.sweep import project, run_sweep
+    from tinygpt_cli.train import TrainingReporter
+
+    args = [*GRID, *TINY, "--data-dir", str(data_dir)]
+    plan = plan_sweep(args, out=tmp_path / "sw")
+
+    dry = project(plan)  # the dry run: parameters, timing, nothing written
+    assert [r["action"] for r in dry] == ["train"] * 4
+    vocab = json.loads((data_dir / "meta.json").read_text())["vocab_size"]
+    for row, cell in zip(dry, plan.cells):  # parameters of the model fitted to the dataset's vocabulary
+        assert row["n_params"] == param_report(cell.config.model.model_copy(update={"vocab_size": vocab})).total
+    assert dry[0]["n_params"] < dry[2]["n_params"]
+    assert all(r["ms_per_iter"] > 0 and r["projected_seconds"] > 0 for r in dry)
+    assert not (tmp_path / "sw").exists()
+
+    class StopAt10(TrainingReporter):  # Ctrl-C during the second cell, at iteration 10
+        def on_step(self, record):
+            if record["iter"] == 10:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    calls = []
+    reporters = iter([TrainingReporter(), StopAt10()])
+    with pytest.raises(TrainingStopped):
+        run_sweep(plan, lambda cell: next(reporters), lambda i, cell, action: calls.append((cell.name, action)))
+    assert calls == [(CELLS[0], "train"), (CELLS[1], "train")]
+    stopped = json.loads((tmp_path / "sw" / CELLS[1] / "run.json").read_text())
+    assert (stopped["status"], stopped["iteration"]) == ("stopped", 10)
+    first = (tmp_path / "sw" / CELLS[0] / "last.safetensors").stat().st_mtime_ns
+
+    plan = plan_sweep(args, out=tmp_path / "sw")
+    assert [r["action"] for r in project(plan, time_steps=lambda c: 1.0)][:3] == ["skip", "resume", "train"]
+    calls.clear()
+    result = run_sweep(plan, None, lambda i, cell, action: calls.append(action))
+    assert calls == ["skip", "resume", "train", "train"]
+    assert [c.outcome for c in result.cells] == ["skipped", "resumed", "trained", "trained"]
+    assert (tmp_path / "sw" / CELLS[0] / "last.safetensors").stat().st_mtime_ns == first
+    resumed = json.loads((tmp_path / "sw" / CELLS[1] / "run.json").read_text())
+    assert (resumed["status"], resumed["iteration"]) == ("finished", 20)
+    metrics = [json.loads(line) for line in (tmp_path / "sw" / CELLS[1] / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in metrics if "val_loss" in r] == [0, 10, 20]  # no evaluation logged twice
+
+    wider = [("32" if prev == "--n-embd" else a) for prev, a in zip([None, *args], args)]
+    changed = plan_sweep(wider, out=tmp_path / "sw")  # another shape into the same folder
+    with pytest.raises(UsageError, match="was trained with other --n-embd"):
+        run_sweep(changed)
+
