@@ -108,6 +108,8 @@ class RunConfig(BaseModel):
 MODEL_FIELDS = tuple(ModelConfig.model_fields)
 TRAIN_FIELDS = tuple(TrainConfig.model_fields)
 ALL_FIELDS = MODEL_FIELDS + TRAIN_FIELDS
+# Settings that decide the checkpoint's tensors: fixed for the life of a run.
+SHAPE_FIELDS = tuple(f for f in MODEL_FIELDS if f != "dropout")
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The classic "baby GPT": about 1.47 validation loss on tiny Shakespeare after 5000 steps on a GPU.

@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from .config import ALL_FIELDS, MODEL_FIELDS, ModelConfig, RunConfig, TrainConfig, flag_name, resolve_config
+from .config import ALL_FIELDS, MODEL_FIELDS, SHAPE_FIELDS, ModelConfig, RunConfig, TrainConfig, flag_name, resolve_config
 from .errors import ConfigError, TinyGPTError, TrainingStopped, UsageError
 from .fsutil import write_json_atomic
 from .runs import RUNS_DIR, RunDir, default_run_name
@@ -28,7 +28,6 @@ from .runs_table import format_value, is_run_folder
 # vocab_size follows from the dataset; it is not a flag of train either.
 SWEEP_FIELDS = tuple(f for f in ALL_FIELDS if f != "vocab_size")
 # A cell cannot change these on resume: every model setting but dropout shapes the checkpoint.
-SHAPE_FIELDS = tuple(f for f in MODEL_FIELDS if f not in ("vocab_size", "dropout"))
 _FIELD_INFO = {**ModelConfig.model_fields, **TrainConfig.model_fields}
 _FLAGS = {flag_name(f): f for f in SWEEP_FIELDS}
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=,+-]")

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .checkpoint import Checkpoint, load_checkpoint, load_model_weights, model_weights, save_checkpoint
-from .config import MODEL_FIELDS, RunConfig, TrainConfig, build_config, check_against_data
+from .config import SHAPE_FIELDS, RunConfig, TrainConfig, build_config, check_against_data
 from .data import Dataset, load_dataset
 from .devices import autocast_for, pick_device, pick_dtype
 from .distributed import DistContext, all_reduce_sum, barrier, init_process_group
@@ -422,9 +422,6 @@ def train_new(config: RunConfig, run_path: Path, reporter: TrainingReporter | No
                 run.clear()
             write_json_atomic(run.config_path, config.model_dump())
         return Trainer(config, dataset, run, reporter or TrainingReporter(), dist).fit()
-
-
-SHAPE_FIELDS = tuple(f for f in MODEL_FIELDS if f != "dropout")  # they decide the checkpoint's tensors
 
 
 def read_run_config(run: RunDir) -> RunConfig:
