@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +23,7 @@ from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
+from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save_file
 
@@ -129,8 +132,20 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> None:
     meta["digest"] = tensor_digest(tensors)
     # safetensors metadata is str -> str: every value is stored as JSON text.
     str_meta = {k: json.dumps(v) for k, v in meta.items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=str_meta)
+    try:
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=str_meta)
+    except (OSError, SafetensorError) as e:  # a full disk, a read-only or vanished folder...
+        raise CheckpointError(f"cannot write checkpoint {path}: {_write_failure(e)}",
+                              "free some disk space or pass a writable folder, then try again") from e
+
+
+def _write_failure(error: Exception) -> str:
+    """The reason of a failed write, as the OS words it ("No space left on device")."""
+    if isinstance(error, OSError):
+        return error.strerror or str(error)
+    found = re.search(r"os error (\d+)", str(error))  # safetensors: "I/O error: ... (os error 28)"
+    return os.strerror(int(found.group(1))) if found else str(error)
 
 
 def read_header(data: bytes, path: Path) -> dict[str, Any]:

@@ -6,6 +6,7 @@ Every field becomes a `--kebab-case` flag of `tinygpt train`; its description is
 
 from __future__ import annotations
 
+import reprlib
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -27,7 +28,7 @@ def _panel(name: str) -> dict:
 class ModelConfig(BaseModel):
     """The shape of the network. Changing any of these changes the checkpoint's tensors."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     vocab_size: int = Field(65, gt=0, le=2**16, description="Number of distinct characters (set from the dataset).", json_schema_extra=_panel("Model"))
     block_size: int = Field(256, gt=0, description="Context length: how many characters the model sees at once.", json_schema_extra=_panel("Model"))
@@ -56,7 +57,7 @@ class ModelConfig(BaseModel):
 class TrainConfig(BaseModel):
     """How to train: optimisation, data and run settings."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     batch_size: int = Field(64, gt=0, description="Sequences per optimiser step (per process).", json_schema_extra=_panel("Data"))
     grad_accum: int = Field(1, gt=0, description="Micro-batches accumulated per optimiser step.", json_schema_extra=_panel("Data"))
@@ -76,7 +77,7 @@ class TrainConfig(BaseModel):
 
     eval_interval: int = Field(250, ge=1, description="Evaluate train/val loss and save `last` every N steps.", json_schema_extra=_panel("Run"))
     eval_iters: int = Field(200, gt=0, description="Batches averaged per loss estimate.", json_schema_extra=_panel("Run"))
-    seed: int = Field(1337, ge=0, description="Random seed: same seed, same run.", json_schema_extra=_panel("Run"))
+    seed: int = Field(1337, ge=0, le=2**32 - 1, description="Random seed: same seed, same run.", json_schema_extra=_panel("Run"))
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="Where to train (auto: cuda, then mps, then cpu).", json_schema_extra=_panel("Run"))
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="Compute precision (auto: bfloat16 on CUDA if supported, else float32).", json_schema_extra=_panel("Run"))
     compile: bool = Field(False, description="Compile the model with torch.compile (slow start, faster steps).", json_schema_extra=_panel("Run"))
@@ -162,7 +163,7 @@ def _format_errors(error: ValidationError) -> list[str]:
         field = ".".join(str(p) for p in e["loc"] if p not in ("model", "train"))
         message = e["msg"].removeprefix("Value error, ")
         if field:
-            lines.append(f"{flag_name(field)}: {message} (got {e.get('input')!r})")
+            lines.append(f"{flag_name(field)}: {message} (got {reprlib.repr(e.get('input'))})")
         else:
             lines.extend(message.split("; "))
     return lines

@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import os
 import re
+import stat
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -33,6 +35,9 @@ META_VERSION = 1
 MIN_SPLIT_TOKENS = 256
 # Refuse downloads past this size: a char-level corpus this tool can train on is far smaller.
 MAX_DOWNLOAD_BYTES = 256 * 2**20
+# Refuse local text files past this size too, before reading them (a huge or endless file would
+# otherwise be read into memory whole).
+MAX_SOURCE_BYTES = 2**30
 DOWNLOAD_TIMEOUT_S = 30
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -76,19 +81,40 @@ def download(url: str, max_bytes: int = MAX_DOWNLOAD_BYTES, timeout: float = DOW
     return body
 
 
+def _read_at_most(f, limit: int) -> bytes:
+    """Up to `limit` bytes of a stream whose size is unknown (a device or a pipe), in chunks."""
+    chunks, total = [], 0
+    while total < limit:
+        chunk = f.read(min(2**20, limit - total))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    return b"".join(chunks)
+
+
 def read_source(source: str) -> bytes:
-    """Bytes of a local file or an http(s) URL."""
+    """Bytes of a local file or an http(s) URL; local files over MAX_SOURCE_BYTES are refused."""
     if is_url(source):
         return download(source)
     path = Path(source)
+    too_big = TinyGPTError(f"{path} is over the {MAX_SOURCE_BYTES:,}-byte limit for a text source",
+                           "use a smaller text (a char-level model this size learns from far less)")
     try:
-        return path.read_bytes()
+        with open(path, "rb") as f:
+            info = os.fstat(f.fileno())
+            if info.st_size > MAX_SOURCE_BYTES:  # a regular file: known before reading
+                raise too_big
+            data = f.read() if stat.S_ISREG(info.st_mode) else _read_at_most(f, MAX_SOURCE_BYTES + 1)
     except FileNotFoundError as e:
         raise UsageError(f"no such file: {path}") from e
     except IsADirectoryError as e:
         raise UsageError(f"{path} is a folder, not a text file") from e
     except OSError as e:
         raise TinyGPTError(f"cannot read {path}: {e.strerror}") from e
+    if len(data) > MAX_SOURCE_BYTES:
+        raise too_big
+    return data
 
 
 def decode_text(data: bytes, source: str) -> str:

@@ -10,7 +10,7 @@ import math
 import random
 import signal
 import time
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from .config import SHAPE_FIELDS, RunConfig, TrainConfig, build_config, check_ag
 from .data import Dataset, load_dataset
 from .devices import autocast_for, pick_device, pick_dtype
 from .distributed import DistContext, all_reduce_sum, barrier, init_process_group
-from .errors import TinyGPTError, TrainingStopped, UsageError
+from .errors import CheckpointError, TinyGPTError, TrainingStopped, UsageError
 from .fsutil import write_json_atomic
 from .model import GPT
 from .optim import MuonAdamW
@@ -228,7 +228,16 @@ class Trainer:
     def save(self, kind: str) -> None:
         if self.rank != 0:
             return
-        save_checkpoint(self.run.last_path if kind == "last" else self.run.best_path, self._checkpoint(kind))
+        try:
+            save_checkpoint(self.run.last_path if kind == "last" else self.run.best_path, self._checkpoint(kind))
+        except CheckpointError as e:  # the previous file is intact: the run can go on from it later
+            with suppress(OSError):  # on a full disk the status may not be writable either
+                self.run.write_status("failed", iteration=self.step, reason=e.message)
+            if self.saved_at >= 0:
+                hint = f"free some disk space, then: tinygpt resume {self.run.path}  (continues from iteration {self.saved_at})"
+            else:
+                hint = f"free some disk space, then: tinygpt train --out {self.run.path} --overwrite"
+            raise CheckpointError(e.message, hint) from e
         if kind == "last":
             self.saved_at = self.step
 

@@ -6,6 +6,7 @@ import os
 import sys
 
 import typer
+from typer.exceptions import TyperException
 
 from .. import __version__
 from ..errors import TinyGPTError
@@ -58,7 +59,16 @@ def _report(message: str, hint: str | None) -> None:
 def main() -> None:
     debug = os.environ.get("TINYGPT_DEBUG") == "1"
     try:
-        app()
+        # Not standalone: usage errors come back here and are rendered like every other error.
+        code = app(standalone_mode=False)
+    except TyperException as e:  # bad flags or values: click's usage errors, exit 2
+        ctx = getattr(e, "ctx", None)
+        if e.format_message():  # empty after a bare group name: the help was already shown
+            _report(e.format_message(), f"{ctx.command_path if ctx else 'tinygpt'} --help")
+        sys.exit(getattr(e, "exit_code", 2))
+    except typer.Abort:
+        _report("aborted", None)
+        sys.exit(1)
     except TinyGPTError as e:
         if debug:
             raise
@@ -74,3 +84,4 @@ def main() -> None:
             raise
         _report(f"internal error: {type(e).__name__}: {e}", "TINYGPT_DEBUG=1 tinygpt ...  (shows the traceback; please report it)")
         sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

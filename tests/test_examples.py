@@ -1,0 +1,68 @@
+"""Every example runs, and every tinygpt command shown in the README parses: they never rot."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ONE_THREAD_ENV, REPO, cli_env, tiny_cli_flags
+from tinygpt_cli.config import resolve_config
+
+EXAMPLES = REPO / "examples"
+TOMLS = sorted(EXAMPLES.glob("*.toml"))
+# Shrink any example to seconds: the example supplies everything else.
+SHRINK = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "2",
+          "--max-iters", "4", "--eval-interval", "2", "--eval-iters", "1", "--warmup-iters", "1"]
+
+
+def test_there_are_examples():
+    names = {p.name for p in TOMLS}
+    assert {"cpu.toml", "gpu_baby.toml", "own_text.toml"} <= names
+    assert (EXAMPLES / "library.py").is_file()
+
+
+@pytest.mark.parametrize("toml", TOMLS, ids=lambda p: p.name)
+def test_toml_example_validates_and_trains(toml, tiny_dataset, run_cli, tmp_path):
+    config = resolve_config(None, toml, {})  # the file alone is a valid configuration
+    assert config.train.max_iters > 0
+    result = run_cli("train", "--config", toml, *SHRINK, "--data-dir", tiny_dataset, "--out", tmp_path / "run",
+                     "--device", "cpu", env=ONE_THREAD_ENV)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "run" / "best.safetensors").is_file()
+
+
+def test_library_example_runs(tiny_run, tiny_dataset, tmp_path):
+    result = subprocess.run([sys.executable, str(EXAMPLES / "library.py"), str(tiny_run), str(tiny_dataset)],
+                            env=cli_env(ONE_THREAD_ENV), capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "validation loss" in result.stdout and "parameter model" in result.stdout
+
+
+def readme_commands() -> list[str]:
+    """`tinygpt ...` lines of the README's code blocks (prompt `$ ` removed, comments dropped)."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    commands = []
+    for block in re.findall(r"```(?:bash|text)\n(.*?)```", text, flags=re.S):
+        for line in block.splitlines():
+            line = line.removeprefix("$ ").split("  #")[0].strip()
+            if line.startswith("tinygpt "):
+                commands.append(line)
+    return commands
+
+
+def test_readme_shows_commands():
+    assert len(readme_commands()) >= 10
+
+
+@pytest.mark.parametrize("command", readme_commands())
+def test_readme_command_parses(command, run_cli):
+    """Each command's subcommand and flags exist: `--help` after them fails on any unknown flag."""
+    args = shlex.split(command)[1:]
+    result = run_cli(*args, "--help")
+    assert result.returncode == 0, f"{command}\n{result.stdout}{result.stderr}"
+    assert "Usage" in result.stdout
