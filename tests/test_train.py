@@ -143,7 +143,7 @@ def test_sigint_to_a_real_training_process_then_resume_matches_uninterrupted(tin
     _, err = _interrupt(proc, signal.SIGINT)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
-    assert "Error:" in err and "SIGINT received" in err
+    assert "Stopped:" in err and "SIGINT received" in err
     assert f"Try: tinygpt resume {run}" in err
     stopped_at = read_metadata(run / "last.safetensors")["iteration"]
     assert 10 <= stopped_at < 300, stopped_at
@@ -166,7 +166,7 @@ def test_sigterm_to_a_real_training_process_exits_143(tiny_dataset, tmp_path):
     _, err = _interrupt(proc, signal.SIGTERM)
     assert proc.returncode == 143, err
     assert "Traceback" not in err
-    assert "Error:" in err and "SIGTERM received" in err and "Try: tinygpt resume" in err
+    assert "Stopped:" in err and "SIGTERM received" in err and "Try: tinygpt resume" in err
     status = RunDir(run).read_status()
     assert status["status"] == "stopped"
     assert read_metadata(run / "last.safetensors")["iteration"] == status["iteration"]

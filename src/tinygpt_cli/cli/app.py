@@ -9,7 +9,7 @@ import typer
 from typer.exceptions import TyperException
 
 from .. import __version__
-from ..errors import TinyGPTError
+from ..errors import TinyGPTError, TrainingStopped
 from . import bench_cmds, data_cmds, inspect_cmds, train_cmds
 from . import runs_cmds
 
@@ -46,12 +46,12 @@ bench_cmds.register(app)
 runs_cmds.register(app)
 
 
-def _report(message: str, hint: str | None) -> None:
+def _report(message: str, hint: str | None, label: str = "Error:") -> None:
     from rich.text import Text
 
     from .console import err
 
-    err.print(Text.assemble(("Error:", "bold red"), " ", message), soft_wrap=True)
+    err.print(Text.assemble((label, "bold red" if label == "Error:" else "bold yellow"), " ", message), soft_wrap=True)
     if hint:
         err.print(Text.assemble(("Try:", "bold"), " ", hint), soft_wrap=True)
 
@@ -72,7 +72,8 @@ def main() -> None:
     except TinyGPTError as e:
         if debug:
             raise
-        _report(e.message, e.hint)
+        # A graceful stop saved everything: it is reported, but it is not an error.
+        _report(e.message, e.hint, "Stopped:" if isinstance(e, TrainingStopped) else "Error:")
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         if debug:
