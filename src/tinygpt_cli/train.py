@@ -327,9 +327,11 @@ class Trainer:
         if improved:
             self.best_val = losses["val"]
         self._log(record)
-        self.save("last")
+        # `best` first: a crash between the two saves then leaves `last` at the previous
+        # evaluation, and a resume repeats this one, so `best` always matches the best loss recorded.
         if improved:
             self.save("best")
+        self.save("last")
         if self.rank == 0:
             self.run.write_status("running", iteration=self.step, max_iters=cfg.max_iters, best_val_loss=self.best_val)
         self.reporter.on_eval({**record, "best_val_loss": self.best_val, "improved": improved})
