@@ -1,6 +1,6 @@
 """tinygpt as a library: load a checkpoint, generate text, and compute the validation loss.
 
-Usage: python examples/library.py runs/demo [data/shakespeare]
+Usage: python examples/library.py runs/demo [data/shakespeare] [PROMPT]
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from pathlib import Path
 from tinygpt_cli import generate, load_dataset, load_model, score_split
 
 
-def main(run: str, data_dir: str = "data/shakespeare") -> None:
+def main(run: str, data_dir: str = "data/shakespeare", prompt_text: str = "ROMEO:") -> None:
     model, ckpt = load_model(Path(run) / "best.safetensors")
     print(f"loaded a {model.num_params():,}-parameter model trained for {ckpt.iteration} iterations")
 
-    prompt = ckpt.vocab.encode("ROMEO:")
+    prompt = ckpt.vocab.encode(prompt_text)
     new_ids = list(generate(model, prompt, max_new_tokens=200, temperature=0.8, top_k=20, seed=1))
     print(ckpt.vocab.decode(prompt + new_ids))
 

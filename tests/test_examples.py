@@ -37,7 +37,7 @@ def test_toml_example_validates_and_trains(toml, tiny_dataset, run_cli, tmp_path
 
 
 def test_library_example_runs(tiny_run, tiny_dataset, tmp_path):
-    result = subprocess.run([sys.executable, str(EXAMPLES / "library.py"), str(tiny_run), str(tiny_dataset)],
+    result = subprocess.run([sys.executable, str(EXAMPLES / "library.py"), str(tiny_run), str(tiny_dataset), "The"],
                             env=cli_env(ONE_THREAD_ENV), capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "validation loss" in result.stdout and "parameter model" in result.stdout
