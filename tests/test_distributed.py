@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -78,15 +77,18 @@ def test_two_processes_match_one_with_double_batch_and_grad_accum(dataset, tmp_p
 
 def test_sigterm_then_resume_on_another_world_size_then_generate(dataset, tmp_path):
     run = tmp_path / "ddp"
-    proc = torchrun(2, "train", *TINY, "--data-dir", str(dataset), "--max-iters", "5000", "--eval-interval", "25",
-                    "--batch-size", "4", "--out", str(run), cwd=tmp_path)
+    # `--nproc 2` re-executes the command under torchrun (same process id, so the signal reaches torchrun).
+    proc = subprocess.Popen([sys.executable, "-m", "tinygpt_cli", "train", "--nproc", "2", *TINY, "--data-dir", str(dataset),
+                             "--max-iters", "5000", "--eval-interval", "25", "--batch-size", "4", "--out", str(run)],
+                            cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not (run / "last.safetensors").exists():
         assert proc.poll() is None, proc.communicate()[1]
         assert time.time() < deadline
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)  # torchrun forwards it to both workers
-    _, stderr = proc.communicate(timeout=120)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert "launching 2 processes" in stdout
     assert stderr.count("SIGTERM received: saved") == 1  # rank 0 alone reports
     assert f"Try: tinygpt resume {run}" in stderr
     status = json.loads((run / "run.json").read_text())

@@ -6,11 +6,10 @@ import re
 import shlex
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from conftest import ONE_THREAD_ENV, REPO, cli_env, tiny_cli_flags
+from conftest import ONE_THREAD_ENV, REPO, cli_env
 from tinygpt_cli.config import resolve_config
 
 EXAMPLES = REPO / "examples"

@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from .config import ALL_FIELDS, MODEL_FIELDS, SHAPE_FIELDS, ModelConfig, RunConfig, TrainConfig, flag_name, resolve_config
+from .config import ALL_FIELDS, SHAPE_FIELDS, ModelConfig, RunConfig, TrainConfig, flag_name, resolve_config
 from .errors import ConfigError, TinyGPTError, TrainingStopped, UsageError
 from .fsutil import write_json_atomic
 from .runs import RUNS_DIR, RunDir, default_run_name

@@ -10,7 +10,7 @@ import typer
 
 from ..config import MODEL_FIELDS, TRAIN_FIELDS
 from .config_flags import with_config_flags
-from .console import err, out
+from .console import out
 
 TRAIN_FLAGS = [f for f in MODEL_FIELDS + TRAIN_FIELDS if f != "vocab_size"]  # vocab size comes from the data
 RESUME_FLAGS = [f for f in TRAIN_FIELDS if f not in ("data_dir",)] + ["dropout"]
