@@ -125,8 +125,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cpu": dict(
         n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=16, dropout=0.0,
         pos_embedding="rope", optimizer="muon", muon_lr=0.02,
-        learning_rate=3e-3, min_lr=0.0, warmup_iters=20, max_iters=1400, beta2=0.99,
-        eval_interval=350, eval_iters=20,
+        learning_rate=3e-3, min_lr=0.0, warmup_iters=20, max_iters=1200, beta2=0.99,
+        eval_interval=300, eval_iters=20,
     ),
     # The same budget with the classic GPT-2 recipe (learned positions, AdamW), for comparison.
     "cpu-classic": dict(
