@@ -53,21 +53,32 @@ class StepTiming:
         return iters * self.ms_per_iter / 1000
 
 
+def training_step_fn(config: RunConfig, tmp: str):
+    """The real training step (Trainer.train_step) for `config`, on synthetic data."""
+    trainer = Trainer(config, synthetic_dataset(config.model.vocab_size), RunDir(tmp), TrainingReporter())
+
+    def step() -> None:
+        trainer.train_step()
+        if trainer.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    return step
+
+
+def time_steps(step, steps: int) -> float:
+    """Milliseconds per call of `step`, over `steps` calls."""
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - t0) * 1000 / steps
+
+
 def time_training_steps(config: RunConfig, steps: int = 20, warmup: int = 3, repeats: int = 3) -> StepTiming:
     """Median milliseconds per optimiser step of the real training step for `config`."""
-    dataset = synthetic_dataset(config.model.vocab_size)
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(config, dataset, RunDir(tmp), TrainingReporter())
-        for _ in range(warmup):
-            trainer.train_step()
-        samples = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                trainer.train_step()
-            if trainer.device.type == "cuda":
-                torch.cuda.synchronize()
-            samples.append((time.perf_counter() - t0) * 1000 / steps)
+        step = training_step_fn(config, tmp)
+        time_steps(step, warmup)
+        samples = [time_steps(step, steps) for _ in range(repeats)]
     c = config
     tokens = c.train.batch_size * c.train.grad_accum * c.model.block_size
     return StepTiming(statistics.median(samples), samples, tokens, param_report(c.model).flops_per_token())
