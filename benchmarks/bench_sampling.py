@@ -46,9 +46,12 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         path, model = baby_checkpoint(Path(tmp))
-        for cache in (True, False):
+        for cache, dtype in ((True, torch.float32), (True, torch.float16), (False, torch.float32)):
             flag = "--kv-cache" if cache else "--no-kv-cache"
-            cmd = TINYGPT + ["generate", "--checkpoint", str(path), "--prompt", "A", "--max-new-tokens", str(args.chars), "--seed", "1", flag]
+            dtype_name = str(dtype).removeprefix("torch.")
+            cmd = TINYGPT + ["generate", "--checkpoint", str(path), "--prompt", "A", "--max-new-tokens", str(args.chars),
+                             "--seed", "1", flag, "--dtype", dtype_name]
+            model = model.to(dtype)
             walls, peaks = [], []
             for _ in range(args.repeats):
                 wall, peak, _ = run_process(cmd)
@@ -60,7 +63,7 @@ def main() -> None:
                 n = sum(1 for _ in generate(model, [0], args.chars, seed=1, kv_cache=cache))
                 rates.append(n / (time.perf_counter() - t0))
             whole = median(walls)
-            rows.append({"kv_cache": cache, "whole_process_s": whole, "chars_per_s_started": median(rates),
+            rows.append({"kv_cache": cache, "dtype": dtype_name, "whole_process_s": whole, "chars_per_s_started": median(rates),
                          "speedup_vs_nanogpt_69s": NANOGPT_WHOLE_PROCESS_S / whole, "peak_rss_mib": max(peaks)})
     report("sampling", rows, {"chars": args.chars, "model": "baby 6/6/384 block 256"})
 

@@ -29,7 +29,12 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name not in DTYPES:
+        raise UsageError(f"unknown dtype {name!r}: choose from {', '.join(DTYPES)}")
     if name == "auto":
         bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
         return torch.bfloat16 if bf16 else torch.float32
