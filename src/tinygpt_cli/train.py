@@ -378,6 +378,7 @@ class Trainer:
                     self._maybe_evaluate()
             if stopping:
                 return self._stop(stop.signum or signal.SIGTERM)
+        barrier(self.dist)  # leave together: a rank tearing down early can crash its peers' transport
         return self._finish("finished")
 
     def _finish(self, status: str) -> TrainResult:
