@@ -47,6 +47,8 @@ class ModelConfig(BaseModel):
     def _heads_divide_width(self) -> ModelConfig:
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.pos_embedding == "rope" and (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"rotary positions need an even head size, and n_embd / n_head is {self.n_embd // self.n_head}")
         return self
 
     @property

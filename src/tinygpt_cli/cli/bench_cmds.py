@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from ..config import MODEL_FIELDS, TRAIN_FIELDS
-from .config_flags import with_config_flags
+from .config_flags import CONFIG_OPTION, PRESET_OPTION, with_config_flags
 from .console import err, out, print_json
 
 BENCH_FLAGS = [f for f in MODEL_FIELDS + TRAIN_FIELDS if f not in ("data_dir",)]
@@ -16,8 +16,8 @@ BENCH_FLAGS = [f for f in MODEL_FIELDS + TRAIN_FIELDS if f not in ("data_dir",)]
 @with_config_flags(BENCH_FLAGS)
 def bench(
     flags: dict,
-    preset: str = typer.Option(None, "--preset", help="Configuration to measure: baby (default) or cpu."),
-    config: Path = typer.Option(None, "--config", help="TOML file of settings (flags override it)."),
+    preset: str = PRESET_OPTION,
+    config: Path = CONFIG_OPTION,
     steps: int = typer.Option(10, "--steps", min=1, help="Timed training steps per repeat."),
     repeats: int = typer.Option(3, "--repeats", min=1, help="Repeats; the median is reported."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),

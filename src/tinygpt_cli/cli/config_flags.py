@@ -13,9 +13,13 @@ from typing import Any, Optional
 
 import typer
 
-from ..config import ALL_FIELDS, ModelConfig, TrainConfig, flag_name
+from ..config import ALL_FIELDS, PRESETS, ModelConfig, TrainConfig, flag_name
 
 _FIELD_INFO = {**ModelConfig.model_fields, **TrainConfig.model_fields}
+
+# The two options every config-driven command shares.
+PRESET_OPTION = typer.Option(None, "--preset", help=f"Starting values: {', '.join(PRESETS)} (default baby, GPU-sized; cpu: minutes on a laptop).")
+CONFIG_OPTION = typer.Option(None, "--config", help="TOML file of settings (flags override it).")
 
 
 def _option(name: str) -> inspect.Parameter:

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from ..config import MODEL_FIELDS
-from .config_flags import with_config_flags
+from .config_flags import CONFIG_OPTION, PRESET_OPTION, with_config_flags
 from .console import out, print_json
 
 RUN = typer.Option(None, "--run", help="Run folder to read (default: the most recent run in runs/).")
@@ -111,8 +111,8 @@ def _params_table(report) -> None:
 @with_config_flags(MODEL_FIELDS)
 def params(
     flags: dict,
-    preset: str = typer.Option(None, "--preset", help="Model shape to start from: baby (default) or cpu."),
-    config: Path = typer.Option(None, "--config", help="TOML file of settings (flags override it)."),
+    preset: str = PRESET_OPTION,
+    config: Path = CONFIG_OPTION,
     run: Path = typer.Option(None, "--run", help="Count the parameters of a trained run instead."),
     checkpoint: Path = CHECKPOINT,
     as_json: bool = JSON,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import typer
 
+from .config_flags import CONFIG_OPTION, PRESET_OPTION
 from .console import err, out, print_json
 
 JSON = typer.Option(False, "--json", help="Print JSON instead of a table.")
@@ -203,8 +204,8 @@ def _sweep_command(out_dir: Path) -> str:
 
 def sweep(
     ctx: typer.Context,
-    preset: str = typer.Option(None, "--preset", help="Starting values for every run: baby (default) or cpu."),
-    config: Path = typer.Option(None, "--config", help="TOML file of settings (flags override it)."),
+    preset: str = PRESET_OPTION,
+    config: Path = CONFIG_OPTION,
     out_dir: Path = typer.Option(None, "--out", help="Sweep folder, one run folder per cell (default: runs/sweep-<timestamp>)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show the grid, each run's parameters and projected time; train nothing."),
     as_json: bool = JSON,

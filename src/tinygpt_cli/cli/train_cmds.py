@@ -9,7 +9,7 @@ from typing import Any
 import typer
 
 from ..config import MODEL_FIELDS, TRAIN_FIELDS
-from .config_flags import with_config_flags
+from .config_flags import CONFIG_OPTION, PRESET_OPTION, with_config_flags
 from .console import out
 
 TRAIN_FLAGS = [f for f in MODEL_FIELDS + TRAIN_FIELDS if f != "vocab_size"]  # vocab size comes from the data
@@ -154,8 +154,8 @@ def _reporter_for(dist):
 @with_config_flags(TRAIN_FLAGS)
 def train(
     flags: dict,
-    preset: str = typer.Option(None, "--preset", help="Starting values: baby (default, GPU-sized) or cpu (minutes on a laptop)."),
-    config: Path = typer.Option(None, "--config", help="TOML file of settings (flags override it)."),
+    preset: str = PRESET_OPTION,
+    config: Path = CONFIG_OPTION,
     out_dir: Path = typer.Option(None, "--out", help="Run folder (default: runs/<timestamp>)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start over in a run folder that already holds a run."),
     nproc: int = typer.Option(None, "--nproc", min=1, help="Data-parallel processes on this machine (starts torchrun for you).", rich_help_panel="Run"),
