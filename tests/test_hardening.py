@@ -709,3 +709,24 @@ def test_checkpoints_always_load_while_training_writes_them_and_a_second_train_i
     finally:
         kill_hard(proc)  # a kill while a save happens at every step
     assert_recoverable(run, tiny_dataset, **settings)
+
+
+def test_a_model_too_big_for_memory_is_one_error_line_before_any_allocation():
+    import torch
+
+    from tinygpt_cli.config import resolve_config
+    from tinygpt_cli.train import build_model
+
+    huge = resolve_config("baby", None, {"n_layer": 1000, "n_embd": 16384, "n_head": 128})
+    with pytest.raises(TinyGPTError) as info:
+        build_model(huge, torch.device("cpu"))
+    assert "parameters needs about" in info.value.message and "--n-embd" in info.value.hint
+
+
+def test_sizes_beyond_any_sane_model_are_usage_errors():
+    from tinygpt_cli.config import resolve_config
+
+    for field, value in (("n_layer", 10**12), ("block_size", 2**40), ("batch_size", 10**9), ("eval_iters", 10**9)):
+        with pytest.raises(ConfigError) as info:
+            resolve_config("cpu", None, {field: value})
+        assert "--" + field.replace("_", "-") in info.value.message

@@ -31,10 +31,10 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     vocab_size: int = Field(65, gt=0, le=2**16, description="Number of distinct characters (set from the dataset).", json_schema_extra=_panel("Model"))
-    block_size: int = Field(256, gt=0, description="Context length: how many characters the model sees at once.", json_schema_extra=_panel("Model"))
-    n_layer: int = Field(6, gt=0, description="Number of Transformer blocks stacked on top of each other.", json_schema_extra=_panel("Model"))
-    n_head: int = Field(6, gt=0, description="Attention heads per block; n_embd must divide by it.", json_schema_extra=_panel("Model"))
-    n_embd: int = Field(384, gt=0, description="Width of the residual stream (embedding size).", json_schema_extra=_panel("Model"))
+    block_size: int = Field(256, gt=0, le=2**20, description="Context length: how many characters the model sees at once.", json_schema_extra=_panel("Model"))
+    n_layer: int = Field(6, gt=0, le=1024, description="Number of Transformer blocks stacked on top of each other.", json_schema_extra=_panel("Model"))
+    n_head: int = Field(6, gt=0, le=4096, description="Attention heads per block; n_embd must divide by it.", json_schema_extra=_panel("Model"))
+    n_embd: int = Field(384, gt=0, le=2**16, description="Width of the residual stream (embedding size).", json_schema_extra=_panel("Model"))
     dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Dropout probability during training (0 turns it off).", json_schema_extra=_panel("Model"))
     bias: bool = Field(False, description="Use bias terms in linear layers and LayerNorms.", json_schema_extra=_panel("Model"))
     # Options beyond the classic GPT-2 recipe; the defaults keep the classic model.
@@ -61,11 +61,11 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    batch_size: int = Field(64, gt=0, description="Sequences per optimiser step (per process).", json_schema_extra=_panel("Data"))
-    grad_accum: int = Field(1, gt=0, description="Micro-batches accumulated per optimiser step.", json_schema_extra=_panel("Data"))
+    batch_size: int = Field(64, gt=0, le=2**20, description="Sequences per optimiser step (per process).", json_schema_extra=_panel("Data"))
+    grad_accum: int = Field(1, gt=0, le=2**16, description="Micro-batches accumulated per optimiser step.", json_schema_extra=_panel("Data"))
     data_dir: str = Field("data/shakespeare", description="Prepared dataset folder (see `tinygpt prepare`).", json_schema_extra=_panel("Data"))
 
-    max_iters: int = Field(5000, gt=0, description="Total optimiser steps.", json_schema_extra=_panel("Optimisation"))
+    max_iters: int = Field(5000, gt=0, le=10**9, description="Total optimiser steps.", json_schema_extra=_panel("Optimisation"))
     learning_rate: float = Field(1e-3, gt=0, description="Peak learning rate, reached after warmup.", json_schema_extra=_panel("Optimisation"))
     min_lr: float = Field(1e-4, ge=0, description="Learning rate at the end of the decay.", json_schema_extra=_panel("Optimisation"))
     warmup_iters: int = Field(100, ge=0, description="Steps of linear warmup from 0 to learning_rate.", json_schema_extra=_panel("Optimisation"))
@@ -78,7 +78,7 @@ class TrainConfig(BaseModel):
     muon_lr: float = Field(0.02, gt=0, description="Peak learning rate of the Muon matrices (with --optimizer muon; follows the same schedule).", json_schema_extra=_panel("Optimisation"))
 
     eval_interval: int = Field(250, ge=1, description="Evaluate train/val loss and save `last` every N steps.", json_schema_extra=_panel("Run"))
-    eval_iters: int = Field(200, gt=0, description="Batches averaged per loss estimate.", json_schema_extra=_panel("Run"))
+    eval_iters: int = Field(200, gt=0, le=10**6, description="Batches averaged per loss estimate.", json_schema_extra=_panel("Run"))
     seed: int = Field(1337, ge=0, le=2**32 - 1, description="Random seed: same seed, same run.", json_schema_extra=_panel("Run"))
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="Where to train (auto: cuda, then mps, then cpu).", json_schema_extra=_panel("Run"))
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="Compute precision (auto: bfloat16 on CUDA if supported, else float32).", json_schema_extra=_panel("Run"))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import signal
 import time
@@ -27,6 +28,7 @@ from .errors import CheckpointError, TinyGPTError, TrainingStopped, UsageError
 from .fsutil import write_json_atomic
 from .model import GPT
 from .optim import MuonAdamW
+from .params import param_report
 from .runs import RunDir
 
 LOG_INTERVAL = 10  # steps between step records in metrics.jsonl
@@ -89,6 +91,37 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
     ]
     fused = device.type in ("cpu", "cuda")  # one kernel for all parameters instead of a loop
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), fused=fused)
+
+
+TRAINING_BYTES_PER_PARAM = 16  # fp32 weights, gradients and AdamW's two moments
+
+
+def device_memory_bytes(device: torch.device) -> int | None:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[1]
+    if device.type == "cpu":
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return None
+
+
+def build_model(config: RunConfig, device: torch.device) -> GPT:
+    """The model on `device`. A model that cannot fit is a one-line error before anything is
+    allocated (on Linux an oversized CPU allocation would not fail: the process would be killed)."""
+    n = param_report(config.model).total
+    memory = device_memory_bytes(device)
+    if memory is not None and n * TRAINING_BYTES_PER_PARAM > memory:
+        raise TinyGPTError(
+            f"a model of {n:,} parameters needs about {n * TRAINING_BYTES_PER_PARAM / 2**30:,.1f} GiB to train; "
+            f"{device} has {memory / 2**30:,.1f} GiB",
+            "lower --n-embd, --n-layer or --block-size (tinygpt params shows the count)",
+        )
+    try:
+        return GPT(config.model).to(device)
+    except (MemoryError, RuntimeError) as e:  # torch reports failed allocations as RuntimeError
+        if not isinstance(e, MemoryError) and "alloc" not in str(e).lower() and "memory" not in str(e).lower():
+            raise
+        raise TinyGPTError(f"not enough memory on {device} for a model of {n:,} parameters",
+                           "lower --n-embd, --n-layer or --block-size (tinygpt params shows the count)") from e
 
 
 class StopSignals:
@@ -162,7 +195,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
-        self.model = GPT(config.model).to(self.device)
+        self.model = build_model(config, self.device)
         self.optimizer = make_optimizer(self.model, cfg, self.device)
         self.forward = torch.compile(self.model) if cfg.compile else self.model
         if dist.enabled:
