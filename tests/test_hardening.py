@@ -730,3 +730,23 @@ def test_sizes_beyond_any_sane_model_are_usage_errors():
         with pytest.raises(ConfigError) as info:
             resolve_config("cpu", None, {field: value})
         assert "--" + field.replace("_", "-") in info.value.message
+
+
+def test_a_full_disk_while_logging_metrics_is_one_error_line(tiny_dataset, tmp_path, monkeypatch):
+    import builtins
+    import errno
+
+    from tinygpt_cli.train import train_new
+
+    real_open = builtins.open
+
+    def failing_open(file, mode="r", *args, **kwargs):
+        if str(file).endswith("metrics.jsonl") and "a" in mode:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", failing_open)
+    with pytest.raises(TinyGPTError) as info:
+        train_new(tiny_config(tiny_dataset), tmp_path / "run")
+    assert "No space left on device" in info.value.message
+    assert info.value.hint.endswith(f"tinygpt resume {tmp_path / 'run'}")

@@ -380,6 +380,15 @@ class Trainer:
                          n, tokens, self.step, projected)
 
     def fit(self) -> TrainResult:
+        """Train to max_iters (or a stop signal). A run-folder write that fails (a full disk) is one
+        line: checkpoints are atomic, so the run resumes from its last save."""
+        try:
+            return self._fit()
+        except OSError as e:
+            raise TinyGPTError(f"cannot write to the run folder {self.run.path}: {e.strerror or e}",
+                               f"free some disk space, then: tinygpt resume {self.run.path}") from e
+
+    def _fit(self) -> TrainResult:
         cfg = self.config.train
         self._t0 = time.perf_counter()
         info = self.start_info()
