@@ -47,10 +47,12 @@ def losses(run: Path) -> list[tuple]:
 
 def test_two_processes_match_one_with_double_batch_and_grad_accum(dataset, tmp_path):
     common = [*TINY, "--data-dir", str(dataset), "--max-iters", "30", "--eval-interval", "10"]
-    proc = torchrun(2, "train", *common, "--batch-size", "4", "--out", "ddp2", cwd=tmp_path)
+    proc = torchrun(2, "train", *common, "--batch-size", "4", cwd=tmp_path)  # no --out: ranks agree on one name
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr
     assert "global batch 8 sequences" in stdout
+    [run] = list((tmp_path / "runs").iterdir())
+    run.rename(tmp_path / "ddp2")
     one = cli("train", *common, "--batch-size", "8", "--out", "one", cwd=tmp_path)
     acc = cli("train", *common, "--batch-size", "4", "--grad-accum", "2", "--out", "accum", cwd=tmp_path)
     assert one.returncode == 0 and acc.returncode == 0, one.stderr + acc.stderr

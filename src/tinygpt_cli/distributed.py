@@ -38,7 +38,16 @@ def context_from_env() -> DistContext:
 
 def init_process_group(ctx: DistContext, device_type: str) -> None:
     if ctx.enabled and not dist.is_initialized():
+        if device_type == "cuda":
+            torch.cuda.set_device(ctx.local_rank)  # one GPU per process; NCCL works on the current one
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+
+
+def _collective_device() -> torch.device:
+    """NCCL moves CUDA tensors only; gloo moves CPU tensors."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def destroy_process_group() -> None:
@@ -58,7 +67,7 @@ def broadcast_int(value: int, ctx: DistContext) -> int:
     """Rank 0's integer, on every rank."""
     if not ctx.enabled:
         return value
-    t = torch.tensor([value], dtype=torch.int64)
+    t = torch.tensor([value], dtype=torch.int64, device=_collective_device())
     dist.broadcast(t, src=0)
     return int(t.item())
 
