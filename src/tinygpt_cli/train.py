@@ -37,11 +37,6 @@ ASSUMED_FLOPS = {"cpu": 3e10, "mps": 3e12, "cuda": 5e13}
 SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
-def flops_per_token(n_params: int, n_layer: int, n_embd: int, block_size: int) -> int:
-    """Training FLOPs per token: 6N for the matmuls forward and backward, plus attention."""
-    return 6 * n_params + 12 * n_layer * n_embd * block_size
-
-
 class Batches:
     """Random windows of one split. Each step draws one global batch from one seeded generator,
     so the data order depends only on the seed and the global batch size, never on how the batch
@@ -373,7 +368,7 @@ class Trainer:
         cfg, m = self.config.train, self.config.model
         tokens = cfg.batch_size * cfg.grad_accum * self.world_size * m.block_size
         n = self.model.num_params()
-        per_iter = flops_per_token(n, m.n_layer, m.n_embd, m.block_size) * tokens
+        per_iter = param_report(m).flops_per_token() * tokens
         speed = ASSUMED_FLOPS[self.device.type] * (torch.get_num_threads() / 2 if self.device.type == "cpu" else 1)
         projected = per_iter * (cfg.max_iters - self.step) / speed / self.world_size
         return StartInfo(self.run.path, self.config, str(self.device), str(self.dtype).removeprefix("torch."),
