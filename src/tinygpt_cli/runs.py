@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .errors import TinyGPTError
+from .errors import TinyGPTError, UsageError
 from .fsutil import write_json_atomic, write_text_atomic
 
 RUNS_DIR = Path("runs")
@@ -115,8 +115,6 @@ def latest_run(root: Path = RUNS_DIR) -> RunDir | None:
 def resolve_checkpoint(run: Path | None = None, checkpoint: Path | None = None, root: Path = RUNS_DIR) -> Path:
     """The checkpoint a command should read: --checkpoint, else the best (or last) of --run,
     else the best of the most recent run under `root`."""
-    from .errors import UsageError
-
     if run is not None and checkpoint is not None:
         raise UsageError("pass either --run or --checkpoint, not both")
     if checkpoint is not None:

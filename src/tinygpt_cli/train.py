@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .checkpoint import Checkpoint, load_checkpoint, load_model_weights, model_weights, save_checkpoint
-from .config import SHAPE_FIELDS, RunConfig, TrainConfig, build_config, check_against_data
+from .config import SHAPE_FIELDS, RunConfig, TrainConfig, build_config, check_against_data, flag_name
 from .data import Dataset, load_dataset
 from .devices import autocast_for, pick_device, pick_dtype
 from .distributed import DistContext, all_reduce_sum, barrier, init_process_group
@@ -103,20 +103,18 @@ def build_model(config: RunConfig, device: torch.device) -> GPT:
     """The model on `device`. A model that cannot fit is a one-line error before anything is
     allocated (on Linux an oversized CPU allocation would not fail: the process would be killed)."""
     n = param_report(config.model).total
+    hint = "lower --n-embd, --n-layer or --block-size (tinygpt params shows the count)"
     memory = device_memory_bytes(device)
     if memory is not None and n * TRAINING_BYTES_PER_PARAM > memory:
         raise TinyGPTError(
             f"a model of {n:,} parameters needs about {n * TRAINING_BYTES_PER_PARAM / 2**30:,.1f} GiB to train; "
             f"{device} has {memory / 2**30:,.1f} GiB",
-            "lower --n-embd, --n-layer or --block-size (tinygpt params shows the count)",
+            hint,
         )
     try:
         return GPT(config.model).to(device)
-    except (MemoryError, RuntimeError) as e:  # torch reports failed allocations as RuntimeError
-        if not isinstance(e, MemoryError) and "alloc" not in str(e).lower() and "memory" not in str(e).lower():
-            raise
-        raise TinyGPTError(f"not enough memory on {device} for a model of {n:,} parameters",
-                           "lower --n-embd, --n-layer or --block-size (tinygpt params shows the count)") from e
+    except (MemoryError, torch.OutOfMemoryError) as e:
+        raise TinyGPTError(f"not enough memory on {device} for a model of {n:,} parameters", hint) from e
 
 
 class StopSignals:
@@ -181,8 +179,7 @@ class Trainer:
         self.device = pick_device(cfg.device)
         if self.device.type == "cuda" and dist.enabled:
             self.device = torch.device("cuda", dist.local_rank)
-            torch.cuda.set_device(self.device)
-        init_process_group(dist, self.device.type)
+        init_process_group(dist, self.device.type)  # also makes this rank's GPU the current one
         self.dtype = pick_dtype(cfg.dtype, self.device)
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -495,7 +492,7 @@ def resume(run_path: Path, overrides: dict[str, Any] | None = None, reporter: Tr
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     refused = sorted(set(overrides) & set(SHAPE_FIELDS))
     if refused:
-        raise UsageError(f"cannot change the model's shape on resume ({', '.join('--' + f.replace('_', '-') for f in refused)})",
+        raise UsageError(f"cannot change the model's shape on resume ({', '.join(map(flag_name, refused))})",
                          "start a new run with tinygpt train instead")
     with run.locked() if dist.is_main else nullcontext():
         saved = read_run_config(run)
@@ -508,7 +505,8 @@ def resume(run_path: Path, overrides: dict[str, Any] | None = None, reporter: Tr
                              f"tinygpt resume {run.path} --max-iters {ckpt.iteration * 2}")
         config, dataset = prepare_training(config)
         if ckpt.vocab != dataset.vocab:
-            raise TinyGPTError(f"the dataset in {config.train.data_dir} has a different vocabulary from the checkpoint")
+            raise TinyGPTError(f"the dataset in {config.train.data_dir} has a different vocabulary from the checkpoint",
+                               f"rebuild the dataset this run trained on with the same `tinygpt prepare` command, into {config.train.data_dir}")
         if dist.is_main:
             write_json_atomic(run.config_path, config.model_dump())
             run.truncate_metrics(ckpt.iteration)
