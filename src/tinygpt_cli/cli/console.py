@@ -14,3 +14,13 @@ err = Console(stderr=True, highlight=False)
 def print_json(obj: object) -> None:
     """Machine-readable output: plain JSON on stdout, nothing else."""
     sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def format_duration(seconds: float | None) -> str:
+    """m:ss, or h:mm:ss past an hour; "-" when unknown."""
+    if seconds is None:
+        return "-"
+    seconds = max(0, int(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"

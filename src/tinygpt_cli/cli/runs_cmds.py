@@ -13,20 +13,11 @@ from pathlib import Path
 import typer
 
 from .config_flags import CONFIG_OPTION, PRESET_OPTION
-from .console import err, out, print_json
+from .console import err, format_duration, out, print_json
 
 JSON = typer.Option(False, "--json", help="Print JSON instead of a table.")
 STATUS_STYLE = {"finished": "green", "stopped": "yellow", "running": "cyan", "failed": "red", "crashed": "red",
                 "unreadable": "red", "not started": "dim"}
-
-
-def _fmt_time(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = max(0, int(seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
 def _fmt_count(n: int | None) -> str:
@@ -62,7 +53,7 @@ def runs_table(summaries, fields: list[str], title: str | None = None, skip: tup
     for s in summaries:
         iters = "-" if s.iteration is None else f"{s.iteration:,}" + (f"/{s.max_iters:,}" if s.max_iters else "")
         rows.append({
-            "name": s.name, "status": s.status, "params": _fmt_count(s.n_params), "iters": iters, "time": _fmt_time(s.elapsed),
+            "name": s.name, "status": s.status, "params": _fmt_count(s.n_params), "iters": iters, "time": format_duration(s.elapsed),
             "updated": time.strftime("%Y-%m-%d %H:%M", time.localtime(s.updated)) if s.updated else "-",
             "best val": "-" if s.best_val_loss is None else f"{s.best_val_loss:.4f}",
             "tok/s": "-" if s.tokens_per_s is None else f"{s.tokens_per_s:,.0f}",
@@ -189,7 +180,7 @@ def _cell_reporter(interactive: bool):
             if getattr(inner, "progress", None) is not None:
                 inner.progress.stop()
             best = result.get("best_val_loss")
-            out.print(f"{status}: {result['iteration']:,} iterations in {_fmt_time(result['elapsed'])}, "
+            out.print(f"{status}: {result['iteration']:,} iterations in {format_duration(result['elapsed'])}, "
                       f"best val loss {'-' if best is None else f'{best:.4f}'}", markup=False)
 
     return CellReporter()
@@ -237,9 +228,9 @@ def sweep(
             table.add_column(col, justify="left" if col in ("run", "action") else "right", overflow="fold")
         for r in rows:
             table.add_row(r["name"], r["action"], f"{r['n_params']:,}", f"{r['done_iters']:,}/{r['max_iters']:,}",
-                          "-" if r["ms_per_iter"] is None else f"{r['ms_per_iter']:.1f}", _fmt_time(r["projected_seconds"]))
+                          "-" if r["ms_per_iter"] is None else f"{r['ms_per_iter']:.1f}", format_duration(r["projected_seconds"]))
         out.print(table)
-        out.print(f"projected total: {_fmt_time(total)} (timed on this machine; evaluations included)", markup=False)
+        out.print(f"projected total: {format_duration(total)} (timed on this machine; evaluations included)", markup=False)
         return
     say = err if as_json else out
     say.print(f"sweep of {len(plan.cells)} runs into {plan.out}: {axes}", markup=False)

@@ -10,17 +10,10 @@ import typer
 
 from ..config import MODEL_FIELDS, TRAIN_FIELDS
 from .config_flags import CONFIG_OPTION, PRESET_OPTION, with_config_flags
-from .console import out
+from .console import format_duration, out
 
 TRAIN_FLAGS = [f for f in MODEL_FIELDS + TRAIN_FIELDS if f != "vocab_size"]  # vocab size comes from the data
 RESUME_FLAGS = [f for f in TRAIN_FIELDS if f not in ("data_dir",)] + ["dropout"]
-
-
-def _fmt_time(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
 def make_reporter(interactive: bool):
@@ -71,12 +64,12 @@ def make_reporter(interactive: bool):
                 self.progress.update(self.task, completed=record["iter"], **fields)
             elif record["iter"] % 100 == 0 or record["iter"] == self.max_iters:
                 out.print(f"iter {record['iter']:>6}  loss {fields['loss']}  lr {fields['lr']}  {fields['tps']} tok/s  "
-                          f"elapsed {_fmt_time(record['elapsed'])}")
+                          f"elapsed {format_duration(record['elapsed'])}")
 
         def on_eval(self, record: dict[str, Any]) -> None:
             star = " *" if record["improved"] else ""
             line = (f"eval {record['iter']:>6}  train {record['train_loss']:.4f}  val {record['val_loss']:.4f}  "
-                    f"best {record['best_val_loss']:.4f}{star}  elapsed {_fmt_time(record['elapsed'])}")
+                    f"best {record['best_val_loss']:.4f}{star}  elapsed {format_duration(record['elapsed'])}")
             if self.progress is not None:
                 self.progress.update(self.task, val=f"{record['val_loss']:.4f}")
                 self.progress.console.print(line)
@@ -88,7 +81,7 @@ def make_reporter(interactive: bool):
                 self.progress.stop()
             if status == "finished":
                 best = result["best_val_loss"]
-                out.print(f"done: {result['iteration']:,} iterations in {_fmt_time(result['elapsed'])}, "
+                out.print(f"done: {result['iteration']:,} iterations in {format_duration(result['elapsed'])}, "
                           f"best val loss {best:.4f}  ->  {result['run']}/best.safetensors")
                 from ..runs import RunDir
                 from .runs_cmds import print_curve
