@@ -209,3 +209,14 @@ def test_cli_eval_with_splits_shorter_than_the_block(tmp_path):
     d = json.loads(result.stdout)
     assert d["val"]["tokens"] == len(dataset.val) - 1
     assert d["train_sample"]["tokens"] == len(dataset.train) - 1
+
+
+def test_params_of_a_foreign_safetensors_file_is_one_error_line(run_cli, tmp_path):
+    from safetensors.torch import save_file
+
+    foreign = tmp_path / "other.safetensors"
+    save_file({"w": torch.zeros(2)}, str(foreign), metadata={"format": '"other-tool"'})
+    result = run_cli("params", "--checkpoint", foreign)
+    assert result.returncode == 1
+    assert result.stderr.startswith("Error:") and "not a tinygpt checkpoint" in result.stderr
+    assert "Traceback" not in result.stderr

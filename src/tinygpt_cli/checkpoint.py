@@ -162,28 +162,23 @@ def read_header(data: bytes, path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} has an unreadable header (not safetensors JSON with tinygpt metadata)") from e
 
 
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    """Only the metadata (model config, vocabulary, iteration...), without reading the tensors."""
-    path = Path(path)
+def _read_bytes(path: Path, header_only: bool = False) -> bytes:
+    """The file's bytes (or just its 8-byte length and header); I/O failures as CheckpointError."""
     try:
+        if not header_only:
+            return path.read_bytes()
         with open(path, "rb") as f:
             head = f.read(8)
             length = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
-            data = head + f.read(min(length, MAX_HEADER_BYTES))
-    except FileNotFoundError as e:
-        raise CheckpointError(f"no checkpoint at {path}") from e
-    except OSError as e:
-        raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror}") from e
-    return read_header(data, path)
-
-
-def _read_verified(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    try:
-        data = path.read_bytes()
+            return head + f.read(min(length, MAX_HEADER_BYTES))
     except FileNotFoundError as e:
         raise CheckpointError(f"no checkpoint at {path}", "tinygpt train --preset cpu  (creates runs/<name>/best.safetensors)") from e
     except OSError as e:
         raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror}") from e
+
+
+def _checked_metadata(data: bytes, path: Path) -> tuple[dict[str, Any], CheckpointMeta]:
+    """The header's metadata, refused unless it is a tinygpt checkpoint's, complete and typed."""
     meta = read_header(data, path)
     if meta.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is a safetensors file but not a tinygpt checkpoint")
@@ -194,6 +189,18 @@ def _read_verified(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]
         raise CheckpointError(f"{path} has missing or mistyped metadata: {fields}") from e
     if checked.format_version > CHECKPOINT_VERSION:
         raise CheckpointError(f"{path} uses checkpoint format {checked.format_version}; this tinygpt reads up to {CHECKPOINT_VERSION}", "pip install -U tinygpt")
+    return meta, checked
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """Only the metadata (model config, vocabulary, iteration...), without reading the tensors."""
+    path = Path(path)
+    return _checked_metadata(_read_bytes(path, header_only=True), path)[0]
+
+
+def _read_verified(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    data = _read_bytes(path)
+    meta, checked = _checked_metadata(data, path)
     try:
         tensors = st_load(data)
     except Exception as e:  # safetensors raises its own error types for every kind of damage
