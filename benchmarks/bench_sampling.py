@@ -1,7 +1,8 @@
 """Sampling speed of the baby GPT (6/6/384, block 256) on this machine's CPU.
 
-Whole process (`tinygpt generate`, 1000 characters, import and load included) with and without
-the KV cache, plus characters/s once started, measured in-process. Reference: nanoGPT's
+Whole process (`tinygpt generate`, 1000 characters, import and load included) with the KV cache
+in the default precision (auto: float16 weights on a CPU) and in float32, and without the cache,
+plus characters/s once started, measured in-process. Reference: nanoGPT's
 sample.py takes about 69 s for the whole process on these 2-core machines (no KV cache).
 Speed does not depend on what the weights learned, so a freshly initialised model is used.
 
@@ -21,7 +22,7 @@ from common import TINYGPT, median, report, run_process
 from tinygpt_cli.checkpoint import Checkpoint, model_weights, save_checkpoint
 from tinygpt_cli.config import PRESETS, ModelConfig
 from tinygpt_cli.model import GPT
-from tinygpt_cli.sampling import generate
+from tinygpt_cli.sampling import generate, set_sampling_precision
 from tinygpt_cli.vocab import Vocabulary
 
 NANOGPT_WHOLE_PROCESS_S = 69.0
@@ -45,13 +46,14 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        path, model = baby_checkpoint(Path(tmp))
-        for cache, dtype in ((True, torch.float32), (True, torch.float16), (False, torch.float32)):
+        path, reference = baby_checkpoint(Path(tmp))
+        for cache, dtype_name in ((True, "auto"), (True, "float32"), (False, "float32")):
             flag = "--kv-cache" if cache else "--no-kv-cache"
-            dtype_name = str(dtype).removeprefix("torch.")
             cmd = TINYGPT + ["generate", "--checkpoint", str(path), "--prompt", "A", "--max-new-tokens", str(args.chars),
                              "--seed", "1", flag, "--dtype", dtype_name]
-            model = model.to(dtype)
+            model = GPT(reference.config).eval()
+            model.load_state_dict(reference.state_dict())
+            set_sampling_precision(model, dtype_name)
             walls, peaks = [], []
             for _ in range(args.repeats):
                 wall, peak, _ = run_process(cmd)

@@ -10,8 +10,10 @@ from conftest import ONE_THREAD_ENV
 
 from tinygpt_cli.checkpoint import load_model
 from tinygpt_cli.config import ModelConfig
+from tinygpt_cli.errors import UsageError
 from tinygpt_cli.model import GPT
-from tinygpt_cli.sampling import generate, sample_next, top_k_filter, top_p_filter, window_start
+from tinygpt_cli.sampling import (HalfWeightLinear, NonFiniteLogits, generate, sample_next, set_sampling_precision,
+                                  top_k_filter, top_p_filter, window_start)
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -162,6 +164,77 @@ def test_sample_next_never_draws_filtered_tokens():
     assert sample_next(logits[:2], 0, None, None, gen).tolist() == [0, 0]  # greedy
 
 
+def copy_of(model: GPT) -> GPT:
+    m = GPT(model.config)
+    m.load_state_dict(model.state_dict())
+    return m.eval()
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_half_weight_linear_computes_with_the_rounded_weights(bias):
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(32, 48, bias=bias)
+    half = HalfWeightLinear(linear, torch.float16)
+    rounded_w = linear.weight.detach().half().float()
+    rounded_b = None if not bias else linear.bias.detach().half().float()
+    assert half.weight.dtype == torch.float16 and not half.weight.requires_grad
+    many = torch.randn(2, 5, 32)  # several positions: weights upcast, float32 arithmetic
+    out = half(many)
+    assert out.dtype == torch.float32
+    assert torch.equal(out, torch.nn.functional.linear(many, rounded_w, rounded_b))
+    assert not torch.equal(out, linear(many))  # the weights really were rounded
+    one = torch.randn(1, 1, 32)  # one position: the float16 product, back to float32
+    out = half(one)
+    assert out.dtype == torch.float32 and out.shape == (1, 1, 48)
+    expected = torch.nn.functional.linear(one.half().float(), rounded_w, rounded_b)
+    torch.testing.assert_close(out, expected, rtol=2e-3, atol=2e-3)
+
+
+def test_sampling_precision_auto_on_cpu_stores_block_matrices_in_float16(model):
+    reference = copy_of(model)
+    m = copy_of(model)
+    assert set_sampling_precision(m, "auto") == torch.float16
+    half = [mod for mod in m.modules() if isinstance(mod, HalfWeightLinear)]
+    assert len(half) == 4 * CONFIG.n_layer  # qkv, proj, up, down of every block
+    assert not any(isinstance(mod, torch.nn.Linear) for mod in m.blocks.modules())
+    assert m.tok_emb.weight.dtype == torch.float32 and m.lm_head.weight is m.tok_emb.weight
+    prompt = torch.tensor([ids(12, seed=4)])
+    with torch.no_grad():
+        expected, _ = reference(prompt)
+        got, _ = m(prompt)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0.02 * float(expected.abs().max()))
+    assert not torch.equal(got, expected)
+    tokens = list(generate(m, ids(5), 30, temperature=1.0, seed=2))
+    assert len(tokens) == 30 and all(0 <= t < CONFIG.vocab_size for t in tokens)
+
+
+@pytest.mark.parametrize("name, dtype", [("float32", torch.float32), ("bfloat16", torch.bfloat16)])
+def test_sampling_precision_by_name(model, name, dtype):
+    m = copy_of(model)
+    assert set_sampling_precision(m, name) == dtype
+    linears = [mod for mod in m.blocks.modules() if isinstance(mod, (torch.nn.Linear, HalfWeightLinear))]
+    assert {mod.weight.dtype for mod in linears} == {dtype}
+    if name == "float32":  # untouched: exactly the checkpoint's text
+        prompt = ids(5)
+        assert list(generate(m, prompt, 30, temperature=1.0, seed=3)) == list(generate(model, prompt, 30, temperature=1.0, seed=3))
+
+
+def test_sampling_precision_unknown_name(model):
+    with pytest.raises(UsageError, match="float64"):
+        set_sampling_precision(copy_of(model), "float64")
+
+
+def test_overflow_in_float16_weights_is_an_error_with_a_way_out(model):
+    m = copy_of(model)
+    with torch.no_grad():
+        m.blocks[0].mlp.up.weight[0, 0] = 1e6  # finite in float32, inf in float16
+    assert len(list(generate(copy_of(m), ids(3), 5, temperature=0))) == 5  # float32: fine
+    set_sampling_precision(m, "float16")
+    with pytest.raises(NonFiniteLogits) as error:
+        list(generate(m, ids(3), 5, temperature=0))
+    assert "--dtype float32" in error.value.hint
+
+
 def test_generate_needs_a_prompt(model):
     with pytest.raises(ValueError):
         list(generate(model, [], 5))
@@ -177,6 +250,8 @@ def trained(tiny_run):
 
 def test_cli_generate_prints_prompt_then_new_characters_reproducibly(run_cli, tiny_run, trained):
     model, ckpt = trained
+    auto_model = copy_of(model)
+    set_sampling_precision(auto_model, "auto")
     args = ("generate", "--run", tiny_run, "--prompt", "The king", "--max-new-tokens", "25", "--seed", "3",
             "--num-samples", "2")
     first = run_cli(*args, env=ONE_THREAD_ENV)
@@ -191,9 +266,17 @@ def test_cli_generate_prints_prompt_then_new_characters_reproducibly(run_cli, ti
         assert text.startswith("The king")
         assert len(text) == len("The king") + 25
         assert set(text) <= set(ckpt.vocab.chars)
-        # The CLI's text is the engine's output decoded: sample i uses seed + i.
-        expected = ckpt.vocab.decode(generate(model, ckpt.vocab.encode("The king"), 25, temperature=0.8, seed=3 + i))
+        # The CLI's text is the engine's output decoded, in the default precision: sample i uses seed + i.
+        expected = ckpt.vocab.decode(generate(auto_model, ckpt.vocab.encode("The king"), 25, temperature=0.8, seed=3 + i))
         assert text == "The king" + expected
+
+
+def test_cli_generate_float32_is_exactly_the_checkpoints_model(run_cli, tiny_run, trained):
+    model, ckpt = trained
+    result = run_cli("generate", "--run", tiny_run, "--prompt", "The", "--max-new-tokens", "40", "--seed", "5",
+                     "--dtype", "float32", env=ONE_THREAD_ENV)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "The" + ckpt.vocab.decode(generate(model, ckpt.vocab.encode("The"), 40, temperature=0.8, seed=5)) + "\n"
 
 
 def test_cli_generate_empty_prompt_starts_from_a_newline(run_cli, tiny_run):

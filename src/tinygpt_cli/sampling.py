@@ -6,6 +6,13 @@ see exactly the same windows, so they produce the same tokens:
 - with the KV cache, each new token costs one position's forward pass, and a jump of the
   window costs one batched pass over the kept half;
 - without it (`kv_cache=False`) every token recomputes its whole window, for comparison.
+
+Precision (`set_sampling_precision`): one new token multiplies a vector by every weight matrix,
+two FLOPs per weight read, so on a CPU sampling is bound by memory traffic, not arithmetic.
+Storing the blocks' matrices in 16 bits halves that traffic. The arithmetic stays float32
+everywhere else (norms, attention, the residual stream), and a CPU's float16 matrix-matrix
+products are slow, so a pass over many positions (a prompt, a window jump) upcasts the weights
+first. On a GPU the whole model simply moves to the 16-bit type.
 """
 
 from __future__ import annotations
@@ -13,8 +20,52 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
+from .devices import pick_dtype
+from .errors import TinyGPTError
 from .model import GPT, KVCache
+
+
+class HalfWeightLinear(nn.Module):
+    """An nn.Linear for sampling on a CPU whose weight (and bias) are stored in 16 bits."""
+
+    def __init__(self, linear: nn.Linear, dtype: torch.dtype):
+        super().__init__()
+        self.weight = nn.Parameter(linear.weight.detach().to(dtype), requires_grad=False)
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().to(dtype), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[:-1].numel() == 1:  # one position: a matrix-vector product, bound by memory
+            return F.linear(x.to(self.weight.dtype), self.weight, self.bias).to(x.dtype)
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return F.linear(x, self.weight.to(x.dtype), bias)  # many positions: bound by arithmetic
+
+
+def set_sampling_precision(model: GPT, name: str) -> torch.dtype:
+    """Put `model` in the precision named by `--dtype` for sampling; return the dtype chosen.
+
+    auto is float16 on a CPU and the training default elsewhere (bfloat16 on a CUDA GPU that
+    supports it, else float32). float32 reproduces the checkpoint exactly.
+    """
+    device = next(model.parameters()).device
+    dtype = torch.float16 if name == "auto" and device.type == "cpu" else pick_dtype(name, device)
+    if dtype == torch.float32:
+        return dtype
+    if device.type != "cpu":
+        model.to(dtype)
+        return dtype
+    for block in model.blocks:
+        for parent in (block.attn, block.mlp):
+            for child_name, child in list(parent.named_children()):
+                if isinstance(child, nn.Linear):
+                    setattr(parent, child_name, HalfWeightLinear(child, dtype))
+    return dtype
+
+
+class NonFiniteLogits(TinyGPTError):
+    """The model produced inf or NaN scores, most likely an overflow in 16-bit weights."""
 
 
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -70,7 +121,8 @@ def generate(model: GPT, prompt: list[int], max_new_tokens: int, *, temperature:
     generator.manual_seed(seed if seed is not None else torch.seed())
     context = torch.tensor(prompt, dtype=torch.long, device=device)[None, :]  # (1, T)
     start = max(0, context.size(1) - block)
-    cache = KVCache(model.config, 1, device, next(model.parameters()).dtype) if kv_cache else None
+    activations = model.tok_emb.weight.dtype  # float32 unless the whole model moved to another type
+    cache = KVCache(model.config, 1, device, activations) if kv_cache else None
     cached_from = None  # window start the cache was filled from
     for _ in range(max_new_tokens):
         start = window_start(context.size(1), start, block)
@@ -82,6 +134,9 @@ def generate(model: GPT, prompt: list[int], max_new_tokens: int, *, temperature:
             cached_from = start
         else:
             logits, _ = model(context[:, -1:], cache=cache)  # only the newest position
+        if not torch.isfinite(logits).all():
+            raise NonFiniteLogits(f"the model's scores for position {context.size(1)} are not finite numbers",
+                                  "sample again with --dtype float32")
         token = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)  # (1,)
         context = torch.cat([context, token[:, None]], dim=1)
         yield int(token)
