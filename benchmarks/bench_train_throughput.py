@@ -1,29 +1,41 @@
 """Training throughput on CPU at nanoGPT's CPU-recipe shape (4/4/128, block 64, batch 12, dropout 0).
 
-Two training steps are timed in the same process, on the same model class and synthetic data:
+Training steps are timed in the same process, on the same model class and synthetic data:
 - tinygpt's real step (Trainer.train_step: windows gathered from one int64 tensor, fused AdamW,
-  SDPA's fused kernel);
+  SDPA's fused kernel) in the default precision (bfloat16 mixed precision on a CPU that
+  multiplies bfloat16 in hardware, then also in float32), else float32;
 - a nanoGPT-style step: each batch sliced from a numpy memmap and stacked into new tensors,
   non-fused AdamW, as nanoGPT's train.py does on a CPU.
+With `--nanogpt-dir PATH` (a checkout of karpathy/nanoGPT with data/shakespeare_char prepared),
+two whole training loops also run the recipe, alternated with the steps above: nanoGPT's own
+train.py (its printed per-iteration times), the real baseline on this machine, and `tinygpt
+train` on `--data-dir` (per-iteration times from its metrics.jsonl), loop overheads included
+on both sides.
 Also reported: achieved GFLOP/s (6N + 12·L·d·T per token) as a fraction of a measured fp32 matmul
-peak. The issue's target: at least 1.4x nanoGPT's tokens/s (≈60 ms/iteration here, 12.8k tokens/s).
+peak. The issue's target: at least 1.4x nanoGPT's tokens/s (≈60 ms/iteration on the reference
+machines, 12.8k tokens/s).
 
-Usage: python benchmarks/bench_train_throughput.py [--steps 30] [--repeats 5] [--preset cpu]
+Usage: python benchmarks/bench_train_throughput.py [--steps 30] [--repeats 5] [--preset cpu] [--nanogpt-dir DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import statistics
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from common import report
+from common import TINYGPT, report
 from tinygpt_cli.bench import matmul_peak_gflops, synthetic_dataset, time_steps, time_training_steps, training_step_fn
 from tinygpt_cli.config import resolve_config
+from tinygpt_cli.devices import pick_dtype
 from tinygpt_cli.model import GPT
 from tinygpt_cli.params import param_report
 
@@ -62,26 +74,67 @@ def nanogpt_style_step(config, tmp: str):
     return step
 
 
+def nanogpt_iteration_ms(nanogpt_dir: Path, iters: int, out_dir: str) -> list[float]:
+    """Per-iteration times that nanoGPT's train.py prints for the CPU recipe (its first 5 dropped)."""
+    cmd = [sys.executable, "train.py", "config/train_shakespeare_char.py", "--device=cpu", "--compile=False",
+           "--eval_iters=20", "--log_interval=1", "--block_size=64", "--batch_size=12", "--n_layer=4", "--n_head=4",
+           "--n_embd=128", f"--max_iters={iters}", f"--lr_decay_iters={iters}", "--dropout=0.0",
+           "--eval_interval=1000000", "--always_save_checkpoint=False", f"--out_dir={out_dir}"]
+    proc = subprocess.run(cmd, cwd=nanogpt_dir, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"nanoGPT failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    times = [float(ms) for ms in re.findall(r"^iter \d+: loss [\d.]+, time ([\d.]+)ms", proc.stdout, re.MULTILINE)]
+    return times[5:]
+
+
+def tinygpt_iteration_ms(data_dir: str, iters: int, out_dir: Path) -> list[float]:
+    """Per-iteration times of `tinygpt train` on the recipe, from metrics.jsonl (its first 50 steps dropped)."""
+    flags = {"batch-size": 12, "learning-rate": 1e-3, "min-lr": 1e-4, "warmup-iters": 100, "max-iters": iters,
+             "eval-interval": iters, "eval-iters": 2}
+    cmd = TINYGPT + ["train", "--preset", "cpu-classic", "--data-dir", data_dir, "--out", str(out_dir), "--overwrite"]
+    cmd += [arg for name, value in flags.items() for arg in (f"--{name}", str(value))]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"tinygpt train failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    records = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "tokens_per_s" in r and r["iter"] >= 50]
+    return [(b["elapsed"] - a["elapsed"]) * 1000 / (b["iter"] - a["iter"]) for a, b in zip(steps, steps[1:])]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--preset", default=None, help="also time this preset's own shape (e.g. cpu)")
+    parser.add_argument("--nanogpt-dir", type=Path, default=None, help="a nanoGPT checkout to run as the real baseline")
+    parser.add_argument("--data-dir", default="data/shakespeare", help="prepared data for the tinygpt loop (with --nanogpt-dir)")
     args = parser.parse_args()
     peak = matmul_peak_gflops(n=2048)
     config = resolve_config("cpu", None, NANOGPT_RECIPE)
     flops = param_report(config.model).flops_per_token()
     tokens = config.train.batch_size * config.model.block_size
     with tempfile.TemporaryDirectory() as tmp:
-        steps = {"nanoGPT-style step": nanogpt_style_step(config, tmp), "tinygpt step": training_step_fn(config, tmp)}
+        auto = str(pick_dtype("auto", torch.device("cpu"))).removeprefix("torch.")
+        steps = {"nanoGPT-style step": nanogpt_style_step(config, tmp), f"tinygpt step ({auto})": training_step_fn(config, tmp)}
+        if auto != "float32":  # this CPU multiplies bfloat16 in hardware: float32 too, for comparison
+            float32 = resolve_config("cpu", None, {**NANOGPT_RECIPE, "dtype": "float32"})
+            steps["tinygpt step (float32)"] = training_step_fn(float32, tmp)
         for step in steps.values():
             time_steps(step, 3)
-        # Alternate the two, so that the machine's drifts hit both alike.
+        # Alternate them, so that the machine's drifts hit both alike.
         samples = {name: [] for name in steps}
+        loops: dict[str, list[float]] = {"nanoGPT train.py loop": [], f"tinygpt train loop ({auto})": []}
         for _ in range(args.repeats):
             for name, step in steps.items():
                 samples[name].append(time_steps(step, args.steps))
-    theirs_ms = statistics.median(samples["nanoGPT-style step"])
+            if args.nanogpt_dir:
+                loops["nanoGPT train.py loop"] += nanogpt_iteration_ms(args.nanogpt_dir, 5 * args.steps, tmp)
+                loops[f"tinygpt train loop ({auto})"] += tinygpt_iteration_ms(args.data_dir, 5 * args.steps, Path(tmp) / "run")
+    baseline = "nanoGPT-style step"
+    if args.nanogpt_dir:
+        baseline = "nanoGPT train.py loop"
+        samples = {name: [statistics.median(values)] for name, values in loops.items()} | samples
+    theirs_ms = statistics.median(samples[baseline])
     rows = []
     for name, values in samples.items():
         ms = statistics.median(values)
@@ -95,7 +148,7 @@ def main() -> None:
         rows.append({"shape": f"preset {args.preset}", "step": "tinygpt step", "ms_per_iter": timing.ms_per_iter,
                      "tokens_per_s": timing.tokens_per_s, "gflops": timing.gflops, "of_peak": timing.gflops / peak,
                      "speedup": float("nan"), "vs_nanogpt_60ms_reference": float("nan")})
-    report("train_throughput", rows, {"matmul_peak_gflops": peak, "threads": torch.get_num_threads()})
+    report("train_throughput", rows, {"speedup_against": baseline, "matmul_peak_gflops": peak, "threads": torch.get_num_threads()})
 
 
 if __name__ == "__main__":

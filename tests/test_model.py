@@ -133,3 +133,33 @@ def test_kv_cache_prefill_then_single_steps_matches_full_forward():
         model(idx[:, :2], cache=cache)
         with pytest.raises(ValueError, match="one new position"):
             model(idx[:, 2:4], cache=cache)
+
+
+def test_cpu_autocast_multiplies_in_bfloat16_but_attends_in_float32(monkeypatch):
+    """bfloat16 mixed precision on a CPU: the matrix products run in bfloat16, attention (whose
+    bfloat16 backward is slow on CPUs) in float32, and the gradients stay close to float32's."""
+    seen = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, **kwargs):
+        seen.append((q.dtype, k.dtype, v.dtype))
+        return sdpa(q, k, v, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    idx, targets = torch.randint(0, TINY.vocab_size, (2, 2, TINY.block_size))
+    reference = make_model(seed=5)
+    _, loss = reference(idx, targets)
+    loss.backward()
+    assert {dtypes for dtypes in seen} == {(torch.float32,) * 3}
+    seen.clear()
+    model = make_model(seed=5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, mixed_loss = model(idx, targets)
+    mixed_loss.backward()
+    assert logits.dtype == torch.bfloat16  # the LM head ran in bfloat16
+    assert len(seen) == TINY.n_layer and {dtypes for dtypes in seen} == {(torch.float32,) * 3}
+    assert abs(mixed_loss.item() - loss.item()) < 0.05
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        assert p.grad.dtype == torch.float32
+        cosine = torch.nn.functional.cosine_similarity(p.grad.flatten(), q.grad.flatten(), dim=0)
+        assert cosine > 0.95, name

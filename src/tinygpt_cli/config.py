@@ -81,7 +81,7 @@ class TrainConfig(BaseModel):
     eval_iters: int = Field(200, gt=0, le=10**6, description="Batches averaged per loss estimate.", json_schema_extra=_panel("Run"))
     seed: int = Field(1337, ge=0, le=2**32 - 1, description="Random seed: same seed, same run.", json_schema_extra=_panel("Run"))
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="Where to train (auto: cuda, then mps, then cpu).", json_schema_extra=_panel("Run"))
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="Compute precision (auto: bfloat16 on CUDA if supported, else float32).", json_schema_extra=_panel("Run"))
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="Compute precision (auto: bfloat16 mixed precision on a CUDA GPU or a CPU that multiplies bfloat16 in hardware, else float32).", json_schema_extra=_panel("Run"))
     compile: bool = Field(False, description="Compile the model with torch.compile (slow start, faster steps).", json_schema_extra=_panel("Run"))
 
     @model_validator(mode="after")

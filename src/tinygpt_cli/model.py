@@ -97,10 +97,20 @@ class CausalSelfAttention(nn.Module):
                 raise ValueError("a non-empty KV cache takes one new position at a time")
             k, v = cache.append(layer, k, v)  # (B, nh, T_past + T, hs)
         # Fused attention kernel (flash / memory-efficient where available); dropout only in training.
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=self.dropout if self.training else 0.0)
+        y = self._attention(q, k, v, causal)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again: (B, T, C)
         # Dropout as a function, not a module: sampling calls this once per layer and token.
         return F.dropout(self.proj(y), self.dropout, self.training)
+
+
+    def _attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
+        dropout = self.dropout if self.training else 0.0
+        if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            # A CPU multiplies matrices fast in bfloat16 but runs attention's backward several
+            # times slower in it than in float32 (measured with AVX512-BF16): keep this in float32.
+            with torch.autocast("cpu", enabled=False):
+                return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=causal, dropout_p=dropout)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=dropout)
 
 
 class MLP(nn.Module):
