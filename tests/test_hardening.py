@@ -244,9 +244,10 @@ def test_sigkill_during_a_checkpoint_write(tiny_dataset, tmp_path, mode):
         with pytest.raises(CheckpointError) if mode == "half" else nullcontext():
             load_checkpoint(leftovers[0])  # half a file is detected as damaged
 
-    # Resuming (the lock of the killed process is gone, the stray temp file does not matter)
+    # Resuming (the lock of the killed process is gone, the stray temp file is removed)
     # gives exactly the run trained straight to the same iteration.
     assert assert_recoverable(run, tiny_dataset, **settings) == expected
+    assert not tmp_leftovers(run)
     straight = tmp_path / "straight"
     train_new(tiny_config(tiny_dataset, **{**settings, "max_iters": expected + 10}), straight)
     assert tensors_equal(run / "last.safetensors", straight / "last.safetensors")

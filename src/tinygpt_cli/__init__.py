@@ -7,6 +7,9 @@ The names a Python user needs, importable from here (loaded lazily, so that the 
     model, ckpt = load_model("runs/demo/best.safetensors")
     ids = generate(model, ckpt.vocab.encode("ROMEO:"), 200, temperature=0.8, seed=1)
     print(ckpt.vocab.decode(ids))
+
+`set_sampling_precision(model, "auto")` before `generate` stores the blocks' matrices in float16
+on a CPU, as `tinygpt generate` does: about twice the characters per second.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ _EXPORTS = {
     "Checkpoint": "checkpoint", "save_checkpoint": "checkpoint", "load_checkpoint": "checkpoint", "load_model": "checkpoint",
     # training, sampling, inspection
     "train_new": "train", "resume": "train", "TrainingReporter": "train",
-    "generate": "sampling",
+    "generate": "sampling", "set_sampling_precision": "sampling",
     "param_report": "params", "score_split": "evaluate",
     "TinyGPTError": "errors",
 }

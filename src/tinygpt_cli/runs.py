@@ -57,9 +57,17 @@ class RunDir:
                 ) from None
             os.ftruncate(fd, 0)
             os.pwrite(fd, str(os.getpid()).encode(), 0)
+            self._remove_stale_temp_files()
             yield
         finally:
             os.close(fd)  # closing releases the lock
+
+    def _remove_stale_temp_files(self) -> None:
+        """Half-written files of a training killed mid-save (SIGKILL, power loss): never read,
+        and with the lock held nobody else is writing them."""
+        for target in (self.last_path, self.best_path, self.status_path, self.config_path):
+            for stale in self.path.glob(f".{target.name}.*.tmp"):
+                stale.unlink(missing_ok=True)
 
     def clear(self) -> None:
         """Remove a previous run's files (for --overwrite); the lock file stays, it is ours."""
