@@ -18,8 +18,17 @@ def test_auto_dtype_on_a_cpu_is_bfloat16_only_where_the_cpu_multiplies_it_in_har
     assert pick_dtype("float32", torch.device("cpu")) == torch.float32  # a name is always obeyed
 
 
-def test_cpu_probe_answers_a_bool():
-    assert devices.cpu_has_fast_bfloat16() in (True, False)
+@pytest.mark.parametrize("avx512_bf16, amx, expected", [(True, False, True), (False, True, True), (False, False, False)])
+def test_cpu_probe_asks_torch_for_hardware_bfloat16(monkeypatch, avx512_bf16, amx, expected):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    assert devices.cpu_has_fast_bfloat16() is expected
+
+
+def test_cpu_probe_without_torchs_private_checks_says_no(monkeypatch):
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
+    assert devices.cpu_has_fast_bfloat16() is False
 
 
 def test_unknown_names_are_usage_errors():

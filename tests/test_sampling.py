@@ -11,7 +11,7 @@ from conftest import ONE_THREAD_ENV
 from tinygpt_cli.checkpoint import load_model
 from tinygpt_cli.config import ModelConfig
 from tinygpt_cli.errors import UsageError
-from tinygpt_cli.model import GPT
+from tinygpt_cli.model import GPT, KVCache
 from tinygpt_cli.sampling import (HalfWeightLinear, NonFiniteLogits, generate, sample_next, set_sampling_precision,
                                   top_k_filter, top_p_filter, window_start)
 
@@ -219,6 +219,28 @@ def test_sampling_precision_by_name(model, name, dtype):
         assert list(generate(m, prompt, 30, temperature=1.0, seed=3)) == list(generate(model, prompt, 30, temperature=1.0, seed=3))
 
 
+def test_sampling_precision_one_position_path_stays_close_to_float32(model):
+    """The cached path (one position, float16 products) scores like the float32 model."""
+    reference, m = copy_of(model), copy_of(model)
+    set_sampling_precision(m, "auto")
+    prompt = ids(8, seed=6)
+    caches = [KVCache(CONFIG, 1, "cpu", torch.float32) for _ in range(2)]
+    with torch.no_grad():
+        for net, cache in zip((reference, m), caches):
+            net(torch.tensor([prompt[:-1]]), cache=cache)  # prefill
+        expected, _ = reference(torch.tensor([prompt[-1:]]), cache=caches[0])
+        got, _ = m(torch.tensor([prompt[-1:]]), cache=caches[1])
+    torch.testing.assert_close(got, expected, rtol=0, atol=0.02 * float(expected.abs().max()))
+    assert not torch.equal(got, expected)
+
+
+def test_sampling_precision_is_set_once(model):
+    m = copy_of(model)
+    set_sampling_precision(m, "auto")
+    with pytest.raises(ValueError, match="load it again"):
+        set_sampling_precision(m, "float32")
+
+
 def test_sampling_precision_unknown_name(model):
     with pytest.raises(UsageError, match="float64"):
         set_sampling_precision(copy_of(model), "float64")
@@ -233,6 +255,15 @@ def test_overflow_in_float16_weights_is_an_error_with_a_way_out(model):
     with pytest.raises(NonFiniteLogits) as error:
         list(generate(m, ids(3), 5, temperature=0))
     assert "--dtype float32" in error.value.hint
+
+
+def test_non_finite_scores_in_float32_point_at_the_weights(model):
+    m = copy_of(model)
+    with torch.no_grad():
+        m.blocks[0].mlp.up.weight[0, 0] = float("nan")
+    with pytest.raises(NonFiniteLogits) as error:
+        list(generate(m, ids(3), 5, temperature=0))
+    assert "--dtype" not in error.value.hint and "earlier checkpoint" in error.value.hint
 
 
 def test_generate_needs_a_prompt(model):

@@ -32,7 +32,6 @@ class KVCache:
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.length = 0  # positions filled, shared by all layers
-        self.capacity = config.block_size
 
     def reset(self) -> None:
         self.length = 0
@@ -101,7 +100,6 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again: (B, T, C)
         # Dropout as a function, not a module: sampling calls this once per layer and token.
         return F.dropout(self.proj(y), self.dropout, self.training)
-
 
     def _attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
         dropout = self.dropout if self.training else 0.0

@@ -65,7 +65,7 @@ class RunDir:
     def _remove_stale_temp_files(self) -> None:
         """Half-written files of a training killed mid-save (SIGKILL, power loss): never read,
         and with the lock held nobody else is writing them."""
-        for target in (self.last_path, self.best_path, self.status_path, self.config_path):
+        for target in (self.last_path, self.best_path, self.status_path, self.config_path, self.metrics_path):
             for stale in self.path.glob(f".{target.name}.*.tmp"):
                 stale.unlink(missing_ok=True)
 

@@ -2,17 +2,18 @@
 
 The model sees a window of at most block_size positions. When the context outgrows it, the
 window jumps forward to keep the last half of the context (`window_start`). Both paths below
-see exactly the same windows, so they produce the same tokens:
+see exactly the same windows, so in float32 they produce the same tokens:
 - with the KV cache, each new token costs one position's forward pass, and a jump of the
   window costs one batched pass over the kept half;
 - without it (`kv_cache=False`) every token recomputes its whole window, for comparison.
 
 Precision (`set_sampling_precision`): one new token multiplies a vector by every weight matrix,
 two FLOPs per weight read, so on a CPU sampling is bound by memory traffic, not arithmetic.
-Storing the blocks' matrices in 16 bits halves that traffic. The arithmetic stays float32
-everywhere else (norms, attention, the residual stream), and a CPU's float16 matrix-matrix
-products are slow, so a pass over many positions (a prompt, a window jump) upcasts the weights
-first. On a GPU the whole model simply moves to the 16-bit type.
+Storing the blocks' matrices in 16 bits halves that traffic: one position's products then run
+in 16 bits (the vector entering each is rounded too), while norms, attention and the residual
+stream stay float32. A CPU's float16 matrix-matrix products are slow, so a pass over many
+positions (a prompt, a window jump) upcasts the weights and computes in float32: the two paths
+round differently. On a GPU a 16-bit type, when asked for, moves the whole model.
 """
 
 from __future__ import annotations
@@ -29,7 +30,10 @@ from .model import GPT, KVCache
 
 
 class HalfWeightLinear(nn.Module):
-    """An nn.Linear for sampling on a CPU whose weight (and bias) are stored in 16 bits."""
+    """An nn.Linear for sampling on a CPU whose weight (and bias) are stored in 16 bits.
+
+    Sampling only: it has no gradient, and its rounded weights are not the checkpoint's.
+    """
 
     def __init__(self, linear: nn.Linear, dtype: torch.dtype):
         super().__init__()
@@ -46,11 +50,15 @@ class HalfWeightLinear(nn.Module):
 def set_sampling_precision(model: GPT, name: str) -> torch.dtype:
     """Put `model` in the precision named by `--dtype` for sampling; return the dtype chosen.
 
-    auto is float16 on a CPU and the training default elsewhere (bfloat16 on a CUDA GPU that
-    supports it, else float32). float32 reproduces the checkpoint exactly.
+    auto is float16 on a CPU and float32 elsewhere; float32 reproduces the checkpoint exactly.
+    The model changes in place, once: load it again for another precision, and never save it.
     """
+    if any(isinstance(m, HalfWeightLinear) for m in model.modules()) or model.tok_emb.weight.dtype != torch.float32:
+        raise ValueError("the model's precision was already set for sampling: load it again to change it")
     device = next(model.parameters()).device
-    dtype = torch.float16 if name == "auto" and device.type == "cpu" else pick_dtype(name, device)
+    if name == "auto":
+        name = "float16" if device.type == "cpu" else "float32"
+    dtype = pick_dtype(name, device)
     if dtype == torch.float32:
         return dtype
     if device.type != "cpu":
@@ -65,7 +73,8 @@ def set_sampling_precision(model: GPT, name: str) -> torch.dtype:
 
 
 class NonFiniteLogits(TinyGPTError):
-    """The model produced inf or NaN scores, most likely an overflow in 16-bit weights."""
+    """The model produced inf or NaN scores: an overflow in 16-bit arithmetic, or weights that
+    are themselves not finite (a diverged training)."""
 
 
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -122,6 +131,7 @@ def generate(model: GPT, prompt: list[int], max_new_tokens: int, *, temperature:
     context = torch.tensor(prompt, dtype=torch.long, device=device)[None, :]  # (1, T)
     start = max(0, context.size(1) - block)
     activations = model.tok_emb.weight.dtype  # float32 unless the whole model moved to another type
+    reduced_precision = activations != torch.float32 or any(isinstance(m, HalfWeightLinear) for m in model.modules())
     cache = KVCache(model.config, 1, device, activations) if kv_cache else None
     cached_from = None  # window start the cache was filled from
     for _ in range(max_new_tokens):
@@ -136,7 +146,8 @@ def generate(model: GPT, prompt: list[int], max_new_tokens: int, *, temperature:
             logits, _ = model(context[:, -1:], cache=cache)  # only the newest position
         if not torch.isfinite(logits).all():
             raise NonFiniteLogits(f"the model's scores for position {context.size(1)} are not finite numbers",
-                                  "sample again with --dtype float32")
+                                  "sample again with --dtype float32" if reduced_precision else
+                                  "its weights are broken: sample from an earlier checkpoint of the run (see tinygpt runs)")
         token = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)  # (1,)
         context = torch.cat([context, token[:, None]], dim=1)
         yield int(token)
