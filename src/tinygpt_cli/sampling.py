@@ -76,6 +76,14 @@ class NonFiniteLogits(TinyGPTError):
     """The model produced inf or NaN scores: an overflow in 16-bit arithmetic, or weights that
     are themselves not finite (a diverged training)."""
 
+    def __init__(self, position: int, reduced_precision: bool):
+        if reduced_precision:
+            super().__init__(f"the model's scores for position {position} overflowed in 16-bit arithmetic",
+                             "sample again with --dtype float32")
+        else:
+            super().__init__(f"the model's scores for position {position} are not finite numbers: its weights are broken",
+                             "tinygpt runs   (a run whose loss diverged: train it again with a lower --learning-rate)")
+
 
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
     """Keep the k largest logits of each row; the rest become -inf."""
@@ -145,9 +153,7 @@ def generate(model: GPT, prompt: list[int], max_new_tokens: int, *, temperature:
         else:
             logits, _ = model(context[:, -1:], cache=cache)  # only the newest position
         if not torch.isfinite(logits).all():
-            raise NonFiniteLogits(f"the model's scores for position {context.size(1)} are not finite numbers",
-                                  "sample again with --dtype float32" if reduced_precision else
-                                  "its weights are broken: sample from an earlier checkpoint of the run (see tinygpt runs)")
+            raise NonFiniteLogits(context.size(1), reduced_precision)
         token = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)  # (1,)
         context = torch.cat([context, token[:, None]], dim=1)
         yield int(token)
