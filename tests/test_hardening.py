@@ -200,6 +200,18 @@ main()
 '''
 
 
+def train_with_fault(data_dir: Path, tmp_path: Path, settings: dict, fault: str):
+    """Start `tinygpt train` under FAULT_WRAPPER, which injects `fault` into the save at
+    iteration 10 and touches the returned marker file when it gets there."""
+    run, log, marker = tmp_path / "run", tmp_path / "log.txt", tmp_path / "inside-save"
+    wrapper = tmp_path / "wrapper.py"
+    wrapper.write_text(FAULT_WRAPPER, encoding="utf-8")
+    proc = popen_cli(["train", *tiny_cli_flags(data_dir, **settings), "--out", run], tmp_path, log,
+                     wrapper=[wrapper, fault, marker, 10])
+    return proc, run, log, marker
+
+
+
 # --- 1. a kill at any instant --------------------------------------------------------------
 
 @pytest.mark.parametrize("delay", [0.5, 1.5, 3.0])
@@ -220,12 +232,8 @@ def test_sigkill_after_a_delay_leaves_a_resumable_run(tiny_dataset, tmp_path, de
 
 @pytest.mark.parametrize("mode", ["half", "complete", "after-rename"])
 def test_sigkill_during_a_checkpoint_write(tiny_dataset, tmp_path, mode):
-    run, log, marker = tmp_path / "run", tmp_path / "log.txt", tmp_path / "inside-save"
-    wrapper = tmp_path / "wrapper.py"
-    wrapper.write_text(FAULT_WRAPPER, encoding="utf-8")
     settings = dict(EVERY_5, max_iters=LONG)
-    proc = popen_cli(["train", *tiny_cli_flags(tiny_dataset, **settings), "--out", run], tmp_path, log,
-                     wrapper=[wrapper, mode, marker, 10])
+    proc, run, log, marker = train_with_fault(tiny_dataset, tmp_path, settings, mode)
     try:
         wait_for(marker.exists, proc, log)
     finally:
@@ -256,12 +264,8 @@ def test_sigkill_during_a_checkpoint_write(tiny_dataset, tmp_path, mode):
 def test_sigkill_between_the_saves_of_one_evaluation_keeps_best_consistent(tiny_dataset, tmp_path):
     """Killed when the evaluation at 10 found a new best and its saves are under way: once the
     run is resumed, even with nothing left to train, `best` holds the best loss `last` records."""
-    run, log, marker = tmp_path / "run", tmp_path / "log.txt", tmp_path / "inside-save"
-    wrapper = tmp_path / "wrapper.py"
-    wrapper.write_text(FAULT_WRAPPER, encoding="utf-8")
     settings = dict(EVERY_5, max_iters=LONG)
-    proc = popen_cli(["train", *tiny_cli_flags(tiny_dataset, **settings), "--out", run], tmp_path, log,
-                     wrapper=[wrapper, "best-save", marker, 10])
+    proc, run, log, marker = train_with_fault(tiny_dataset, tmp_path, settings, "best-save")
     try:
         wait_for(marker.exists, proc, log)
     finally:
@@ -276,12 +280,8 @@ def test_sigkill_between_the_saves_of_one_evaluation_keeps_best_consistent(tiny_
 def test_a_real_write_error_during_a_save_is_one_error_line_and_the_run_resumes(tiny_dataset, tmp_path):
     """The real writer (safetensors) fails with EFBIG past a file-size limit set mid-run: the CLI
     prints one Error and one Try line, the previous `last` stays, the status says failed."""
-    run, log, marker = tmp_path / "run", tmp_path / "log.txt", tmp_path / "unused"
-    wrapper = tmp_path / "wrapper.py"
-    wrapper.write_text(FAULT_WRAPPER, encoding="utf-8")
     settings = dict(EVERY_5, max_iters=LONG)
-    proc = popen_cli(["train", *tiny_cli_flags(tiny_dataset, **settings), "--out", run], tmp_path, log,
-                     wrapper=[wrapper, "efbig", marker, 10])
+    proc, run, log, marker = train_with_fault(tiny_dataset, tmp_path, settings, "efbig")
     try:
         proc.wait(timeout=120)
     finally:

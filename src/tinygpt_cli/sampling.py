@@ -47,13 +47,18 @@ class HalfWeightLinear(nn.Module):
         return F.linear(x, self.weight.to(x.dtype), bias)  # many positions: bound by arithmetic
 
 
+def in_reduced_precision(model: GPT) -> bool:
+    """Whether any of the model's weights are no longer the checkpoint's float32."""
+    return model.tok_emb.weight.dtype != torch.float32 or any(isinstance(m, HalfWeightLinear) for m in model.modules())
+
+
 def set_sampling_precision(model: GPT, name: str) -> torch.dtype:
     """Put `model` in the precision named by `--dtype` for sampling; return the dtype chosen.
 
     auto is float16 on a CPU and float32 elsewhere; float32 reproduces the checkpoint exactly.
     The model changes in place, once: load it again for another precision, and never save it.
     """
-    if any(isinstance(m, HalfWeightLinear) for m in model.modules()) or model.tok_emb.weight.dtype != torch.float32:
+    if in_reduced_precision(model):
         raise ValueError("the model's precision was already set for sampling: load it again to change it")
     device = next(model.parameters()).device
     if name == "auto":
@@ -139,7 +144,7 @@ def generate(model: GPT, prompt: list[int], max_new_tokens: int, *, temperature:
     context = torch.tensor(prompt, dtype=torch.long, device=device)[None, :]  # (1, T)
     start = max(0, context.size(1) - block)
     activations = model.tok_emb.weight.dtype  # float32 unless the whole model moved to another type
-    reduced_precision = activations != torch.float32 or any(isinstance(m, HalfWeightLinear) for m in model.modules())
+    reduced_precision = in_reduced_precision(model)
     cache = KVCache(model.config, 1, device, activations) if kv_cache else None
     cached_from = None  # window start the cache was filled from
     for _ in range(max_new_tokens):
