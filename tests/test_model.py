@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tinygpt_cli.config import ModelConfig
-from tinygpt_cli.model import GPT, KVCache
+from tinygpt_cli.model import GPT, CausalSelfAttention, KVCache
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -135,29 +135,41 @@ def test_kv_cache_prefill_then_single_steps_matches_full_forward():
             model(idx[:, 2:4], cache=cache)
 
 
-def test_cpu_autocast_multiplies_in_bfloat16_but_attends_in_float32(monkeypatch):
-    """bfloat16 mixed precision on a CPU: the matrix products run in bfloat16, attention (whose
-    bfloat16 backward is slow on CPUs) in float32, and the gradients stay close to float32's."""
-    seen = []
-    sdpa = torch.nn.functional.scaled_dot_product_attention
+@pytest.mark.parametrize("causal", [True, False])
+def test_attention_by_hand_equals_the_fused_kernel(causal):
+    q, k, v = torch.randn(3, 2, 4, 16, 8).unbind(0)  # (B, nh, T, hs) each
+    fused = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    assert torch.allclose(CausalSelfAttention._attention_by_hand(q, k, v, causal, 0.0), fused, atol=1e-6)
 
-    def spy(q, k, v, **kwargs):
-        seen.append((q.dtype, k.dtype, v.dtype))
-        return sdpa(q, k, v, **kwargs)
 
-    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+def test_cpu_autocast_runs_attention_by_hand_in_bfloat16(monkeypatch):
+    """bfloat16 mixed precision on a CPU: the products and attention run in bfloat16, without the
+    fused kernel (slow in bfloat16 on CPUs), and the gradients stay close to float32's."""
+    calls = {"fused": 0, "by_hand": []}
+    sdpa, baddbmm = torch.nn.functional.scaled_dot_product_attention, torch.baddbmm
+
+    def fused_spy(*args, **kwargs):
+        calls["fused"] += 1
+        return sdpa(*args, **kwargs)
+
+    def scores_spy(mask, q, k, **kwargs):
+        calls["by_hand"].append((q.dtype, k.dtype))
+        return baddbmm(mask, q, k, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", fused_spy)
+    monkeypatch.setattr(torch, "baddbmm", scores_spy)
     idx, targets = torch.randint(0, TINY.vocab_size, (2, 2, TINY.block_size))
     reference = make_model(seed=5)
     _, loss = reference(idx, targets)
     loss.backward()
-    assert {dtypes for dtypes in seen} == {(torch.float32,) * 3}
-    seen.clear()
+    assert calls == {"fused": TINY.n_layer, "by_hand": []}  # float32: the fused kernel
+    calls["fused"] = 0
     model = make_model(seed=5)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits, mixed_loss = model(idx, targets)
     mixed_loss.backward()
     assert logits.dtype == torch.bfloat16  # the LM head ran in bfloat16
-    assert len(seen) == TINY.n_layer and {dtypes for dtypes in seen} == {(torch.float32,) * 3}
+    assert calls == {"fused": 0, "by_hand": [(torch.bfloat16, torch.bfloat16)] * TINY.n_layer}
     assert abs(mixed_loss.item() - loss.item()) < 0.05
     for (name, p), q in zip(model.named_parameters(), reference.parameters()):
         assert p.grad.dtype == torch.float32

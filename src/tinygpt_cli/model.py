@@ -104,11 +104,25 @@ class CausalSelfAttention(nn.Module):
     def _attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
         dropout = self.dropout if self.training else 0.0
         if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
-            # A CPU multiplies matrices fast in bfloat16 but runs attention's backward several
-            # times slower in it than in float32 (measured with AVX512-BF16): keep this in float32.
-            with torch.autocast("cpu", enabled=False):
-                return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=causal, dropout_p=dropout)
+            return self._attention_by_hand(q, k, v, causal, dropout)
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=dropout)
+
+    @staticmethod
+    def _attention_by_hand(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, dropout: float) -> torch.Tensor:
+        """softmax(q k^T / sqrt(hs) + mask) v as three batched ops, for CPU mixed precision: the
+        CPU's fused kernel is several times slower in bfloat16 than in float32 (its backward
+        above all), while these ops run in bfloat16 under autocast, with no casts to float32."""
+        B, nh, T, hs = q.shape
+        S = k.size(2)
+        mask = torch.zeros(T, S, device=q.device)
+        if causal:
+            mask = mask.masked_fill(torch.ones(T, S, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
+        scores = torch.baddbmm(mask.expand(B * nh, T, S), q.reshape(B * nh, T, hs),
+                               k.reshape(B * nh, S, hs).transpose(1, 2), alpha=hs**-0.5)  # (B*nh, T, S)
+        weights = scores.softmax(dim=-1)
+        if dropout > 0:
+            weights = F.dropout(weights, dropout)
+        return torch.bmm(weights, v.reshape(B * nh, S, hs)).view(B, nh, T, hs)
 
 
 class MLP(nn.Module):
