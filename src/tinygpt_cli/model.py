@@ -114,9 +114,8 @@ class CausalSelfAttention(nn.Module):
         above all), while these ops run in bfloat16 under autocast, with no casts to float32."""
         B, nh, T, hs = q.shape
         S = k.size(2)
-        mask = torch.zeros(T, S, device=q.device)
-        if causal:
-            mask = mask.masked_fill(torch.ones(T, S, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
+        # Added to the scores: -inf above the diagonal hides the future when causal.
+        mask = torch.full((T, S), float("-inf"), device=q.device).triu(1) if causal else torch.zeros(T, S, device=q.device)
         scores = torch.baddbmm(mask.expand(B * nh, T, S), q.reshape(B * nh, T, hs),
                                k.reshape(B * nh, S, hs).transpose(1, 2), alpha=hs**-0.5)  # (B*nh, T, S)
         weights = scores.softmax(dim=-1)
