@@ -7,10 +7,10 @@ Training steps are timed in the same process, on the same model class and synthe
 - a nanoGPT-style step: each batch sliced from a numpy memmap and stacked into new tensors,
   non-fused AdamW, as nanoGPT's train.py does on a CPU.
 With `--nanogpt-dir PATH` (a checkout of karpathy/nanoGPT with data/shakespeare_char prepared),
-two whole training loops also run the recipe, alternated with the steps above: nanoGPT's own
+whole training loops also run the recipe, alternated with the steps above: nanoGPT's own
 train.py (its printed per-iteration times), the real baseline on this machine, and `tinygpt
-train` on `--data-dir` (per-iteration times from its metrics.jsonl), loop overheads included
-on both sides.
+train` on `--data-dir` (per-iteration times from its metrics.jsonl) in the default precision and
+in float32, loop overheads included on every side.
 Also reported: achieved GFLOP/s (6N + 12·L·d·T per token) as a fraction of a measured fp32 matmul
 peak. The issue's target: at least 1.4x nanoGPT's tokens/s (≈60 ms/iteration on the reference
 machines, 12.8k tokens/s).
@@ -87,10 +87,10 @@ def nanogpt_iteration_ms(nanogpt_dir: Path, iters: int, out_dir: str) -> list[fl
     return times[5:]
 
 
-def tinygpt_iteration_ms(data_dir: str, iters: int, out_dir: Path) -> list[float]:
+def tinygpt_iteration_ms(data_dir: str, iters: int, out_dir: Path, dtype: str) -> list[float]:
     """Per-iteration times of `tinygpt train` on the recipe, from metrics.jsonl (its first 50 steps dropped)."""
     flags = {"batch-size": 12, "learning-rate": 1e-3, "min-lr": 1e-4, "warmup-iters": 100, "max-iters": iters,
-             "eval-interval": iters, "eval-iters": 2}
+             "eval-interval": iters, "eval-iters": 2, "dtype": dtype}
     cmd = TINYGPT + ["train", "--preset", "cpu-classic", "--data-dir", data_dir, "--out", str(out_dir), "--overwrite"]
     cmd += [arg for name, value in flags.items() for arg in (f"--{name}", str(value))]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -123,13 +123,15 @@ def main() -> None:
             time_steps(step, 3)
         # Alternate them, so that the machine's drifts hit both alike.
         samples = {name: [] for name in steps}
-        loops: dict[str, list[float]] = {"nanoGPT train.py loop": [], f"tinygpt train loop ({auto})": []}
+        loop_dtypes = dict.fromkeys([auto, "float32"])  # float32 too where auto is bfloat16
+        loops: dict[str, list[float]] = {"nanoGPT train.py loop": []} | {f"tinygpt train loop ({d})": [] for d in loop_dtypes}
         for _ in range(args.repeats):
             for name, step in steps.items():
                 samples[name].append(time_steps(step, args.steps))
             if args.nanogpt_dir:
                 loops["nanoGPT train.py loop"] += nanogpt_iteration_ms(args.nanogpt_dir, 5 * args.steps, tmp)
-                loops[f"tinygpt train loop ({auto})"] += tinygpt_iteration_ms(args.data_dir, 5 * args.steps, Path(tmp) / "run")
+                for dtype in loop_dtypes:
+                    loops[f"tinygpt train loop ({dtype})"] += tinygpt_iteration_ms(args.data_dir, 5 * args.steps, Path(tmp) / "run", dtype)
     baseline = "nanoGPT-style step"
     if args.nanogpt_dir:
         baseline = "nanoGPT train.py loop"

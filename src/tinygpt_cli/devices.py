@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 from contextlib import nullcontext
 
 import torch
@@ -56,3 +57,26 @@ def autocast_for(device: torch.device, dtype: torch.dtype):
     if dtype == torch.float32:
         return nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+GLIBC_MMAP_THRESHOLD_MAX = 32 * 2**20  # the largest mmap threshold glibc accepts on 64-bit systems
+FREED_BYTES_KEPT = 2**30
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (malloc.h)
+
+
+def keep_freed_cpu_memory() -> bool:
+    """Let glibc's malloc keep freed memory in the process instead of handing it back to the OS.
+
+    Eager training frees and allocates the same activation buffers at every step. By default
+    glibc gives large freed blocks back to the OS (munmap, heap trimming), so the next step takes
+    them again page by page: about 3,000 page faults a step at nanoGPT's CPU shape, 5 of its 26 ms
+    here. With large blocks served from the heap and up to 1 GiB of freed memory kept, a step reuses
+    the last one's pages. Memory use stays at its peak, as with PyTorch's caching allocator on a
+    GPU. Returns whether it applied: a C library without mallopt (macOS, Windows) is left alone.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(M_MMAP_THRESHOLD, GLIBC_MMAP_THRESHOLD_MAX) & mallopt(M_TRIM_THRESHOLD, FREED_BYTES_KEPT))

@@ -115,7 +115,7 @@ class CausalSelfAttention(nn.Module):
         B, nh, T, hs = q.shape
         S = k.size(2)
         # Added to the scores: -inf above the diagonal hides the future when causal.
-        mask = torch.full((T, S), float("-inf"), device=q.device).triu(1) if causal else torch.zeros(T, S, device=q.device)
+        mask = torch.full((T, S), float("-inf") if causal else 0.0, dtype=q.dtype, device=q.device).triu(1)
         scores = torch.baddbmm(mask.expand(B * nh, T, S), q.reshape(B * nh, T, hs),
                                k.reshape(B * nh, S, hs).transpose(1, 2), alpha=hs**-0.5)  # (B*nh, T, S)
         weights = scores.softmax(dim=-1)

@@ -22,7 +22,7 @@ import torch
 from .checkpoint import Checkpoint, load_checkpoint, load_model_weights, model_weights, save_checkpoint
 from .config import SHAPE_FIELDS, RunConfig, TrainConfig, build_config, check_against_data, flag_name
 from .data import Dataset, load_dataset
-from .devices import autocast_for, pick_device, pick_dtype
+from .devices import autocast_for, keep_freed_cpu_memory, pick_device, pick_dtype
 from .distributed import DistContext, all_reduce_sum, barrier, init_process_group
 from .errors import CheckpointError, TinyGPTError, TrainingStopped, UsageError
 from .fsutil import write_json_atomic
@@ -181,6 +181,8 @@ class Trainer:
             self.device = torch.device("cuda", dist.local_rank)
         init_process_group(dist, self.device.type)  # also makes this rank's GPU the current one
         self.dtype = pick_dtype(cfg.dtype, self.device)
+        if self.device.type == "cpu":
+            keep_freed_cpu_memory()  # each step then reuses the last one's pages
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
