@@ -59,10 +59,12 @@ class SignalAtStep(TrainingReporter):
 
 # --- exact resume ----------------------------------------------------------------------
 
-@pytest.mark.parametrize("where, dtype", [("at-eval-20", "float32"), ("mid-interval-15", "float32"),
-                                          ("mid-interval-15", "bfloat16")])  # bfloat16: auto on some CPUs
-def test_stopped_then_resumed_run_is_bit_identical(tiny_dataset, tmp_path, monkeypatch, where, dtype):
-    config = tiny_config(tiny_dataset, max_iters=40, eval_interval=10, dropout=0.1, dtype=dtype)
+# tiny_config starts from the cpu preset, which steps the blocks' matrices with Muon.
+@pytest.mark.parametrize("where, dtype, optimizer", [("at-eval-20", "float32", "muon"), ("mid-interval-15", "float32", "muon"),
+                                                     ("mid-interval-15", "bfloat16", "muon"),  # bfloat16: auto on some CPUs
+                                                     ("mid-interval-15", "float32", "adamw")])
+def test_stopped_then_resumed_run_is_bit_identical(tiny_dataset, tmp_path, monkeypatch, where, dtype, optimizer):
+    config = tiny_config(tiny_dataset, max_iters=40, eval_interval=10, dropout=0.1, dtype=dtype, optimizer=optimizer)
     whole, part = tmp_path / "whole", tmp_path / "part"
     train_new(config, whole)
 

@@ -1,0 +1,57 @@
+"""Muon for the blocks' matrices and AdamW for the rest, in one optimizer (optim.py)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tinygpt_cli.optim import MuonAdamW, orthogonalize
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+# Five quintic Newton-Schulz steps leave every singular value roughly in this band, not at exactly 1.
+NS_BAND = (0.6, 1.25)
+
+
+@pytest.mark.parametrize("shape", [(48, 16), (16, 16), (16, 48)])  # tall, square, wide
+def test_orthogonalize_gives_singular_values_near_one(shape):
+    g = torch.randn(3, *shape, generator=torch.Generator().manual_seed(0)) * torch.tensor([1e-3, 1.0, 1e3]).view(3, 1, 1)
+    out = orthogonalize(g)
+    assert out.shape == g.shape
+    singular = torch.linalg.svdvals(out)
+    assert singular.min() > NS_BAND[0] and singular.max() < NS_BAND[1]  # whatever the input's scale
+    # The same directions as the input: U·Vᵀ of g aligns with g (trace(g^T·out) = sum of |singular values|).
+    assert torch.all(torch.einsum("nij,nij->n", g, out) > 0)
+
+
+def test_a_stack_is_orthogonalized_as_each_matrix_alone():
+    g = torch.randn(4, 24, 8, generator=torch.Generator().manual_seed(1))
+    together = orthogonalize(g)
+    for i in range(len(g)):
+        assert torch.allclose(together[i], orthogonalize(g[i : i + 1])[0], atol=1e-6)
+
+
+def test_muon_groups_step_by_an_orthogonalized_update_and_adamw_groups_as_torchs_adamw():
+    gen = torch.Generator().manual_seed(2)
+    hidden = [torch.nn.Parameter(torch.randn(32, 8, generator=gen)) for _ in range(3)]  # one shape: one stack
+    other = [torch.nn.Parameter(torch.randn(8, 8, generator=gen)), torch.nn.Parameter(torch.randn(8, generator=gen))]
+    reference = [torch.nn.Parameter(p.detach().clone()) for p in other]
+    lr, betas = 0.02, (0.9, 0.95)
+    muon = MuonAdamW([{"params": hidden, "muon": True}, {"params": other, "weight_decay": 0.1}], lr=lr, betas=betas)
+    adamw = torch.optim.AdamW(reference, lr=lr, betas=betas, weight_decay=0.1, eps=1e-8)
+    for step in range(3):
+        before = [p.detach().clone() for p in hidden]
+        for p in hidden + other:
+            p.grad = torch.randn(p.shape, generator=gen)
+        for p, q in zip(reference, other):
+            p.grad = q.grad.clone()
+        muon.step()
+        adamw.step()
+        for p, q in zip(other, reference):
+            assert torch.allclose(p, q, atol=1e-6), step
+        for p, b in zip(hidden, before):
+            update = (b - p.detach()) / (lr * math.sqrt(32 / 8))  # tall matrices get a larger step
+            singular = torch.linalg.svdvals(update)
+            assert singular.min() > NS_BAND[0] and singular.max() < NS_BAND[1], step
