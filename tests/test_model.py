@@ -135,9 +135,10 @@ def test_kv_cache_prefill_then_single_steps_matches_full_forward():
             model(idx[:, 2:4], cache=cache)
 
 
-@pytest.mark.parametrize("causal", [True, False])
-def test_attention_by_hand_equals_the_fused_kernel(causal):
-    q, k, v = torch.randn(3, 2, 4, 16, 8).unbind(0)  # (B, nh, T, hs) each
+@pytest.mark.parametrize("causal, new_positions", [(True, 16), (False, 16), (False, 1)])  # 1: a query against a cache
+def test_attention_by_hand_equals_the_fused_kernel(causal, new_positions):
+    k, v = torch.randn(2, 2, 4, 16, 8).unbind(0)  # (B, nh, S, hs) each
+    q = torch.randn(2, 4, new_positions, 8)  # (B, nh, T, hs)
     fused = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
     assert torch.allclose(CausalSelfAttention._attention_by_hand(q, k, v, causal, 0.0), fused, atol=1e-6)
 

@@ -26,6 +26,11 @@ def test_orthogonalize_gives_singular_values_near_one(shape):
     assert torch.all(torch.einsum("nij,nij->n", g, out) > 0)
 
 
+def test_orthogonalize_refuses_a_single_matrix():
+    with pytest.raises(ValueError, match="stack of matrices"):
+        orthogonalize(torch.randn(4, 4))
+
+
 def test_a_stack_is_orthogonalized_as_each_matrix_alone():
     g = torch.randn(4, 24, 8, generator=torch.Generator().manual_seed(1))
     together = orthogonalize(g)
@@ -34,6 +39,8 @@ def test_a_stack_is_orthogonalized_as_each_matrix_alone():
 
 
 def test_muon_groups_step_by_an_orthogonalized_update_and_adamw_groups_as_torchs_adamw():
+    """Each matrix steps by its own Nesterov momentum, orthogonalised alone, even though the
+    optimizer stacks the matrices of one shape; the other groups step exactly as AdamW."""
     gen = torch.Generator().manual_seed(2)
     hidden = [torch.nn.Parameter(torch.randn(32, 8, generator=gen)) for _ in range(3)]  # one shape: one stack
     other = [torch.nn.Parameter(torch.randn(8, 8, generator=gen)), torch.nn.Parameter(torch.randn(8, generator=gen))]
@@ -41,6 +48,7 @@ def test_muon_groups_step_by_an_orthogonalized_update_and_adamw_groups_as_torchs
     lr, betas = 0.02, (0.9, 0.95)
     muon = MuonAdamW([{"params": hidden, "muon": True}, {"params": other, "weight_decay": 0.1}], lr=lr, betas=betas)
     adamw = torch.optim.AdamW(reference, lr=lr, betas=betas, weight_decay=0.1, eps=1e-8)
+    momentum = [torch.zeros_like(p) for p in hidden]
     for step in range(3):
         before = [p.detach().clone() for p in hidden]
         for p in hidden + other:
@@ -51,7 +59,9 @@ def test_muon_groups_step_by_an_orthogonalized_update_and_adamw_groups_as_torchs
         adamw.step()
         for p, q in zip(other, reference):
             assert torch.allclose(p, q, atol=1e-6), step
-        for p, b in zip(hidden, before):
-            update = (b - p.detach()) / (lr * math.sqrt(32 / 8))  # tall matrices get a larger step
-            singular = torch.linalg.svdvals(update)
+        for p, b, buf in zip(hidden, before, momentum):
+            buf.lerp_(p.grad, 1 - 0.95)
+            expected = orthogonalize(p.grad.lerp(buf, 0.95)[None])[0] * lr * math.sqrt(32 / 8)  # tall: larger steps
+            assert torch.allclose(b - p.detach(), expected, atol=1e-5), step
+            singular = torch.linalg.svdvals(expected / (lr * math.sqrt(32 / 8)))
             assert singular.min() > NS_BAND[0] and singular.max() < NS_BAND[1], step

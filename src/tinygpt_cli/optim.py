@@ -21,6 +21,8 @@ def orthogonalize(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
     Newton-Schulz iteration (coefficients tuned to converge fast on singular values in (0, 1],
     as in the Muon speed-run code). Matrices of one shape go as one stack: the same products
     for every layer in one batched call, which on a CPU is far cheaper than one call each."""
+    if g.dim() != 3:
+        raise ValueError(f"orthogonalize takes a stack of matrices (n, rows, cols), not a tensor of shape {tuple(g.shape)}")
     a, b, c = 3.4445, -4.7750, 2.0315
     x = g / (torch.linalg.matrix_norm(g).view(-1, 1, 1) + 1e-7)  # singular values into (0, 1]
     tall = x.size(1) > x.size(2)
@@ -68,7 +70,7 @@ class MuonAdamW(torch.optim.Optimizer):
             nesterov = p.grad.lerp(buf, group["momentum"])
             by_shape.setdefault(p.shape, []).append((p, nesterov))
         for (rows, cols), pairs in by_shape.items():
-            updates = orthogonalize(torch.stack([n.float() for _, n in pairs]), group["ns_steps"])
+            updates = orthogonalize(torch.stack([nesterov.float() for _, nesterov in pairs]), group["ns_steps"])
             # Orthogonal updates have unit singular values; scale so tall matrices move alike.
             scale = -group["lr"] * math.sqrt(max(1.0, rows / cols))
             for (p, _), update in zip(pairs, updates):
