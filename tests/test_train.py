@@ -388,6 +388,27 @@ def test_block_size_too_large_for_the_data(tiny_dataset, tmp_path):
         train_new(tiny_config(tiny_dataset, block_size=4096), tmp_path / "run")
 
 
+class StartRecorder(TrainingReporter):
+    def on_start(self, info):
+        self.info = info
+
+
+def test_resume_in_another_precision_says_so(tiny_run, tmp_path, run_cli):
+    """tiny_run trained in float32; resumed in bfloat16 (what --dtype auto does on a machine
+    with hardware bfloat16) it goes on, and the start says the result is no longer bit-exact."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    same = StartRecorder()
+    resume(run, {"max_iters": 32}, same)
+    assert same.info.previous_dtype is None  # the same precision: nothing to say
+    changed = StartRecorder()
+    resume(run, {"max_iters": 34, "dtype": "bfloat16"}, changed)
+    assert (changed.info.dtype, changed.info.previous_dtype) == ("bfloat16", "float32")
+    proc = run_cli("resume", run, "--max-iters", "36", "--dtype", "float32", env=ONE_THREAD_ENV)
+    assert proc.returncode == 0, proc.stderr
+    assert "note: iterations up to 34 ran in bfloat16, the rest run in float32" in proc.stdout
+
+
 @pytest.mark.parametrize("shape", [{"n_layer": 3}, {"n_embd": 64}, {"block_size": 8}, {"bias": True}])
 def test_resume_refuses_shape_changes(tiny_run, tmp_path, shape):
     run = tmp_path / "run"

@@ -149,6 +149,9 @@ class StartInfo:
     tokens_per_iter: int
     start_iter: int
     projected_seconds: float
+    # Set when a resumed run trained in another precision until now (a machine with or without
+    # hardware bfloat16 under --dtype auto, a GPU run resumed on a CPU): not bit-exact then.
+    previous_dtype: str | None = None
 
 
 class TrainingReporter:
@@ -207,6 +210,7 @@ class Trainer:
         self.evaluated_at = -1
         self.saved_at = -1
         self.elapsed_before = 0.0
+        self.saved_dtype: str | None = None  # the precision of the checkpoint resumed from
 
     # --- state in and out of checkpoints -------------------------------------------------
     def restore(self, ckpt: Checkpoint) -> None:
@@ -227,6 +231,7 @@ class Trainer:
         self.evaluated_at = ckpt.progress.get("evaluated_at", -1)
         self.saved_at = ckpt.iteration
         self.elapsed_before = ckpt.progress.get("elapsed", 0.0)
+        self.saved_dtype = ckpt.progress.get("dtype")
 
     def _checkpoint(self, kind: str) -> Checkpoint:
         full = kind == "last"
@@ -249,7 +254,7 @@ class Trainer:
             train_config=self.config.train.model_dump(),
             optimizer=self.optimizer.state_dict() if full else None,
             rng=rng if full else None,
-            progress={"elapsed": self.elapsed(), "evaluated_at": self.evaluated_at},
+            progress={"elapsed": self.elapsed(), "evaluated_at": self.evaluated_at, "dtype": self.dtype_name},
         )
 
     def save(self, kind: str) -> None:
@@ -370,8 +375,12 @@ class Trainer:
         per_iter = param_report(m).flops_per_token() * tokens
         speed = ASSUMED_FLOPS[self.device.type] * (torch.get_num_threads() / 2 if self.device.type == "cpu" else 1)
         projected = per_iter * (cfg.max_iters - self.step) / speed / self.world_size
-        return StartInfo(self.run.path, self.config, str(self.device), str(self.dtype).removeprefix("torch."),
-                         n, tokens, self.step, projected)
+        previous = self.saved_dtype if self.saved_dtype not in (None, self.dtype_name) else None
+        return StartInfo(self.run.path, self.config, str(self.device), self.dtype_name, n, tokens, self.step, projected, previous)
+
+    @property
+    def dtype_name(self) -> str:
+        return str(self.dtype).removeprefix("torch.")
 
     def fit(self) -> TrainResult:
         """Train to max_iters (or a stop signal). A run-folder write that fails (a full disk) is one

@@ -38,6 +38,11 @@ def make_reporter(interactive: bool):
             )
             if info.start_iter:
                 out.print(f"resuming at iteration {info.start_iter:,} of {self.max_iters:,}")
+            if info.previous_dtype:
+                out.print(
+                    f"[yellow]note:[/] iterations up to {info.start_iter:,} ran in {info.previous_dtype}, the rest run in "
+                    f"{info.dtype} here: the result will differ slightly from an uninterrupted run"
+                )
             if info.projected_seconds > 3600:
                 out.print(
                     f"[yellow]warning:[/] this may take about {info.projected_seconds / 3600:.1f} h on {info.device}; "
