@@ -69,7 +69,7 @@ class Checkpoint:
     train_config: dict[str, Any] | None = None
     optimizer: dict[str, Any] | None = None  # torch optimizer state_dict
     rng: dict[str, Any] | None = None  # torch / data / cuda tensors, python / numpy JSON
-    progress: dict[str, Any] = field(default_factory=dict)  # elapsed seconds, tokens seen
+    progress: dict[str, Any] = field(default_factory=dict)  # elapsed seconds, last evaluated step, precision
 
 
 def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
