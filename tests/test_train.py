@@ -409,6 +409,36 @@ def test_resume_in_another_precision_says_so(tiny_run, tmp_path, run_cli):
     assert "note: iterations up to 34 ran in bfloat16, the rest run in float32" in proc.stdout
 
 
+def test_best_saved_after_last_stays_the_best_recorded(tiny_dataset, tmp_path, monkeypatch, run_cli):
+    """A hard stop between an evaluation's two saves leaves `best` ahead of `last`. The resumed
+    run repeats that evaluation, but with other settings not always to the same loss: however it
+    goes, `best` stays the checkpoint of the best loss the run records, and the start says so."""
+    run = tmp_path / "run"
+    train_new(tiny_config(tiny_dataset, eval_interval=1, eval_iters=1, max_iters=4), run)
+    stale_last = (run / "last.safetensors").read_bytes()
+    resume(run, {"max_iters": 8})
+    ahead = load_checkpoint(run / "best.safetensors")
+    assert ahead.iteration > 4, "no improvement after iteration 4: the setup needs another seed"
+    (run / "last.safetensors").write_bytes(stale_last)  # as if killed before `last` followed `best`
+    assert load_checkpoint(run / "last.safetensors").best_val_loss > ahead.val_loss
+    crashed = tmp_path / "crashed"
+    shutil.copytree(run, crashed)
+
+    # The repeated evaluations come out worse (as a changed schedule can make them).
+    monkeypatch.setattr(Trainer, "evaluate", lambda self: {"train": 9.0, "val": 9.0})
+    start = StartRecorder()
+    resume(run, {"max_iters": 12}, start)
+    assert start.info.best_saved_after_last == ahead.iteration
+    final = load_checkpoint(run / "last.safetensors")
+    assert final.iteration == 12 and final.best_val_loss == ahead.val_loss
+    assert (run / "best.safetensors").read_bytes() == (crashed / "best.safetensors").read_bytes()
+    assert RunDir(run).read_status()["best_val_loss"] == ahead.val_loss
+
+    proc = run_cli("resume", crashed, "--max-iters", "4", env=ONE_THREAD_ENV)
+    assert proc.returncode == 0, proc.stderr
+    assert f"note: best.safetensors (iteration {ahead.iteration}) was saved after last.safetensors" in proc.stdout
+
+
 @pytest.mark.parametrize("shape", [{"n_layer": 3}, {"n_embd": 64}, {"block_size": 8}, {"bias": True}])
 def test_resume_refuses_shape_changes(tiny_run, tmp_path, shape):
     run = tmp_path / "run"

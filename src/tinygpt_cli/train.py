@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoint import Checkpoint, load_checkpoint, load_model_weights, model_weights, save_checkpoint
+from .checkpoint import Checkpoint, load_checkpoint, load_model_weights, model_weights, read_metadata, save_checkpoint
 from .config import SHAPE_FIELDS, RunConfig, TrainConfig, build_config, check_against_data, flag_name
 from .data import Dataset, load_dataset
 from .devices import autocast_for, keep_freed_cpu_memory, pick_device, pick_dtype
@@ -152,6 +152,9 @@ class StartInfo:
     # Set when a resumed run trained in another precision until now (a machine with or without
     # hardware bfloat16 under --dtype auto, a GPU run resumed on a CPU): not bit-exact then.
     previous_dtype: str | None = None
+    # Set when `best` was saved after `last` (a stop came between an evaluation's two saves):
+    # the iteration of that best checkpoint, which the resumed run keeps as its best.
+    best_saved_after_last: int | None = None
 
 
 class TrainingReporter:
@@ -211,6 +214,7 @@ class Trainer:
         self.saved_at = -1
         self.elapsed_before = 0.0
         self.saved_dtype: str | None = None  # the precision of the checkpoint resumed from
+        self.best_saved_after_last: int | None = None
 
     # --- state in and out of checkpoints -------------------------------------------------
     def restore(self, ckpt: Checkpoint) -> None:
@@ -232,6 +236,20 @@ class Trainer:
         self.saved_at = ckpt.iteration
         self.elapsed_before = ckpt.progress.get("elapsed", 0.0)
         self.saved_dtype = ckpt.progress.get("dtype")
+
+    def keep_best_saved_after_last(self) -> None:
+        """A stop between an evaluation's two saves (`best`, then `last`) leaves `best` ahead of
+        `last`. Its loss becomes the best recorded: the resumed run repeats that evaluation, but
+        not always to the same loss (another --max-iters changes the schedule), and a worse
+        repeat must not leave `best` better than the best loss the run records."""
+        try:
+            best = read_metadata(self.run.best_path)
+        except CheckpointError:  # none, or damaged: the next improvement replaces it
+            return
+        ahead = best["iteration"] > self.step and best["val_loss"] is not None
+        if ahead and (self.best_val is None or best["val_loss"] < self.best_val):
+            self.best_val = best["val_loss"]
+            self.best_saved_after_last = best["iteration"]
 
     def _checkpoint(self, kind: str) -> Checkpoint:
         full = kind == "last"
@@ -360,7 +378,7 @@ class Trainer:
             self.best_val = losses["val"]
         self._log(record)
         # `best` first: a crash between the two saves then leaves `last` at the previous
-        # evaluation, and a resume repeats this one, so `best` always matches the best loss recorded.
+        # evaluation and `best` ahead of it, which a resume keeps (keep_best_saved_after_last).
         if improved:
             self.save("best")
         self.save("last")
@@ -376,7 +394,8 @@ class Trainer:
         speed = ASSUMED_FLOPS[self.device.type] * (torch.get_num_threads() / 2 if self.device.type == "cpu" else 1)
         projected = per_iter * (cfg.max_iters - self.step) / speed / self.world_size
         previous = self.saved_dtype if self.saved_dtype not in (None, self.dtype_name) else None
-        return StartInfo(self.run.path, self.config, str(self.device), self.dtype_name, n, tokens, self.step, projected, previous)
+        return StartInfo(self.run.path, self.config, str(self.device), self.dtype_name, n, tokens, self.step, projected, previous,
+                         self.best_saved_after_last)
 
     @property
     def dtype_name(self) -> str:
@@ -523,4 +542,5 @@ def resume(run_path: Path, overrides: dict[str, Any] | None = None, reporter: Tr
             run.truncate_metrics(ckpt.iteration)
         trainer = Trainer(config, dataset, run, reporter or TrainingReporter(), dist)
         trainer.restore(ckpt)
+        trainer.keep_best_saved_after_last()
         return trainer.fit()

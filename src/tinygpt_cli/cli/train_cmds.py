@@ -43,6 +43,11 @@ def make_reporter(interactive: bool):
                     f"[yellow]note:[/] iterations up to {info.start_iter:,} ran in {info.previous_dtype}, the rest run in "
                     f"{info.dtype} here: the result will differ slightly from an uninterrupted run"
                 )
+            if info.best_saved_after_last is not None:
+                out.print(
+                    f"[yellow]note:[/] best.safetensors (iteration {info.best_saved_after_last:,}) was saved after "
+                    f"last.safetensors, just before the stop: it stays the best checkpoint"
+                )
             if info.projected_seconds > 3600:
                 out.print(
                     f"[yellow]warning:[/] this may take about {info.projected_seconds / 3600:.1f} h on {info.device}; "
