@@ -420,23 +420,42 @@ def test_best_saved_after_last_stays_the_best_recorded(tiny_dataset, tmp_path, m
     ahead = load_checkpoint(run / "best.safetensors")
     assert ahead.iteration > 4, "no improvement after iteration 4: the setup needs another seed"
     (run / "last.safetensors").write_bytes(stale_last)  # as if killed before `last` followed `best`
-    assert load_checkpoint(run / "last.safetensors").best_val_loss > ahead.val_loss
-    crashed = tmp_path / "crashed"
+    recorded_best = load_checkpoint(run / "last.safetensors").best_val_loss
+    assert recorded_best > ahead.val_loss
+    crashed, damaged = tmp_path / "crashed", tmp_path / "damaged"
     shutil.copytree(run, crashed)
+    shutil.copytree(run, damaged)
 
     # The repeated evaluations come out worse (as a changed schedule can make them).
-    monkeypatch.setattr(Trainer, "evaluate", lambda self: {"train": 9.0, "val": 9.0})
+    best_in_status = []
+
+    def worse_evaluation(trainer):
+        best_in_status.append(RunDir(trainer.run.path).read_status().get("best_val_loss"))
+        return {"train": 9.0, "val": 9.0}
+
+    monkeypatch.setattr(Trainer, "evaluate", worse_evaluation)
     start = StartRecorder()
     resume(run, {"max_iters": 12}, start)
     assert start.info.best_saved_after_last == ahead.iteration
+    assert best_in_status[0] == ahead.val_loss  # from the start on (`tinygpt runs` reads it)
     final = load_checkpoint(run / "last.safetensors")
     assert final.iteration == 12 and final.best_val_loss == ahead.val_loss
     assert (run / "best.safetensors").read_bytes() == (crashed / "best.safetensors").read_bytes()
     assert RunDir(run).read_status()["best_val_loss"] == ahead.val_loss
 
-    proc = run_cli("resume", crashed, "--max-iters", "4", env=ONE_THREAD_ENV)
+    # A damaged `best` (its header intact) is not kept: the loss `last` records stays the best.
+    with open(damaged / "best.safetensors", "r+b") as f:
+        f.truncate(f.seek(0, os.SEEK_END) - 100)
+    start = StartRecorder()
+    resume(damaged, {"max_iters": 6}, start)
+    assert start.info.best_saved_after_last is None
+    assert load_checkpoint(damaged / "last.safetensors").best_val_loss == recorded_best
+    monkeypatch.undo()
+
+    proc = run_cli("resume", crashed, "--max-iters", "10", env=ONE_THREAD_ENV)
     assert proc.returncode == 0, proc.stderr
     assert f"note: best.safetensors (iteration {ahead.iteration}) was saved after last.safetensors" in proc.stdout
+    assert load_checkpoint(crashed / "last.safetensors").best_val_loss == load_checkpoint(crashed / "best.safetensors").val_loss
 
 
 @pytest.mark.parametrize("shape", [{"n_layer": 3}, {"n_embd": 64}, {"block_size": 8}, {"bias": True}])

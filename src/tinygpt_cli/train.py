@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoint import Checkpoint, load_checkpoint, load_model_weights, model_weights, read_metadata, save_checkpoint
+from .checkpoint import Checkpoint, load_checkpoint, load_model_weights, model_weights, save_checkpoint
 from .config import SHAPE_FIELDS, RunConfig, TrainConfig, build_config, check_against_data, flag_name
 from .data import Dataset, load_dataset
 from .devices import autocast_for, keep_freed_cpu_memory, pick_device, pick_dtype
@@ -238,18 +238,18 @@ class Trainer:
         self.saved_dtype = ckpt.progress.get("dtype")
 
     def keep_best_saved_after_last(self) -> None:
-        """A stop between an evaluation's two saves (`best`, then `last`) leaves `best` ahead of
-        `last`. Its loss becomes the best recorded: the resumed run repeats that evaluation, but
-        not always to the same loss (another --max-iters changes the schedule), and a worse
-        repeat must not leave `best` better than the best loss the run records."""
+        """An evaluation saves `best`, then `last`: a kill (or a failed `last` save) between the two
+        leaves `best` ahead of `last`. Its loss becomes the best so far, as the resumed run may
+        not reach it again (another --max-iters changes the schedule) and `best` must stay the
+        checkpoint of the best loss the run records; a better evaluation still replaces it."""
         try:
-            best = read_metadata(self.run.best_path)
+            best = load_checkpoint(self.run.best_path)  # verified: a damaged file is not kept as the best
         except CheckpointError:  # none, or damaged: the next improvement replaces it
             return
-        ahead = best["iteration"] > self.step and best["val_loss"] is not None
-        if ahead and (self.best_val is None or best["val_loss"] < self.best_val):
-            self.best_val = best["val_loss"]
-            self.best_saved_after_last = best["iteration"]
+        ahead = best.iteration > self.step and best.val_loss is not None
+        if ahead and (self.best_val is None or best.val_loss < self.best_val):
+            self.best_val = best.val_loss
+            self.best_saved_after_last = best.iteration
 
     def _checkpoint(self, kind: str) -> Checkpoint:
         full = kind == "last"
@@ -416,7 +416,7 @@ class Trainer:
         info = self.start_info()
         self.reporter.on_start(info)
         if self.rank == 0:
-            self.run.write_status("running", iteration=self.step, max_iters=cfg.max_iters)
+            self.run.write_status("running", iteration=self.step, max_iters=cfg.max_iters, best_val_loss=self.best_val)
         window_start, window_steps = time.perf_counter(), 0
         with StopSignals() as stop:
             self._maybe_evaluate()

@@ -46,7 +46,7 @@ def make_reporter(interactive: bool):
             if info.best_saved_after_last is not None:
                 out.print(
                     f"[yellow]note:[/] best.safetensors (iteration {info.best_saved_after_last:,}) was saved after "
-                    f"last.safetensors, just before the stop: it stays the best checkpoint"
+                    f"last.safetensors (an interrupted save): it is kept as the best so far"
                 )
             if info.projected_seconds > 3600:
                 out.print(
