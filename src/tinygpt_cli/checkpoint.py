@@ -2,8 +2,9 @@
 
 A checkpoint alone is enough to generate text: it carries the model config and the vocabulary.
 `last` checkpoints also carry the optimiser state, the RNG states and the progress counters,
-everything `tinygpt resume` needs. A SHA-256 digest of all tensor bytes is stored in the
-metadata and checked on load, so a truncated or zero-filled file is detected.
+everything `tinygpt resume` needs. Two SHA-256 digests are stored in the metadata and checked on
+load: `digest` over the tensors, `metadata_digest` over every other metadata value (format 2 on),
+so a truncated, zero-filled or bit-flipped file is detected, in its numbers and in its settings.
 
 Tensor names:  model.<param name>            weights (the tied lm_head is stored once, as tok_emb)
                optim.<param index>.<key>     AdamW state (step, exp_avg, exp_avg_sq)
@@ -14,47 +15,88 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
+import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save_file
 
 from . import __version__
-from .config import ModelConfig
-from .errors import CheckpointError
-from .fsutil import atomic_path
+from .config import ModelConfig, TrainConfig
+from .errors import CheckpointError, TinyGPTError
+from .fsutil import atomic_path, open_for_reading
 from .model import GPT
 from .vocab import Vocabulary
 
 CHECKPOINT_FORMAT = "tinygpt-checkpoint"
-CHECKPOINT_VERSION = 1
+# 2: `metadata_digest` covers every metadata value too. Format 1 files still load, with a note.
+CHECKPOINT_VERSION = 2
 MAX_HEADER_BYTES = 100 * 2**20
 TIED_WEIGHT = "lm_head.weight"  # same tensor as tok_emb.weight: stored once
+# Bytes per element of the safetensors dtypes, to check the header's table before reading data.
+_ITEM_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+_OPTIM_NAME = re.compile(r"^optim\.(0|[1-9][0-9]{0,8})\.(step|exp_avg|exp_avg_sq|momentum_buffer)$")
+_RNG_NAME = re.compile(r"^rng\.(torch|data|cuda\.(0|[1-9][0-9]{0,3}))$")
+_PRECISIONS = Literal["float32", "bfloat16", "float16"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class Progress(_Strict):
+    """Where a run stood when it saved: for the start line and the elapsed time of a resume."""
+
+    elapsed: float = Field(0.0, ge=0)
+    evaluated_at: int = Field(-1, ge=-1)
+    dtype: _PRECISIONS | None = None
 
 
 class CheckpointMeta(BaseModel):
-    """The metadata keys every checkpoint must carry, with their types (checked on load)."""
+    """The metadata of a checkpoint, with the type and range of every value (checked on load)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    format: str
-    format_version: int
+    format: Literal["tinygpt-checkpoint"]
+    format_version: int = Field(ge=1)
     tinygpt_version: str
-    kind: str
-    model_config_json: dict
+    kind: Literal["last", "best"]
+    model_config_json: ModelConfig
     vocab: dict
-    iteration: int
-    best_val_loss: float | None
-    val_loss: float | None
+    iteration: int = Field(ge=0, le=10**9)
+    best_val_loss: float | None = Field(ge=0)
+    val_loss: float | None = Field(ge=0)
+    train_config: TrainConfig | None = None
+    progress: Progress | None = None
+    optimizer_param_groups: list[dict] | None = None
+    # random.getstate(): version 3, 624 words and the position, the cached Gaussian
+    rng_python: tuple[Literal[3], Annotated[list[Annotated[int, Field(ge=0, lt=2**32)]], Field(min_length=625, max_length=625)], float | None] | None = None
+    # np.random.get_state(): name, 624 words, position, has a cached Gaussian, the Gaussian
+    rng_numpy: tuple[Literal["MT19937"], Annotated[list[Annotated[int, Field(ge=0, lt=2**32)]], Field(min_length=624, max_length=624)],
+                     Annotated[int, Field(ge=0, le=624)], Literal[0, 1], float] | None = None
     digest: str
+    metadata_digest: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CheckpointMeta:
+        if self.train_config is not None and self.iteration > self.train_config.max_iters:
+            raise ValueError(f"iteration {self.iteration} is past max_iters {self.train_config.max_iters}")
+        if self.progress is not None and self.progress.evaluated_at > self.iteration:
+            raise ValueError(f"evaluated at {self.progress.evaluated_at}, after iteration {self.iteration}")
+        if self.rng_python is not None and self.rng_python[1][-1] > 624:
+            raise ValueError("rng_python: position past the state")
+        if self.format_version >= 2 and self.metadata_digest is None:
+            raise ValueError("metadata_digest: missing")
+        return self
 
 
 @dataclass
@@ -70,6 +112,8 @@ class Checkpoint:
     optimizer: dict[str, Any] | None = None  # torch optimizer state_dict
     rng: dict[str, Any] | None = None  # torch / data / cuda tensors, python / numpy JSON
     progress: dict[str, Any] = field(default_factory=dict)  # elapsed seconds, last evaluated step, precision
+    # False for format 1 files (older tinygpt): their digest covers the tensors, not the metadata.
+    metadata_covered: bool = True
 
 
 def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
@@ -81,9 +125,24 @@ def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def metadata_digest(str_meta: dict[str, str]) -> str:
+    """SHA-256 of every metadata entry as stored (JSON text), `metadata_digest` itself aside.
+    It includes the tensor digest, so one value checks the whole file."""
+    entries = sorted((k, v) for k, v in str_meta.items() if k != "metadata_digest")
+    return hashlib.sha256(json.dumps(entries, ensure_ascii=True).encode()).hexdigest()
+
+
 def model_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The model's state dict without the tied head, on CPU, ready to store."""
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k != TIED_WEIGHT}
+
+
+def expected_weight_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Name and shape of every stored weight of a model of `config`, computed without
+    allocating it (on the meta device)."""
+    with torch.device("meta"):
+        model = GPT(config)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items() if k != TIED_WEIGHT}
 
 
 def _optimizer_tensors(state: dict) -> tuple[dict[str, torch.Tensor], list]:
@@ -132,6 +191,7 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> None:
     meta["digest"] = tensor_digest(tensors)
     # safetensors metadata is str -> str: every value is stored as JSON text.
     str_meta = {k: json.dumps(v) for k, v in meta.items()}
+    str_meta["metadata_digest"] = json.dumps(metadata_digest(str_meta))
     try:
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata=str_meta)
@@ -148,77 +208,199 @@ def _write_failure(error: Exception) -> str:
     return os.strerror(int(found.group(1))) if found else str(error)
 
 
-def read_header(data: bytes, path: Path) -> dict[str, Any]:
-    """The JSON-decoded metadata of a safetensors file's header, checked for sanity."""
-    if len(data) < 8:
-        raise CheckpointError(f"{path} is not a safetensors file ({len(data)} bytes, too short for a header)")
-    (header_len,) = struct.unpack("<Q", data[:8])
-    if header_len > MAX_HEADER_BYTES or 8 + header_len > len(data):
-        raise CheckpointError(f"{path} is not a valid safetensors file (header length {header_len:,} does not fit a {len(data):,}-byte file)")
-    try:
-        header = json.loads(data[8 : 8 + header_len])
-        return {k: json.loads(v) for k, v in header["__metadata__"].items()}
-    except (ValueError, AttributeError, TypeError, KeyError) as e:
-        raise CheckpointError(f"{path} has an unreadable header (not safetensors JSON with tinygpt metadata)") from e
+# --- reading: every check before the allocation it guards ---------------------------------------
+#
+# A checkpoint may come from anywhere. The order below makes sure that nothing is allocated
+# that the file does not pay for: the header is read with a bounded read, its tensor table is
+# checked against the file's size, the config against the table (the model the config describes
+# is exactly the tensors the file holds), and only then are the tensor bytes read; the digests
+# and the range of every value are checked before anything is returned.
 
 
-def _read_bytes(path: Path, header_only: bool = False) -> bytes:
-    """The file's bytes (or just its 8-byte length and header); I/O failures as CheckpointError."""
+@dataclass
+class _Header:
+    size: int  # bytes of the whole file
+    data_start: int  # offset of the tensor data
+    str_meta: dict[str, str]  # the metadata as stored (JSON text values)
+    table: dict[str, tuple[str, tuple[int, ...]]]  # tensor name -> (dtype, shape)
+
+
+def _unreadable(path: Path) -> CheckpointError:
+    return CheckpointError(f"{path} has an unreadable header (not safetensors JSON with tinygpt metadata)")
+
+
+def _parse_header(head: bytes, size: int, path: Path) -> _Header:
+    """The header of a safetensors file of `size` bytes whose first bytes are `head`."""
+    if size < 8:
+        raise CheckpointError(f"{path} is not a safetensors file ({size} bytes, too short for a header)")
+    (header_len,) = struct.unpack("<Q", head[:8])
+    if header_len > MAX_HEADER_BYTES or 8 + header_len > size:
+        raise CheckpointError(f"{path} is not a valid safetensors file (header length {header_len:,} does not fit a {size:,}-byte file)")
     try:
-        if not header_only:
-            return path.read_bytes()
-        with open(path, "rb") as f:
-            head = f.read(8)
-            length = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
-            return head + f.read(min(length, MAX_HEADER_BYTES))
+        header = json.loads(head[8 : 8 + header_len])
+        str_meta = header.pop("__metadata__")
+    except (ValueError, RecursionError, AttributeError, TypeError, KeyError) as e:
+        raise _unreadable(path) from e
+    if not isinstance(str_meta, dict) or not all(isinstance(v, str) for v in str_meta.values()):
+        raise _unreadable(path)
+    data_start = 8 + header_len
+    return _Header(size, data_start, str_meta, _tensor_table(header, size - data_start, path))
+
+
+def _tensor_table(header: dict, data_bytes: int, path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Each tensor's dtype and shape, once the table is shown to tile the data exactly."""
+    table, spans = {}, []
+    for name, entry in header.items():
+        try:
+            dtype, shape, (begin, end) = entry["dtype"], tuple(entry["shape"]), entry["data_offsets"]
+            ok = (dtype in _ITEM_BYTES and len(shape) <= 8 and all(type(n) is int and n >= 0 for n in (*shape, begin, end))
+                  and end - begin == math.prod(shape) * _ITEM_BYTES[dtype])
+        except (TypeError, KeyError, ValueError):
+            ok = False
+        if not ok:
+            raise CheckpointError(f"{path} is damaged: the header's entry for tensor {name!r} is inconsistent")
+        table[name] = (dtype, shape)
+        spans.append((begin, end))
+    position = 0
+    for begin, end in sorted(spans):
+        if begin != position:
+            break
+        position = end
+    if position != data_bytes or len(spans) != len({b for b, _ in spans}):
+        raise CheckpointError(f"{path} is damaged: its tensor table does not match its {data_bytes:,} bytes of data (truncated?)")
+    return table
+
+
+def _validation_problem(error: ValidationError) -> str:
+    """The first broken rule of a pydantic error, as one short phrase."""
+    first = error.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "metadata"
+    more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
+    return f"{where}: {first['msg'].removeprefix('Value error, ')}{more}"
+
+
+def _checked_metadata(header: _Header, path: Path) -> tuple[dict[str, Any], CheckpointMeta]:
+    """The metadata, refused unless it is a tinygpt checkpoint's, complete, typed, in range and
+    (format 2 on) matching its digest."""
+    try:
+        meta = {k: json.loads(v) for k, v in header.str_meta.items()}
+    except (ValueError, RecursionError) as e:
+        raise _unreadable(path) from e
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is a safetensors file but not a tinygpt checkpoint")
+    version = meta.get("format_version")
+    if isinstance(version, int) and version > CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path} uses checkpoint format {version}; this tinygpt reads up to {CHECKPOINT_VERSION}", "pip install -U tinygpt")
+    stored = meta.get("metadata_digest")
+    if (isinstance(version, int) and version >= 2 or stored is not None) and stored != metadata_digest(header.str_meta):
+        raise CheckpointError(f"{path} is damaged: its metadata does not match the stored digest")
+    try:
+        checked = CheckpointMeta.model_validate(meta)
+    except ValidationError as e:
+        raise CheckpointError(f"{path} has invalid metadata: {_validation_problem(e)}") from e
+    return meta, checked
+
+
+def _check_table(header: _Header, checked: CheckpointMeta, path: Path) -> None:
+    """The file holds exactly the model its config describes (and, for `last`, optimiser and RNG
+    state of plausible names and types), before any tensor is read."""
+    expected = {f"model.{k}": ("F32", shape) for k, shape in expected_weight_shapes(checked.model_config_json).items()}
+    problems = [f"missing {name}" for name in sorted(set(expected) - set(header.table))]
+    for name, (dtype, shape) in header.table.items():
+        if name in expected:
+            if (dtype, shape) != expected[name]:
+                problems.append(f"{name} is {dtype} {shape}, the config needs {expected[name][0]} {expected[name][1]}")
+        elif _OPTIM_NAME.match(name):
+            if dtype != "F32":
+                problems.append(f"{name} is {dtype}, not F32")
+        elif _RNG_NAME.match(name):
+            if dtype != "U8" or len(shape) != 1:
+                problems.append(f"{name} is {dtype} {shape}, not a U8 vector")
+        else:
+            problems.append(f"unexpected tensor {name}")
+    rng = sorted(n for n in header.table if n.startswith("rng."))
+    cuda = [n for n in rng if n.startswith("rng.cuda.")]
+    if rng and ("rng.torch" not in rng or "rng.data" not in rng or cuda != sorted(f"rng.cuda.{i}" for i in range(len(cuda)))):
+        problems.append(f"incomplete RNG state ({', '.join(rng)})")
+    if bool(rng) != (checked.rng_python is not None and checked.rng_numpy is not None):
+        problems.append("RNG state in the tensors and in the metadata do not go together")
+    if any(n.startswith("optim.") for n in header.table) and checked.optimizer_param_groups is None:
+        problems.append("optimiser state without its parameter groups")
+    if problems:
+        raise CheckpointError(f"{path} does not fit its model config: {'; '.join(problems[:3])}")
+
+
+def _open_checkpoint(path: Path):
+    """The open file and its size; only a regular file is a checkpoint (never a FIFO or a device)."""
+    try:
+        f = open_for_reading(path)
     except FileNotFoundError as e:
         raise CheckpointError(f"no checkpoint at {path}", "tinygpt train --preset cpu  (creates runs/<name>/best.safetensors)") from e
     except OSError as e:
         raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror}") from e
+    info = os.fstat(f.fileno())
+    if not stat.S_ISREG(info.st_mode):
+        f.close()
+        raise CheckpointError(f"{path} is not a regular file, so it is not a checkpoint")
+    return f, info.st_size
 
 
-def _checked_metadata(data: bytes, path: Path) -> tuple[dict[str, Any], CheckpointMeta]:
-    """The header's metadata, refused unless it is a tinygpt checkpoint's, complete and typed."""
-    meta = read_header(data, path)
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is a safetensors file but not a tinygpt checkpoint")
+def _read_header(f, size: int, path: Path) -> _Header:
     try:
-        checked = CheckpointMeta(**meta)
-    except ValidationError as e:
-        fields = ", ".join(".".join(map(str, err["loc"])) for err in e.errors())
-        raise CheckpointError(f"{path} has missing or mistyped metadata: {fields}") from e
-    if checked.format_version > CHECKPOINT_VERSION:
-        raise CheckpointError(f"{path} uses checkpoint format {checked.format_version}; this tinygpt reads up to {CHECKPOINT_VERSION}", "pip install -U tinygpt")
-    return meta, checked
+        head = f.read(8)
+        length = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
+        return _parse_header(head + f.read(min(length, MAX_HEADER_BYTES, max(0, size - 8))), size, path)
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror}") from e
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
-    """Only the metadata (model config, vocabulary, iteration...), without reading the tensors."""
+    """Only the metadata (model config, vocabulary, iteration...), checked but without reading
+    the tensors; `metadata_covered` tells whether a digest vouches for it (format 2 on)."""
     path = Path(path)
-    return _checked_metadata(_read_bytes(path, header_only=True), path)[0]
+    f, size = _open_checkpoint(path)
+    with f:
+        header = _read_header(f, size, path)
+    meta, checked = _checked_metadata(header, path)
+    _check_table(header, checked, path)
+    return {**meta, "metadata_covered": checked.metadata_digest is not None}
 
 
-def _read_verified(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    data = _read_bytes(path)
-    meta, checked = _checked_metadata(data, path)
+def _read_verified(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], CheckpointMeta]:
+    f, size = _open_checkpoint(path)
+    with f:
+        header = _read_header(f, size, path)
+        meta, checked = _checked_metadata(header, path)
+        _check_table(header, checked, path)
+        try:
+            f.seek(0)
+            data = f.read(size)  # the size the table was checked against, from the same open file
+        except OSError as e:
+            raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror}") from e
+    if len(data) != size:
+        raise CheckpointError(f"{path} is damaged: it changed size while being read")
     try:
         tensors = st_load(data)
     except Exception as e:  # safetensors raises its own error types for every kind of damage
         raise CheckpointError(f"{path} is damaged: {e}") from e
     if tensor_digest(tensors) != checked.digest:
         raise CheckpointError(f"{path} is damaged: its tensor data does not match the stored digest (truncated or overwritten?)")
-    return tensors, meta
+    broken = next((k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()), None)
+    if broken is not None:
+        raise CheckpointError(f"{path} holds NaN or infinite values in {broken}: the model is broken (a diverged or damaged run)",
+                              "tinygpt runs  (pick another run, or train this one again with a lower --learning-rate)")
+    return tensors, meta, checked
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Read and verify a checkpoint; every kind of damage is a one-line CheckpointError."""
     path = Path(path)
-    tensors, meta = _read_verified(path)
+    tensors, meta, checked = _read_verified(path)
+    model_config = checked.model_config_json
     try:
-        model_config = ModelConfig(**meta["model_config_json"])
         vocab = Vocabulary.from_dict(meta["vocab"], f"vocabulary in {path}")
-    except Exception as e:
-        raise CheckpointError(f"{path} has an invalid model config or vocabulary: {e}") from e
+    except TinyGPTError as e:
+        raise CheckpointError(f"{path} has an invalid vocabulary: {e.message}") from e
     if vocab.size != model_config.vocab_size:
         raise CheckpointError(f"{path}: vocabulary of {vocab.size} does not match vocab_size {model_config.vocab_size}")
     weights = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
@@ -227,19 +409,20 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if "rng.torch" in tensors:
         cuda = [tensors[f"rng.cuda.{i}"] for i in range(sum(k.startswith("rng.cuda.") for k in tensors))]
         rng = {"torch": tensors["rng.torch"], "data": tensors["rng.data"], "cuda": cuda,
-               "python": meta.get("rng_python"), "numpy": meta.get("rng_numpy")}
+               "python": meta["rng_python"], "numpy": meta["rng_numpy"]}
     return Checkpoint(
-        kind=meta["kind"],
+        kind=checked.kind,
         model_config=model_config,
         vocab=vocab,
-        iteration=meta["iteration"],
+        iteration=checked.iteration,
         weights=weights,
-        best_val_loss=meta["best_val_loss"],
-        val_loss=meta["val_loss"],
+        best_val_loss=checked.best_val_loss,
+        val_loss=checked.val_loss,
         train_config=meta.get("train_config"),
-        optimizer=_optimizer_state(optim, meta["optimizer_param_groups"]) if "optimizer_param_groups" in meta else None,
+        optimizer=_optimizer_state(optim, meta["optimizer_param_groups"]) if checked.optimizer_param_groups is not None else None,
         rng=rng,
-        progress=meta.get("progress") or {},
+        progress=checked.progress.model_dump() if checked.progress is not None else {},
+        metadata_covered=checked.metadata_digest is not None,
     )
 
 

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ConfigError, UsageError
+from .fsutil import FileTooLarge, read_limited
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -138,6 +139,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
 }
 DEFAULT_PRESET = "baby"
+# A settings file holds a few dozen lines: anything far larger is not one (or is /dev/zero).
+MAX_CONFIG_BYTES = 2**20
 
 
 def flag_name(field: str) -> str:
@@ -147,13 +150,17 @@ def flag_name(field: str) -> str:
 def read_config_file(path: Path) -> dict[str, Any]:
     """Values from a TOML file: flat `field = value` pairs (optionally under [model] / [train])."""
     try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        data = tomllib.loads(read_limited(path, MAX_CONFIG_BYTES).decode("utf-8"))
     except FileNotFoundError as e:
         raise UsageError(f"no config file at {path}") from e
-    except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"cannot read config file {path}: {e}") from e
+    except FileTooLarge as e:
+        raise UsageError(f"config file {path} is over the {MAX_CONFIG_BYTES:,}-byte limit for a settings file") from e
     except tomllib.TOMLDecodeError as e:
         raise UsageError(f"config file {path} is not valid TOML: {e}") from e
+    except RecursionError as e:
+        raise UsageError(f"config file {path} is not valid TOML: nested too deeply") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"cannot read config file {path}: {getattr(e, 'strerror', None) or e}") from e
     values: dict[str, Any] = {}
     for key, value in data.items():
         if key in ("model", "train") and isinstance(value, dict):

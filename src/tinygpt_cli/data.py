@@ -12,7 +12,6 @@ import http.client
 import json
 import os
 import re
-import stat
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import TinyGPTError, UsageError
-from .fsutil import write_bytes_atomic, write_json_atomic
+from .fsutil import FileTooLarge, read_json, read_limited, write_bytes_atomic, write_json_atomic
 from .vocab import Vocabulary
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -81,40 +80,22 @@ def download(url: str, max_bytes: int = MAX_DOWNLOAD_BYTES, timeout: float = DOW
     return body
 
 
-def _read_at_most(f, limit: int) -> bytes:
-    """Up to `limit` bytes of a stream whose size is unknown (a device or a pipe), in chunks."""
-    chunks, total = [], 0
-    while total < limit:
-        chunk = f.read(min(2**20, limit - total))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        total += len(chunk)
-    return b"".join(chunks)
-
-
 def read_source(source: str) -> bytes:
     """Bytes of a local file or an http(s) URL; local files over MAX_SOURCE_BYTES are refused."""
     if is_url(source):
         return download(source)
     path = Path(source)
-    too_big = TinyGPTError(f"{path} is over the {MAX_SOURCE_BYTES:,}-byte limit for a text source",
-                           "use a smaller text (a char-level model this size learns from far less)")
     try:
-        with open(path, "rb") as f:
-            info = os.fstat(f.fileno())
-            if info.st_size > MAX_SOURCE_BYTES:  # a regular file: known before reading
-                raise too_big
-            data = f.read() if stat.S_ISREG(info.st_mode) else _read_at_most(f, MAX_SOURCE_BYTES + 1)
+        return read_limited(path, MAX_SOURCE_BYTES)
+    except FileTooLarge as e:
+        raise TinyGPTError(f"{path} is over the {MAX_SOURCE_BYTES:,}-byte limit for a text source",
+                           "use a smaller text (a char-level model this size learns from far less)") from e
     except FileNotFoundError as e:
         raise UsageError(f"no such file: {path}") from e
     except IsADirectoryError as e:
         raise UsageError(f"{path} is a folder, not a text file") from e
     except OSError as e:
         raise TinyGPTError(f"cannot read {path}: {e.strerror}") from e
-    if len(data) > MAX_SOURCE_BYTES:
-        raise too_big
-    return data
 
 
 def decode_text(data: bytes, source: str) -> str:
@@ -159,7 +140,7 @@ def split_sizes(n_tokens: int, val_fraction: float) -> tuple[int, int]:
 
 def _read_meta(folder: Path) -> DatasetInfo | None:
     try:
-        obj = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        obj = read_json(folder / "meta.json")
         if obj.pop("format") != META_FORMAT or obj.pop("version") != META_VERSION:
             return None
         return DatasetInfo(path=folder, **obj)

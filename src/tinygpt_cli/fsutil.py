@@ -1,14 +1,16 @@
-"""Atomic file writes: a reader sees the old file or the new one, never a part of either."""
+"""Files: atomic writes (a reader sees the old file or the new one, never a part of either), and
+reads of user-named paths that never block on a FIFO and never read more than they can use."""
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -53,3 +55,61 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+class FileTooLarge(ValueError):
+    """A file (or a device, a pipe) holds more than the reader is willing to take."""
+
+    def __init__(self, path: str | os.PathLike, limit: int):
+        super().__init__(f"{path} is over the {limit:,}-byte limit")
+        self.limit = limit
+
+
+def open_for_reading(path: str | os.PathLike) -> BinaryIO:
+    """Open a user-named path for reading in binary mode.
+
+    O_NONBLOCK makes the open of a FIFO return at once instead of waiting for a writer; blocking
+    is then restored, so reads wait for data as usual, and a FIFO with no writer reads as empty.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_at_most(f: BinaryIO, limit: int) -> bytes:
+    """Up to `limit` bytes of a stream whose size may be unknown (a device or a pipe), in chunks."""
+    chunks, total = [], 0
+    while total < limit:
+        chunk = f.read(min(2**20, limit - total))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    return b"".join(chunks)
+
+
+def read_limited(path: str | os.PathLike, limit: int) -> bytes:
+    """The bytes of `path`; FileTooLarge past `limit` (a regular file's size is known before
+    reading; /dev/zero or a pipe is read only up to the limit)."""
+    with open_for_reading(path) as f:
+        info = os.fstat(f.fileno())
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError(21, os.strerror(21), str(path))
+        if stat.S_ISREG(info.st_mode) and info.st_size > limit:
+            raise FileTooLarge(path, limit)
+        data = read_at_most(f, limit + 1)
+    if len(data) > limit:
+        raise FileTooLarge(path, limit)
+    return data
+
+
+def read_json(path: str | os.PathLike, limit: int = 64 * 2**20) -> Any:
+    """A JSON file of at most `limit` bytes; any unreadable content (too deep too) is a ValueError."""
+    try:
+        return json.loads(read_limited(path, limit))
+    except RecursionError as e:
+        raise ValueError(f"{path} is nested too deeply") from e

@@ -89,3 +89,62 @@ class MuonAdamW(torch.optim.Optimizer):
         state["exp_avg_sq"].mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)  # second moment: per-weight scale
         denom = (state["exp_avg_sq"] / (1 - beta2**t)).sqrt_().add_(group["eps"])
         p.addcdiv_(state["exp_avg"], denom, value=-group["lr"] / (1 - beta1**t))
+
+
+# --- checking a saved state before it reaches an optimizer ----------------------------------
+# load_state_dict copies what it is given: a moment of the wrong shape would reach the fused
+# AdamW kernel unchecked (a crash, not an error). Everything is compared with the optimizer
+# built for this model first.
+
+def _expected_state(group: dict, param: torch.Tensor) -> dict[str, tuple[int, ...]]:
+    """The state keys and shapes that one step creates for `param` in `group`."""
+    if group.get("muon"):
+        return {"momentum_buffer": tuple(param.shape)}
+    return {"step": (), "exp_avg": tuple(param.shape), "exp_avg_sq": tuple(param.shape)}
+
+
+def _group_problem(index: int, built: dict, saved: object) -> str | None:
+    """Why a saved param group cannot stand in for the built one (None if it can). Flags and
+    counts must be the built ones (they decide which state exists); numbers must be finite."""
+    if not isinstance(saved, dict) or saved.get("params") != built["params"] or "lr_scale" not in saved:
+        return f"parameter group {index} does not belong to this model"
+    for key, value in saved.items():
+        expected = built.get(key)
+        if key == "params" or key not in built:
+            continue
+        if isinstance(expected, (bool, int)) or expected is None:
+            ok = type(value) is type(expected) and value == expected
+        elif isinstance(expected, float):
+            ok = type(value) in (int, float) and math.isfinite(value) and value >= 0
+        else:  # betas
+            ok = (isinstance(value, (list, tuple)) and len(value) == len(expected)
+                  and all(type(v) in (int, float) and 0 <= v < 1 for v in value))
+        if not ok:
+            return f"parameter group {index} has {key} = {value!r}"
+    return None
+
+
+def state_problems(optimizer: torch.optim.Optimizer, saved: dict, max_step: int) -> list[str]:
+    """What is wrong with `saved` (a state_dict) as the state of `optimizer`: nothing, or reasons."""
+    built = optimizer.state_dict()["param_groups"]
+    groups = saved.get("param_groups")
+    if not isinstance(groups, list) or len(groups) != len(built):
+        return [f"{len(groups) if isinstance(groups, list) else 'no'} parameter groups, this model's optimizer has {len(built)}"]
+    problems = [p for i, (b, s) in enumerate(zip(built, groups)) if (p := _group_problem(i, b, s))]
+    expected: dict[int, dict[str, tuple[int, ...]]] = {}
+    for b, group in zip(built, optimizer.param_groups):
+        for index, param in zip(b["params"], group["params"]):
+            expected[index] = _expected_state(group, param)
+    for index, state in saved.get("state", {}).items():
+        if index not in expected:
+            problems.append(f"state for parameter {index}, which this model does not have")
+            continue
+        if set(state) != set(expected[index]):
+            problems.append(f"parameter {index} has state {sorted(state)}, expected {sorted(expected[index])}")
+            continue
+        for key, tensor in state.items():
+            if tensor.dtype != torch.float32 or tuple(tensor.shape) != expected[index][key]:
+                problems.append(f"optim.{index}.{key} is {tensor.dtype} {tuple(tensor.shape)}, expected float32 {expected[index][key]}")
+            elif key == "step" and not 0 <= tensor.item() <= max_step:
+                problems.append(f"optim.{index}.step is {tensor.item():g}, past the {max_step} iterations done")
+    return problems

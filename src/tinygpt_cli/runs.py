@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import TinyGPTError, UsageError
-from .fsutil import write_json_atomic, write_text_atomic
+from .fsutil import read_json, write_json_atomic, write_text_atomic
 
 RUNS_DIR = Path("runs")
 
@@ -81,7 +81,7 @@ class RunDir:
 
     def read_status(self) -> dict[str, Any]:
         try:
-            return json.loads(self.status_path.read_text(encoding="utf-8"))
+            return read_json(self.status_path)
         except (OSError, ValueError):
             return {}
 

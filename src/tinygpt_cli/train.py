@@ -25,9 +25,9 @@ from .data import Dataset, load_dataset
 from .devices import autocast_for, keep_freed_cpu_memory, pick_device, pick_dtype
 from .distributed import DistContext, all_reduce_sum, barrier, init_process_group
 from .errors import CheckpointError, TinyGPTError, TrainingStopped, UsageError
-from .fsutil import write_json_atomic
+from .fsutil import read_json, write_json_atomic
 from .model import GPT
-from .optim import MuonAdamW
+from .optim import MuonAdamW, state_problems
 from .params import param_report
 from .runs import RunDir
 
@@ -218,14 +218,26 @@ class Trainer:
 
     # --- state in and out of checkpoints -------------------------------------------------
     def restore(self, ckpt: Checkpoint) -> None:
-        load_model_weights(self.model, ckpt.weights, self.run.last_path)
+        """Take the state of `ckpt`, checked whole against this model before anything is set."""
+        path = self.run.last_path
         if ckpt.optimizer is None or ckpt.rng is None:
-            raise TinyGPTError(f"{self.run.last_path} has no optimiser or RNG state: it cannot be resumed")
+            raise CheckpointError(f"{path} has no optimiser or RNG state: it cannot be resumed")
+        problems = state_problems(self.optimizer, ckpt.optimizer, ckpt.iteration)
+        rng_size = torch.get_rng_state().numel()  # the CPU generator's state, the data generator's too
+        problems += [f"rng.{k} has {ckpt.rng[k].numel()} bytes, expected {rng_size}" for k in ("torch", "data")
+                     if ckpt.rng[k].numel() != rng_size]
+        if problems:
+            raise CheckpointError(f"{path} has optimiser or RNG state that does not fit this run: {'; '.join(problems[:3])}")
+        load_model_weights(self.model, ckpt.weights, path)
         self.optimizer.load_state_dict(ckpt.optimizer)
         torch.set_rng_state(ckpt.rng["torch"])
         self.data_gen.set_state(ckpt.rng["data"])
-        if self.device.type == "cuda" and ckpt.rng["cuda"]:
-            torch.cuda.set_rng_state_all(ckpt.rng["cuda"])
+        if self.device.type == "cuda":  # a machine with fewer GPUs restores those it has
+            try:
+                for i, state in enumerate(ckpt.rng["cuda"][: torch.cuda.device_count()]):
+                    torch.cuda.set_rng_state(state, i)
+            except RuntimeError as e:  # a state of the wrong size
+                raise CheckpointError(f"{path} has a CUDA RNG state this machine cannot take: {e}") from e
         py = ckpt.rng["python"]
         random.setstate((py[0], tuple(py[1]), py[2]))
         np.random.set_state(tuple(ckpt.rng["numpy"]))
@@ -502,7 +514,7 @@ def train_new(config: RunConfig, run_path: Path, reporter: TrainingReporter | No
 
 def read_run_config(run: RunDir) -> RunConfig:
     try:
-        return RunConfig(**json.loads(run.config_path.read_text(encoding="utf-8")))
+        return RunConfig(**read_json(run.config_path))
     except FileNotFoundError as e:
         raise TinyGPTError(f"{run.path} is not a run folder (no config.json)", "tinygpt train --out RUN  (starts one)") from e
     except Exception as e:
@@ -537,10 +549,10 @@ def resume(run_path: Path, overrides: dict[str, Any] | None = None, reporter: Tr
         if ckpt.vocab != dataset.vocab:
             raise TinyGPTError(f"the dataset in {config.train.data_dir} has a different vocabulary from the checkpoint",
                                f"rebuild the dataset this run trained on with the same `tinygpt prepare` command, into {config.train.data_dir}")
+        trainer = Trainer(config, dataset, run, reporter or TrainingReporter(), dist)
+        trainer.restore(ckpt)  # checks the whole state: nothing in the folder has changed yet
+        trainer.keep_best_saved_after_last()
         if dist.is_main:
             write_json_atomic(run.config_path, config.model_dump())
             run.truncate_metrics(ckpt.iteration)
-        trainer = Trainer(config, dataset, run, reporter or TrainingReporter(), dist)
-        trainer.restore(ckpt)
-        trainer.keep_best_saved_after_last()
         return trainer.fit()

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import TinyGPTError, UsageError
-from .fsutil import write_json_atomic
+from .fsutil import read_json, write_json_atomic
 
 VOCAB_FORMAT = "tinygpt-vocab"
 VOCAB_VERSION = 1
@@ -122,7 +122,7 @@ class Vocabulary:
     @classmethod
     def load(cls, path: str | Path) -> Vocabulary:
         try:
-            obj = json.loads(Path(path).read_text(encoding="utf-8"))
+            obj = read_json(path)
         except FileNotFoundError as e:
             raise TinyGPTError(f"no vocabulary file at {path}") from e
         except (OSError, ValueError) as e:

@@ -27,6 +27,18 @@ def _read_prompt(prompt: str | None, prompt_file: Path | None) -> str:
     return prompt or ""
 
 
+def _say_loaded(path: Path, ckpt) -> None:
+    """One dim line on stderr naming the checkpoint read (so a default pick is never a surprise),
+    and a note when its metadata has no digest (a file saved by an older tinygpt)."""
+    from .console import err
+
+    val = f", val loss {ckpt.val_loss:.4f}" if ckpt.val_loss is not None else ""
+    err.print(f"[dim]loaded {path} (iteration {ckpt.iteration:,}{val})[/]", soft_wrap=True)
+    if not ckpt.metadata_covered:
+        err.print(f"[yellow]note:[/] {path} uses checkpoint format 1: its settings are not covered by its digest, "
+                  "only its tensors are", soft_wrap=True)
+
+
 def generate(
     prompt: str = typer.Option(None, "--prompt", help="Text to continue (empty: start from a newline)."),
     prompt_file: Path = typer.Option(None, "--prompt-file", help="Read the prompt from a UTF-8 file."),
@@ -53,7 +65,9 @@ def generate(
     from ..sampling import set_sampling_precision
 
     text = _read_prompt(prompt, prompt_file) or "\n"
-    model, ckpt = load_model(resolve_checkpoint(run, checkpoint), pick_device(device))
+    path = resolve_checkpoint(run, checkpoint)
+    model, ckpt = load_model(path, pick_device(device))
+    _say_loaded(path, ckpt)
     set_sampling_precision(model, dtype)
     prompt_ids = ckpt.vocab.encode(text)  # unknown characters: a one-line error, exit 2
     interactive = sys.stdout.isatty()
@@ -158,6 +172,7 @@ def evaluate(
 
     path = resolve_checkpoint(run, checkpoint)
     model, ckpt = load_model(path, pick_device(device))
+    _say_loaded(path, ckpt)
     folder = data_dir or Path((ckpt.train_config or {}).get("data_dir", "data/shakespeare"))
     dataset = load_dataset(folder)
     if dataset.vocab != ckpt.vocab:
