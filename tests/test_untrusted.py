@@ -15,13 +15,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ONE_THREAD_ENV, cli_env
+from conftest import ONE_THREAD_ENV, cli_env, tiny_cli_flags, tiny_config
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from tinygpt_cli.checkpoint import load_checkpoint, metadata_digest, read_metadata, tensor_digest
-from tinygpt_cli.errors import CheckpointError
-from tinygpt_cli.train import resume
+from tinygpt_cli.data import load_dataset, prepare_text
+from tinygpt_cli.errors import CheckpointError, TinyGPTError
+from tinygpt_cli.train import resume, train_new
 
 TESTS = Path(__file__).resolve().parent
 # Address space for the fuzzing process: torch itself maps about 0.7 GB; a checkpoint that made
@@ -155,3 +156,69 @@ def test_fifos_and_devices_never_hang_or_read_without_end(tiny_run, tmp_path, ru
     proc = run_cli(*[a.format(**values) for a in args], timeout=60, env=ONE_THREAD_ENV)
     assert proc.returncode in (1, 2), proc.stderr
     assert_error_lines(proc.stderr, proc.stderr)
+
+
+# --- the user's own files ----------------------------------------------------------------------
+
+def test_overwrite_refuses_a_folder_holding_the_users_files_and_names_them(tiny_run, tiny_dataset, tmp_path, run_cli):
+    folder = tmp_path / "thatfolder"
+    folder.mkdir()
+    shutil.copy(tiny_run / "best.safetensors", folder)
+    (folder / "important").mkdir()
+    (folder / "important" / "notes.txt").write_text("years of notes")
+    (folder / "mydata.csv").write_text("a,b\n1,2\n")
+    before = sorted(p.relative_to(folder) for p in folder.rglob("*"))
+    proc = run_cli("train", *tiny_cli_flags(tiny_dataset, max_iters=4), "--out", folder, "--overwrite", env=ONE_THREAD_ENV)
+    assert proc.returncode == 2
+    assert_error_lines(proc.stderr, proc.stderr)
+    assert "important/" in proc.stderr and "mydata.csv" in proc.stderr
+    assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == before
+    assert (folder / "important" / "notes.txt").read_text() == "years of notes"
+
+
+def test_overwrite_removes_the_previous_runs_files_only(tiny_run, tiny_dataset, tmp_path, torch_one_thread):
+    folder = copy_run(tiny_run, tmp_path / "run")
+    (folder / ".last.safetensors.k3j_x9.tmp").write_bytes(b"half a save")
+    (folder / "loss.png").write_bytes(b"png")
+    train_new(tiny_config(tiny_dataset, max_iters=4, eval_interval=2), folder, overwrite=True)
+    assert sorted(p.name for p in folder.iterdir()) == [".lock", "best.safetensors", "config.json", "last.safetensors",
+                                                        "metrics.jsonl", "run.json"]
+    assert load_checkpoint(folder / "last.safetensors").iteration == 4
+
+
+def test_prepare_never_overwrites_a_folder_it_did_not_make(small_text, tmp_path, run_cli):
+    folder = tmp_path / "d"
+    folder.mkdir()
+    corpus = "the user's own corpus, the only copy\n" * 200
+    (folder / "input.txt").write_text(corpus)
+    proc = run_cli("prepare", "text", small_text, "--data-dir", folder)
+    assert proc.returncode == 2 and "input.txt" in proc.stderr
+    assert_error_lines(proc.stderr, proc.stderr)
+    assert (folder / "input.txt").read_text() == corpus and sorted(os.listdir(folder)) == ["input.txt"]
+
+
+def test_prepare_again_clears_what_a_killed_prepare_left(small_text, tmp_path):
+    folder = tmp_path / "d"
+    prepare_text(small_text, folder, "d", 0.1)
+    (folder / "meta.json").unlink()  # killed midway: meta.json goes first and comes back last
+    (folder / ".train.bin.abc_12.tmp").write_bytes(bytes(1000))
+    (folder / "notes.txt").write_text("the user's notes, in a folder tinygpt made")
+    assert not prepare_text(small_text, folder, "d", 0.2).reused
+    assert load_dataset(folder).info.val_fraction == 0.2
+    assert sorted(os.listdir(folder)) == [".tinygpt-dataset", "input.txt", "meta.json", "notes.txt", "train.bin", "val.bin",
+                                          "vocab.json"]
+
+
+def test_a_dataset_that_cannot_be_read_says_permission_denied(small_text, tmp_path, monkeypatch):
+    folder = tmp_path / "d"
+    prepare_text(small_text, folder, "d", 0.1)
+    real_read_bytes = Path.read_bytes
+
+    def read_bytes(self):  # another user's file, mode 0600 (root reads it anyway: simulated)
+        if self.name == "train.bin":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_read_bytes(self)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    with pytest.raises(TinyGPTError, match="train.bin: permission denied"):
+        load_dataset(folder)

@@ -2,11 +2,14 @@
 
 A dataset folder holds `input.txt` (the raw text), `vocab.json`, `train.bin` and `val.bin`
 (uint16 token ids) and `meta.json` (sizes, checksums, split). `meta.json` is written last and
-removed first, so a folder with a `meta.json` whose checksums match is complete.
+removed first, so a folder with a `meta.json` whose checksums match is complete. A mark file,
+`.tinygpt-dataset`, is written before anything else: tinygpt writes only into a folder it made
+(or an empty one), so a user's own files are never overwritten.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import http.client
 import json
@@ -15,13 +18,16 @@ import re
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .errors import TinyGPTError, UsageError
-from .fsutil import FileTooLarge, read_json, read_limited, write_bytes_atomic, write_json_atomic
+from .fsutil import (FileTooLarge, entries_except, is_temp_file_of, read_json, read_limited, short_list, write_bytes_atomic,
+                     write_json_atomic)
 from .vocab import Vocabulary
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -38,6 +44,10 @@ MAX_DOWNLOAD_BYTES = 256 * 2**20
 # otherwise be read into memory whole).
 MAX_SOURCE_BYTES = 2**30
 DOWNLOAD_TIMEOUT_S = 30
+# The files of a dataset folder, and the mark that says tinygpt made the folder (written before
+# any of them and never removed, so that a prepare killed midway can be run again).
+DATASET_FILES = ("input.txt", "vocab.json", "train.bin", "val.bin", "meta.json")
+OWNER_MARK = ".tinygpt-dataset"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -138,12 +148,19 @@ def split_sizes(n_tokens: int, val_fraction: float) -> tuple[int, int]:
     return n_train, n_tokens - n_train
 
 
+def _permission_denied(error: PermissionError) -> TinyGPTError:
+    return TinyGPTError(f"cannot read {error.filename}: permission denied",
+                        "ask its owner for read access, or prepare your own copy with tinygpt prepare --data-dir FOLDER")
+
+
 def _read_meta(folder: Path) -> DatasetInfo | None:
     try:
         obj = read_json(folder / "meta.json")
         if obj.pop("format") != META_FORMAT or obj.pop("version") != META_VERSION:
             return None
         return DatasetInfo(path=folder, **obj)
+    except PermissionError as e:  # present but not ours to read: not "damaged"
+        raise _permission_denied(e) from e
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return None
 
@@ -160,9 +177,39 @@ def intact_dataset(folder: Path) -> DatasetInfo | None:
             and sha256_hex((folder / "val.bin").read_bytes()) == info.val_sha256
             and Vocabulary.load(folder / "vocab.json").size == info.vocab_size
         )
+    except PermissionError as e:
+        raise _permission_denied(e) from e
     except (OSError, TinyGPTError):
         return None
     return info if ok else None
+
+
+def _claim_folder(folder: Path) -> None:
+    """Refuse to write a dataset where it could destroy the user's files: a folder that tinygpt
+    did not make (no mark, no meta.json) must be empty. In a folder it made, every file is its own:
+    input.txt is the copy it took of a source, never the source itself."""
+    if not folder.is_dir() or (folder / OWNER_MARK).exists() or _read_meta(folder) is not None:
+        return
+    others = entries_except(folder, lambda name: False)
+    if others:
+        raise UsageError(f"{folder} holds files tinygpt did not write ({short_list(others)}): preparing would overwrite or mix with them",
+                         "pass a new or empty folder with --data-dir")
+
+
+@contextmanager
+def _owned_folder(folder: Path) -> Iterator[None]:
+    """Mark `folder` as a tinygpt dataset (before its first file), hold its lock while writing,
+    and clear the half-written files of a prepare that was killed."""
+    _make_folder(folder)
+    fd = os.open(folder / OWNER_MARK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # a second prepare of the same folder waits its turn
+        for child in folder.iterdir():
+            if is_temp_file_of(child.name, DATASET_FILES):
+                child.unlink(missing_ok=True)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _make_folder(folder: Path) -> None:
@@ -203,14 +250,15 @@ def write_dataset(raw: bytes, folder: Path, name: str, source: str, val_fraction
         train_sha256=sha256_hex(train_bytes),
         val_sha256=sha256_hex(val_bytes),
     )
-    _make_folder(folder)
+    _claim_folder(folder)
     try:
-        (folder / "meta.json").unlink(missing_ok=True)  # the folder is incomplete until meta.json is back
-        write_bytes_atomic(folder / "input.txt", raw)
-        vocab.save(folder / "vocab.json")
-        write_bytes_atomic(folder / "train.bin", train_bytes)
-        write_bytes_atomic(folder / "val.bin", val_bytes)
-        write_json_atomic(folder / "meta.json", info.to_dict())
+        with _owned_folder(folder):
+            (folder / "meta.json").unlink(missing_ok=True)  # the folder is incomplete until meta.json is back
+            write_bytes_atomic(folder / "input.txt", raw)
+            vocab.save(folder / "vocab.json")
+            write_bytes_atomic(folder / "train.bin", train_bytes)
+            write_bytes_atomic(folder / "val.bin", val_bytes)
+            write_json_atomic(folder / "meta.json", info.to_dict())
     except OSError as e:
         raise TinyGPTError(f"cannot write dataset to {folder}: {e.strerror}", "free some space or pass a writable --data-dir") from e
     return info

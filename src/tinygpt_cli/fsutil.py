@@ -7,7 +7,7 @@ import json
 import os
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -42,6 +42,21 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+def is_temp_file_of(name: str, files: tuple[str, ...]) -> bool:
+    """Whether `name` is a half-written `.<file>.<random>.tmp` of one of `files` (atomic_path)."""
+    return name.startswith(".") and name.endswith(".tmp") and name[1:].rsplit(".", 2)[0] in files
+
+
+def entries_except(folder: Path, is_expected: Callable[[str], bool]) -> list[str]:
+    """The names in `folder` (folders with a trailing '/') that `is_expected` does not claim."""
+    return sorted(child.name + ("/" if child.is_dir() else "") for child in folder.iterdir()
+                  if child.is_dir() or not is_expected(child.name))
+
+
+def short_list(names: list[str], shown: int = 5) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,9 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from .errors import TinyGPTError, UsageError
-from .fsutil import read_json, write_json_atomic, write_text_atomic
+from .fsutil import entries_except, is_temp_file_of, read_json, write_json_atomic, write_text_atomic
 
 RUNS_DIR = Path("runs")
+# Every file a run folder can hold: tinygpt writes these and nothing else there (loss.png by
+# `tinygpt runs plot`), and --overwrite removes these and nothing else.
+RUN_FILES = ("config.json", "metrics.jsonl", "run.json", "last.safetensors", "best.safetensors", "loss.png", ".lock")
 
 
 class RunDir:
@@ -34,6 +36,12 @@ class RunDir:
 
     def __str__(self) -> str:
         return str(self.path)
+
+    def foreign_files(self) -> list[str]:
+        """Names in the folder that are not a run's files: the user's, never to be touched."""
+        if not self.path.is_dir():
+            return []
+        return entries_except(self.path, lambda name: name in RUN_FILES or is_temp_file_of(name, RUN_FILES))
 
     def has_checkpoint(self) -> bool:
         return self.last_path.exists() or self.best_path.exists()
@@ -65,16 +73,15 @@ class RunDir:
     def _remove_stale_temp_files(self) -> None:
         """Half-written files of a training killed mid-save (SIGKILL, power loss): never read,
         and with the lock held nobody else is writing them."""
-        for target in (self.last_path, self.best_path, self.status_path, self.config_path, self.metrics_path):
-            for stale in self.path.glob(f".{target.name}.*.tmp"):
-                stale.unlink(missing_ok=True)
+        for child in self.path.iterdir():
+            if is_temp_file_of(child.name, RUN_FILES):
+                child.unlink(missing_ok=True)
 
     def clear(self) -> None:
-        """Remove a previous run's files (for --overwrite); the lock file stays, it is ours."""
-        for child in self.path.iterdir():
-            if child.name == ".lock":
-                continue
-            shutil.rmtree(child) if child.is_dir() else child.unlink()
+        """Remove a previous run's files (for --overwrite), and only those; the lock stays."""
+        for name in RUN_FILES:
+            if name != ".lock":
+                (self.path / name).unlink(missing_ok=True)
 
     def write_status(self, status: str, **fields: Any) -> None:
         write_json_atomic(self.status_path, {"status": status, "pid": os.getpid(), "updated": time.time(), **fields})

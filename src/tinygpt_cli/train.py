@@ -25,7 +25,7 @@ from .data import Dataset, load_dataset
 from .devices import autocast_for, keep_freed_cpu_memory, pick_device, pick_dtype
 from .distributed import DistContext, all_reduce_sum, barrier, init_process_group
 from .errors import CheckpointError, TinyGPTError, TrainingStopped, UsageError
-from .fsutil import read_json, write_json_atomic
+from .fsutil import read_json, short_list, write_json_atomic
 from .model import GPT
 from .optim import MuonAdamW, state_problems
 from .params import param_report
@@ -502,6 +502,10 @@ def train_new(config: RunConfig, run_path: Path, reporter: TrainingReporter | No
     """Start a run in `run_path`. Under torchrun only rank 0 touches the folder."""
     config, dataset = prepare_training(config)
     run = RunDir(run_path)
+    foreign = run.foreign_files() if dist.is_main else []
+    if foreign:
+        raise UsageError(f"{run.path} holds files that are not a tinygpt run's ({short_list(foreign)}): a run folder holds only its own files",
+                         "train into a new or empty folder with --out runs/NAME")
     with run.locked() if dist.is_main else nullcontext():
         if dist.is_main:
             if run.has_checkpoint() or run.metrics_path.exists():
