@@ -10,10 +10,10 @@ import pytest
 from conftest import cli_env, tmp_files
 
 import tinygpt_cli
-from tinygpt_cli.data import SHAKESPEARE_SHA256
+from tinygpt_cli.data import DATASET_FILES as DATA_FILES
+from tinygpt_cli.data import OWNER_MARK, SHAKESPEARE_SHA256
 
 SHAKESPEARE_NUMBERS = ("65", "1,003,854", "111,540")
-DATA_FILES = ("input.txt", "vocab.json", "train.bin", "val.bin", "meta.json")
 
 
 def assert_error(proc: subprocess.CompletedProcess, code: int, *in_message: str, hint: str | None = None) -> None:
@@ -84,7 +84,7 @@ def test_checksum_mismatch_then_no_verify(run_cli, tmp_path, small_text):
     meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
     assert meta["text_bytes"] == small_text.stat().st_size
     assert f"{meta['train_tokens']:,}" in proc.stdout and f"{meta['vocab_size']:,}" in proc.stdout
-    assert sorted(p.name for p in folder.iterdir()) == sorted(DATA_FILES)
+    assert sorted(p.name for p in folder.iterdir()) == sorted((*DATA_FILES, OWNER_MARK))
 
     # with verification back on, the edited copy in the folder is not taken for tiny Shakespeare
     proc = run_cli("prepare", "shakespeare", "--source", small_text)

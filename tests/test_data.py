@@ -10,6 +10,8 @@ from conftest import make_text, tmp_files
 
 from tinygpt_cli import data
 from tinygpt_cli.data import (
+    DATASET_FILES as DATA_FILES,
+    OWNER_MARK,
     DatasetInfo,
     check_name,
     decode_text,
@@ -22,7 +24,6 @@ from tinygpt_cli.data import (
 from tinygpt_cli.errors import TinyGPTError, UsageError
 from tinygpt_cli.vocab import Vocabulary
 
-DATA_FILES = ("input.txt", "vocab.json", "train.bin", "val.bin", "meta.json")
 
 
 def _decode_splits(folder):
@@ -102,7 +103,7 @@ def test_second_run_reuses_without_rewriting(small_text, tmp_path):
     assert second.reused is True
     assert second.info == first.info
     assert {name: (folder / name).stat().st_mtime_ns for name in DATA_FILES} == mtimes
-    assert sorted(p.name for p in folder.iterdir()) == sorted(DATA_FILES)
+    assert sorted(p.name for p in folder.iterdir()) == sorted((*DATA_FILES, OWNER_MARK))
 
 
 def test_changed_text_is_prepared_again(small_text, tmp_path):

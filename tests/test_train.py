@@ -365,9 +365,9 @@ def test_a_finished_run_needs_overwrite(tiny_dataset, tmp_path):
         train_new(config, run)
     assert info.value.hint.startswith(f"tinygpt resume {run}") and "--overwrite" in info.value.hint
     assert (run / "last.safetensors").read_bytes() == before
-    (run / "stray.txt").write_text("left over")
+    (run / "loss.png").write_bytes(b"the old run's plot")
     train_new(tiny_config(tiny_dataset, max_iters=5, eval_interval=5), run, overwrite=True)
-    assert not (run / "stray.txt").exists()
+    assert not (run / "loss.png").exists()
     records = RunDir(run).read_metrics()
     assert [r["iter"] for r in records if "val_loss" in r] == [0, 5]  # a fresh log
     assert read_metadata(run / "last.safetensors")["iteration"] == 5

@@ -135,6 +135,7 @@ def test_a_format_1_checkpoint_still_loads_and_says_its_metadata_is_not_covered(
     assert not ckpt.metadata_covered and ckpt.iteration == load_checkpoint(tiny_run / "best.safetensors").iteration
     proc = run_cli("generate", "--checkpoint", path, "--max-new-tokens", "5", "--seed", "1", env=ONE_THREAD_ENV)
     assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.startswith(f"loaded {path} (iteration ")  # which file was read, on stderr
     assert "format 1" in proc.stderr and "not covered" in proc.stderr
 
 

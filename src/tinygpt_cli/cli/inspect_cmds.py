@@ -67,9 +67,9 @@ def generate(
     text = _read_prompt(prompt, prompt_file) or "\n"
     path = resolve_checkpoint(run, checkpoint)
     model, ckpt = load_model(path, pick_device(device))
-    _say_loaded(path, ckpt)
     set_sampling_precision(model, dtype)
     prompt_ids = ckpt.vocab.encode(text)  # unknown characters: a one-line error, exit 2
+    _say_loaded(path, ckpt)
     interactive = sys.stdout.isatty()
     for i in range(num_samples):
         if i:
@@ -172,7 +172,6 @@ def evaluate(
 
     path = resolve_checkpoint(run, checkpoint)
     model, ckpt = load_model(path, pick_device(device))
-    _say_loaded(path, ckpt)
     folder = data_dir or Path((ckpt.train_config or {}).get("data_dir", "data/shakespeare"))
     dataset = load_dataset(folder)
     if dataset.vocab != ckpt.vocab:
@@ -180,6 +179,7 @@ def evaluate(
                            "pass the dataset the model was trained on with --data-dir")
     if len(dataset.val) <= 1:
         raise TinyGPTError(f"the validation split of {folder} is empty")
+    _say_loaded(path, ckpt)
     val = score_split(model, dataset.val)
     train = score_train_sample(model, dataset.train)
     result = {"checkpoint": str(path), "iteration": ckpt.iteration, "data_dir": str(folder),
