@@ -223,3 +223,35 @@ def test_a_dataset_that_cannot_be_read_says_permission_denied(small_text, tmp_pa
     monkeypatch.setattr(Path, "read_bytes", read_bytes)
     with pytest.raises(TinyGPTError, match="train.bin: permission denied"):
         load_dataset(folder)
+
+
+# --- memory and the status a run leaves --------------------------------------------------------
+
+def test_a_batch_whose_activations_cannot_fit_is_refused_before_training(tiny_dataset, tmp_path):
+    from tinygpt_cli.train import build_model
+
+    config = tiny_config(tiny_dataset, batch_size=4096, block_size=4096)
+    with pytest.raises(TinyGPTError) as info:
+        build_model(config, torch.device("cpu"))
+    assert "activations" in info.value.message and "--batch-size" in info.value.hint
+    build_model(tiny_config(tiny_dataset), torch.device("cpu"))  # the usual tiny batch passes
+
+
+@pytest.mark.parametrize("error, status", [(RuntimeError("a bug deep in a step"), "failed"), (KeyboardInterrupt(), "aborted")])
+def test_any_exit_from_training_leaves_a_status_that_tells_the_truth(tiny_dataset, tmp_path, monkeypatch, torch_one_thread,
+                                                                      error, status):
+    from tinygpt_cli.runs import RunDir
+    from tinygpt_cli.train import Trainer
+
+    real_step = Trainer.train_step
+
+    def failing_step(self):
+        if self.step == 3:
+            raise error
+        return real_step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", failing_step)
+    with pytest.raises(type(error)):
+        train_new(tiny_config(tiny_dataset), tmp_path / "run")
+    recorded = RunDir(tmp_path / "run").read_status()
+    assert recorded["status"] == status and recorded["iteration"] == 3

@@ -104,3 +104,16 @@ def param_report(config: ModelConfig) -> ParamReport:
     )
     head = _norm("final norm", config) + [ParamRow("LM head", f"{C} x {V}", 0, "tied: the token embedding, not counted twice")]
     return ParamReport(config, embedding, block, head)
+
+
+def activation_bytes(config: ModelConfig, batch_size: int) -> int:
+    """About what one micro-batch's forward pass keeps for the backward pass, in float32 (mixed
+    precision keeps less). Per token and block: about 16 values of width n_embd (norm inputs,
+    q/k/v, the attention output, residuals, the MLP's 4·n_embd twice) and two maps of block_size
+    scores per head (the scores and their softmax); then the logits and their gradient, about
+    three values per vocabulary entry. The per-layer count follows Korthikanti et al. 2022,
+    "Reducing Activation Recomputation in Large Transformer Models" (sbh(34 + 5as/h) bytes in 16 bits)."""
+    c = config
+    per_token = c.n_layer * (16 * c.n_embd + 2 * c.n_head * c.block_size) + 3 * c.vocab_size + 2 * c.n_embd
+    return 4 * batch_size * c.block_size * per_token
+

@@ -19,10 +19,11 @@ from .errors import UsageError
 from .params import param_report
 from .runs import RunDir
 
-RUN_FILES = ("config.json", "run.json", "metrics.jsonl", "last.safetensors", "best.safetensors")
+# Files whose presence makes a folder a run folder (a plot or a lock alone does not).
+RUN_MARKERS = ("config.json", "run.json", "metrics.jsonl", "last.safetensors", "best.safetensors")
 # Fields that follow from others or from the machine, never worth a column of their own.
 NOT_COMPARED = ("vocab_size",)
-STATUSES = ("finished", "stopped", "running", "failed", "crashed", "not started", "unreadable")
+STATUSES = ("finished", "stopped", "running", "failed", "aborted", "crashed", "not started", "unreadable")
 
 
 @dataclass
@@ -65,7 +66,7 @@ def pid_alive(pid: Any) -> bool:
 
 
 def is_run_folder(path: Path) -> bool:
-    return path.is_dir() and any((path / name).exists() for name in RUN_FILES)
+    return path.is_dir() and any((path / name).exists() for name in RUN_MARKERS)
 
 
 def discover_runs(root: Path, depth: int = 2) -> list[Path]:

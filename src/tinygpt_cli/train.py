@@ -28,7 +28,7 @@ from .errors import CheckpointError, TinyGPTError, TrainingStopped, UsageError
 from .fsutil import read_json, short_list, write_json_atomic
 from .model import GPT
 from .optim import MuonAdamW, state_problems
-from .params import param_report
+from .params import activation_bytes, param_report
 from .runs import RunDir
 
 LOG_INTERVAL = 10  # steps between step records in metrics.jsonl
@@ -100,16 +100,26 @@ def device_memory_bytes(device: torch.device) -> int | None:
 
 
 def build_model(config: RunConfig, device: torch.device) -> GPT:
-    """The model on `device`. A model that cannot fit is a one-line error before anything is
-    allocated (on Linux an oversized CPU allocation would not fail: the process would be killed)."""
+    """The model on `device`. A model, or a batch, that cannot fit is a one-line error before
+    anything is allocated (on Linux an oversized CPU allocation would not fail: the process
+    would be killed, or fail deep inside a step)."""
     n = param_report(config.model).total
     hint = "lower --n-embd, --n-layer or --block-size (tinygpt params shows the count)"
     memory = device_memory_bytes(device)
-    if memory is not None and n * TRAINING_BYTES_PER_PARAM > memory:
+    state = n * TRAINING_BYTES_PER_PARAM
+    if memory is not None and state > memory:
         raise TinyGPTError(
-            f"a model of {n:,} parameters needs about {n * TRAINING_BYTES_PER_PARAM / 2**30:,.1f} GiB to train; "
+            f"a model of {n:,} parameters needs about {state / 2**30:,.1f} GiB to train; "
             f"{device} has {memory / 2**30:,.1f} GiB",
             hint,
+        )
+    activations = activation_bytes(config.model, config.train.batch_size)
+    if memory is not None and state + activations > memory:
+        raise TinyGPTError(
+            f"a batch of {config.train.batch_size:,} x {config.model.block_size:,} tokens needs about "
+            f"{activations / 2**30:,.1f} GiB of activations, on top of {state / 2**30:,.1f} GiB for the model; "
+            f"{device} has {memory / 2**30:,.1f} GiB",
+            "lower --batch-size (--grad-accum keeps the tokens per step) or --block-size",
         )
     try:
         return GPT(config.model).to(device)
@@ -415,12 +425,29 @@ class Trainer:
 
     def fit(self) -> TrainResult:
         """Train to max_iters (or a stop signal). A run-folder write that fails (a full disk) is one
-        line: checkpoints are atomic, so the run resumes from its last save."""
+        line: checkpoints are atomic, so the run resumes from its last save. However the run
+        ends, run.json says so: never "running" once the process has left."""
         try:
             return self._fit()
         except OSError as e:
+            self._record_end("failed", e)
             raise TinyGPTError(f"cannot write to the run folder {self.run.path}: {e.strerror or e}",
                                f"free some disk space, then: tinygpt resume {self.run.path}") from e
+        except KeyboardInterrupt as e:  # a second Ctrl-C: abort without saving
+            self._record_end("aborted", e)
+            raise
+        except BaseException as e:
+            self._record_end("failed", e)
+            raise
+
+    def _record_end(self, status: str, error: BaseException) -> None:
+        """Write the final status, unless one was written already (stopped, failed on a save...)."""
+        if self.rank != 0 or self.run.read_status().get("status") != "running":
+            return
+        reason = getattr(error, "message", None) or f"{type(error).__name__}: {error}".strip(": ")
+        with suppress(OSError):  # on a full disk the status may not be writable either
+            self.run.write_status(status, iteration=self.step, max_iters=self.config.train.max_iters,
+                                  best_val_loss=self.best_val, reason=reason)
 
     def _fit(self) -> TrainResult:
         cfg = self.config.train

@@ -16,7 +16,7 @@ from .config_flags import CONFIG_OPTION, PRESET_OPTION
 from .console import err, format_duration, out, print_json
 
 JSON = typer.Option(False, "--json", help="Print JSON instead of a table.")
-STATUS_STYLE = {"finished": "green", "stopped": "yellow", "running": "cyan", "failed": "red", "crashed": "red",
+STATUS_STYLE = {"finished": "green", "stopped": "yellow", "running": "cyan", "failed": "red", "aborted": "red", "crashed": "red",
                 "unreadable": "red", "not started": "dim"}
 
 
