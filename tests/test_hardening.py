@@ -62,11 +62,14 @@ def tinygpt(capsys, monkeypatch):
     def run(*args) -> tuple[int, str, str]:
         capsys.readouterr()
         monkeypatch.setattr(sys, "argv", ["tinygpt", *map(str, args)])
+        sigint = signal.getsignal(signal.SIGINT)  # main() leaves the default for a process that exits
         try:
             main()
             code = 0
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        finally:
+            signal.signal(signal.SIGINT, sigint)
         captured = capsys.readouterr()
         return code, captured.out, captured.err
 

@@ -255,3 +255,52 @@ def test_any_exit_from_training_leaves_a_status_that_tells_the_truth(tiny_datase
         train_new(tiny_config(tiny_dataset), tmp_path / "run")
     recorded = RunDir(tmp_path / "run").read_status()
     assert recorded["status"] == status and recorded["iteration"] == 3
+
+
+# --- values at the edges: one error line, or the right result --------------------------------
+
+@pytest.mark.parametrize("args, words", [
+    (["generate", "--run", "{run}", "--seed", str(2**64)], "--seed"),
+    (["train", "--nproc", str(10**30), "--device", "cpu"], "--nproc"),
+    (["params", "--run", "{run}", "--n-layer", "9"], "--n-layer"),
+    (["params", "--checkpoint", "{run}/best.safetensors", "--preset", "cpu"], "--preset"),
+], ids=["seed-2**64", "nproc-10**30", "params-run-with-a-shape-flag", "params-checkpoint-with-a-preset"])
+def test_values_out_of_reach_are_usage_errors(tiny_run, run_cli, args, words):
+    proc = run_cli(*[a.format(run=tiny_run) for a in args], env=ONE_THREAD_ENV)
+    assert proc.returncode == 2, proc.stderr
+    assert_error_lines(proc.stderr, proc.stderr)
+    assert words in proc.stderr.splitlines()[0]
+
+
+def test_a_vanishing_temperature_samples_like_greedy(tiny_run, run_cli):
+    def sample(temperature: str) -> subprocess.CompletedProcess:
+        return run_cli("generate", "--run", tiny_run, "--max-new-tokens", "40", "--seed", "3", "--dtype", "float32",
+                       "--temperature", temperature, env=ONE_THREAD_ENV)
+
+    tiny, greedy = sample("1e-45"), sample("0")
+    assert tiny.returncode == 0, tiny.stderr
+    assert tiny.stdout == greedy.stdout
+
+
+_CTRL_C_WHILE_EXITING = """
+import atexit, os, signal, sys, time
+atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(2)))  # runs after main's exit
+sys.argv = ["tinygpt", "--version"]
+from tinygpt_cli.cli.app import main
+main()
+"""
+
+
+def test_a_ctrl_c_while_exiting_ends_the_process_without_a_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", _CTRL_C_WHILE_EXITING], cwd=tmp_path, env=cli_env(),
+                          capture_output=True, text=True, timeout=60)
+    assert "Exception ignored" not in proc.stderr and "KeyboardInterrupt" not in proc.stderr, proc.stderr
+    assert proc.returncode == -2  # ended by the signal itself, as a shell expects of Ctrl-C
+
+
+def test_json_output_never_holds_nan(capsys):
+    from tinygpt_cli.cli.console import print_json
+
+    print_json({"loss": float("nan"), "rows": [float("inf"), 1.5]})
+    assert json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(f"{c} in JSON")) == \
+        {"loss": None, "rows": [None, 1.5]}

@@ -113,7 +113,10 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, top
     """Pick the next token of each row of `logits` (B, vocab); temperature 0 means greedy."""
     if temperature == 0:
         return logits.argmax(dim=-1)  # (B,)
-    logits = logits.float() / temperature
+    # Shift the top score to 0 before dividing: a tiny temperature (1e-45) then sends the others
+    # to -inf and keeps the top at 0, where dividing first would overflow to inf - inf = NaN.
+    logits = logits.float()
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
     if top_k is not None:
         logits = top_k_filter(logits, top_k)
     if top_p is not None and top_p < 1:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 import typer
@@ -58,6 +59,15 @@ def _report(message: str, hint: str | None, label: str = "Error:") -> None:
 
 def main() -> None:
     debug = os.environ.get("TINYGPT_DEBUG") == "1"
+    try:
+        _run(debug)
+    finally:
+        # From here on the process only exits: a Ctrl-C now ends it at once, quietly, instead of
+        # raising KeyboardInterrupt inside an exit handler ("Exception ignored in atexit callback").
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _run(debug: bool) -> None:
     try:
         # Not standalone: usage errors come back here and are rendered like every other error.
         code = app(standalone_mode=False)

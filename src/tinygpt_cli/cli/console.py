@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 from rich.console import Console
@@ -11,9 +12,21 @@ out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
 
+def _json_safe(obj: object) -> object:
+    """`obj` with NaN and infinities as null: JSON has no spelling for them (Python's `NaN` is
+    not JSON, and strict parsers refuse it)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
 def print_json(obj: object) -> None:
-    """Machine-readable output: plain JSON on stdout, nothing else."""
-    sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    """Machine-readable output: plain, strict JSON on stdout, nothing else."""
+    sys.stdout.write(json.dumps(_json_safe(obj), indent=2, ensure_ascii=False, allow_nan=False) + "\n")
 
 
 def format_duration(seconds: float | None) -> str:

@@ -49,7 +49,7 @@ def generate(
     top_k: int = typer.Option(None, "--top-k", min=1, help="Sample only among the k most likely characters."),
     top_p: float = typer.Option(None, "--top-p", min=0.0, max=1.0, help="Sample from the smallest set of characters whose probability reaches p."),
     num_samples: int = typer.Option(1, "--num-samples", min=1, help="How many independent samples."),
-    seed: int = typer.Option(None, "--seed", help="Same seed and options give the same text."),
+    seed: int = typer.Option(None, "--seed", min=0, max=2**32 - 1, help="Same seed and options give the same text (0 to 4294967295)."),
     device: str = typer.Option("cpu", "--device", help="auto, cpu, cuda or mps."),
     kv_cache: bool = typer.Option(True, "--kv-cache/--no-kv-cache", help="Reuse past keys/values (fast); off recomputes each window."),
     dtype: str = typer.Option("auto", "--dtype", help="Weights for sampling: auto (float16 on a CPU: about twice as fast, text may differ slightly; float32 elsewhere), float32 (exactly the checkpoint), float16 or bfloat16."),
@@ -140,8 +140,14 @@ def params(
 
     if run is not None or checkpoint is not None:
         from ..checkpoint import read_metadata
+        from ..config import flag_name
+        from ..errors import UsageError
         from ..runs import resolve_checkpoint
 
+        given = [flag_name(k) for k, v in flags.items() if v is not None] + [f for f, v in (("--preset", preset), ("--config", config)) if v]
+        if given:
+            raise UsageError(f"{', '.join(given)} cannot change a trained model: --run and --checkpoint count the saved one",
+                             "leave out --run/--checkpoint to count a model of other settings")
         model_config = ModelConfig(**read_metadata(resolve_checkpoint(run, checkpoint))["model_config_json"])
     else:
         model_config = resolve_config(preset, config, flags).model

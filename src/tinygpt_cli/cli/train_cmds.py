@@ -106,6 +106,19 @@ def _interactive() -> bool:
     return sys.stdout.isatty()
 
 
+def _check_nproc(nproc: int, device) -> None:
+    """One process per GPU, or per CPU core: more only competes for the same hardware."""
+    import os
+
+    import torch
+
+    from ..errors import UsageError
+
+    have, unit = (torch.cuda.device_count(), "GPUs") if device.type == "cuda" else (os.cpu_count() or 1, "CPU cores")
+    if nproc > have:
+        raise UsageError(f"--nproc {nproc}: this machine has {have} {unit}, one process each", f"pass --nproc {have} or fewer")
+
+
 def _launch_torchrun(nproc: int, out_dir: Path) -> None:
     """Re-run this command under torchrun on this machine, one process per device."""
     import os
@@ -176,6 +189,7 @@ def train(
 
     run_config = resolve_config(preset, config, flags)
     if nproc is not None and nproc > 1:
+        _check_nproc(nproc, pick_device(run_config.train.device))
         _launch_torchrun(nproc, out_dir or RUNS_DIR / default_run_name())
     dist = context_from_env()
     run_path = out_dir
