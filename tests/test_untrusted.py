@@ -304,3 +304,22 @@ def test_json_output_never_holds_nan(capsys):
     print_json({"loss": float("nan"), "rows": [float("inf"), 1.5]})
     assert json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(f"{c} in JSON")) == \
         {"loss": None, "rows": [None, 1.5]}
+
+
+def test_sampling_keeps_room_for_the_tokens_it_makes_not_a_whole_window(monkeypatch):
+    import tinygpt_cli.sampling as sampling
+    from tinygpt_cli.config import ModelConfig
+    from tinygpt_cli.model import GPT, KVCache
+
+    sizes = []
+
+    class RecordingCache(KVCache):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            sizes.append(self.k[0].size(2))
+
+    monkeypatch.setattr(sampling, "KVCache", RecordingCache)
+    model = GPT(ModelConfig(vocab_size=5, block_size=2**20, n_layer=1, n_head=1, n_embd=8, pos_embedding="rope"))
+    with_cache = list(sampling.generate(model, [1, 2, 3], 6, temperature=0, seed=0))
+    without = list(sampling.generate(model, [1, 2, 3], 6, temperature=0, seed=0, kv_cache=False))
+    assert sizes == [3 + 6] and with_cache == without

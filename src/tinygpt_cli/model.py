@@ -27,8 +27,10 @@ class KVCache:
     to the cached keys/values instead of recomputing them for the whole context.
     """
 
-    def __init__(self, config: ModelConfig, batch_size: int, device, dtype):
-        shape = (batch_size, config.n_head, config.block_size, config.head_size)
+    def __init__(self, config: ModelConfig, batch_size: int, device, dtype, length: int | None = None):
+        # Room for `length` positions (at most a window): a short sample needs no full window.
+        length = config.block_size if length is None else min(length, config.block_size)
+        shape = (batch_size, config.n_head, length, config.head_size)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.length = 0  # positions filled, shared by all layers

@@ -148,7 +148,8 @@ def generate(model: GPT, prompt: list[int], max_new_tokens: int, *, temperature:
     start = max(0, context.size(1) - block)
     activations = model.tok_emb.weight.dtype  # float32 unless the whole model moved to another type
     reduced_precision = in_reduced_precision(model)
-    cache = KVCache(model.config, 1, device, activations) if kv_cache else None
+    # The window never holds more than the prompt and the new tokens: no room beyond that.
+    cache = KVCache(model.config, 1, device, activations, len(prompt) + max_new_tokens) if kv_cache else None
     cached_from = None  # window start the cache was filled from
     for _ in range(max_new_tokens):
         start = window_start(context.size(1), start, block)

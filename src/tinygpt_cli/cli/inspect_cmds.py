@@ -32,8 +32,7 @@ def _say_loaded(path: Path, ckpt) -> None:
     and a note when its metadata has no digest (a file saved by an older tinygpt)."""
     from .console import err
 
-    val = f", val loss {ckpt.val_loss:.4f}" if ckpt.val_loss is not None else ""
-    err.print(f"[dim]loaded {path} (iteration {ckpt.iteration:,}{val})[/]", soft_wrap=True)
+    err.print(f"[dim]loaded {path} (iteration {ckpt.iteration:,})[/]", soft_wrap=True)
     if not ckpt.metadata_covered:
         err.print(f"[yellow]note:[/] {path} uses checkpoint format 1: its settings are not covered by its digest, "
                   "only its tensors are", soft_wrap=True)
