@@ -323,3 +323,12 @@ def test_sampling_keeps_room_for_the_tokens_it_makes_not_a_whole_window(monkeypa
     with_cache = list(sampling.generate(model, [1, 2, 3], 6, temperature=0, seed=0))
     without = list(sampling.generate(model, [1, 2, 3], 6, temperature=0, seed=0, kv_cache=False))
     assert sizes == [3 + 6] and with_cache == without
+
+
+def test_a_deeply_nested_settings_file_is_one_error_line(tmp_path, run_cli):
+    deep = tmp_path / "deep.toml"
+    deep.write_text("n_layer = " + "[" * 50_000 + "]" * 50_000 + "\n")
+    proc = run_cli("train", "--config", deep)
+    assert proc.returncode == 2
+    assert_error_lines(proc.stderr, proc.stderr)
+    assert "not valid TOML" in proc.stderr

@@ -32,6 +32,7 @@ from safetensors.torch import save_file
 
 from . import __version__
 from .config import ModelConfig, TrainConfig
+from .devices import device_memory_bytes
 from .errors import CheckpointError, TinyGPTError
 from .fsutil import atomic_path, open_for_reading
 from .model import GPT
@@ -372,6 +373,10 @@ def _read_verified(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any],
         header = _read_header(f, size, path)
         meta, checked = _checked_metadata(header, path)
         _check_table(header, checked, path)
+        memory = device_memory_bytes(torch.device("cpu"))
+        if memory is not None and 2 * size > memory:  # the file's bytes, then its tensors
+            raise CheckpointError(f"{path} is {size / 2**30:,.1f} GiB: loading it needs about twice that, and this machine has "
+                                  f"{memory / 2**30:,.1f} GiB")
         try:
             f.seek(0)
             data = f.read(size)  # the size the table was checked against, from the same open file

@@ -12,7 +12,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import http.client
-import json
 import os
 import re
 import urllib.error

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import os
 from contextlib import nullcontext
 
 import torch
@@ -28,6 +29,15 @@ def pick_device(name: str) -> torch.device:
     if name == "mps" and not torch.backends.mps.is_available():
         raise UsageError("--device mps: Apple's MPS backend is not available here", "pass --device cpu")
     return torch.device(name)
+
+
+def device_memory_bytes(device: torch.device) -> int | None:
+    """All the memory of `device` (a GPU's, or the machine's for the CPU); None where unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[1]
+    if device.type == "cpu":
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return None
 
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import signal
 import time
@@ -22,7 +21,7 @@ import torch
 from .checkpoint import Checkpoint, load_checkpoint, load_model_weights, model_weights, save_checkpoint
 from .config import SHAPE_FIELDS, RunConfig, TrainConfig, build_config, check_against_data, flag_name
 from .data import Dataset, load_dataset
-from .devices import autocast_for, keep_freed_cpu_memory, pick_device, pick_dtype
+from .devices import autocast_for, device_memory_bytes, keep_freed_cpu_memory, pick_device, pick_dtype
 from .distributed import DistContext, all_reduce_sum, barrier, init_process_group
 from .errors import CheckpointError, TinyGPTError, TrainingStopped, UsageError
 from .fsutil import read_json, short_list, write_json_atomic
@@ -89,14 +88,6 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
 
 
 TRAINING_BYTES_PER_PARAM = 16  # fp32 weights, gradients and AdamW's two moments
-
-
-def device_memory_bytes(device: torch.device) -> int | None:
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[1]
-    if device.type == "cpu":
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    return None
 
 
 def build_model(config: RunConfig, device: torch.device) -> GPT:
