@@ -58,6 +58,8 @@ def training_step_fn(config: RunConfig, tmp: str):
     trainer = Trainer(config, synthetic_dataset(config.model.vocab_size), RunDir(tmp), TrainingReporter())
 
     def step() -> None:
+        if trainer.threads is not None:
+            trainer.threads.adjust()  # the thread policy of a real run
         trainer.train_step()
         if trainer.device.type == "cuda":
             torch.cuda.synchronize()

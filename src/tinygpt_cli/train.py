@@ -29,6 +29,7 @@ from .model import GPT
 from .optim import MuonAdamW, state_problems
 from .params import activation_bytes, param_report
 from .runs import RunDir
+from .threads import SMALL_STEP_FLOPS, ThreadPolicy
 
 LOG_INTERVAL = 10  # steps between step records in metrics.jsonl
 # Rough sustained throughput, for the projection printed before the first step.
@@ -146,6 +147,7 @@ class StartInfo:
     config: RunConfig
     device: str
     dtype: str
+    threads: str | None  # CPU threads and why (threads.ThreadPolicy); None off a CPU
     n_params: int
     tokens_per_iter: int
     start_iter: int
@@ -188,8 +190,11 @@ class Trainer:
             self.device = torch.device("cuda", dist.local_rank)
         init_process_group(dist, self.device.type)  # also makes this rank's GPU the current one
         self.dtype = pick_dtype(cfg.dtype, self.device)
+        self.threads: ThreadPolicy | None = None
         if self.device.type == "cpu":
             keep_freed_cpu_memory()  # each step then reuses the last one's pages
+            step_flops = param_report(config.model).flops_per_token() * cfg.batch_size * config.model.block_size
+            self.threads = ThreadPolicy(step_flops < SMALL_STEP_FLOPS, dist.world_size)
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
@@ -295,7 +300,7 @@ class Trainer:
             save_checkpoint(self.run.last_path if kind == "last" else self.run.best_path, self._checkpoint(kind))
         except CheckpointError as e:  # the previous file is intact: the run can go on from it later
             with suppress(OSError):  # on a full disk the status may not be writable either
-                self.run.write_status("failed", iteration=self.step, reason=e.message)
+                self._write_status("failed", iteration=self.step, reason=e.message)
             if self.saved_at >= 0:
                 hint = f"free some disk space, then: tinygpt resume {self.run.path}  (continues from iteration {self.saved_at})"
             else:
@@ -303,6 +308,11 @@ class Trainer:
             raise CheckpointError(e.message, hint) from e
         if kind == "last":
             self.saved_at = self.step
+
+    def _write_status(self, status: str, **fields: Any) -> None:
+        """run.json, with the CPU threads in use (they change with the machine's load)."""
+        threads = {"threads": self.threads.describe()} if self.threads is not None else {}
+        self.run.write_status(status, **fields, **threads)
 
     # --- the work ------------------------------------------------------------------------
     def elapsed(self) -> float:
@@ -396,7 +406,7 @@ class Trainer:
             self.save("best")
         self.save("last")
         if self.rank == 0:
-            self.run.write_status("running", iteration=self.step, max_iters=cfg.max_iters, best_val_loss=self.best_val)
+            self._write_status("running", iteration=self.step, max_iters=cfg.max_iters, best_val_loss=self.best_val)
         self.reporter.on_eval({**record, "best_val_loss": self.best_val, "improved": improved})
 
     def start_info(self) -> StartInfo:
@@ -407,7 +417,8 @@ class Trainer:
         speed = ASSUMED_FLOPS[self.device.type] * (torch.get_num_threads() / 2 if self.device.type == "cpu" else 1)
         projected = per_iter * (cfg.max_iters - self.step) / speed / self.world_size
         previous = self.saved_dtype if self.saved_dtype not in (None, self.dtype_name) else None
-        return StartInfo(self.run.path, self.config, str(self.device), self.dtype_name, n, tokens, self.step, projected, previous,
+        threads = self.threads.describe() if self.threads is not None else None
+        return StartInfo(self.run.path, self.config, str(self.device), self.dtype_name, threads, n, tokens, self.step, projected, previous,
                          self.best_saved_after_last)
 
     @property
@@ -437,7 +448,7 @@ class Trainer:
             return
         reason = getattr(error, "message", None) or f"{type(error).__name__}: {error}".strip(": ")
         with suppress(OSError):  # on a full disk the status may not be writable either
-            self.run.write_status(status, iteration=self.step, max_iters=self.config.train.max_iters,
+            self._write_status(status, iteration=self.step, max_iters=self.config.train.max_iters,
                                   best_val_loss=self.best_val, reason=reason)
 
     def _fit(self) -> TrainResult:
@@ -446,7 +457,7 @@ class Trainer:
         info = self.start_info()
         self.reporter.on_start(info)
         if self.rank == 0:
-            self.run.write_status("running", iteration=self.step, max_iters=cfg.max_iters, best_val_loss=self.best_val)
+            self._write_status("running", iteration=self.step, max_iters=cfg.max_iters, best_val_loss=self.best_val)
         window_start, window_steps = time.perf_counter(), 0
         with StopSignals() as stop:
             self._maybe_evaluate()
@@ -455,6 +466,8 @@ class Trainer:
                 if stop.signum is not None and not self.dist.enabled:
                     stopping = True  # one process needs no agreement: stop before another step
                     break
+                if self.threads is not None:
+                    self.threads.adjust()  # fewer threads while other processes want the cores
                 loss, stopping = self._agree(self.train_step(), stop.signum is not None)
                 self.step += 1
                 window_steps += 1
@@ -478,7 +491,7 @@ class Trainer:
     def _finish(self, status: str) -> TrainResult:
         result = TrainResult(self.run.path, self.step, self.best_val, self.last_val, self.elapsed())
         if self.rank == 0:
-            self.run.write_status(status, iteration=self.step, max_iters=self.config.train.max_iters,
+            self._write_status(status, iteration=self.step, max_iters=self.config.train.max_iters,
                                   best_val_loss=self.best_val, elapsed=result.elapsed)
         self.reporter.on_end(status, result.__dict__)
         return result
@@ -497,7 +510,7 @@ class Trainer:
 
     def _fail_non_finite(self, loss: float) -> None:
         if self.rank == 0:
-            self.run.write_status("failed", iteration=self.step, reason=f"loss {loss} at iteration {self.step}")
+            self._write_status("failed", iteration=self.step, reason=f"loss {loss} at iteration {self.step}")
         last = f"{self.run.last_path} (iteration {self.saved_at})" if self.saved_at >= 0 else "none was saved yet"
         raise TinyGPTError(
             f"the loss became {loss} at iteration {self.step}; training stopped without saving. Last good checkpoint: {last}",

@@ -30,10 +30,13 @@ def bench(
 
     from ..bench import matmul_peak_gflops, time_training_steps
     from ..config import resolve_config
+    from ..threads import BUSY_CORES, OtherLoad
 
     run_config = resolve_config(preset, config, flags)
+    load = OtherLoad()
     with err.status(f"timing {repeats} x {steps} training steps…"):
         timing = time_training_steps(run_config, steps=steps, repeats=repeats)
+        others = load.since_last_look()
         peak = matmul_peak_gflops() if run_config.train.device in ("auto", "cpu") and not torch.cuda.is_available() else None
     max_iters = run_config.train.max_iters
     result = {
@@ -44,15 +47,19 @@ def bench(
         "max_iters": max_iters,
         "projected_training_seconds": timing.projected_seconds(max_iters),
         "threads": torch.get_num_threads(),
+        "other_processes_cores": others,
     }
     if as_json:
         print_json(result)
         return
     out.print(f"{timing.ms_per_iter:.1f} ms/iteration  |  {timing.tokens_per_s:,.0f} tokens/s  |  {timing.gflops:.1f} GFLOP/s"
               + (f" ({100 * timing.gflops / peak:.0f}% of the {peak:.0f} GFLOP/s matmul peak)" if peak else "")
-              + f"  |  {torch.get_num_threads()} threads")
+              + f"  |  {torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''}")
     out.print(f"projected: {max_iters:,} iterations take about {timing.projected_seconds(max_iters) / 60:.1f} min of training steps "
               "(plus evaluation)")
+    if others >= BUSY_CORES:
+        err.print(f"[yellow]warning:[/] other processes kept {others:.1f} of {len(load.cores)} cores busy while this ran: "
+                  "on a quiet machine the steps are faster than measured here", soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

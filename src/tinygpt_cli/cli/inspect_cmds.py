@@ -27,6 +27,13 @@ def _read_prompt(prompt: str | None, prompt_file: Path | None) -> str:
     return prompt or ""
 
 
+def _thread_policy(model):
+    """On a CPU, the threads the load leaves us (threads.py); None elsewhere."""
+    from ..threads import ThreadPolicy
+
+    return ThreadPolicy() if next(model.parameters()).device.type == "cpu" else None
+
+
 def _say_loaded(path: Path, ckpt) -> None:
     """One dim line on stderr naming the checkpoint read (so a default pick is never a surprise),
     and a note when its metadata has no digest (a file saved by an older tinygpt)."""
@@ -69,6 +76,7 @@ def generate(
     set_sampling_precision(model, dtype)
     prompt_ids = ckpt.vocab.encode(text)  # unknown characters: a one-line error, exit 2
     _say_loaded(path, ckpt)
+    threads = _thread_policy(model)
     interactive = sys.stdout.isatty()
     for i in range(num_samples):
         if i:
@@ -83,6 +91,8 @@ def generate(
             sys.stdout.write(ckpt.vocab.chars[token])
             if interactive:
                 sys.stdout.flush()
+            if threads is not None:
+                threads.adjust()
         sys.stdout.write("\n")
         sys.stdout.flush()
 
@@ -185,6 +195,7 @@ def evaluate(
     if len(dataset.val) <= 1:
         raise TinyGPTError(f"the validation split of {folder} is empty")
     _say_loaded(path, ckpt)
+    _thread_policy(model)  # chosen once, from the load at the start
     val = score_split(model, dataset.val)
     train = score_train_sample(model, dataset.train)
     result = {"checkpoint": str(path), "iteration": ckpt.iteration, "data_dir": str(folder),

@@ -33,7 +33,7 @@ def make_reporter(interactive: bool):
             self.max_iters = cfg.train.max_iters
             out.print(
                 f"run {info.run}  |  {info.n_params / 1e6:.2f}M parameters  |  {info.tokens_per_iter:,} tokens/iteration  |  "
-                f"device {info.device} ({info.dtype})  |  {cfg.model.n_layer} layers, {cfg.model.n_head} heads, "
+                f"device {info.device} ({info.dtype}){'  |  ' + info.threads if info.threads else ''}  |  {cfg.model.n_layer} layers, {cfg.model.n_head} heads, "
                 f"{cfg.model.n_embd} wide, block {cfg.model.block_size}"
             )
             if info.start_iter:
