@@ -12,8 +12,9 @@ from tinygpt_cli.checkpoint import load_model
 from tinygpt_cli.config import ModelConfig
 from tinygpt_cli.errors import UsageError
 from tinygpt_cli.model import GPT, KVCache
-from tinygpt_cli.sampling import (HalfWeightLinear, NonFiniteLogits, generate, sample_next, set_sampling_precision,
-                                  top_k_filter, top_p_filter, window_start)
+import tinygpt_cli.sampling as sampling_module
+from tinygpt_cli.sampling import (HalfWeightLinear, NonFiniteLogits, block_matrix_bytes, generate, in_reduced_precision,
+                                  sample_next, set_sampling_precision, top_k_filter, top_p_filter, window_start)
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -190,7 +191,15 @@ def test_half_weight_linear_computes_with_the_rounded_weights(bias):
     torch.testing.assert_close(out, expected, rtol=2e-3, atol=2e-3)
 
 
-def test_sampling_precision_auto_on_cpu_stores_block_matrices_in_float16(model):
+def test_sampling_precision_auto_on_cpu_keeps_float32_matrices_that_fit_the_cache(model, monkeypatch):
+    monkeypatch.setattr(sampling_module, "last_level_cache_bytes", lambda: block_matrix_bytes(model) + 1)
+    m = copy_of(model)
+    assert set_sampling_precision(m, "auto") == torch.float32
+    assert not in_reduced_precision(m)
+
+
+def test_sampling_precision_auto_on_cpu_stores_block_matrices_in_float16_past_the_cache(model, monkeypatch):
+    monkeypatch.setattr(sampling_module, "last_level_cache_bytes", lambda: block_matrix_bytes(model) - 1)
     reference = copy_of(model)
     m = copy_of(model)
     assert set_sampling_precision(m, "auto") == torch.float16
@@ -222,7 +231,7 @@ def test_sampling_precision_by_name(model, name, dtype):
 def test_sampling_precision_one_position_path_stays_close_to_float32(model):
     """The cached path (one position, float16 products) scores like the float32 model."""
     reference, m = copy_of(model), copy_of(model)
-    set_sampling_precision(m, "auto")
+    set_sampling_precision(m, "float16")
     prompt = ids(8, seed=6)
     caches = [KVCache(CONFIG, 1, "cpu", torch.float32) for _ in range(2)]
     with torch.no_grad():
@@ -236,7 +245,7 @@ def test_sampling_precision_one_position_path_stays_close_to_float32(model):
 
 def test_sampling_precision_is_set_once(model):
     m = copy_of(model)
-    set_sampling_precision(m, "auto")
+    set_sampling_precision(m, "float16")
     with pytest.raises(ValueError, match="load it again"):
         set_sampling_precision(m, "float32")
 

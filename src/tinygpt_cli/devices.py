@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import os
 from contextlib import nullcontext
+from pathlib import Path
 
 import torch
 
@@ -38,6 +39,26 @@ def device_memory_bytes(device: torch.device) -> int | None:
     if device.type == "cpu":
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     return None
+
+
+# Where the OS does not tell the CPU's last-level cache: a typical size for a recent desktop or
+# server core complex.
+DEFAULT_CACHE_BYTES = 32 * 2**20
+
+
+def last_level_cache_bytes() -> int | None:
+    """Size of the largest CPU cache that Linux reports for CPU 0 (sysfs), else None."""
+    sizes = []
+    for folder in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            text = (folder / "size").read_text().strip()
+        except OSError:
+            continue
+        unit = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
+        digits = text.rstrip("KMG")
+        if digits.isdigit():
+            sizes.append(int(digits) * unit)
+    return max(sizes) if sizes else None
 
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")

@@ -58,7 +58,7 @@ def generate(
     seed: int = typer.Option(None, "--seed", min=0, max=2**32 - 1, help="Same seed and options give the same text (0 to 4294967295)."),
     device: str = typer.Option("cpu", "--device", help="auto, cpu, cuda or mps."),
     kv_cache: bool = typer.Option(True, "--kv-cache/--no-kv-cache", help="Reuse past keys/values (fast); off recomputes each window."),
-    dtype: str = typer.Option("auto", "--dtype", help="Weights for sampling: auto (float16 on a CPU: about twice as fast, text may differ slightly; float32 elsewhere), float32 (exactly the checkpoint), float16 or bfloat16."),
+    dtype: str = typer.Option("auto", "--dtype", help="Weights for sampling: auto (on a CPU, float16 when the model outgrows the CPU's cache: about twice as fast, text may differ slightly; float32 otherwise), float32 (exactly the checkpoint), float16 or bfloat16."),
 ) -> None:
     """Write text with a trained model, streamed as it is produced.
 
