@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tinygpt_cli.config import ModelConfig
-from tinygpt_cli.model import GPT, CausalSelfAttention, KVCache
+from tinygpt_cli.model import GPT, CausalSelfAttention, KVCache, weight_shapes
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -18,6 +18,15 @@ TINY = ModelConfig(vocab_size=65, block_size=16, n_layer=2, n_head=2, n_embd=32,
 def make_model(config: ModelConfig = TINY, seed: int = 0) -> GPT:
     torch.manual_seed(seed)
     return GPT(config)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("norm, pos_embedding", [("layernorm", "learned"), ("rmsnorm", "rope"), ("layernorm", "rope")])
+def test_weight_shapes_are_those_of_a_built_model(bias, norm, pos_embedding):
+    config = ModelConfig(vocab_size=7, block_size=8, n_layer=2, n_head=2, n_embd=8, bias=bias, norm=norm,
+                         pos_embedding=pos_embedding)
+    built = {k: tuple(v.shape) for k, v in GPT(config).state_dict().items() if k != "lm_head.weight"}
+    assert weight_shapes(config) == built
 
 
 def test_initial_loss_is_uniform_guess():

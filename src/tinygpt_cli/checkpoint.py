@@ -35,7 +35,7 @@ from .config import ModelConfig, TrainConfig
 from .devices import device_memory_bytes
 from .errors import CheckpointError, TinyGPTError
 from .fsutil import atomic_path, open_for_reading
-from .model import GPT
+from .model import GPT, weight_shapes
 from .vocab import Vocabulary
 
 CHECKPOINT_FORMAT = "tinygpt-checkpoint"
@@ -136,14 +136,6 @@ def metadata_digest(str_meta: dict[str, str]) -> str:
 def model_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The model's state dict without the tied head, on CPU, ready to store."""
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k != TIED_WEIGHT}
-
-
-def expected_weight_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Name and shape of every stored weight of a model of `config`, computed without
-    allocating it (on the meta device)."""
-    with torch.device("meta"):
-        model = GPT(config)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items() if k != TIED_WEIGHT}
 
 
 def _optimizer_tensors(state: dict) -> tuple[dict[str, torch.Tensor], list]:
@@ -305,7 +297,7 @@ def _checked_metadata(header: _Header, path: Path) -> tuple[dict[str, Any], Chec
 def _check_table(header: _Header, checked: CheckpointMeta, path: Path) -> None:
     """The file holds exactly the model its config describes (and, for `last`, optimiser and RNG
     state of plausible names and types), before any tensor is read."""
-    expected = {f"model.{k}": ("F32", shape) for k, shape in expected_weight_shapes(checked.model_config_json).items()}
+    expected = {f"model.{k}": ("F32", shape) for k, shape in weight_shapes(checked.model_config_json).items()}
     problems = [f"missing {name}" for name in sorted(set(expected) - set(header.table))]
     for name, (dtype, shape) in header.table.items():
         if name in expected:

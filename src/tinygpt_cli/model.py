@@ -159,6 +159,27 @@ class Block(nn.Module):
         return x
 
 
+def weight_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Name and shape of every weight that a GPT of `config` stores (the tied head once, as
+    tok_emb), without building it: checkpoint loading checks a file's tensors against this before
+    reading them. test_model checks it against a built model for every option."""
+    C, V, T = config.n_embd, config.vocab_size, config.block_size
+    norm_bias = config.bias and config.norm == "layernorm"  # RMSNorm has a gain only
+
+    def norm(name: str) -> dict[str, tuple[int, ...]]:
+        return {f"{name}.weight": (C,), **({f"{name}.bias": (C,)} if norm_bias else {})}
+
+    def linear(name: str, n_in: int, n_out: int) -> dict[str, tuple[int, ...]]:
+        return {f"{name}.weight": (n_out, n_in), **({f"{name}.bias": (n_out,)} if config.bias else {})}
+
+    shapes = {"tok_emb.weight": (V, C), **({"pos_emb.weight": (T, C)} if config.pos_embedding == "learned" else {})}
+    for i in range(config.n_layer):
+        b = f"blocks.{i}"
+        shapes |= norm(f"{b}.ln_1") | linear(f"{b}.attn.qkv", C, 3 * C) | linear(f"{b}.attn.proj", C, C)
+        shapes |= norm(f"{b}.ln_2") | linear(f"{b}.mlp.up", C, 4 * C) | linear(f"{b}.mlp.down", 4 * C, C)
+    return shapes | norm("ln_f")
+
+
 class GPT(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
