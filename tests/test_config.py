@@ -270,3 +270,19 @@ def test_random_model_settings_fail_readably_or_build_a_working_model(**values):
         logits, loss = model(idx, idx)
     assert logits.shape == (2, config.model.block_size, config.model.vocab_size)
     assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("preset, max_iters, warmup", [("cpu", 10, 0), ("baby", 60, 1), ("baby", 100, 2)])
+def test_a_presets_warmup_shrinks_with_a_short_run_and_says_so(preset, max_iters, warmup):
+    notes: list[str] = []
+    config = resolve_config(preset, None, {"max_iters": max_iters}, notes)
+    assert config.train.warmup_iters == warmup
+    assert len(notes) == 1 and f"warmup scaled to {warmup}" in notes[0]
+
+
+def test_a_warmup_the_user_gave_is_never_changed():
+    notes: list[str] = []
+    with pytest.raises(ConfigError, match="warmup_iters"):
+        resolve_config("cpu", None, {"max_iters": 10, "warmup_iters": 20}, notes)
+    assert resolve_config("cpu", None, {"max_iters": 500}, notes).train.warmup_iters == PRESETS["cpu"]["warmup_iters"]
+    assert notes == []

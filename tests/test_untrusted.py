@@ -332,3 +332,13 @@ def test_a_deeply_nested_settings_file_is_one_error_line(tmp_path, run_cli):
     assert proc.returncode == 2
     assert_error_lines(proc.stderr, proc.stderr)
     assert "not valid TOML" in proc.stderr
+
+
+def test_written_files_get_the_mode_of_any_new_file(small_text, tmp_path):
+    old = os.umask(0o022)
+    try:
+        prepare_text(small_text, tmp_path / "d", "d", 0.1)
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "d").iterdir()}
+    assert all(modes[name] == 0o644 for name in ("input.txt", "train.bin", "val.bin", "vocab.json", "meta.json")), modes

@@ -203,15 +203,34 @@ def build_config(values: dict[str, Any]) -> RunConfig:
     return RunConfig(**parts)
 
 
-def resolve_config(preset: str | None, config_file: Path | None, flags: dict[str, Any]) -> RunConfig:
-    """Merge preset < config file < flags (flags that are None were not given)."""
+def resolve_config(preset: str | None, config_file: Path | None, flags: dict[str, Any],
+                   notes: list[str] | None = None) -> RunConfig:
+    """Merge preset < config file < flags (flags that are None were not given). Adjustments made
+    for the user (a preset's warmup scaled to a short run) are appended to `notes`."""
     file_values = read_config_file(config_file) if config_file else {}
     preset = preset or file_values.pop("preset", None) or DEFAULT_PRESET
     file_values.pop("preset", None)
     if not isinstance(preset, str) or preset not in PRESETS:
         raise UsageError(f"unknown preset {preset!r}: choose from {', '.join(PRESETS)}")
-    values = {**PRESETS[preset], **file_values, **{k: v for k, v in flags.items() if v is not None}}
+    chosen = {**file_values, **{k: v for k, v in flags.items() if v is not None}}
+    values = {**PRESETS[preset], **chosen}
+    if "warmup_iters" not in chosen:
+        _scale_warmup(values, preset, notes if notes is not None else [])
     return build_config(values)
+
+
+def _scale_warmup(values: dict[str, Any], preset: str, notes: list[str]) -> None:
+    """A preset's warmup that does not fit a shorter run shrinks with it, keeping its share of
+    the run (a warmup the user gave is never changed: it is refused if it does not fit)."""
+    warmup, max_iters = values.get("warmup_iters"), values.get("max_iters")
+    full = PRESETS[preset].get("max_iters")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (warmup, max_iters, full)):
+        return  # not numbers: build_config reports them
+    if warmup < max_iters:
+        return
+    values["warmup_iters"] = warmup * max_iters // full
+    notes.append(f"warmup scaled to {values['warmup_iters']} iterations for a {max_iters}-iteration run "
+                 f"(the {preset} preset warms up for {warmup} of {full}; --warmup-iters sets it)")
 
 
 def check_against_data(config: RunConfig, train_tokens: int, val_tokens: int, vocab_size: int) -> None:

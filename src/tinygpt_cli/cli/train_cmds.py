@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -187,7 +188,10 @@ def train(
     from ..runs import RUNS_DIR, default_run_name
     from ..train import pick_device, train_new
 
-    run_config = resolve_config(preset, config, flags)
+    notes: list[str] = []
+    run_config = resolve_config(preset, config, flags, notes)
+    for note in notes if os.environ.get("RANK", "0") == "0" else []:  # said once under torchrun
+        out.print(f"[yellow]note:[/] {note}")
     if nproc is not None and nproc > 1:
         _check_nproc(nproc, pick_device(run_config.train.device))
         _launch_torchrun(nproc, out_dir or RUNS_DIR / default_run_name())
