@@ -65,3 +65,11 @@ def test_readme_command_parses(command, run_cli):
     result = run_cli(*args, "--help")
     assert result.returncode == 0, f"{command}\n{result.stdout}{result.stderr}"
     assert "Usage" in result.stdout
+
+
+def test_user_facing_text_speaks_of_the_users_paths_only():
+    """A user's clone has no ../shared (the project's own test data): neither the README nor
+    any message or help text may send them there."""
+    texts = {"README.md": (REPO / "README.md").read_text(encoding="utf-8")}
+    texts |= {str(p.relative_to(REPO)): p.read_text(encoding="utf-8") for p in (REPO / "src").rglob("*.py")}
+    assert [name for name, text in texts.items() if "shared/data" in text] == []

@@ -49,7 +49,7 @@ def prepare_shakespeare(
 ) -> None:
     """Download tiny Shakespeare (1.1 MB), check it, build its vocabulary and train/val splits.
 
-    Example: tinygpt prepare shakespeare --source ../shared/data/tinyshakespeare.txt
+    Example: tinygpt prepare shakespeare --source path/to/input.txt
     """
     from ..data import prepare_shakespeare as run
 
