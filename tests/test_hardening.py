@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ONE_THREAD_ENV, TINY_MODEL, TINY_TEXT_CHARS, cli_env, make_text, tiny_cli_flags, tiny_config
+from conftest import ONE_THREAD_ENV, TINY_MODEL, TINY_TEXT_CHARS, TINY_TRAIN, cli_env, make_text, tiny_cli_flags, tiny_config
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
@@ -754,3 +754,31 @@ def test_a_full_disk_while_logging_metrics_is_one_error_line(tiny_dataset, tmp_p
         train_new(tiny_config(tiny_dataset), tmp_path / "run")
     assert "No space left on device" in info.value.message
     assert info.value.hint.endswith(f"tinygpt resume {tmp_path / 'run'}")
+
+
+def test_a_stop_during_a_long_evaluation_is_acknowledged_at_once_and_cuts_it_short(tiny_dataset, tmp_path, monkeypatch):
+    from tinygpt_cli.train import Batches
+
+    run, calls = tmp_path / "run", {"eval_batches_after_signal": 0, "acknowledged": 0}
+    real_sample = Batches.sample
+
+    def sample(self, n, generator):
+        if generator.initial_seed() == TINY_TRAIN["seed"] + 1:  # an evaluation's own generator
+            if calls["acknowledged"]:
+                calls["eval_batches_after_signal"] += 1
+            elif calls.setdefault("eval_batches", 0) == 50:
+                os.kill(os.getpid(), signal.SIGINT)
+            calls["eval_batches"] = calls.get("eval_batches", 0) + 1
+        return real_sample(self, n, generator)
+
+    class Acknowledging(TrainingReporter):
+        def on_stop_requested(self, signum):
+            calls["acknowledged"] += 1
+
+    monkeypatch.setattr(Batches, "sample", sample)
+    with pytest.raises(TrainingStopped):
+        train_new(tiny_config(tiny_dataset, eval_iters=100_000, max_iters=20, eval_interval=5), run, Acknowledging())
+    assert calls["acknowledged"] == 1
+    assert calls["eval_batches_after_signal"] <= 1  # not the 100,000 batches asked for
+    assert load_checkpoint(run / "last.safetensors").iteration == 0
+    assert RunDir(run).read_status()["status"] == "stopped"

@@ -119,17 +119,25 @@ def build_model(config: RunConfig, device: torch.device) -> GPT:
         raise TinyGPTError(f"not enough memory on {device} for a model of {n:,} parameters", hint) from e
 
 
-class StopSignals:
-    """First SIGINT/SIGTERM: remember it, let the loop save and stop. Second: abort at once."""
+class EvaluationAbandoned(Exception):
+    """A stop signal arrived during an evaluation: its losses are not needed any more."""
 
-    def __init__(self) -> None:
+
+class StopSignals:
+    """First SIGINT/SIGTERM: remember it, say so (`on_first`, called inside the signal handler),
+    let the loop save and stop. Second: abort at once."""
+
+    def __init__(self, on_first: Any = None) -> None:
         self.signum: int | None = None
         self._previous: dict[int, Any] = {}
+        self._on_first = on_first
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signum is not None:
             raise KeyboardInterrupt
         self.signum = signum
+        if self._on_first is not None:
+            self._on_first(signum)
 
     def __enter__(self) -> StopSignals:
         for sig in SIGNAL_EXIT:
@@ -167,6 +175,9 @@ class TrainingReporter:
     def on_step(self, record: dict[str, Any]) -> None: ...
     def on_eval(self, record: dict[str, Any]) -> None: ...
     def on_end(self, status: str, record: dict[str, Any]) -> None: ...
+    def on_stop_requested(self, signum: int) -> None:
+        """The first Ctrl-C or SIGTERM arrived. Called inside the signal handler, between two
+        bytecodes of anything: write without locks (os.write), never block."""
 
 
 @dataclass
@@ -219,6 +230,7 @@ class Trainer:
         self.evaluated_at = -1
         self.saved_at = -1
         self.elapsed_before = 0.0
+        self.stop: StopSignals | None = None  # set while fit() runs
         self.saved_dtype: str | None = None  # the precision of the checkpoint resumed from
         self.best_saved_after_last: int | None = None
 
@@ -334,6 +346,9 @@ class Trainer:
             gen = torch.Generator().manual_seed(cfg.seed + 1)
             total = torch.zeros((), device=self.device)
             for _ in range(cfg.eval_iters):
+                if self._stop_requested() and not self.dist.enabled:  # ranks must finish it together
+                    self.model.train()
+                    raise EvaluationAbandoned
                 x, y = batches.sample(cfg.batch_size * self.world_size * cfg.grad_accum, gen)
                 for micro in range(cfg.grad_accum):
                     rows = self._my_rows(micro)
@@ -368,6 +383,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return total / accum
 
+    def _stop_requested(self) -> bool:
+        return self.stop is not None and self.stop.signum is not None
+
     def _sync_context(self, last_micro_step: bool):
         # Under DDP, all-reduce gradients only once per step, on the last micro-batch.
         if self.dist.enabled and not last_micro_step:
@@ -391,7 +409,10 @@ class Trainer:
         due = self.step % cfg.eval_interval == 0 or self.step == cfg.max_iters
         if not due or self.evaluated_at == self.step:
             return
-        losses = self.evaluate()
+        try:
+            losses = self.evaluate()
+        except EvaluationAbandoned:  # a stop: `last` is saved without it, a resume evaluates again
+            return
         self.evaluated_at = self.step
         self.last_val = losses["val"]
         record = {"iter": self.step, "train_loss": losses["train"], "val_loss": losses["val"],
@@ -459,7 +480,8 @@ class Trainer:
         if self.rank == 0:
             self._write_status("running", iteration=self.step, max_iters=cfg.max_iters, best_val_loss=self.best_val)
         window_start, window_steps = time.perf_counter(), 0
-        with StopSignals() as stop:
+        with StopSignals(self.reporter.on_stop_requested) as stop:
+            self.stop = stop
             self._maybe_evaluate()
             stopping = False
             while self.step < cfg.max_iters and not stopping:

@@ -87,6 +87,11 @@ def make_reporter(interactive: bool):
             else:
                 out.print(line)
 
+        def on_stop_requested(self, signum: int) -> None:
+            # Inside the signal handler: a raw write, no console lock that the interrupted code may hold.
+            os.write(2, b"\nstopping: finishing this step (an evaluation is cut short), then saving last.safetensors"
+                        b" -- Ctrl-C again to abort without saving\n")
+
         def on_end(self, status: str, result: dict[str, Any]) -> None:
             if self.progress is not None:
                 self.progress.stop()
