@@ -220,3 +220,14 @@ def test_params_of_a_foreign_safetensors_file_is_one_error_line(run_cli, tmp_pat
     assert result.returncode == 1
     assert result.stderr.startswith("Error:") and "not a tinygpt checkpoint" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("columns", ["80", "66"])
+def test_params_at_a_narrow_width_keeps_every_count_whole(run_cli, columns):
+    proc = run_cli("params", env={"COLUMNS": columns})
+    report = json.loads(run_cli("params", "--json").stdout)
+    assert proc.returncode == 0, proc.stderr
+    assert all(len(line) <= int(columns) for line in proc.stdout.splitlines() if line.startswith(("│", "┃")))
+    for row in report["embedding"] + report["block"]:
+        assert f"{row['count']:,}" in proc.stdout
+    assert f"{report['total']:,}" in proc.stdout and "…" not in proc.stdout

@@ -169,3 +169,20 @@ def test_help_imports_neither_torch_nor_matplotlib(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "LOADED False False" in proc.stdout
     assert "comma-separated" in proc.stdout  # sweep's help explains its grid flags
+
+
+def test_a_narrow_terminal_never_cuts_a_run_name_or_its_best_val(tmp_path):
+    """Runs that differ in many settings, shown at 80 columns (a piped `tinygpt runs` too)."""
+    root = tmp_path / "runs"
+    settings = [dict(n_layer=2, learning_rate=1e-3, batch_size=4, dropout=0.0, weight_decay=0.1, beta2=0.99, grad_clip=1.0),
+                dict(n_layer=4, learning_rate=3e-3, batch_size=8, dropout=0.1, weight_decay=0.0, beta2=0.95, grad_clip=0.5)]
+    names = ["multilingual-corpus-long-name", "python-code-corpus-run"]
+    for name, best, values in zip(names, (2.1234, 1.9876), settings):
+        make_run(root, name, {"status": "finished", "iteration": 100, "max_iters": 100, "best_val_loss": best, "elapsed": 9.0},
+                 **values)
+    proc = subprocess.run([sys.executable, "-m", "tinygpt_cli", "runs"], cwd=tmp_path, env=cli_env({"COLUMNS": "80"}),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert all(len(line) <= 80 for line in proc.stdout.splitlines())
+    for whole in (*names, "2.1234", "1.9876", "100/100"):
+        assert whole in proc.stdout, proc.stdout

@@ -97,31 +97,50 @@ def generate(
         sys.stdout.flush()
 
 
+MIN_NOTE_WIDTH = 16  # narrower than this, the notes column is left out
+
+
 def _params_table(report) -> None:
     from rich.table import Table
+
+    from ..params import ParamRow
 
     c = report.config
     table = Table(title=f"{c.n_layer} layers, {c.n_head} heads, {c.n_embd} wide, block {c.block_size}, "
                         f"vocab {c.vocab_size}, bias {'on' if c.bias else 'off'}", title_justify="left")
-    table.add_column("part", no_wrap=True)
-    table.add_column("shape", justify="right")
-    table.add_column("parameters", justify="right")
-    table.add_column("share", justify="right")
-    table.add_column("note", style="dim")
     share = lambda n: f"{100 * n / report.total:.1f}%"  # noqa: E731
+    rows = report.embedding + report.block + report.head
+    # Names and numbers are never cut: their columns get their widest cell; the notes wrap, or
+    # are left out on a terminal too narrow for them.
+    part = max(len(f"  block: {r.name}") for r in rows)
+    shape = max(len(r.shape) for r in rows + [ParamRow("", f"{c.n_layer} x {report.block_total:,}", 0)])
+    count = len(f"{report.total:,}")
+    essential = part + max(count, 10) + 6 + 10  # part, parameters, share and the borders
+    with_shape = essential + shape + 3 <= out.width
+    with_notes = with_shape and essential + shape + 6 + MIN_NOTE_WIDTH <= out.width
+    table.add_column("part", no_wrap=True, min_width=part)
+    if with_shape:
+        table.add_column("shape", justify="right", no_wrap=True, min_width=shape)
+    table.add_column("parameters", justify="right", no_wrap=True, min_width=max(count, len("parameters")))
+    table.add_column("share", justify="right", no_wrap=True, min_width=6)
+    if with_notes:
+        table.add_column("note", style="dim", overflow="fold")
+    def add(name: str, shape: str, *numbers: str, note: str = "") -> None:
+        table.add_row(name, *([shape] if with_shape else []), *numbers, *([note] if with_notes else []))
+
     for row in report.embedding:
-        table.add_row(row.name, row.shape, f"{row.count:,}", share(row.count), row.note)
+        add(row.name, row.shape, f"{row.count:,}", share(row.count), note=row.note)
     table.add_section()
     for row in report.block:
-        table.add_row(f"  block: {row.name}", row.shape, f"{row.count:,}", "", row.note)
+        add(f"  block: {row.name}", row.shape, f"{row.count:,}", "", note=row.note)
     blocks = report.block_total * c.n_layer
-    table.add_row("[bold]one block[/]", "", f"{report.block_total:,}", share(report.block_total))
-    table.add_row(f"[bold]{c.n_layer} blocks[/]", f"{c.n_layer} x {report.block_total:,}", f"{blocks:,}", share(blocks))
+    add("[bold]one block[/]", "", f"{report.block_total:,}", share(report.block_total))
+    add(f"[bold]{c.n_layer} blocks[/]", f"{c.n_layer} x {report.block_total:,}", f"{blocks:,}", share(blocks))
     table.add_section()
     for row in report.head:
-        table.add_row(row.name, row.shape, f"{row.count:,}" if row.count else "(shared)", share(row.count) if row.count else "", row.note)
+        add(row.name, row.shape, f"{row.count:,}" if row.count else "(shared)", share(row.count) if row.count else "", note=row.note)
     table.add_section()
-    table.add_row("[bold]total[/]", "", f"[bold]{report.total:,}[/]", "100%")
+    add("[bold]total[/]", "", f"[bold]{report.total:,}[/]", "100%")
     out.print(table)
     d = report.to_dict()
     mib = lambda b: f"{b / 2**20:,.1f} MiB"  # noqa: E731

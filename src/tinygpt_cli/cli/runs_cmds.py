@@ -60,14 +60,24 @@ def runs_table(summaries, fields: list[str], title: str | None = None, skip: tup
             **{f: format_value(f, s.config[f]) if s.config else "-" for f in fields},
         })
     widths = {c: max([len(r[c]) for r in rows] + [len(c)]) for c in columns}
-    for droppable in ("updated", "tok/s", "time", "params"):  # numbers stay whole; only the name may wrap
-        if sum(widths[c] + 3 for c in columns if c != "name") + 16 <= out.width or droppable not in columns:
-            continue
-        columns.remove(droppable)
+
+    def too_wide() -> bool:
+        return sum(widths[c] + 3 for c in columns) + 1 > out.width
+
+    for droppable in ("updated", "tok/s", "time", "params"):  # names and numbers stay whole: drop these first
+        if too_wide() and droppable in columns:
+            columns.remove(droppable)
+    if too_wide() and len(fields) > 1:  # then the differing settings share one column that wraps between them
+        for r in rows:
+            r["settings"] = "  ".join(f"{f}={r[f]}" for f in fields)
+        at = columns.index(fields[0])
+        columns = [c for c in columns if c not in fields]
+        columns.insert(at, "settings")
+        widths["settings"] = 10  # it wraps: between settings first, inside one if it must
     table = Table(title=title, title_justify="left")
     for col in columns:
-        table.add_column(col, justify="left" if col in ("name", "updated", "status") else "right", overflow="fold",
-                         min_width=None if col == "name" else widths[col])
+        table.add_column(col, justify="left" if col in ("name", "updated", "status", "settings") else "right",
+                         overflow="fold", no_wrap=col != "settings", min_width=widths[col])
     for r in rows:
         table.add_row(*[Text(r[c], style=STATUS_STYLE.get(r[c], "") if c == "status" else "") for c in columns])
     out.print(table)
