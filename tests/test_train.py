@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 
 from tinygpt_cli.checkpoint import load_checkpoint, load_model, read_metadata, tensor_digest
 from tinygpt_cli.config import RunConfig
+from tinygpt_cli.data import prepare_text
 from tinygpt_cli.errors import CheckpointError, TinyGPTError, TrainingStopped, UsageError
 from tinygpt_cli.runs import RunDir
 from tinygpt_cli.train import Trainer, TrainingReporter, prepare_training, resume, train_new
@@ -481,3 +482,14 @@ def test_resume_refusals(tiny_run, tmp_path):
     (run / "last.safetensors").write_bytes(b"\x00" * 100)
     with pytest.raises(CheckpointError):
         resume(run)
+
+
+def test_the_end_of_training_suggests_a_prompt_from_the_runs_own_text(tmp_path, run_cli):
+    code = tmp_path / "code.py"
+    code.write_text("\n\nimport os\n\n" + "".join(f"def f{i}(x):\n    return x * {i}\n" for i in range(400)))
+    data = tmp_path / "code"
+    prepare_text(code, data, "code", 0.1)
+    proc = run_cli("train", *tiny_cli_flags(data, max_iters=10, eval_interval=10), "--out", tmp_path / "run", env=ONE_THREAD_ENV)
+    assert proc.returncode == 0, proc.stderr
+    assert f"next: tinygpt generate --run {tmp_path / 'run'} --prompt 'import os'" in proc.stdout
+    assert "ROMEO" not in proc.stdout

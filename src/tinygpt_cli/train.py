@@ -166,6 +166,8 @@ class StartInfo:
     # Set when `best` was saved after `last` (a stop came between an evaluation's two saves):
     # the iteration of that best checkpoint, which the resumed run keeps as its best.
     best_saved_after_last: int | None = None
+    # A prompt from the run's own text (its first line), for the hint at the end.
+    sample_prompt: str = ""
 
 
 class TrainingReporter:
@@ -440,7 +442,7 @@ class Trainer:
         previous = self.saved_dtype if self.saved_dtype not in (None, self.dtype_name) else None
         threads = self.threads.describe() if self.threads is not None else None
         return StartInfo(self.run.path, self.config, str(self.device), self.dtype_name, threads, n, tokens, self.step, projected, previous,
-                         self.best_saved_after_last)
+                         self.best_saved_after_last, first_line(self.dataset))
 
     @property
     def dtype_name(self) -> str:
@@ -538,6 +540,14 @@ class Trainer:
             f"the loss became {loss} at iteration {self.step}; training stopped without saving. Last good checkpoint: {last}",
             f"tinygpt resume {self.run.path} --learning-rate {self.config.train.learning_rate / 3:g}",
         )
+
+
+def first_line(dataset: Dataset, max_chars: int = 30) -> str:
+    """The first line of the training text that is not blank, cut to `max_chars`: a prompt the
+    model has seen the like of, whatever the corpus (a play, code, another language)."""
+    head = dataset.vocab.decode(dataset.train[: 20 * max_chars].tolist())
+    line = next((line.strip() for line in head.splitlines() if line.strip()), "")
+    return line[:max_chars]
 
 
 def prepare_training(config: RunConfig) -> tuple[RunConfig, Dataset]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,11 +27,13 @@ def make_reporter(interactive: bool):
     class Reporter(TrainingReporter):
         def __init__(self) -> None:
             self.progress: Progress | None = None
+            self.sample_prompt = ""
             self.task = None
             self.max_iters = 0
 
         def on_start(self, info) -> None:
             cfg = info.config
+            self.sample_prompt = info.sample_prompt
             self.max_iters = cfg.train.max_iters
             out.print(
                 f"run {info.run}  |  {info.n_params / 1e6:.2f}M parameters  |  {info.tokens_per_iter:,} tokens/iteration  |  "
@@ -103,7 +106,8 @@ def make_reporter(interactive: bool):
                 from .runs_cmds import print_curve
 
                 print_curve(RunDir(result["run"]).read_metrics())
-                out.print(f"next: tinygpt generate --run {result['run']} --prompt \"ROMEO:\"")
+                prompt = f" --prompt {shlex.quote(self.sample_prompt)}" if self.sample_prompt else ""
+                out.print(f"next: tinygpt generate --run {shlex.quote(str(result['run']))}{prompt}", markup=False)
 
     return Reporter()
 
