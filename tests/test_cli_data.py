@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import subprocess
 import sys
 
@@ -274,3 +275,15 @@ def test_help_does_not_import_torch(tmp_path, args):
     assert "Usage:" in proc.stdout
     assert "EXIT 0" in proc.stdout
     assert "TORCH-NOT-LOADED" in proc.stdout, proc.stdout
+
+
+def test_vocab_without_a_path_shows_the_most_recently_prepared_dataset(run_cli, small_text, tmp_path):
+    assert run_cli("vocab").returncode == 2  # nothing prepared yet: a usage error with a way out
+    prose = tmp_path / "prose.txt"
+    prose.write_text("Ünïcödé prose, all of it. " * 100, encoding="utf-8")
+    assert run_cli("prepare", "text", small_text, "--name", "first").returncode == 0
+    assert run_cli("prepare", "text", prose, "--name", "prose").returncode == 0
+    proc = run_cli("vocab", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert "Ü" in json.loads(proc.stdout)["chars"]
+    assert str(Path("data") / "prose") in proc.stderr

@@ -294,6 +294,17 @@ def prepare_text(path: Path, folder: Path, name: str, val_fraction: float) -> Pr
     return PrepareResult(write_dataset(raw, folder, name, str(path), val_fraction), reused=False)
 
 
+DATA_DIR = Path("data")
+
+
+def latest_dataset(root: Path = DATA_DIR) -> Path | None:
+    """The most recently prepared dataset folder under `root` (by its meta.json), if any."""
+    if not root.is_dir():
+        return None
+    metas = [(folder / "meta.json") for folder in root.iterdir() if (folder / "meta.json").is_file()]
+    return max(metas, key=lambda meta: meta.stat().st_mtime).parent if metas else None
+
+
 @dataclass(frozen=True)
 class Dataset:
     """A prepared dataset in memory: both splits as uint16 arrays, and the vocabulary."""

@@ -78,7 +78,7 @@ def prepare_text(
 
 
 def vocab(
-    path: Path = typer.Argument(Path("data/shakespeare"), help="A prepared dataset folder or a UTF-8 text file."),
+    path: Path = typer.Argument(None, help="A prepared dataset folder or a UTF-8 text file (default: the most recently prepared dataset under data/)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     limit: int = typer.Option(None, "--limit", min=1, help="Show only the first N rows of the table."),
 ) -> None:
@@ -88,10 +88,15 @@ def vocab(
     """
     import numpy as np
 
-    from ..data import decode_text, load_dataset, read_source
+    from ..data import DATA_DIR, decode_text, latest_dataset, load_dataset, read_source
     from ..errors import UsageError
     from ..vocab import Vocabulary, escape_char
 
+    if path is None:
+        path = latest_dataset()
+        if path is None:
+            raise UsageError(f"no prepared dataset under {DATA_DIR}/", "tinygpt prepare text FILE  (or tinygpt prepare shakespeare)")
+        err.print(f"[dim]{path}: the most recently prepared dataset[/]")
     if path.is_dir():
         dataset = load_dataset(path)
         vocab = dataset.vocab
