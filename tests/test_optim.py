@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from tinygpt_cli.model import GPT
 from tinygpt_cli.optim import MuonAdamW, orthogonalize
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -65,3 +66,19 @@ def test_muon_groups_step_by_an_orthogonalized_update_and_adamw_groups_as_torchs
             assert torch.allclose(b - p.detach(), expected, atol=1e-5), step
             singular = torch.linalg.svdvals(expected / (lr * math.sqrt(32 / 8)))
             assert singular.min() > NS_BAND[0] and singular.max() < NS_BAND[1], step
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_params_reports_the_state_the_configured_optimizer_keeps(optimizer):
+    from tinygpt_cli.config import resolve_config
+    from tinygpt_cli.params import param_report
+    from tinygpt_cli.train import make_optimizer
+
+    config = resolve_config("cpu", None, {"n_layer": 2, "n_embd": 32, "n_head": 2, "block_size": 16, "optimizer": optimizer})
+    model = GPT(config.model)
+    opt = make_optimizer(model, config.train, torch.device("cpu"))
+    x = torch.randint(0, config.model.vocab_size, (2, 16))
+    model(x, x)[1].backward()
+    opt.step()
+    kept = sum(t.numel() * t.element_size() for state in opt.state.values() for k, t in state.items() if k != "step")
+    assert param_report(config.model).optimizer_state_bytes(optimizer) == kept

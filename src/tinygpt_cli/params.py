@@ -55,6 +55,18 @@ class ParamReport:
         c = self.config
         return 6 * self.matmul_params + 12 * c.n_layer * c.n_embd * c.block_size
 
+    @property
+    def block_matrices(self) -> int:
+        """Parameters in the blocks' weight matrices (q/k/v, projection, MLP): 12·n_embd² each."""
+        return 12 * self.config.n_embd**2 * self.config.n_layer
+
+    def optimizer_state_bytes(self, optimizer: str) -> int:
+        """fp32 bytes of optimiser state: AdamW keeps two moments per parameter; Muon one
+        momentum per weight of the blocks' matrices, and AdamW's two for everything else."""
+        if optimizer == "muon":
+            return 4 * self.block_matrices + 8 * (self.total - self.block_matrices)
+        return 8 * self.total
+
     def to_dict(self) -> dict:
         rows = lambda rs: [r.__dict__ for r in rs]  # noqa: E731
         return {
@@ -68,7 +80,6 @@ class ParamReport:
             "without_position_embedding": self.total - self.position_embedding,
             "non_embedding": self.non_embedding,
             "weights_bytes_fp32": 4 * self.total,
-            "adamw_state_bytes_fp32": 8 * self.total,
             "training_flops_per_token": self.flops_per_token(),
         }
 

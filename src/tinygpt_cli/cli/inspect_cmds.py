@@ -100,7 +100,11 @@ def generate(
 MIN_NOTE_WIDTH = 16  # narrower than this, the notes column is left out
 
 
-def _params_table(report) -> None:
+OPTIMIZER_STATE = {"adamw": "AdamW state (two moments per parameter)",
+                   "muon": "Muon + AdamW state (one momentum per block-matrix weight, two moments for the rest)"}
+
+
+def _params_table(report, optimizer: str) -> None:
     from rich.table import Table
 
     from ..params import ParamRow
@@ -145,8 +149,8 @@ def _params_table(report) -> None:
     d = report.to_dict()
     mib = lambda b: f"{b / 2**20:,.1f} MiB"  # noqa: E731
     out.print(f"without position embeddings: {d['without_position_embedding']:,}   non-embedding (blocks + final norm): {d['non_embedding']:,}")
-    out.print(f"memory in fp32: weights {mib(d['weights_bytes_fp32'])}, AdamW state {mib(d['adamw_state_bytes_fp32'])} "
-              f"(+ gradients {mib(d['weights_bytes_fp32'])} while training)")
+    out.print(f"memory in fp32: weights {mib(d['weights_bytes_fp32'])}, {OPTIMIZER_STATE[optimizer]} "
+              f"{mib(report.optimizer_state_bytes(optimizer))} (+ gradients {mib(d['weights_bytes_fp32'])} while training)")
     out.print(f"training FLOPs per token: {d['training_flops_per_token']:,} (6N + 12·n_layer·n_embd·block_size, N = parameters without position embeddings)")
 
 
@@ -176,14 +180,17 @@ def params(
         if given:
             raise UsageError(f"{', '.join(given)} cannot change a trained model: --run and --checkpoint count the saved one",
                              "leave out --run/--checkpoint to count a model of other settings")
-        model_config = ModelConfig(**read_metadata(resolve_checkpoint(run, checkpoint))["model_config_json"])
+        meta = read_metadata(resolve_checkpoint(run, checkpoint))
+        model_config = ModelConfig(**meta["model_config_json"])
+        optimizer = (meta.get("train_config") or {}).get("optimizer", "adamw")
     else:
-        model_config = resolve_config(preset, config, flags).model
+        run_config = resolve_config(preset, config, flags)
+        model_config, optimizer = run_config.model, run_config.train.optimizer
     report = param_report(model_config)
     if as_json:
-        print_json(report.to_dict())
+        print_json({**report.to_dict(), "optimizer": optimizer, "optimizer_state_bytes_fp32": report.optimizer_state_bytes(optimizer)})
     else:
-        _params_table(report)
+        _params_table(report, optimizer)
 
 
 def evaluate(
