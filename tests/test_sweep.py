@@ -195,3 +195,17 @@ def test_stopped_sweep_resumes_where_it_left_off(tmp_path, data_dir):
     with pytest.raises(UsageError, match="was trained with other --n-embd"):
         run_sweep(changed)
 
+
+
+@pytest.mark.parametrize("preset, args, words", [
+    ("cpu", ["--learning-rate", "1e-3,3e-3"], "--learning-rate under --optimizer muon"),
+    ("cpu-classic", ["--muon-lr", "0.01,0.02"], "--muon-lr under --optimizer adamw has no effect"),
+    ("cpu-classic", ["--learning-rate", "1e-3,3e-3"], None),
+    ("cpu", ["--muon-lr", "0.01,0.02"], None),
+])
+def test_a_swept_setting_that_the_optimiser_ignores_is_warned_about(tmp_path, preset, args, words):
+    warnings = plan_sweep(args, preset=preset, out=tmp_path / "sweep").warnings
+    if words is None:
+        assert warnings == []
+    else:
+        assert len(warnings) == 1 and words in warnings[0]

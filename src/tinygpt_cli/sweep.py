@@ -104,10 +104,27 @@ class SweepPlan:
     axes: dict[str, list[Any]]
     fixed: dict[str, Any]
     cells: list[Cell]
+    warnings: list[str] = field(default_factory=list)  # swept settings that change little or nothing
 
     def to_dict(self) -> dict[str, Any]:
         return {"out": str(self.out), "preset": self.preset, "axes": self.axes, "fixed": self.fixed,
                 "cells": [{"name": c.name, "values": c.values, "path": str(c.path)} for c in self.cells]}
+
+
+# Settings whose effect depends on the optimiser: (setting, optimiser, what it does there).
+WEAK_UNDER = [
+    ("learning_rate", "muon", "sets only the rate of the embeddings and norms (AdamW); the blocks' matrices follow --muon-lr"),
+    ("beta1", "muon", "acts only on the embeddings and norms (AdamW); the blocks' matrices follow Muon's momentum"),
+    ("beta2", "muon", "acts only on the embeddings and norms (AdamW)"),
+    ("muon_lr", "adamw", "has no effect: no matrix is stepped by Muon"),
+]
+
+
+def weak_axes(axes: dict[str, list[Any]], cells: list[Cell]) -> list[str]:
+    """One warning per swept setting that the cells' optimiser mostly or entirely ignores."""
+    optimizers = {cell.config.train.optimizer for cell in cells}
+    return [f"--{name.replace('_', '-')} under --optimizer {optimizer} {effect}"
+            for name, optimizer, effect in WEAK_UNDER if name in axes and optimizers == {optimizer}]
 
 
 def plan_sweep(args: list[str], preset: str | None = None, config_file: Path | None = None,
@@ -126,7 +143,7 @@ def plan_sweep(args: list[str], preset: str | None = None, config_file: Path | N
     fixed = {k: v[0] for k, v in typed.items() if len(v) == 1}
     if not axes:
         raise UsageError("nothing to sweep: give at least one flag several comma-separated values",
-                         "tinygpt sweep --n-layer 2,4 --learning-rate 1e-3,3e-3 --max-iters 500")
+                         "tinygpt sweep --preset cpu --n-layer 2,4 --muon-lr 0.01,0.02 --max-iters 500")
     out = Path(out) if out is not None else RUNS_DIR / f"sweep-{default_run_name()}"
     cells: list[Cell] = []
     seen: set[str] = set()
@@ -141,7 +158,7 @@ def plan_sweep(args: list[str], preset: str | None = None, config_file: Path | N
         except ConfigError as e:
             raise ConfigError([f"{p}  (cell {name})" for p in e.problems], e.hint) from None
         cells.append(Cell(name, values, config, out / name))
-    return SweepPlan(out, preset, axes, fixed, cells)
+    return SweepPlan(out, preset, axes, fixed, cells, weak_axes(axes, cells))
 
 
 # --- what to do with each cell ---------------------------------------------------------------

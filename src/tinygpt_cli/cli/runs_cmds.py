@@ -218,12 +218,14 @@ def sweep(
 
     Rerun the same command with --out SWEEP_FOLDER to skip finished runs and resume stopped ones.
 
-    Example: tinygpt sweep --preset cpu --n-layer 2,4 --learning-rate 1e-3,3e-3 --max-iters 500
+    Example: tinygpt sweep --preset cpu --n-layer 2,4 --muon-lr 0.01,0.02 --max-iters 500
     """
     from ..errors import TinyGPTError, TrainingStopped
     from ..sweep import plan_sweep, project, run_sweep
 
     plan = plan_sweep(list(ctx.args), preset, config, out_dir)
+    for warning in plan.warnings:
+        err.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
     axes = "  x  ".join(f"{k} {{{', '.join(map(str, v))}}}" for k, v in plan.axes.items())
     if dry_run:
         rows = project(plan)
