@@ -287,3 +287,21 @@ def test_vocab_without_a_path_shows_the_most_recently_prepared_dataset(run_cli, 
     assert proc.returncode == 0, proc.stderr
     assert "Ü" in json.loads(proc.stdout)["chars"]
     assert str(Path("data") / "prose") in proc.stderr
+
+
+def test_shell_completion_completes_commands_and_flags(tmp_path):
+    def complete(words: str, index: int) -> list[str]:
+        env = cli_env({"_TINYGPT_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": str(index)})
+        script = Path(sys.executable).parent / "tinygpt"  # the installed command: completion keys on its name
+        proc = subprocess.run([str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.split()
+
+    assert complete("tinygpt tr", 1) == ["train"]
+    assert "--n-layer" in complete("tinygpt train --n-la", 2)
+
+
+def test_resume_help_says_unset_flags_keep_the_runs_values(run_cli):
+    help_text = " ".join(run_cli("resume", "--help", env={"COLUMNS": "300"}).stdout.split())
+    assert "Total optimiser steps. (default: the run's saved value)" in help_text
+    assert "(default 5000)" not in help_text

@@ -18,7 +18,7 @@ app = typer.Typer(
     name="tinygpt",
     help="Build a small GPT language model from scratch.\n\nExample: tinygpt prepare shakespeare",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )

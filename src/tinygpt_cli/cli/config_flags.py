@@ -22,11 +22,14 @@ PRESET_OPTION = typer.Option(None, "--preset", help=f"Starting values: {', '.joi
 CONFIG_OPTION = typer.Option(None, "--config", help="TOML file of settings (flags override it).")
 
 
-def _option(name: str) -> inspect.Parameter:
+def _option(name: str, defaults_from_run: bool) -> inspect.Parameter:
     info = _FIELD_INFO[name]
     annotation = info.annotation
     panel = (info.json_schema_extra or {}).get("panel", "Options")
-    default = "" if info.default is None else f" (default {info.default})"
+    if defaults_from_run:  # resume: an unset flag keeps the run's own value, not the field's default
+        default = " (default: the run's saved value)"
+    else:
+        default = "" if info.default is None else f" (default {info.default})"
     kwargs: dict[str, Any] = {"help": f"{info.description}{default}", "rich_help_panel": panel, "show_default": False}
     decls = [flag_name(name)]
     if annotation is bool:
@@ -36,9 +39,10 @@ def _option(name: str) -> inspect.Parameter:
     )
 
 
-def with_config_flags(fields: Iterable[str] = ALL_FIELDS) -> Callable:
+def with_config_flags(fields: Iterable[str] = ALL_FIELDS, defaults_from_run: bool = False) -> Callable:
     """Decorate `command(flags: dict, **own_options)`: the config fields arrive in `flags`
-    (None where the flag was not given), the command's own options as usual."""
+    (None where the flag was not given), the command's own options as usual. `defaults_from_run`:
+    the help says that an unset flag keeps the run's saved value (resume)."""
     fields = tuple(fields)
 
     def decorate(command: Callable) -> Callable:
@@ -49,7 +53,7 @@ def with_config_flags(fields: Iterable[str] = ALL_FIELDS) -> Callable:
             flags = {name: kwargs.pop(name) for name in fields}
             return command(flags, **kwargs)
 
-        params = own + [_option(name) for name in fields]
+        params = own + [_option(name, defaults_from_run) for name in fields]
         del wrapper.__wrapped__  # Typer must read the signature below, not the original one
         wrapper.__signature__ = inspect.Signature(params)
         wrapper.__annotations__ = {p.name: p.annotation for p in params}

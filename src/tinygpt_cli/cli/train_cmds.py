@@ -221,7 +221,7 @@ def train(
         destroy_process_group()
 
 
-@with_config_flags(RESUME_FLAGS)
+@with_config_flags(RESUME_FLAGS, defaults_from_run=True)
 def resume(
     flags: dict,
     run: Path = typer.Argument(..., help="The run folder to continue (runs/NAME)."),
