@@ -231,3 +231,14 @@ def test_params_at_a_narrow_width_keeps_every_count_whole(run_cli, columns):
     for row in report["embedding"] + report["block"]:
         assert f"{row['count']:,}" in proc.stdout
     assert f"{report['total']:,}" in proc.stdout and "…" not in proc.stdout
+
+
+def test_scoring_a_split_reports_progress_window_by_window(tiny_dataset):
+    from tinygpt_cli.evaluate import split_windows
+
+    tokens = load_dataset(tiny_dataset).val
+    model = GPT(ModelConfig(vocab_size=load_dataset(tiny_dataset).vocab.size, block_size=7, n_layer=1, n_head=2, n_embd=16))
+    seen: list[int] = []
+    with_progress = score_split(model, tokens, progress=seen.append)
+    assert sum(seen) == split_windows(model, tokens) and len(seen) > 1
+    assert with_progress == score_split(model, tokens)

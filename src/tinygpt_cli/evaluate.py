@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,8 +31,12 @@ class SplitScore:
         return {"loss": self.loss, "perplexity": self.perplexity, "bits_per_char": self.bits_per_char, "tokens": self.tokens}
 
 
+Progress = Callable[[int], None]  # called with the number of windows just scored
+
+
 @torch.no_grad()
-def score_windows(model: GPT, tokens: np.ndarray, starts: np.ndarray, length: int, batch_size: int = 32) -> SplitScore:
+def score_windows(model: GPT, tokens: np.ndarray, starts: np.ndarray, length: int, batch_size: int = 32,
+                  progress: Progress | None = None) -> SplitScore:
     """Mean loss over windows tokens[s : s+length] predicting tokens[s+1 : s+length+1]."""
     model.eval()
     device = next(model.parameters()).device
@@ -44,19 +49,27 @@ def score_windows(model: GPT, tokens: np.ndarray, starts: np.ndarray, length: in
         _, loss = model(x, y)
         total += loss.item() * y.numel()
         count += y.numel()
+        if progress is not None:
+            progress(len(idx))
     return SplitScore(total / count, count)
 
 
-def score_split(model: GPT, tokens: np.ndarray) -> SplitScore:
+def split_windows(model: GPT, tokens: np.ndarray) -> int:
+    """How many windows score_split scores (for a progress bar)."""
+    n_pred, T = len(tokens) - 1, model.config.block_size
+    return n_pred // T + (1 if n_pred % T else 0)
+
+
+def score_split(model: GPT, tokens: np.ndarray, progress: Progress | None = None) -> SplitScore:
     """Every prediction of a split exactly once: non-overlapping windows, then the remainder."""
     T = model.config.block_size
     n_pred = len(tokens) - 1
     full = n_pred // T
-    main = score_windows(model, tokens, np.arange(full) * T, T) if full else SplitScore(0.0, 0)
+    main = score_windows(model, tokens, np.arange(full) * T, T, progress=progress) if full else SplitScore(0.0, 0)
     rest = n_pred - full * T
     if not rest:
         return main
-    tail = score_windows(model, tokens, np.array([full * T]), rest)
+    tail = score_windows(model, tokens, np.array([full * T]), rest, progress=progress)
     count = main.tokens + tail.tokens
     return SplitScore((main.loss * main.tokens + tail.loss * tail.tokens) / count, count)
 

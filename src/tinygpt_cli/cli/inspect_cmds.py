@@ -208,7 +208,7 @@ def evaluate(
     from ..data import load_dataset
     from ..devices import pick_device
     from ..errors import TinyGPTError
-    from ..evaluate import score_split, score_train_sample
+    from ..evaluate import score_split, score_train_sample, split_windows
     from ..runs import resolve_checkpoint
 
     path = resolve_checkpoint(run, checkpoint)
@@ -222,7 +222,15 @@ def evaluate(
         raise TinyGPTError(f"the validation split of {folder} is empty")
     _say_loaded(path, ckpt)
     _thread_policy(model)  # chosen once, from the load at the start
-    val = score_split(model, dataset.val)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .console import err
+
+    # On stderr, and only on a terminal: --json output and logs stay clean.
+    with Progress(TextColumn("scoring the validation split"), BarColumn(), MofNCompleteColumn(), TextColumn("windows"),
+                  TimeRemainingColumn(), console=err, transient=True, disable=not err.is_terminal) as bar:
+        task = bar.add_task("val", total=split_windows(model, dataset.val))
+        val = score_split(model, dataset.val, progress=lambda n: bar.advance(task, n))
     train = score_train_sample(model, dataset.train)
     result = {"checkpoint": str(path), "iteration": ckpt.iteration, "data_dir": str(folder),
               "val": val.to_dict(), "train_sample": train.to_dict()}
