@@ -305,3 +305,11 @@ def test_resume_help_says_unset_flags_keep_the_runs_values(run_cli):
     help_text = " ".join(run_cli("resume", "--help", env={"COLUMNS": "300"}).stdout.split())
     assert "Total optimiser steps. (default: the run's saved value)" in help_text
     assert "(default 5000)" not in help_text
+
+
+def test_prepare_json_describes_the_dataset(run_cli, small_text):
+    proc = run_cli("prepare", "text", small_text, "--name", "small", "--json")
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["name"] == "small" and info["reused"] is False and info["train_tokens"] + info["val_tokens"] > 0
+    assert json.loads(run_cli("prepare", "text", small_text, "--name", "small", "--json").stdout)["reused"] is True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -344,3 +345,13 @@ def test_trained_run_beats_a_uniform_guess(trained):
     model, ckpt = trained
     assert ckpt.iteration == 30
     assert ckpt.best_val_loss is not None and ckpt.best_val_loss < math.log(ckpt.vocab.size)
+
+
+def test_cli_generate_json_holds_the_same_samples_as_the_stream(run_cli, tiny_run):
+    args = ("generate", "--run", tiny_run, "--prompt", "The", "--max-new-tokens", "20", "--seed", "4", "--num-samples", "2")
+    streamed = run_cli(*args, env=ONE_THREAD_ENV)
+    as_json = run_cli(*args, "--json", env=ONE_THREAD_ENV)
+    assert as_json.returncode == 0, as_json.stderr
+    result = json.loads(as_json.stdout)
+    assert result["prompt"] == "The" and result["settings"]["seed"] == 4 and result["settings"]["max_new_tokens"] == 20
+    assert streamed.stdout == "The" + result["samples"][0] + "\n\n---------- sample 2 ----------\nThe" + result["samples"][1] + "\n"

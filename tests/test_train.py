@@ -493,3 +493,15 @@ def test_the_end_of_training_suggests_a_prompt_from_the_runs_own_text(tmp_path, 
     assert proc.returncode == 0, proc.stderr
     assert f"next: tinygpt generate --run {tmp_path / 'run'} --prompt 'import os'" in proc.stdout
     assert "ROMEO" not in proc.stdout
+
+
+def test_train_and_resume_json_print_one_summary_on_stdout(tiny_dataset, tmp_path, run_cli):
+    run = tmp_path / "run"
+    first = run_cli("train", *tiny_cli_flags(tiny_dataset, max_iters=10, eval_interval=5), "--out", run, "--json", env=ONE_THREAD_ENV)
+    assert first.returncode == 0, first.stderr
+    summary = json.loads(first.stdout)  # nothing else on stdout
+    assert summary["status"] == "finished" and summary["iterations"] == 10 and summary["run"] == str(run)
+    assert summary["best_val_loss"] == load_checkpoint(run / "best.safetensors").val_loss
+    again = run_cli("resume", run, "--max-iters", "15", "--json", env=ONE_THREAD_ENV)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["iterations"] == 15

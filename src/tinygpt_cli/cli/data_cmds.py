@@ -16,10 +16,16 @@ prepare_app = typer.Typer(
 VAL_FRACTION = typer.Option(0.1, "--val-fraction", min=0.0, max=1.0, help="Share of the text, taken from its end, held out for validation.")
 
 
-def _summary(result, title: str) -> None:
+JSON = typer.Option(False, "--json", help="Print the dataset's summary as JSON instead of a table.")
+
+
+def _summary(result, title: str, as_json: bool) -> None:
+    info = result.info
+    if as_json:
+        print_json({**info.to_dict(), "path": str(info.path), "reused": result.reused})
+        return
     from rich.table import Table
 
-    info = result.info
     table = Table(title=title, show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column(justify="right")
@@ -46,6 +52,7 @@ def prepare_shakespeare(
     ),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Check the SHA-256 of the text (turn off for edited copies)."),
     val_fraction: float = VAL_FRACTION,
+    as_json: bool = JSON,
 ) -> None:
     """Download tiny Shakespeare (1.1 MB), check it, build its vocabulary and train/val splits.
 
@@ -55,7 +62,7 @@ def prepare_shakespeare(
 
     with err.status("preparing tiny Shakespeare…"):
         result = run(data_dir, source, verify, val_fraction)
-    _summary(result, "tiny Shakespeare")
+    _summary(result, "tiny Shakespeare", as_json)
 
 
 @prepare_app.command("text")
@@ -64,6 +71,7 @@ def prepare_text(
     name: str = typer.Option(None, "--name", help="Dataset name (default: the file's name without extension)."),
     data_dir: Path = typer.Option(None, "--data-dir", help="Folder to write the dataset to (default: data/NAME)."),
     val_fraction: float = VAL_FRACTION,
+    as_json: bool = JSON,
 ) -> None:
     """Turn any UTF-8 text file into a dataset folder.
 
@@ -74,7 +82,7 @@ def prepare_text(
 
     name = check_name(name or file.stem.replace(" ", "_"), "dataset name")
     result = run(file, data_dir or Path("data") / name, name, val_fraction)
-    _summary(result, name)
+    _summary(result, name, as_json)
 
 
 def vocab(

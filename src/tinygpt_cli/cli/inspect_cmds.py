@@ -58,6 +58,7 @@ def generate(
     seed: int = typer.Option(None, "--seed", min=0, max=2**32 - 1, help="Same seed and options give the same text (0 to 4294967295)."),
     device: str = typer.Option("cpu", "--device", help="auto, cpu, cuda or mps."),
     kv_cache: bool = typer.Option(True, "--kv-cache/--no-kv-cache", help="Reuse past keys/values (fast); off recomputes each window."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (prompt, samples, settings) instead of streaming."),
     dtype: str = typer.Option("auto", "--dtype", help="Weights for sampling: auto (on a CPU, float16 when the model outgrows the CPU's cache: about twice as fast, text may differ slightly; float32 otherwise), float32 (exactly the checkpoint), float16 or bfloat16."),
 ) -> None:
     """Write text with a trained model, streamed as it is produced.
@@ -73,10 +74,25 @@ def generate(
     text = _read_prompt(prompt, prompt_file) or "\n"
     path = resolve_checkpoint(run, checkpoint)
     model, ckpt = load_model(path, pick_device(device))
-    set_sampling_precision(model, dtype)
+    chosen = set_sampling_precision(model, dtype)
     prompt_ids = ckpt.vocab.encode(text)  # unknown characters: a one-line error, exit 2
     _say_loaded(path, ckpt)
     threads = _thread_policy(model)
+
+    def sample(i: int):
+        """The new characters of sample i (seed + i), one at a time."""
+        for token in generate_ids(model, prompt_ids, max_new_tokens, temperature=temperature, top_k=top_k,
+                                  top_p=top_p, seed=None if seed is None else seed + i, kv_cache=kv_cache):
+            if threads is not None:
+                threads.adjust()
+            yield ckpt.vocab.chars[token]
+
+    if as_json:  # whole samples, then one JSON object: the text and what made it
+        samples = ["".join(sample(i)) for i in range(num_samples)]
+        print_json({"checkpoint": str(path), "iteration": ckpt.iteration, "prompt": text, "samples": samples,
+                    "settings": {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p,
+                                 "seed": seed, "kv_cache": kv_cache, "dtype": str(chosen).removeprefix("torch.")}})
+        return
     interactive = sys.stdout.isatty()
     for i in range(num_samples):
         if i:
@@ -85,14 +101,10 @@ def generate(
             else:
                 sys.stdout.write(f"\n---------- sample {i + 1} ----------\n")
         sys.stdout.write(text)
-        sample_seed = None if seed is None else seed + i
-        for token in generate_ids(model, prompt_ids, max_new_tokens, temperature=temperature, top_k=top_k,
-                                  top_p=top_p, seed=sample_seed, kv_cache=kv_cache):
-            sys.stdout.write(ckpt.vocab.chars[token])
+        for char in sample(i):
+            sys.stdout.write(char)
             if interactive:
                 sys.stdout.flush()
-            if threads is not None:
-                threads.adjust()
         sys.stdout.write("\n")
         sys.stdout.flush()
 

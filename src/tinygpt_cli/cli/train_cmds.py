@@ -12,8 +12,9 @@ import typer
 
 from ..config import MODEL_FIELDS, TRAIN_FIELDS
 from .config_flags import CONFIG_OPTION, PRESET_OPTION, with_config_flags
-from .console import format_duration, out
+from .console import err, format_duration, out, print_json
 
+JSON_SUMMARY = typer.Option(False, "--json", help="No progress: print one JSON summary at the end (for scripts).", rich_help_panel="Run")
 TRAIN_FLAGS = [f for f in MODEL_FIELDS + TRAIN_FIELDS if f != "vocab_size"]  # vocab size comes from the data
 RESUME_FLAGS = [f for f in TRAIN_FIELDS if f not in ("data_dir",)] + ["dropout"]
 
@@ -171,10 +172,18 @@ def _quiet_unless_main(dist):
     return guard()
 
 
-def _reporter_for(dist):
+def _reporter_for(dist, as_json: bool):
     from ..train import TrainingReporter
 
-    return make_reporter(_interactive()) if dist.is_main else TrainingReporter()
+    return make_reporter(_interactive()) if dist.is_main and not as_json else TrainingReporter()
+
+
+def _print_summary(result, dist, as_json: bool) -> None:
+    """--json: the run's outcome as one JSON object (rank 0 only)."""
+    if as_json and dist.is_main:
+        print_json({"status": "finished", "run": str(result.run), "iterations": result.iteration,
+                    "best_val_loss": result.best_val_loss, "last_val_loss": result.last_val_loss,
+                    "elapsed_s": result.elapsed, "best_checkpoint": str(Path(result.run) / "best.safetensors")})
 
 
 @with_config_flags(TRAIN_FLAGS)
@@ -185,6 +194,7 @@ def train(
     out_dir: Path = typer.Option(None, "--out", help="Run folder (default: runs/<timestamp>)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start over in a run folder that already holds a run."),
     nproc: int = typer.Option(None, "--nproc", min=1, help="Data-parallel processes on this machine (starts torchrun for you).", rich_help_panel="Run"),
+    as_json: bool = JSON_SUMMARY,
 ) -> None:
     """Train a GPT from scratch on a prepared dataset.
 
@@ -199,8 +209,9 @@ def train(
 
     notes: list[str] = []
     run_config = resolve_config(preset, config, flags, notes)
+    say = err if as_json else out  # with --json, stdout holds the JSON alone
     for note in notes if os.environ.get("RANK", "0") == "0" else []:  # said once under torchrun
-        out.print(f"[yellow]note:[/] {note}")
+        say.print(f"[yellow]note:[/] {note}")
     if nproc is not None and nproc > 1:
         _check_nproc(nproc, pick_device(run_config.train.device))
         _launch_torchrun(nproc, out_dir or RUNS_DIR / default_run_name())
@@ -212,11 +223,12 @@ def train(
         run_path = RUNS_DIR / default_run_name(broadcast_int(int(time.time()), dist))
     try:
         if dist.enabled and dist.is_main:
-            out.print(f"data parallel: {dist.world_size} processes, global batch "
+            say.print(f"data parallel: {dist.world_size} processes, global batch "
                       f"{run_config.train.batch_size * run_config.train.grad_accum * dist.world_size} sequences "
                       f"({run_config.train.batch_size} per process x {run_config.train.grad_accum} accumulation steps)")
         with _quiet_unless_main(dist):
-            train_new(run_config, run_path, _reporter_for(dist), overwrite=overwrite, dist=dist)
+            result = train_new(run_config, run_path, _reporter_for(dist, as_json), overwrite=overwrite, dist=dist)
+        _print_summary(result, dist, as_json)
     finally:
         destroy_process_group()
 
@@ -225,6 +237,7 @@ def train(
 def resume(
     flags: dict,
     run: Path = typer.Argument(..., help="The run folder to continue (runs/NAME)."),
+    as_json: bool = JSON_SUMMARY,
 ) -> None:
     """Continue a stopped run exactly where it left off (--max-iters may extend it).
 
@@ -236,7 +249,8 @@ def resume(
     dist = context_from_env()
     try:
         with _quiet_unless_main(dist):
-            resume_run(run, flags, _reporter_for(dist), dist=dist)
+            result = resume_run(run, flags, _reporter_for(dist, as_json), dist=dist)
+        _print_summary(result, dist, as_json)
     finally:
         destroy_process_group()
 
