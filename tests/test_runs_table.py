@@ -186,3 +186,26 @@ def test_a_narrow_terminal_never_cuts_a_run_name_or_its_best_val(tmp_path):
     assert all(len(line) <= 80 for line in proc.stdout.splitlines())
     for whole in (*names, "2.1234", "1.9876", "100/100"):
         assert whole in proc.stdout, proc.stdout
+
+
+def test_runs_rm_deletes_a_runs_files_keeps_others_and_refuses_a_run_in_use(tmp_path):
+    from tinygpt_cli.runs import RunDir
+
+    root = tmp_path / "runs"
+    done = make_run(root, "done", {"status": "finished", "iteration": 100, "max_iters": 100})
+    mixed = make_run(root, "mixed", {"status": "crashed"})
+    (mixed / "notes.txt").write_text("mine")
+    busy = make_run(root, "busy", {"status": "running"})
+
+    def rm(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "tinygpt_cli", "runs", *args], cwd=tmp_path, env=cli_env(),
+                              capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+
+    refused = rm("--rm", "done")  # not a terminal, no --yes: nothing is deleted
+    assert refused.returncode == 2 and "--yes" in refused.stderr and done.is_dir()
+    assert rm("--rm", "done", "--rm", "mixed", "--yes").returncode == 0
+    assert not done.exists()
+    assert sorted(p.name for p in mixed.iterdir()) == ["notes.txt"]
+    with RunDir(busy).locked():  # a training holds it
+        in_use = rm("--rm", "busy", "--yes")
+    assert in_use.returncode == 1 and "in use" in in_use.stderr and (busy / "config.json").exists()

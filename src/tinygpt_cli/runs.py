@@ -83,6 +83,17 @@ class RunDir:
             if name != ".lock":
                 (self.path / name).unlink(missing_ok=True)
 
+    def remove(self) -> list[str]:
+        """Delete the run's files, and the folder once empty; refused while a training holds the
+        lock. Returns the names of the files that were kept because they are not the run's."""
+        with self.locked():
+            self.clear()
+            self.lock_path.unlink(missing_ok=True)
+        kept = self.foreign_files()
+        if not kept:
+            self.path.rmdir()
+        return kept
+
     def write_status(self, status: str, **fields: Any) -> None:
         write_json_atomic(self.status_path, {"status": status, "pid": os.getpid(), "updated": time.time(), **fields})
 

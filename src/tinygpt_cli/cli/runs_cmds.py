@@ -156,15 +156,20 @@ def list_runs(
     folder: Path = typer.Option(None, "--dir", help="Folder holding run folders (default: runs/)."),
     sort: str = typer.Option("name", "--sort", help="Sort by name, date, status, params, iters, val_loss, time, tokens_per_s or a hyperparameter."),
     reverse: bool = typer.Option(False, "--reverse", help="Largest first."),
+    remove: list[Path] = typer.Option(None, "--rm", help="Delete this run (a name under runs/ or a path; repeatable): its run files, and the folder once empty. Refused while it trains."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Delete without asking (needed when not on a terminal)."),
     as_json: bool = JSON,
 ) -> None:
     """List runs: status, size, the hyperparameters that differ, progress and best loss.
 
-    Example: tinygpt runs --sort val_loss
+    Example: tinygpt runs --sort val_loss      (and: tinygpt runs --rm NAME)
     """
     from ..runs import RUNS_DIR
     from ..runs_table import discover_runs, sort_runs, summarize_runs
 
+    if remove:
+        _remove_runs(remove, yes)
+        return
     root = folder or RUNS_DIR
     summaries, fields = summarize_runs(discover_runs(root), root)
     summaries = sort_runs(summaries, sort, reverse)
@@ -174,6 +179,23 @@ def list_runs(
         out.print(f"no runs under {root}/  (start one: tinygpt train --preset cpu)", markup=False)
     else:
         runs_table(summaries, fields, title=f"{len(summaries)} run{'s' * (len(summaries) > 1)} in {root}")
+
+
+def _remove_runs(names: list[Path], yes: bool) -> None:
+    from ..errors import UsageError
+    from ..runs import RunDir
+
+    runs = _run_paths(names)  # a sweep folder stands for its runs
+    listed = ", ".join(map(str, runs))
+    if not yes:
+        if not sys.stdin.isatty():
+            raise UsageError(f"deleting {listed} needs a confirmation", "pass --yes to delete without asking")
+        if not typer.confirm(f"delete {listed}?"):
+            raise typer.Abort()
+    for path in runs:
+        kept = RunDir(path).remove()
+        note = f" (kept {', '.join(kept)}: not the run's)" if kept else ""
+        out.print(f"deleted {path}{note}", markup=False)
 
 
 def _cell_reporter(interactive: bool):
