@@ -188,7 +188,7 @@ def test_a_narrow_terminal_never_cuts_a_run_name_or_its_best_val(tmp_path):
         assert whole in proc.stdout, proc.stdout
 
 
-def test_runs_rm_deletes_a_runs_files_keeps_others_and_refuses_a_run_in_use(tmp_path):
+def test_runs_rm_deletes_a_run_and_nothing_else_and_refuses_a_run_in_use(tmp_path):
     from tinygpt_cli.runs import RunDir
 
     root = tmp_path / "runs"
@@ -203,9 +203,14 @@ def test_runs_rm_deletes_a_runs_files_keeps_others_and_refuses_a_run_in_use(tmp_
 
     refused = rm("--rm", "done")  # not a terminal, no --yes: nothing is deleted
     assert refused.returncode == 2 and "--yes" in refused.stderr and done.is_dir()
-    assert rm("--rm", "done", "--rm", "mixed", "--yes").returncode == 0
+    assert rm("--rm", "done", "--yes").returncode == 0
     assert not done.exists()
-    assert sorted(p.name for p in mixed.iterdir()) == ["notes.txt"]
+    kept = rm("--rm", "mixed", "--yes")  # the user's notes: nothing of the folder is deleted
+    assert kept.returncode == 2 and "notes.txt" in kept.stderr and (mixed / "config.json").exists()
+    project = tmp_path / "myproj"
+    project.mkdir()
+    (project / "config.json").write_text("{}")  # somebody's project, not a run
+    assert rm("--rm", str(project), "--yes").returncode == 2 and (project / "config.json").exists()
     with RunDir(busy).locked():  # a training holds it
         in_use = rm("--rm", "busy", "--yes")
     assert in_use.returncode == 1 and "in use" in in_use.stderr and (busy / "config.json").exists()

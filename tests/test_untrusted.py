@@ -98,8 +98,9 @@ def _wrong_moment(tensors):
     dict(change_meta=lambda m: m.update(iteration="-5")),
     dict(change_meta=lambda m: m.update(rng_python=json.dumps([3, [1] * 624 + [625], 1.5]))),  # position past the state
     dict(change_tensors=lambda t: t.pop("rng.data")),
+    dict(change_tensors=lambda t: t.update({"rng.torch": torch.zeros_like(t["rng.torch"])})),  # right size, invalid state
     dict(change_meta=lambda m: m.update(progress=json.dumps({"elapsed": "soon"}))),
-], ids=["optimizer-moment-shape", "negative-iteration", "python-rng", "rng-data-missing", "progress-type"])
+], ids=["optimizer-moment-shape", "negative-iteration", "python-rng", "rng-data-missing", "rng-torch-content", "progress-type"])
 def test_a_refused_resume_changes_nothing_in_the_run_folder(tiny_run, tmp_path, damage, torch_one_thread):
     run = copy_run(tiny_run, tmp_path / "run")
     rewrite(run / "last.safetensors", **damage)
@@ -109,6 +110,23 @@ def test_a_refused_resume_changes_nothing_in_the_run_folder(tiny_run, tmp_path, 
     assert "\n" not in info.value.message and str(run / "last.safetensors") in info.value.message
     after = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".lock"}
     assert after == {k: v for k, v in before.items() if k != ".lock"}
+
+
+def test_saved_optimizer_settings_give_way_to_the_runs_config(tiny_run, tmp_path, torch_one_thread):
+    run = copy_run(tiny_run, tmp_path / "run")
+
+    def odd_groups(meta):
+        groups = json.loads(meta["optimizer_param_groups"])
+        for group in groups:
+            group.pop("eps", None)  # a key the optimizer needs at every step
+            group["weight_decay"] = 5.0
+        meta["optimizer_param_groups"] = json.dumps(groups)
+
+    rewrite(run / "last.safetensors", change_meta=odd_groups)
+    assert resume(run, {"max_iters": 32}).iteration == 32  # no KeyError inside a step
+    configured = json.loads((run / "config.json").read_text())["train"]["weight_decay"]
+    saved = json.loads(safe_open(str(run / "last.safetensors"), "pt").metadata()["optimizer_param_groups"])
+    assert all("eps" in g and g["weight_decay"] in (0.0, configured) for g in saved)  # vectors: never decayed
 
 
 def test_one_flipped_bit_in_the_metadata_is_detected(tiny_run, tmp_path):

@@ -104,24 +104,19 @@ def _expected_state(group: dict, param: torch.Tensor) -> dict[str, tuple[int, ..
 
 
 def _group_problem(index: int, built: dict, saved: object) -> str | None:
-    """Why a saved param group cannot stand in for the built one (None if it can). Flags and
-    counts must be the built ones (they decide which state exists); numbers must be finite."""
-    if not isinstance(saved, dict) or saved.get("params") != built["params"] or "lr_scale" not in saved:
+    """Why a saved param group does not belong to the built optimizer (None if it does). Only its
+    parameters matter: its settings are replaced by the built ones after loading (restore_groups)."""
+    if not isinstance(saved, dict) or saved.get("params") != built["params"]:
         return f"parameter group {index} does not belong to this model"
-    for key, value in saved.items():
-        expected = built.get(key)
-        if key == "params" or key not in built:
-            continue
-        if isinstance(expected, (bool, int)) or expected is None:
-            ok = type(value) is type(expected) and value == expected
-        elif isinstance(expected, float):
-            ok = type(value) in (int, float) and math.isfinite(value) and value >= 0
-        else:  # betas
-            ok = (isinstance(value, (list, tuple)) and len(value) == len(expected)
-                  and all(type(v) in (int, float) and 0 <= v < 1 for v in value))
-        if not ok:
-            return f"parameter group {index} has {key} = {value!r}"
     return None
+
+
+def restore_groups(optimizer: torch.optim.Optimizer, built: list[dict]) -> None:
+    """Put back the settings of the groups as built from this run's config (all but the rate,
+    which the schedule sets every step): load_state_dict takes the saved ones, which may lack a
+    key a newer torch needs, or predate a setting changed on resume (--weight-decay, --beta2...)."""
+    for group, settings in zip(optimizer.param_groups, built):
+        group.update({k: v for k, v in settings.items() if k not in ("params", "lr")})
 
 
 def state_problems(optimizer: torch.optim.Optimizer, saved: dict, max_step: int) -> list[str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import TinyGPTError, UsageError
-from .fsutil import entries_except, is_temp_file_of, read_json, write_json_atomic, write_text_atomic
+from .fsutil import entries_except, is_temp_file_of, short_list, read_json, write_json_atomic, write_text_atomic
 
 RUNS_DIR = Path("runs")
 # Every file a run folder can hold: tinygpt writes these and nothing else there (loss.png by
@@ -81,18 +81,30 @@ class RunDir:
         """Remove a previous run's files (for --overwrite), and only those; the lock stays."""
         for name in RUN_FILES:
             if name != ".lock":
-                (self.path / name).unlink(missing_ok=True)
+                try:
+                    (self.path / name).unlink(missing_ok=True)
+                except OSError as e:  # read-only folder, a folder in the way...
+                    raise TinyGPTError(f"cannot remove {self.path / name}: {e.strerror}") from e
 
-    def remove(self) -> list[str]:
-        """Delete the run's files, and the folder once empty; refused while a training holds the
-        lock. Returns the names of the files that were kept because they are not the run's."""
+    def is_trained_run(self) -> bool:
+        """A folder that training made: a status or a checkpoint beside its config (a config.json
+        alone could be anybody's)."""
+        return self.config_path.is_file() and (self.status_path.is_file() or self.has_checkpoint())
+
+    def remove(self) -> None:
+        """Delete the run and its folder. Refused, with nothing deleted, while a training holds
+        the lock or when the folder holds anything that is not the run's."""
+        foreign = self.foreign_files()
+        if not self.is_trained_run() or foreign:
+            why = f"it holds files that are not the run's ({short_list(foreign)})" if foreign else "it is not a run folder"
+            raise UsageError(f"{self.path.resolve()} was not deleted: {why}", "delete it yourself if you mean to")
         with self.locked():
             self.clear()
             self.lock_path.unlink(missing_ok=True)
-        kept = self.foreign_files()
-        if not kept:
+        try:
             self.path.rmdir()
-        return kept
+        except OSError as e:
+            raise TinyGPTError(f"cannot delete {self.path}: {e.strerror}") from e
 
     def write_status(self, status: str, **fields: Any) -> None:
         write_json_atomic(self.status_path, {"status": status, "pid": os.getpid(), "updated": time.time(), **fields})

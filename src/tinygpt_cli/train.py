@@ -26,7 +26,7 @@ from .distributed import DistContext, all_reduce_sum, barrier, init_process_grou
 from .errors import CheckpointError, TinyGPTError, TrainingStopped, UsageError
 from .fsutil import read_json, short_list, write_json_atomic
 from .model import GPT
-from .optim import MuonAdamW, state_problems
+from .optim import MuonAdamW, restore_groups, state_problems
 from .params import activation_bytes, param_report
 from .runs import RunDir
 from .threads import SMALL_STEP_FLOPS, ThreadPolicy
@@ -53,6 +53,16 @@ class Batches:
         starts = torch.randint(len(self.data) - self.block_size, (n,), generator=generator)
         windows = self.data[starts.to(self.device)[:, None] + self.offsets]  # (n, T+1)
         return windows[:, :-1], windows[:, 1:]  # inputs and next-character targets, (n, T) each
+
+
+def _generator_state_problem(state: torch.Tensor) -> str | None:
+    """Why a saved CPU generator state cannot be set (size, or content torch refuses), tried on a
+    throwaway generator; None if it can."""
+    try:
+        torch.Generator().set_state(state)
+    except (RuntimeError, TypeError) as e:
+        return str(e).splitlines()[0] if str(e) else "refused by torch"
+    return None
 
 
 def learning_rate_at(step: int, cfg: TrainConfig) -> float:
@@ -243,13 +253,13 @@ class Trainer:
         if ckpt.optimizer is None or ckpt.rng is None:
             raise CheckpointError(f"{path} has no optimiser or RNG state: it cannot be resumed")
         problems = state_problems(self.optimizer, ckpt.optimizer, ckpt.iteration)
-        rng_size = torch.get_rng_state().numel()  # the CPU generator's state, the data generator's too
-        problems += [f"rng.{k} has {ckpt.rng[k].numel()} bytes, expected {rng_size}" for k in ("torch", "data")
-                     if ckpt.rng[k].numel() != rng_size]
+        problems += [f"rng.{k}: {why}" for k in ("torch", "data") if (why := _generator_state_problem(ckpt.rng[k]))]
         if problems:
             raise CheckpointError(f"{path} has optimiser or RNG state that does not fit this run: {'; '.join(problems[:3])}")
         load_model_weights(self.model, ckpt.weights, path)
+        built_groups = self.optimizer.state_dict()["param_groups"]
         self.optimizer.load_state_dict(ckpt.optimizer)
+        restore_groups(self.optimizer, built_groups)
         torch.set_rng_state(ckpt.rng["torch"])
         self.data_gen.set_state(ckpt.rng["data"])
         if self.device.type == "cuda":  # a machine with fewer GPUs restores those it has

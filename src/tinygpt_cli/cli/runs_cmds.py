@@ -156,7 +156,7 @@ def list_runs(
     folder: Path = typer.Option(None, "--dir", help="Folder holding run folders (default: runs/)."),
     sort: str = typer.Option("name", "--sort", help="Sort by name, date, status, params, iters, val_loss, time, tokens_per_s or a hyperparameter."),
     reverse: bool = typer.Option(False, "--reverse", help="Largest first."),
-    remove: list[Path] = typer.Option(None, "--rm", help="Delete this run (a name under runs/ or a path; repeatable): its run files, and the folder once empty. Refused while it trains."),
+    remove: list[Path] = typer.Option(None, "--rm", help="Delete this run (a name under runs/ or a path; repeatable). Refused while it trains, or when its folder holds files that are not the run's."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Delete without asking (needed when not on a terminal)."),
     as_json: bool = JSON,
 ) -> None:
@@ -183,19 +183,19 @@ def list_runs(
 
 def _remove_runs(names: list[Path], yes: bool) -> None:
     from ..errors import UsageError
-    from ..runs import RunDir
+    from ..runs import RUNS_DIR, RunDir
 
-    runs = _run_paths(names)  # a sweep folder stands for its runs
-    listed = ", ".join(map(str, runs))
+    # A name is a run under runs/ first; only run folders, never a folder searched for runs.
+    runs = [RUNS_DIR / name if (RUNS_DIR / name).is_dir() else name for name in names]
+    listed = ", ".join(str(p.resolve()) for p in runs)
     if not yes:
         if not sys.stdin.isatty():
             raise UsageError(f"deleting {listed} needs a confirmation", "pass --yes to delete without asking")
         if not typer.confirm(f"delete {listed}?"):
             raise typer.Abort()
     for path in runs:
-        kept = RunDir(path).remove()
-        note = f" (kept {', '.join(kept)}: not the run's)" if kept else ""
-        out.print(f"deleted {path}{note}", markup=False)
+        RunDir(path).remove()
+        out.print(f"deleted {path}", markup=False)
 
 
 def _cell_reporter(interactive: bool):
