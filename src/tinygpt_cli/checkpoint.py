@@ -224,11 +224,9 @@ def _unreadable(path: Path) -> CheckpointError:
 
 def _parse_header(head: bytes, size: int, path: Path) -> _Header:
     """The header of a safetensors file of `size` bytes whose first bytes are `head`."""
-    if size < 8:
-        raise CheckpointError(f"{path} is not a safetensors file ({size} bytes, too short for a header)")
     (header_len,) = struct.unpack("<Q", head[:8])
-    if header_len > MAX_HEADER_BYTES or 8 + header_len > size:
-        raise CheckpointError(f"{path} is not a valid safetensors file (header length {header_len:,} does not fit a {size:,}-byte file)")
+    if len(head) != 8 + header_len:
+        raise CheckpointError(f"{path} is damaged: its header is shorter than its length says")
     try:
         header = json.loads(head[8 : 8 + header_len])
         str_meta = header.pop("__metadata__")
@@ -339,10 +337,15 @@ def _open_checkpoint(path: Path):
 
 
 def _read_header(f, size: int, path: Path) -> _Header:
+    """The header, read only once its length is known to fit the file and the limit."""
     try:
         head = f.read(8)
-        length = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
-        return _parse_header(head + f.read(min(length, MAX_HEADER_BYTES, max(0, size - 8))), size, path)
+        if len(head) < 8:  # the size said otherwise: a special file, or one cut while we read
+            raise CheckpointError(f"{path} is not a safetensors file ({len(head)} bytes, too short for a header)")
+        (length,) = struct.unpack("<Q", head)
+        if length > MAX_HEADER_BYTES or 8 + length > size:
+            raise CheckpointError(f"{path} is not a valid safetensors file (header length {length:,} does not fit a {size:,}-byte file)")
+        return _parse_header(head + f.read(length), size, path)
     except OSError as e:
         raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror}") from e
 
@@ -445,6 +448,14 @@ def load_model_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor],
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, Checkpoint]:
     """A ready-to-use model (eval mode) and its checkpoint, from a verified file."""
     ckpt = load_checkpoint(path)
+    c = ckpt.model_config
+    # Rotary tables are computed for the whole window, not read: the one thing a small file's
+    # config can ask for beyond its own tensors (cos, sin and their angles, float32).
+    tables = 3 * 2 * c.block_size * (c.head_size // 2) if c.pos_embedding == "rope" else 0
+    memory = device_memory_bytes(torch.device("cpu"))
+    if memory is not None and 4 * tables > memory:
+        raise CheckpointError(f"{path}: its rotary tables for block_size {c.block_size:,} would need "
+                              f"{4 * tables / 2**30:,.1f} GiB; this machine has {memory / 2**30:,.1f} GiB")
     model = GPT(ckpt.model_config)
     load_model_weights(model, ckpt.weights, path)
     return model.to(device).eval(), ckpt

@@ -18,7 +18,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -299,10 +299,14 @@ DATA_DIR = Path("data")
 
 def latest_dataset(root: Path = DATA_DIR) -> Path | None:
     """The most recently prepared dataset folder under `root` (by its meta.json), if any."""
-    if not root.is_dir():
+    found = []
+    try:
+        for folder in root.iterdir():
+            with suppress(OSError):  # a folder we may not look into is not ours to show
+                found.append((os.stat(folder / "meta.json").st_mtime, folder))
+    except OSError:  # no data folder (or an unreadable one)
         return None
-    metas = [(folder / "meta.json") for folder in root.iterdir() if (folder / "meta.json").is_file()]
-    return max(metas, key=lambda meta: meta.stat().st_mtime).parent if metas else None
+    return max(found)[1] if found else None
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import stat
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -21,10 +21,17 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _current_umask() -> int:
-    mask = os.umask(0)  # the only way to read it is to set it: put it back at once
-    os.umask(mask)
-    return mask
+def _new_temp_file(path: Path) -> Path:
+    """A new, empty `.<name>.<random>.tmp` beside `path`, with the mode of any new file (0644
+    under the usual umask, applied by the kernel): mkstemp's 0600 would keep a group that
+    shares a data folder from reading it."""
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            return tmp
+        except FileExistsError:  # a name already taken: draw another
+            continue
 
 
 @contextmanager
@@ -35,14 +42,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     removed (or left with a dot-name that nothing reads).
     """
     path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        # mkstemp makes the file private (0600); the final file gets the mode of any new file
-        # (0644 under the usual umask), so that a group sharing a data folder can read it.
-        os.fchmod(fd, 0o666 & ~_current_umask())
-    finally:
-        os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = _new_temp_file(path)
     try:
         yield tmp
         with open(tmp, "rb") as f:

@@ -17,6 +17,7 @@ Linux only for the load (/proc/stat); elsewhere every core counts as idle.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -86,8 +87,9 @@ class OtherLoad:
 
 
 def user_threads() -> int | None:
-    """OMP_NUM_THREADS as the user set it (a positive integer), else None."""
-    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    """OMP_NUM_THREADS as the user set it (a positive integer, or a list whose first entry is
+    the outer level's), else None."""
+    value = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
     return int(value) if value.isdigit() and int(value) > 0 else None
 
 
@@ -138,7 +140,8 @@ class ThreadPolicy:
             return
         self._next_look = now + CHECK_EVERY_S
         self.others_seen = self._load.since_last_look()
-        self._set(max(1, min(self.max_threads, round(len(self._load.cores) - self.others_seen))))
+        idle = len(self._load.cores) - self.others_seen
+        self._set(max(1, min(self.max_threads, math.ceil(idle - BUSY_CORES))))  # half a core busy elsewhere: one thread fewer
 
     def _set(self, threads: int) -> None:
         if self._torch.get_num_threads() != threads:

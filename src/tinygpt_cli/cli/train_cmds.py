@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -93,8 +94,9 @@ def make_reporter(interactive: bool):
 
         def on_stop_requested(self, signum: int) -> None:
             # Inside the signal handler: a raw write, no console lock that the interrupted code may hold.
-            os.write(2, b"\nstopping: finishing this step (an evaluation is cut short), then saving last.safetensors"
-                        b" -- Ctrl-C again to abort without saving\n")
+            with suppress(OSError):  # stderr gone (a pipe whose reader died): the stop goes on regardless
+                os.write(2, b"\nstopping: finishing this step (an evaluation is cut short), then saving last.safetensors"
+                            b" -- Ctrl-C again to abort without saving\n")
 
         def on_end(self, status: str, result: dict[str, Any]) -> None:
             if self.progress is not None:
