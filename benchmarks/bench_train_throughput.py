@@ -2,7 +2,7 @@
 
 Training steps are timed in the same process, on the same model class and synthetic data:
 - tinygpt's real step (Trainer.train_step: windows gathered from one int64 tensor, fused AdamW,
-  SDPA's fused kernel) in the default precision (bfloat16 mixed precision on a CPU that
+  attention by hand under CPU mixed precision, PyTorch's fused kernel in float32) in the default precision (bfloat16 mixed precision on a CPU that
   multiplies bfloat16 in hardware, then also in float32), else float32;
 - a nanoGPT-style step: each batch sliced from a numpy memmap and stacked into new tensors,
   non-fused AdamW, as nanoGPT's train.py does on a CPU.

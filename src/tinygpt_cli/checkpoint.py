@@ -7,7 +7,7 @@ load: `digest` over the tensors, `metadata_digest` over every other metadata val
 so a truncated, zero-filled or bit-flipped file is detected, in its numbers and in its settings.
 
 Tensor names:  model.<param name>            weights (the tied lm_head is stored once, as tok_emb)
-               optim.<param index>.<key>     AdamW state (step, exp_avg, exp_avg_sq)
+               optim.<param index>.<key>     optimiser state: AdamW's step, exp_avg, exp_avg_sq; Muon's momentum_buffer
                rng.torch, rng.data, rng.cuda.<i>   RNG states as uint8 tensors
 """
 

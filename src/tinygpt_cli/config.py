@@ -109,6 +109,7 @@ class RunConfig(BaseModel):
         return {**self.model.model_dump(), **self.train.model_dump()}
 
 
+FIELD_INFO = {**ModelConfig.model_fields, **TrainConfig.model_fields}  # name -> type, default, description
 MODEL_FIELDS = tuple(ModelConfig.model_fields)
 TRAIN_FIELDS = tuple(TrainConfig.model_fields)
 ALL_FIELDS = MODEL_FIELDS + TRAIN_FIELDS

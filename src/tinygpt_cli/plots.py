@@ -7,12 +7,12 @@ steps), eval records carry `train_loss` and `val_loss` (estimates over `eval_ite
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 from .errors import TinyGPTError, UsageError
 from .fsutil import atomic_path
+from .runs import finite_number
 
 X_AXES = ("iter", "time")
 PLOT_HINT = "pip install 'tinygpt[plot]'"
@@ -25,21 +25,20 @@ def require_matplotlib() -> None:
         raise TinyGPTError("matplotlib is not installed: plotting needs it", PLOT_HINT) from None
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
+def check_x_axis(x: str) -> None:
+    if x not in X_AXES:
+        raise UsageError(f"--x {x!r}: choose iter or time")
 
 
 def loss_series(records: list[dict[str, Any]], x: str = "iter") -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
     """(train, val) as lists of (x, loss): train from step records (eval records' train_loss when
     there are none), val from eval records. `x` is "iter" or "time" (elapsed seconds)."""
-    if x not in X_AXES:
-        raise UsageError(f"--x {x!r}: choose iter or time")
+    check_x_axis(x)
     key = "iter" if x == "iter" else "elapsed"
-    steps = [(r[key], r["loss"]) for r in records if _finite(r.get(key)) and _finite(r.get("loss"))]
-    if not steps:
-        steps = [(r[key], r["train_loss"]) for r in records if _finite(r.get(key)) and _finite(r.get("train_loss"))]
-    evals = [(r[key], r["val_loss"]) for r in records if _finite(r.get(key)) and _finite(r.get("val_loss"))]
-    return steps, evals
+    def points(field: str) -> list[tuple[float, float]]:
+        return [(r[key], r[field]) for r in records if finite_number(r.get(key)) is not None and finite_number(r.get(field)) is not None]
+
+    return points("loss") or points("train_loss"), points("val_loss")
 
 
 def plot_runs(runs: list[tuple[str, list[dict[str, Any]]]], x: str = "iter", title: str | None = None):

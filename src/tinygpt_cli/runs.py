@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -133,6 +134,12 @@ class RunDir:
         """Drop records past `iteration`: a resumed run logs them again."""
         kept = [r for r in self.read_metrics() if r.get("iter", 0) <= iteration]
         write_text_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+def finite_number(value: Any) -> float | None:
+    """A number read from a run's JSON files, if it is a finite one (a torn or hand-edited
+    record may hold anything)."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else None
 
 
 def default_run_name(timestamp: float | None = None) -> str:

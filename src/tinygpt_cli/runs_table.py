@@ -7,7 +7,6 @@ A summary never raises for a damaged folder: a corrupted config.json or run.json
 from __future__ import annotations
 
 import json
-import math
 import os
 import statistics
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from typing import Any
 from .config import ALL_FIELDS, ModelConfig, RunConfig
 from .errors import UsageError
 from .params import param_report
-from .runs import RunDir
+from .runs import RunDir, finite_number
 
 # Files whose presence makes a folder a run folder (a plot or a lock alone does not).
 RUN_MARKERS = ("config.json", "run.json", "metrics.jsonl", "last.safetensors", "best.safetensors")
@@ -83,10 +82,6 @@ def discover_runs(root: Path, depth: int = 2) -> list[Path]:
     return found
 
 
-def _finite(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
-
-
 def read_summary(path: Path, name: str | None = None) -> RunSummary:
     run = RunDir(path)
     summary = RunSummary(name=name or path.name, path=path, status="unreadable")
@@ -119,19 +114,19 @@ def read_summary(path: Path, name: str | None = None) -> RunSummary:
         summary.status = str(status.get("status", "unknown"))
         if summary.status == "running" and not pid_alive(status.get("pid")):
             summary.status = "crashed"
-        summary.updated = _finite(status.get("updated")) or run.status_path.stat().st_mtime
+        summary.updated = finite_number(status.get("updated")) or run.status_path.stat().st_mtime
         summary.iteration = status.get("iteration") if isinstance(status.get("iteration"), int) else None
-        summary.best_val_loss = _finite(status.get("best_val_loss"))
-        summary.elapsed = _finite(status.get("elapsed"))
+        summary.best_val_loss = finite_number(status.get("best_val_loss"))
+        summary.elapsed = finite_number(status.get("elapsed"))
     summary.max_iters = (status or {}).get("max_iters") if isinstance((status or {}).get("max_iters"), int) else summary.config["max_iters"]
     if summary.iteration is None and records:
         summary.iteration = max(int(r.get("iter", 0)) for r in records)
     if summary.best_val_loss is None:
-        vals = [v for v in (_finite(r.get("val_loss")) for r in evals) if v is not None]
+        vals = [v for v in (finite_number(r.get("val_loss")) for r in evals) if v is not None]
         summary.best_val_loss = min(vals) if vals else None
     if summary.elapsed is None and records:
-        summary.elapsed = _finite(records[-1].get("elapsed"))
-    speeds = [v for v in (_finite(r.get("tokens_per_s")) for r in steps[1:] or steps) if v is not None]
+        summary.elapsed = finite_number(records[-1].get("elapsed"))
+    speeds = [v for v in (finite_number(r.get("tokens_per_s")) for r in steps[1:] or steps) if v is not None]
     summary.tokens_per_s = statistics.median(speeds) if speeds else None
     return summary
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from .config import ALL_FIELDS, SHAPE_FIELDS, ModelConfig, RunConfig, TrainConfig, flag_name, resolve_config
+from .config import ALL_FIELDS, FIELD_INFO, SHAPE_FIELDS, RunConfig, flag_name, resolve_config
 from .errors import ConfigError, TinyGPTError, TrainingStopped, UsageError
 from .fsutil import write_json_atomic
 from .runs import RUNS_DIR, RunDir, default_run_name
@@ -27,8 +27,6 @@ from .runs_table import format_value, is_run_folder
 
 # vocab_size follows from the dataset; it is not a flag of train either.
 SWEEP_FIELDS = tuple(f for f in ALL_FIELDS if f != "vocab_size")
-# A cell cannot change these on resume: every model setting but dropout shapes the checkpoint.
-_FIELD_INFO = {**ModelConfig.model_fields, **TrainConfig.model_fields}
 _FLAGS = {flag_name(f): f for f in SWEEP_FIELDS}
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=,+-]")
 MAX_CELL_NAME = 120
@@ -52,7 +50,7 @@ def parse_grid_args(args: list[str]) -> dict[str, list[str]]:
         name = _FLAGS.get(flag)
         if name is None and flag.startswith("--no-") and not eq:
             negated = _FLAGS.get("--" + flag[5:])
-            if negated is not None and _FIELD_INFO[negated].annotation is bool:
+            if negated is not None and FIELD_INFO[negated].annotation is bool:
                 name, raw, eq = negated, "false", "="
         if name is None:
             raise UsageError(f"unknown flag {flag}", hint)
@@ -60,7 +58,7 @@ def parse_grid_args(args: list[str]) -> dict[str, list[str]]:
             if i + 1 < len(args) and not args[i + 1].startswith("--"):
                 raw = args[i + 1]
                 i += 1
-            elif _FIELD_INFO[name].annotation is bool:
+            elif FIELD_INFO[name].annotation is bool:
                 raw = "true"
             else:
                 raise UsageError(f"{flag} needs a value, e.g. {flag} A,B")
@@ -77,7 +75,7 @@ def parse_grid_args(args: list[str]) -> dict[str, list[str]]:
 def convert_value(name: str, raw: str) -> Any:
     """A raw flag value as the field's type (range rules are checked later, per cell)."""
     try:
-        return TypeAdapter(_FIELD_INFO[name].annotation).validate_python(raw)
+        return TypeAdapter(FIELD_INFO[name].annotation).validate_python(raw)
     except ValidationError as e:
         raise UsageError(f"{flag_name(name)}: {raw!r} is not valid ({e.errors()[0]['msg']})") from None
 

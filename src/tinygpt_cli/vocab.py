@@ -27,6 +27,10 @@ def escape_char(ch: str) -> str:
     return ch
 
 
+def _too_many_characters(n: int) -> TinyGPTError:
+    return TinyGPTError(f"the text has {n:,} distinct characters; at most {MAX_VOCAB_SIZE:,} fit in uint16 token ids")
+
+
 class UnknownCharactersError(UsageError):
     def __init__(self, unknown: Iterable[str]):
         self.unknown = sorted(set(unknown))
@@ -49,9 +53,7 @@ class Vocabulary:
         if list(self.chars) != sorted(set(self.chars)) or any(len(c) != 1 for c in self.chars):
             raise ValueError("vocabulary characters must be distinct single characters in sorted order")
         if not 0 < len(self.chars) <= MAX_VOCAB_SIZE:
-            raise TinyGPTError(
-                f"the text has {len(self.chars):,} distinct characters; at most {MAX_VOCAB_SIZE:,} fit in uint16 token ids"
-            )
+            raise _too_many_characters(len(self.chars))
         codepoints = np.array([ord(c) for c in self.chars], dtype=np.uint32)
         object.__setattr__(self, "_codepoints", codepoints)
 
@@ -60,10 +62,8 @@ class Vocabulary:
         if not text:
             raise TinyGPTError("the text is empty: there is nothing to build a vocabulary from")
         codepoints = np.unique(np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32))
-        if len(codepoints) > MAX_VOCAB_SIZE:
-            raise TinyGPTError(
-                f"the text has {len(codepoints):,} distinct characters; at most {MAX_VOCAB_SIZE:,} fit in uint16 token ids"
-            )
+        if len(codepoints) > MAX_VOCAB_SIZE:  # before building the tuple of characters
+            raise _too_many_characters(len(codepoints))
         return cls(tuple(chr(int(c)) for c in codepoints))
 
     @property

@@ -9,6 +9,7 @@ import typer
 from ..config import MODEL_FIELDS, TRAIN_FIELDS
 from .config_flags import CONFIG_OPTION, PRESET_OPTION, with_config_flags
 from .console import err, out, print_json
+from .options import JSON
 
 BENCH_FLAGS = [f for f in MODEL_FIELDS + TRAIN_FIELDS if f not in ("data_dir",)]
 
@@ -20,7 +21,7 @@ def bench(
     config: Path = CONFIG_OPTION,
     steps: int = typer.Option(10, "--steps", min=1, help="Timed training steps per repeat."),
     repeats: int = typer.Option(3, "--repeats", min=1, help="Repeats; the median is reported."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+    as_json: bool = JSON,
 ) -> None:
     """Time real training steps on synthetic data and project the run's duration.
 

@@ -13,9 +13,8 @@ from typing import Any, Optional
 
 import typer
 
-from ..config import ALL_FIELDS, PRESETS, ModelConfig, TrainConfig, flag_name
+from ..config import ALL_FIELDS, FIELD_INFO, PRESETS, flag_name
 
-_FIELD_INFO = {**ModelConfig.model_fields, **TrainConfig.model_fields}
 
 # The two options every config-driven command shares.
 PRESET_OPTION = typer.Option(None, "--preset", help=f"Starting values: {', '.join(PRESETS)} (default baby, GPU-sized; cpu: minutes on a laptop).")
@@ -23,7 +22,7 @@ CONFIG_OPTION = typer.Option(None, "--config", help="TOML file of settings (flag
 
 
 def _option(name: str, defaults_from_run: bool) -> inspect.Parameter:
-    info = _FIELD_INFO[name]
+    info = FIELD_INFO[name]
     annotation = info.annotation
     panel = (info.json_schema_extra or {}).get("panel", "Options")
     if defaults_from_run:  # resume: an unset flag keeps the run's own value, not the field's default

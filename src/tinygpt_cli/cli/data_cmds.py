@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from .console import err, out, print_json
+from .options import JSON
 
 prepare_app = typer.Typer(
     help="Download or read a text and turn it into a dataset folder.\n\nExample: tinygpt prepare shakespeare",
@@ -16,7 +17,6 @@ prepare_app = typer.Typer(
 VAL_FRACTION = typer.Option(0.1, "--val-fraction", min=0.0, max=1.0, help="Share of the text, taken from its end, held out for validation.")
 
 
-JSON = typer.Option(False, "--json", help="Print the dataset's summary as JSON instead of a table.")
 
 
 def _summary(result, title: str, as_json: bool) -> None:
@@ -87,7 +87,7 @@ def prepare_text(
 
 def vocab(
     path: Path = typer.Argument(None, help="A prepared dataset folder or a UTF-8 text file (default: the most recently prepared dataset under data/)."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    as_json: bool = JSON,
     limit: int = typer.Option(None, "--limit", min=1, help="Show only the first N rows of the table."),
 ) -> None:
     """Show the character vocabulary: id, character and count.

@@ -10,10 +10,8 @@ import typer
 from ..config import MODEL_FIELDS
 from .config_flags import CONFIG_OPTION, PRESET_OPTION, with_config_flags
 from .console import out, print_json
+from .options import CHECKPOINT, DEVICE, JSON, RUN
 
-RUN = typer.Option(None, "--run", help="Run folder to read (default: the most recent run in runs/).")
-CHECKPOINT = typer.Option(None, "--checkpoint", help="A checkpoint file (.safetensors) instead of a run.")
-JSON = typer.Option(False, "--json", help="Print JSON instead of a table.")
 
 
 def _read_prompt(prompt: str | None, prompt_file: Path | None) -> str:
@@ -56,7 +54,7 @@ def generate(
     top_p: float = typer.Option(None, "--top-p", min=0.0, max=1.0, help="Sample from the smallest set of characters whose probability reaches p."),
     num_samples: int = typer.Option(1, "--num-samples", min=1, help="How many independent samples."),
     seed: int = typer.Option(None, "--seed", min=0, max=2**32 - 1, help="Same seed and options give the same text (0 to 4294967295)."),
-    device: str = typer.Option("cpu", "--device", help="auto, cpu, cuda or mps."),
+    device: str = DEVICE,
     kv_cache: bool = typer.Option(True, "--kv-cache/--no-kv-cache", help="Reuse past keys/values (fast); off recomputes each window."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (prompt, samples, settings) instead of streaming."),
     dtype: str = typer.Option("auto", "--dtype", help="Weights for sampling: auto (on a CPU, float16 when the model outgrows the CPU's cache: about twice as fast, text may differ slightly; float32 otherwise), float32 (exactly the checkpoint), float16 or bfloat16."),
@@ -209,7 +207,7 @@ def evaluate(
     run: Path = RUN,
     checkpoint: Path = CHECKPOINT,
     data_dir: Path = typer.Option(None, "--data-dir", help="Dataset to score on (default: the one the run trained on)."),
-    device: str = typer.Option("cpu", "--device", help="auto, cpu, cuda or mps."),
+    device: str = DEVICE,
     as_json: bool = JSON,
 ) -> None:
     """Validation loss, perplexity and bits per character of a checkpoint, over the whole val split.

@@ -14,8 +14,9 @@ import typer
 
 from .config_flags import CONFIG_OPTION, PRESET_OPTION
 from .console import err, format_duration, out, print_json
+from .options import JSON
+from .reporting import make_reporter, print_curve
 
-JSON = typer.Option(False, "--json", help="Print JSON instead of a table.")
 STATUS_STYLE = {"finished": "green", "stopped": "yellow", "running": "cyan", "failed": "red", "aborted": "red", "crashed": "red",
                 "unreadable": "red", "not started": "dim"}
 
@@ -24,21 +25,6 @@ def _fmt_count(n: int | None) -> str:
     if n is None:
         return "-"
     return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else str(n)
-
-
-def _ascii_only() -> bool:
-    return not (getattr(sys.stdout, "encoding", None) or "").lower().replace("-", "").startswith("utf")
-
-
-def print_curve(records: list[dict], title: str | None = None) -> None:
-    """A compact loss curve on stdout (used at the end of `train` and by `plot --terminal`)."""
-    from ..plots import terminal_curve
-
-    curve = terminal_curve(records, ascii=_ascii_only())
-    if curve:
-        if title:
-            out.print(title, markup=False)
-        out.print(curve, markup=False, highlight=False, soft_wrap=True)
 
 
 def runs_table(summaries, fields: list[str], title: str | None = None, skip: tuple[str, ...] = ()) -> None:
@@ -125,12 +111,11 @@ def plot(
 
     Example: tinygpt plot runs/a runs/b --x time
     """
-    from ..errors import TinyGPTError, UsageError
-    from ..plots import X_AXES, plot_runs, require_matplotlib, save_png
+    from ..errors import TinyGPTError
+    from ..plots import check_x_axis, plot_runs, require_matplotlib, save_png
     from ..runs_table import summarize_runs
 
-    if x not in X_AXES:
-        raise UsageError(f"--x {x!r}: choose iter or time")
+    check_x_axis(x)  # before reading any run
     if not terminal:
         require_matplotlib()
     summaries, fields = summarize_runs(_run_paths(runs))
@@ -201,8 +186,6 @@ def _remove_runs(names: list[Path], yes: bool) -> None:
 def _cell_reporter(interactive: bool):
     """The train display for one cell, ending with one line instead of train's closing block."""
     from ..train import TrainingReporter
-    from .train_cmds import make_reporter
-
     inner = make_reporter(interactive)
 
     class CellReporter(TrainingReporter):

@@ -1,0 +1,124 @@
+"""What training and runs look like on a terminal: the live training display and loss curves.
+
+Shared by `train`, `resume` and `sweep` (the display) and by `train` and `plot --terminal`
+(the curve), so that no command module imports another.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from contextlib import suppress
+from typing import Any
+
+from .console import format_duration, out
+
+
+def _ascii_only() -> bool:
+    return not (getattr(sys.stdout, "encoding", None) or "").lower().replace("-", "").startswith("utf")
+
+
+def print_curve(records: list[dict], title: str | None = None) -> None:
+    """A compact loss curve on stdout (used at the end of `train` and by `plot --terminal`)."""
+    from ..plots import terminal_curve
+
+    curve = terminal_curve(records, ascii=_ascii_only())
+    if curve:
+        if title:
+            out.print(title, markup=False)
+        out.print(curve, markup=False, highlight=False, soft_wrap=True)
+
+
+def make_reporter(interactive: bool):
+    """A TrainingReporter that draws a live progress line on a terminal and plain lines otherwise."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from ..train import TrainingReporter
+
+    class Reporter(TrainingReporter):
+        def __init__(self) -> None:
+            self.progress: Progress | None = None
+            self.sample_prompt = ""
+            self.task = None
+            self.max_iters = 0
+
+        def on_start(self, info) -> None:
+            cfg = info.config
+            self.sample_prompt = info.sample_prompt
+            self.max_iters = cfg.train.max_iters
+            out.print(
+                f"run {info.run}  |  {info.n_params / 1e6:.2f}M parameters  |  {info.tokens_per_iter:,} tokens/iteration  |  "
+                f"device {info.device} ({info.dtype}){'  |  ' + info.threads if info.threads else ''}  |  {cfg.model.n_layer} layers, {cfg.model.n_head} heads, "
+                f"{cfg.model.n_embd} wide, block {cfg.model.block_size}"
+            )
+            if info.start_iter:
+                out.print(f"resuming at iteration {info.start_iter:,} of {self.max_iters:,}")
+            if info.previous_dtype:
+                out.print(
+                    f"[yellow]note:[/] iterations up to {info.start_iter:,} ran in {info.previous_dtype}, the rest run in "
+                    f"{info.dtype} here: the result will differ slightly from an uninterrupted run"
+                )
+            if info.best_saved_after_last is not None:
+                out.print(
+                    f"[yellow]note:[/] best.safetensors (iteration {info.best_saved_after_last:,}) was saved after "
+                    f"last.safetensors (an interrupted save): it is kept as the best so far"
+                )
+            if info.projected_seconds > 3600:
+                out.print(
+                    f"[yellow]warning:[/] this may take about {info.projected_seconds / 3600:.1f} h on {info.device}; "
+                    "for a quick CPU run try: tinygpt train --preset cpu"
+                )
+            if interactive:
+                self.progress = Progress(
+                    TextColumn("iter {task.completed:>6.0f}/{task.total:.0f}"),
+                    BarColumn(),
+                    TextColumn("loss {task.fields[loss]}  val {task.fields[val]}  lr {task.fields[lr]}  {task.fields[tps]} tok/s"),
+                    TimeElapsedColumn(),
+                    TextColumn("ETA"),
+                    TimeRemainingColumn(),
+                    console=out,
+                    transient=False,
+                )
+                self.progress.start()
+                self.task = self.progress.add_task("train", total=self.max_iters, completed=info.start_iter,
+                                                   loss="-", val="-", lr="-", tps="-")
+
+        def on_step(self, record: dict[str, Any]) -> None:
+            fields = dict(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", tps=f"{record['tokens_per_s']:,.0f}")
+            if self.progress is not None:
+                self.progress.update(self.task, completed=record["iter"], **fields)
+            elif record["iter"] % 100 == 0 or record["iter"] == self.max_iters:
+                out.print(f"iter {record['iter']:>6}  loss {fields['loss']}  lr {fields['lr']}  {fields['tps']} tok/s  "
+                          f"elapsed {format_duration(record['elapsed'])}")
+
+        def on_eval(self, record: dict[str, Any]) -> None:
+            star = " *" if record["improved"] else ""
+            line = (f"eval {record['iter']:>6}  train {record['train_loss']:.4f}  val {record['val_loss']:.4f}  "
+                    f"best {record['best_val_loss']:.4f}{star}  elapsed {format_duration(record['elapsed'])}")
+            if self.progress is not None:
+                self.progress.update(self.task, val=f"{record['val_loss']:.4f}")
+                self.progress.console.print(line)
+            else:
+                out.print(line)
+
+        def on_stop_requested(self, signum: int) -> None:
+            # Inside the signal handler: a raw write, no console lock that the interrupted code may hold.
+            with suppress(OSError):  # stderr gone (a pipe whose reader died): the stop goes on regardless
+                os.write(2, b"\nstopping: finishing this step (an evaluation is cut short), then saving last.safetensors"
+                            b" -- Ctrl-C again to abort without saving\n")
+
+        def on_end(self, status: str, result: dict[str, Any]) -> None:
+            if self.progress is not None:
+                self.progress.stop()
+            if status == "finished":
+                best = result["best_val_loss"]
+                out.print(f"done: {result['iteration']:,} iterations in {format_duration(result['elapsed'])}, "
+                          f"best val loss {best:.4f}  ->  {result['run']}/best.safetensors")
+                from ..runs import RunDir
+
+                print_curve(RunDir(result["run"]).read_metrics())
+                prompt = f" --prompt {shlex.quote(self.sample_prompt)}" if self.sample_prompt else ""
+                out.print(f"next: tinygpt generate --run {shlex.quote(str(result['run']))}{prompt}", markup=False)
+
+    return Reporter()

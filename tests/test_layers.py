@@ -1,0 +1,72 @@
+"""The layers stay layers: the core imports neither typer nor rich, command modules never import
+each other, and no module imports its way back to itself (imports inside functions count too)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "src" / "tinygpt_cli"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every module that `path` imports, anywhere in the file, as absolute names."""
+    package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join([*anchor, base] if base else anchor)
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)  # `from . import x` imports module x
+    return found
+
+
+MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+GRAPH = {name: {m for m in imports_of(path) if m in MODULES and m != name} for name, path in MODULES.items()}
+CORE = [name for name in MODULES if not name.startswith("tinygpt_cli.cli")]
+COMMANDS = [name for name in MODULES if name.endswith("_cmds")]
+
+
+@pytest.mark.parametrize("name", CORE)
+def test_the_core_imports_neither_typer_nor_rich(name):
+    assert not {m for m in imports_of(MODULES[name]) if m.split(".")[0] in ("typer", "rich", "click")}
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_command_modules_never_import_each_other(name):
+    assert not (GRAPH[name] & set(COMMANDS))
+
+
+def test_no_module_imports_its_way_back_to_itself():
+    done: set[str] = set()
+
+    def visit(name: str, path: list[str]) -> None:
+        if name in path:
+            pytest.fail("import cycle: " + " -> ".join(path[path.index(name):] + [name]))
+        if name in done:
+            return
+        for imported in sorted(GRAPH[name] - {"tinygpt_cli"}):  # the package's lazy __init__ exports nothing eagerly
+            visit(imported, path + [name])
+        done.add(name)
+
+    for name in MODULES:
+        visit(name, [])
+
+
+def test_the_import_graph_sees_the_imports_inside_functions():
+    """The checks above would pass on an empty graph: make sure they see what is there."""
+    assert "tinygpt_cli.cli.reporting" in GRAPH["tinygpt_cli.cli.train_cmds"]
+    assert "tinygpt_cli.train" in GRAPH["tinygpt_cli.cli.train_cmds"]  # imported inside the command
+    assert len(COMMANDS) >= 5 and len(CORE) >= 15
