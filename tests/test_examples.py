@@ -11,6 +11,7 @@ import pytest
 
 from conftest import ONE_THREAD_ENV, REPO, cli_env
 from tinygpt_cli.config import resolve_config
+from tinygpt_cli.sweep import plan_sweep
 
 EXAMPLES = REPO / "examples"
 TOMLS = sorted(EXAMPLES.glob("*.toml"))
@@ -58,13 +59,28 @@ def test_readme_shows_commands():
     assert len(readme_commands()) >= 10
 
 
+# sweep's own options and how many values each takes; every other flag is a grid flag.
+SWEEP_OPTIONS = {"--preset": 1, "--config": 1, "--out": 1, "--dry-run": 0, "--json": 0}
+
+
 @pytest.mark.parametrize("command", readme_commands())
-def test_readme_command_parses(command, run_cli):
-    """Each command's subcommand and flags exist: `--help` after them fails on any unknown flag."""
+def test_readme_command_parses(command, run_cli, tmp_path):
+    """Each command's subcommand and flags exist: `--help` after them fails on any unknown flag.
+    sweep passes its grid flags through unchecked, so its grid is planned (validated, not run)."""
     args = shlex.split(command)[1:]
     result = run_cli(*args, "--help")
     assert result.returncode == 0, f"{command}\n{result.stdout}{result.stderr}"
     assert "Usage" in result.stdout
+    if args[0] == "sweep":
+        own, grid, rest = {}, [], args[1:]
+        while rest:
+            width = SWEEP_OPTIONS.get(rest[0])
+            if width is None:
+                grid.append(rest.pop(0))
+            else:
+                own[rest[0]] = rest[1] if width else True
+                del rest[: 1 + width]
+        assert plan_sweep(grid, preset=own.get("--preset"), out=tmp_path / "sweep").cells
 
 
 def test_user_facing_text_speaks_of_the_users_paths_only():

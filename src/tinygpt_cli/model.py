@@ -7,6 +7,19 @@
 
 B is the batch size, T the number of positions, C = n_embd the width of the residual stream,
 nh the number of heads and hs = C / nh the size of one head.
+
+Where the ideas come from:
+- the Transformer and its attention: Vaswani et al. 2017, "Attention Is All You Need";
+- the GPT recipe (pre-LayerNorm blocks, learned positions, GELU, tied embeddings, the scaled
+  init of residual projections): Radford et al. 2019, "Language Models are Unsupervised
+  Multitask Learners" (GPT-2), as written down by Karpathy's nanoGPT `model.py`;
+- rotary positions (`--pos-embedding rope`): Su et al. 2021, "RoFormer: Enhanced Transformer
+  with Rotary Position Embedding";
+- RMSNorm (`--norm rmsnorm`): Zhang and Sennrich 2019, "Root Mean Square Layer Normalization";
+- QK-norm (`--qk-norm`): Henry et al. 2020, "Query-Key Normalization for Transformers", and
+  Dehghani et al. 2023 (ViT-22B), where it steadies training at high learning rates;
+- squared ReLU (`--activation relu2`): So et al. 2021, "Primer: Searching for Efficient
+  Transformers for Language Modeling".
 """
 
 from __future__ import annotations

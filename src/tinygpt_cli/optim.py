@@ -4,6 +4,9 @@ Muon (MomentUm Orthogonalized by Newton-Schulz) replaces each matrix's momentum 
 semi-orthogonal matrix before stepping: every direction of the update gets a similar size, so
 rare but useful directions are not drowned by dominant ones. Speed-run records report 1.3-2x
 fewer steps than AdamW for the same loss. Embeddings, the tied head, norms and biases keep AdamW.
+Muon: Keller Jordan et al. 2024, "Muon: An optimizer for hidden layers in neural networks" (and
+the modded-nanogpt speed runs); AdamW: Loshchilov and Hutter 2019, "Decoupled Weight Decay
+Regularization"; Adam: Kingma and Ba 2015.
 
 Being one `torch.optim.Optimizer`, its state_dict saves and loads like AdamW's, so checkpoints
 and exact resume work unchanged.
