@@ -89,3 +89,17 @@ def test_user_facing_text_speaks_of_the_users_paths_only():
     texts = {"README.md": (REPO / "README.md").read_text(encoding="utf-8")}
     texts |= {str(p.relative_to(REPO)): p.read_text(encoding="utf-8") for p in (REPO / "src").rglob("*.py")}
     assert [name for name, text in texts.items() if "shared/data" in text] == []
+
+
+def test_every_symbol_of_the_where_each_idea_lives_table_exists():
+    import importlib
+
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    table = text.split("## Where each idea lives", 1)[1].split("\n## ", 1)[0]
+    symbols = re.findall(r"`(\w+)\.py:([\w.]+)`", table)
+    assert len(symbols) >= 15
+    for module, dotted in symbols:
+        obj = importlib.import_module(f"tinygpt_cli.{module}")
+        for part in dotted.split("."):
+            assert hasattr(obj, part), f"{module}.py:{dotted}"
+            obj = getattr(obj, part)
