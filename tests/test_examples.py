@@ -91,13 +91,15 @@ def test_user_facing_text_speaks_of_the_users_paths_only():
     assert [name for name, text in texts.items() if "shared/data" in text] == []
 
 
-def test_every_symbol_of_the_where_each_idea_lives_table_exists():
+def test_every_symbol_the_readme_points_to_exists():
+    """The where-each-idea-lives table and each tutorial section's "Read next" line."""
     import importlib
 
     text = (REPO / "README.md").read_text(encoding="utf-8")
     table = text.split("## Where each idea lives", 1)[1].split("\n## ", 1)[0]
-    symbols = re.findall(r"`(\w+)\.py:([\w.]+)`", table)
-    assert len(symbols) >= 15
+    assert len(re.findall(r"`(\w+)\.py:([\w.]+)`", table)) >= 15
+    assert text.count("\nRead next: ") == 10
+    symbols = re.findall(r"`(\w+)\.py:([\w.]+)`", text)
     for module, dotted in symbols:
         obj = importlib.import_module(f"tinygpt_cli.{module}")
         for part in dotted.split("."):
