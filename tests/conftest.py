@@ -235,3 +235,20 @@ def tiny_run(tmp_path_factory, tiny_dataset, torch_one_thread) -> Path:
     run = tmp_path_factory.mktemp("tiny_run") / "run"
     train_new(tiny_config(tiny_dataset), run)
     return run
+
+
+# Every model switch, pairwise: each pair of switches meets in all four combinations (the first
+# five columns of the L8 orthogonal array), so 8 models cover what 32 would.
+SWITCHES = [
+    dict(pos_embedding=pos, norm=norm, activation=act, qk_norm=qk, bias=bias)
+    for pos, norm, act, qk, bias in [
+        ("learned", "layernorm", "gelu", False, False), ("learned", "layernorm", "gelu", True, True),
+        ("learned", "rmsnorm", "relu2", False, False), ("learned", "rmsnorm", "relu2", True, True),
+        ("rope", "layernorm", "relu2", False, True), ("rope", "layernorm", "relu2", True, False),
+        ("rope", "rmsnorm", "gelu", False, True), ("rope", "rmsnorm", "gelu", True, False),
+    ]
+]
+
+
+def switch_id(switches: dict) -> str:
+    return "-".join(f"{v}" if not isinstance(v, bool) else f"{k}={int(v)}" for k, v in switches.items())

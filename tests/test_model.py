@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from conftest import SWITCHES, switch_id
 
 from tinygpt_cli.config import ModelConfig
 from tinygpt_cli.model import GPT, CausalSelfAttention, KVCache, weight_shapes
@@ -185,3 +186,21 @@ def test_cpu_autocast_runs_attention_by_hand_in_bfloat16(monkeypatch):
         assert p.grad.dtype == torch.float32
         cosine = torch.nn.functional.cosine_similarity(p.grad.flatten(), q.grad.flatten(), dim=0)
         assert cosine > 0.95, name
+
+
+@pytest.mark.parametrize("switches", SWITCHES, ids=switch_id)
+def test_every_switch_counts_caches_and_stores_as_it_should(switches):
+    from tinygpt_cli.params import param_report
+
+    config = ModelConfig(vocab_size=11, block_size=12, n_layer=2, n_head=2, n_embd=16, dropout=0.0, **switches)
+    torch.manual_seed(5)
+    model = GPT(config).double().eval()
+    assert param_report(config).total == model.num_params()
+    assert weight_shapes(config) == {k: tuple(v.shape) for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    idx = torch.randint(0, 11, (1, 12))
+    cache = KVCache(config, batch_size=1, device="cpu", dtype=torch.float64)
+    with torch.no_grad():
+        for t in range(12):
+            cached, _ = model(idx[:, t : t + 1], cache=cache)
+            full, _ = model(idx[:, : t + 1])
+            assert torch.allclose(cached, full, atol=1e-12, rtol=0), f"position {t}"

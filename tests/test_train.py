@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ONE_THREAD_ENV, cli_env, tiny_cli_flags, tiny_config
+from conftest import ONE_THREAD_ENV, SWITCHES, cli_env, switch_id, tiny_cli_flags, tiny_config
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -505,3 +505,14 @@ def test_train_and_resume_json_print_one_summary_on_stdout(tiny_dataset, tmp_pat
     again = run_cli("resume", run, "--max-iters", "15", "--json", env=ONE_THREAD_ENV)
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["iterations"] == 15
+
+
+@pytest.mark.parametrize("switches", SWITCHES, ids=switch_id)
+def test_every_switch_resumes_bit_for_bit(tiny_dataset, tmp_path, switches):
+    """A constant rate after warmup: a run trained to 10, then resumed to 20, is the run trained to 20."""
+    settings = dict(eval_interval=5, dropout=0.1, lr_decay="constant", dtype="float32", **switches)
+    train_new(tiny_config(tiny_dataset, max_iters=20, **settings), tmp_path / "whole")
+    train_new(tiny_config(tiny_dataset, max_iters=10, **settings), tmp_path / "part")
+    assert resume(tmp_path / "part", {"max_iters": 20}).iteration == 20
+    whole, part = (load_file(str(tmp_path / run / "last.safetensors")) for run in ("whole", "part"))
+    assert sorted(whole) == sorted(part) and all(torch.equal(whole[k], part[k]) for k in whole)
