@@ -252,3 +252,31 @@ SWITCHES = [
 
 def switch_id(switches: dict) -> str:
     return "-".join(f"{v}" if not isinstance(v, bool) else f"{k}={int(v)}" for k, v in switches.items())
+
+
+def rewrite_checkpoint(path: Path, change_tensors=None, change_meta=None, recompute: bool = True) -> None:
+    """Rewrite a checkpoint with changed tensors (a dict) or metadata (JSON text values), its
+    digests recomputed to match unless `recompute` is False."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from tinygpt_cli.checkpoint import metadata_digest, tensor_digest
+
+    with safe_open(str(path), "pt") as f:
+        tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata())
+    if change_tensors:
+        change_tensors(tensors)
+    if change_meta:
+        change_meta(meta)
+    if recompute:
+        meta["digest"] = json.dumps(tensor_digest(tensors))
+        meta["metadata_digest"] = json.dumps(metadata_digest(meta))
+    save_file(tensors, str(path), metadata=meta)
+
+
+def as_format_1(meta: dict[str, str]) -> None:
+    """Checkpoint metadata as tinygpt wrote it before the metadata digest (format 1)."""
+    del meta["metadata_digest"]
+    meta["format_version"] = "1"

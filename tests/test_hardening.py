@@ -757,7 +757,7 @@ def test_a_full_disk_while_logging_metrics_is_one_error_line(tiny_dataset, tmp_p
 
 
 def test_a_stop_during_a_long_evaluation_is_acknowledged_at_once_and_cuts_it_short(tiny_dataset, tmp_path, monkeypatch):
-    from tinygpt_cli.train import Batches
+    from tinygpt_cli.batches import Batches
 
     run, calls = tmp_path / "run", {"eval_batches_after_signal": 0, "acknowledged": 0}
     real_sample = Batches.sample

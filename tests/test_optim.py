@@ -72,7 +72,7 @@ def test_muon_groups_step_by_an_orthogonalized_update_and_adamw_groups_as_torchs
 def test_params_reports_the_state_the_configured_optimizer_keeps(optimizer):
     from tinygpt_cli.config import resolve_config
     from tinygpt_cli.params import param_report
-    from tinygpt_cli.train import make_optimizer
+    from tinygpt_cli.optim import make_optimizer
 
     config = resolve_config("cpu", None, {"n_layer": 2, "n_embd": 32, "n_head": 2, "block_size": 16, "optimizer": optimizer})
     model = GPT(config.model)

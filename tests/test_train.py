@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ONE_THREAD_ENV, SWITCHES, cli_env, switch_id, tiny_cli_flags, tiny_config
+from conftest import ONE_THREAD_ENV, SWITCHES, as_format_1, cli_env, rewrite_checkpoint, switch_id, tiny_cli_flags, tiny_config
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -507,12 +507,15 @@ def test_train_and_resume_json_print_one_summary_on_stdout(tiny_dataset, tmp_pat
     assert json.loads(again.stdout)["iterations"] == 15
 
 
-@pytest.mark.parametrize("switches", SWITCHES, ids=switch_id)
+@pytest.mark.parametrize("switches", [*SWITCHES, "format-1"], ids=lambda s: s if isinstance(s, str) else switch_id(s))
 def test_every_switch_resumes_bit_for_bit(tiny_dataset, tmp_path, switches):
-    """A constant rate after warmup: a run trained to 10, then resumed to 20, is the run trained to 20."""
-    settings = dict(eval_interval=5, dropout=0.1, lr_decay="constant", dtype="float32", **switches)
+    """A constant rate after warmup: a run trained to 10, then resumed to 20, is the run trained to
+    20; also from a checkpoint written in format 1, before the metadata digest."""
+    settings = dict(eval_interval=5, dropout=0.1, lr_decay="constant", dtype="float32", **(switches if isinstance(switches, dict) else {}))
     train_new(tiny_config(tiny_dataset, max_iters=20, **settings), tmp_path / "whole")
     train_new(tiny_config(tiny_dataset, max_iters=10, **settings), tmp_path / "part")
+    if switches == "format-1":
+        rewrite_checkpoint(tmp_path / "part" / "last.safetensors", change_meta=as_format_1, recompute=False)
     assert resume(tmp_path / "part", {"max_iters": 20}).iteration == 20
     whole, part = (load_file(str(tmp_path / run / "last.safetensors")) for run in ("whole", "part"))
     assert sorted(whole) == sorted(part) and all(torch.equal(whole[k], part[k]) for k in whole)

@@ -15,11 +15,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ONE_THREAD_ENV, cli_env, tiny_cli_flags, tiny_config
+from conftest import ONE_THREAD_ENV, as_format_1, cli_env, rewrite_checkpoint, tiny_cli_flags, tiny_config
 from safetensors import safe_open
-from safetensors.torch import save_file
 
-from tinygpt_cli.checkpoint import load_checkpoint, metadata_digest, read_metadata, tensor_digest
+from tinygpt_cli.checkpoint import load_checkpoint, read_metadata
 from tinygpt_cli.data import load_dataset, prepare_text
 from tinygpt_cli.errors import CheckpointError, TinyGPTError
 from tinygpt_cli.train import resume, train_new
@@ -69,20 +68,6 @@ def test_fuzzed_checkpoints_give_one_error_line_or_a_correct_result(tiny_run, ti
         assert {"optim_wrong_shape.safetensors", "optim_step_in_the_future.safetensors", "nan_weights.safetensors"} <= refused_resumes
 
 
-def rewrite(path: Path, change_tensors=None, change_meta=None, recompute: bool = True) -> None:
-    """Rewrite a checkpoint with changed tensors or metadata, digests recomputed to match."""
-    with safe_open(str(path), "pt") as f:
-        tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata())
-    if change_tensors:
-        change_tensors(tensors)
-    if change_meta:
-        change_meta(meta)
-    if recompute:
-        meta["digest"] = json.dumps(tensor_digest(tensors))
-        meta["metadata_digest"] = json.dumps(metadata_digest(meta))
-    save_file(tensors, str(path), metadata=meta)
-
-
 def copy_run(run: Path, to: Path) -> Path:
     shutil.copytree(run, to)
     return to
@@ -103,7 +88,7 @@ def _wrong_moment(tensors):
 ], ids=["optimizer-moment-shape", "negative-iteration", "python-rng", "rng-data-missing", "rng-torch-content", "progress-type"])
 def test_a_refused_resume_changes_nothing_in_the_run_folder(tiny_run, tmp_path, damage, torch_one_thread):
     run = copy_run(tiny_run, tmp_path / "run")
-    rewrite(run / "last.safetensors", **damage)
+    rewrite_checkpoint(run / "last.safetensors", **damage)
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     with pytest.raises(CheckpointError) as info:
         resume(run, {"max_iters": 60, "learning_rate": 1e-3})  # overrides: config.json would be rewritten
@@ -122,7 +107,7 @@ def test_saved_optimizer_settings_give_way_to_the_runs_config(tiny_run, tmp_path
             group["weight_decay"] = 5.0
         meta["optimizer_param_groups"] = json.dumps(groups)
 
-    rewrite(run / "last.safetensors", change_meta=odd_groups)
+    rewrite_checkpoint(run / "last.safetensors", change_meta=odd_groups)
     assert resume(run, {"max_iters": 32}).iteration == 32  # no KeyError inside a step
     configured = json.loads((run / "config.json").read_text())["train"]["weight_decay"]
     saved = json.loads(safe_open(str(run / "last.safetensors"), "pt").metadata()["optimizer_param_groups"])
@@ -143,12 +128,7 @@ def test_one_flipped_bit_in_the_metadata_is_detected(tiny_run, tmp_path):
 def test_a_format_1_checkpoint_still_loads_and_says_its_metadata_is_not_covered(tiny_run, tmp_path, run_cli):
     path = tmp_path / "old.safetensors"
     shutil.copy(tiny_run / "best.safetensors", path)
-
-    def as_format_1(meta):
-        del meta["metadata_digest"]
-        meta["format_version"] = "1"
-
-    rewrite(path, change_meta=as_format_1, recompute=False)
+    rewrite_checkpoint(path, change_meta=as_format_1, recompute=False)
     ckpt = load_checkpoint(path)
     assert not ckpt.metadata_covered and ckpt.iteration == load_checkpoint(tiny_run / "best.safetensors").iteration
     proc = run_cli("generate", "--checkpoint", path, "--max-new-tokens", "5", "--seed", "1", env=ONE_THREAD_ENV)
@@ -360,3 +340,17 @@ def test_written_files_get_the_mode_of_any_new_file(small_text, tmp_path):
         os.umask(old)
     modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "d").iterdir()}
     assert all(modes[name] == 0o644 for name in ("input.txt", "train.bin", "val.bin", "vocab.json", "meta.json")), modes
+
+
+def test_a_save_in_progress_is_a_runs_own_file_not_the_users(tmp_path):
+    from tinygpt_cli.runs import RunDir
+
+    run = tmp_path / "run"
+    run.mkdir()
+    # ours (atomic_path), safetensors' own temporary beside it, and the user's
+    for name in (".last.safetensors.a1b2c3.tmp", ".tmpMv8p1o", "config.json", ".tmpnotes.txt"):
+        (run / name).write_text("x")
+    assert RunDir(run).foreign_files() == [".tmpnotes.txt"]
+    with RunDir(run).locked():  # a new holder clears the half-written files of a killed save
+        pass
+    assert sorted(p.name for p in run.iterdir()) == [".lock", ".tmpnotes.txt", "config.json"]

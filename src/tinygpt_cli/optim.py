@@ -18,6 +18,8 @@ import math
 
 import torch
 
+from .config import TrainConfig
+
 
 def orthogonalize(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
     """Approximately U·Vᵀ of each matrix g = U·S·Vᵀ of a stack (n, rows, cols), by a quintic
@@ -92,6 +94,29 @@ class MuonAdamW(torch.optim.Optimizer):
         state["exp_avg_sq"].mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)  # second moment: per-weight scale
         denom = (state["exp_avg_sq"] / (1 - beta2**t)).sqrt_().add_(group["eps"])
         p.addcdiv_(state["exp_avg"], denom, value=-group["lr"] / (1 - beta1**t))
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW (or Muon for the blocks' matrices); weight decay on matrices only, never on biases
+    or norm gains. Each group's `lr_scale` ties its rate to the one schedule."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    matrices = [p for _, p in named if p.dim() >= 2]
+    vectors = [p for _, p in named if p.dim() < 2]
+    if cfg.optimizer == "muon":
+        hidden = [p for n, p in named if p.dim() == 2 and n.startswith("blocks.")]
+        embeddings = [p for n, p in named if p.dim() >= 2 and not n.startswith("blocks.")]
+        groups = [
+            {"params": hidden, "weight_decay": cfg.weight_decay, "muon": True, "lr_scale": cfg.muon_lr / cfg.learning_rate},
+            {"params": embeddings, "weight_decay": cfg.weight_decay, "lr_scale": 1.0},
+            {"params": vectors, "weight_decay": 0.0, "lr_scale": 1.0},
+        ]
+        return MuonAdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2))
+    groups = [
+        {"params": matrices, "weight_decay": cfg.weight_decay, "lr_scale": 1.0},
+        {"params": vectors, "weight_decay": 0.0, "lr_scale": 1.0},
+    ]
+    fused = device.type in ("cpu", "cuda")  # one kernel for all parameters instead of a loop
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), fused=fused)
 
 
 # --- checking a saved state before it reaches an optimizer ----------------------------------

@@ -9,6 +9,7 @@ import fcntl
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +23,14 @@ RUNS_DIR = Path("runs")
 # Every file a run folder can hold: tinygpt writes these and nothing else there (loss.png by
 # `tinygpt runs plot`), and --overwrite removes these and nothing else.
 RUN_FILES = ("config.json", "metrics.jsonl", "run.json", "last.safetensors", "best.safetensors", "loss.png", ".lock")
+# safetensors writes a file through its own temporary, `.tmp` and six letters or digits (the Rust
+# tempfile crate's name), beside ours: a save in progress, or one killed midway, leaves one.
+_SAFETENSORS_TEMP = re.compile(r"\.tmp[A-Za-z0-9]{6}")
+
+
+def is_run_file(name: str) -> bool:
+    """Whether a file of this name may be a run's: its files, and the half-written ones of a save."""
+    return name in RUN_FILES or is_temp_file_of(name, RUN_FILES) or bool(_SAFETENSORS_TEMP.fullmatch(name))
 
 
 class RunDir:
@@ -42,7 +51,7 @@ class RunDir:
         """Names in the folder that are not a run's files: the user's, never to be touched."""
         if not self.path.is_dir():
             return []
-        return entries_except(self.path, lambda name: name in RUN_FILES or is_temp_file_of(name, RUN_FILES))
+        return entries_except(self.path, is_run_file)
 
     def has_checkpoint(self) -> bool:
         return self.last_path.exists() or self.best_path.exists()
@@ -75,7 +84,7 @@ class RunDir:
         """Half-written files of a training killed mid-save (SIGKILL, power loss): never read,
         and with the lock held nobody else is writing them."""
         for child in self.path.iterdir():
-            if is_temp_file_of(child.name, RUN_FILES):
+            if is_run_file(child.name) and child.name not in RUN_FILES and child.is_file():
                 child.unlink(missing_ok=True)
 
     def clear(self) -> None:

@@ -1,13 +1,14 @@
-"""Training: batches, learning-rate schedule, AdamW, evaluation, checkpoints and exact resume.
+"""Training: the learning-rate schedule, the step, evaluation, checkpoints and exact resume.
 
-The loop reports progress to a `TrainingReporter`; the CLI supplies one that renders it.
+Batches come from batches.py, the optimiser from optim.py, the random generators' capture and
+restore from rng.py. The loop reports progress to a `TrainingReporter`; the CLI supplies one
+that renders it.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import random
 import signal
 import time
 from contextlib import nullcontext, suppress
@@ -15,19 +16,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from .checkpoint import Checkpoint, load_checkpoint, load_model_weights, model_weights, save_checkpoint
 from .config import SHAPE_FIELDS, RunConfig, TrainConfig, build_config, check_against_data, flag_name
+from .batches import Batches
 from .data import Dataset, load_dataset
 from .devices import autocast_for, device_memory_bytes, keep_freed_cpu_memory, pick_device, pick_dtype
 from .distributed import DistContext, all_reduce_sum, barrier, init_process_group
 from .errors import CheckpointError, TinyGPTError, TrainingStopped, UsageError
 from .fsutil import read_json, short_list, write_json_atomic
 from .model import GPT
-from .optim import MuonAdamW, restore_groups, state_problems
+from .optim import make_optimizer, restore_groups, state_problems
 from .params import activation_bytes, param_report
+from .rng import capture_rng, restore_rng, rng_problems, seed_all
 from .runs import RunDir
 from .threads import SMALL_STEP_FLOPS, ThreadPolicy
 
@@ -35,34 +37,6 @@ LOG_INTERVAL = 10  # steps between step records in metrics.jsonl
 # Rough sustained throughput, for the projection printed before the first step.
 ASSUMED_FLOPS = {"cpu": 3e10, "mps": 3e12, "cuda": 5e13}
 SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
-
-
-class Batches:
-    """Random windows of one split. Each step draws one global batch from one seeded generator,
-    so the data order depends only on the seed and the global batch size, never on how the batch
-    is divided between processes or micro-steps."""
-
-    def __init__(self, tokens: np.ndarray, block_size: int, device: torch.device):
-        # One int64 tensor for the whole split; a batch is a gather of windows, no per-batch copies.
-        self.data = torch.from_numpy(tokens.astype(np.int64)).to(device)
-        self.offsets = torch.arange(block_size + 1, device=device)  # (T+1,)
-        self.block_size = block_size
-        self.device = device
-
-    def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        starts = torch.randint(len(self.data) - self.block_size, (n,), generator=generator)
-        windows = self.data[starts.to(self.device)[:, None] + self.offsets]  # (n, T+1)
-        return windows[:, :-1], windows[:, 1:]  # inputs and next-character targets, (n, T) each
-
-
-def _generator_state_problem(state: torch.Tensor) -> str | None:
-    """Why a saved CPU generator state cannot be set (size, or content torch refuses), tried on a
-    throwaway generator; None if it can."""
-    try:
-        torch.Generator().set_state(state)
-    except (RuntimeError, TypeError) as e:
-        return str(e).splitlines()[0] if str(e) else "refused by torch"
-    return None
 
 
 def learning_rate_at(step: int, cfg: TrainConfig) -> float:
@@ -73,29 +47,6 @@ def learning_rate_at(step: int, cfg: TrainConfig) -> float:
     progress = min(1.0, (step - cfg.warmup_iters) / max(1, cfg.max_iters - cfg.warmup_iters))
     coeff = 0.5 * (1 + math.cos(math.pi * progress)) if cfg.lr_decay == "cosine" else 1 - progress
     return cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)
-
-
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW (or Muon for the blocks' matrices); weight decay on matrices only, never on biases
-    or norm gains. Each group's `lr_scale` ties its rate to the one schedule."""
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    matrices = [p for _, p in named if p.dim() >= 2]
-    vectors = [p for _, p in named if p.dim() < 2]
-    if cfg.optimizer == "muon":
-        hidden = [p for n, p in named if p.dim() == 2 and n.startswith("blocks.")]
-        embeddings = [p for n, p in named if p.dim() >= 2 and not n.startswith("blocks.")]
-        groups = [
-            {"params": hidden, "weight_decay": cfg.weight_decay, "muon": True, "lr_scale": cfg.muon_lr / cfg.learning_rate},
-            {"params": embeddings, "weight_decay": cfg.weight_decay, "lr_scale": 1.0},
-            {"params": vectors, "weight_decay": 0.0, "lr_scale": 1.0},
-        ]
-        return MuonAdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2))
-    groups = [
-        {"params": matrices, "weight_decay": cfg.weight_decay, "lr_scale": 1.0},
-        {"params": vectors, "weight_decay": 0.0, "lr_scale": 1.0},
-    ]
-    fused = device.type in ("cpu", "cuda")  # one kernel for all parameters instead of a loop
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), fused=fused)
 
 
 TRAINING_BYTES_PER_PARAM = 16  # fp32 weights, gradients and AdamW's two moments
@@ -221,9 +172,7 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        torch.manual_seed(cfg.seed)
-        random.seed(cfg.seed)
-        np.random.seed(cfg.seed)
+        seed_all(cfg.seed)
         self.model = build_model(config, self.device)
         self.optimizer = make_optimizer(self.model, cfg, self.device)
         self.forward = torch.compile(self.model) if cfg.compile else self.model
@@ -253,24 +202,17 @@ class Trainer:
         if ckpt.optimizer is None or ckpt.rng is None:
             raise CheckpointError(f"{path} has no optimiser or RNG state: it cannot be resumed")
         problems = state_problems(self.optimizer, ckpt.optimizer, ckpt.iteration)
-        problems += [f"rng.{k}: {why}" for k in ("torch", "data") if (why := _generator_state_problem(ckpt.rng[k]))]
+        problems += rng_problems(ckpt.rng)
         if problems:
             raise CheckpointError(f"{path} has optimiser or RNG state that does not fit this run: {'; '.join(problems[:3])}")
         load_model_weights(self.model, ckpt.weights, path)
         built_groups = self.optimizer.state_dict()["param_groups"]
         self.optimizer.load_state_dict(ckpt.optimizer)
         restore_groups(self.optimizer, built_groups)
-        torch.set_rng_state(ckpt.rng["torch"])
-        self.data_gen.set_state(ckpt.rng["data"])
-        if self.device.type == "cuda":  # a machine with fewer GPUs restores those it has
-            try:
-                for i, state in enumerate(ckpt.rng["cuda"][: torch.cuda.device_count()]):
-                    torch.cuda.set_rng_state(state, i)
-            except RuntimeError as e:  # a state of the wrong size
-                raise CheckpointError(f"{path} has a CUDA RNG state this machine cannot take: {e}") from e
-        py = ckpt.rng["python"]
-        random.setstate((py[0], tuple(py[1]), py[2]))
-        np.random.set_state(tuple(ckpt.rng["numpy"]))
+        try:
+            restore_rng(ckpt.rng, self.data_gen, self.device)
+        except RuntimeError as e:  # a CUDA state of the wrong size
+            raise CheckpointError(f"{path} has an RNG state this machine cannot take: {e}") from e
         self.step = ckpt.iteration
         self.best_val = ckpt.best_val_loss
         self.last_val = ckpt.val_loss
@@ -295,14 +237,6 @@ class Trainer:
 
     def _checkpoint(self, kind: str) -> Checkpoint:
         full = kind == "last"
-        np_state = np.random.get_state()
-        rng = {
-            "torch": torch.get_rng_state(),
-            "data": self.data_gen.get_state(),
-            "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
-            "python": random.getstate(),
-            "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
-        }
         return Checkpoint(
             kind=kind,
             model_config=self.config.model,
@@ -313,7 +247,7 @@ class Trainer:
             val_loss=self.last_val,
             train_config=self.config.train.model_dump(),
             optimizer=self.optimizer.state_dict() if full else None,
-            rng=rng if full else None,
+            rng=capture_rng(self.data_gen, self.device) if full else None,
             progress={"elapsed": self.elapsed(), "evaluated_at": self.evaluated_at, "dtype": self.dtype_name},
         )
 
