@@ -45,6 +45,7 @@ def run_cli(tmp_path):
             cwd=str(cwd if cwd is not None else tmp_path),
             env=cli_env(env),
             capture_output=True,
+            stdin=subprocess.DEVNULL,  # never the developer's terminal: a prompt must not wait for it
             text=True,
             encoding="utf-8",
             timeout=timeout,

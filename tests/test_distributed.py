@@ -37,16 +37,12 @@ def torchrun(nproc: int, *args: str, cwd: Path, **kwargs) -> subprocess.Popen:
     return subprocess.Popen(cmd, cwd=cwd, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tinygpt_cli", *args], cwd=cwd, env=cli_env(),
-                          capture_output=True, text=True, timeout=300)
-
 
 def losses(run: Path) -> list[tuple]:
     return [(r["iter"], r.get("loss"), r.get("train_loss"), r.get("val_loss")) for r in RunDir(run).read_metrics()]
 
 
-def test_two_processes_match_one_with_double_batch_and_grad_accum(dataset, tmp_path):
+def test_two_processes_match_one_with_double_batch_and_grad_accum(run_cli, dataset, tmp_path):
     common = [*TINY, "--data-dir", str(dataset), "--max-iters", "30", "--eval-interval", "10"]
     proc = torchrun(2, "train", *common, "--batch-size", "4", cwd=tmp_path)  # no --out: ranks agree on one name
     stdout, stderr = proc.communicate(timeout=300)
@@ -54,8 +50,8 @@ def test_two_processes_match_one_with_double_batch_and_grad_accum(dataset, tmp_p
     assert "global batch 8 sequences" in stdout
     [run] = list((tmp_path / "runs").iterdir())
     run.rename(tmp_path / "ddp2")
-    one = cli("train", *common, "--batch-size", "8", "--out", "one", cwd=tmp_path)
-    acc = cli("train", *common, "--batch-size", "4", "--grad-accum", "2", "--out", "accum", cwd=tmp_path)
+    one = run_cli("train", *common, "--batch-size", "8", "--out", "one", timeout=300)
+    acc = run_cli("train", *common, "--batch-size", "4", "--grad-accum", "2", "--out", "accum", timeout=300)
     assert one.returncode == 0 and acc.returncode == 0, one.stderr + acc.stderr
 
     ref = load_checkpoint(tmp_path / "one" / "last.safetensors")
@@ -78,7 +74,7 @@ def test_two_processes_match_one_with_double_batch_and_grad_accum(dataset, tmp_p
         p.name for p in (tmp_path / "one").iterdir())
 
 
-def test_sigterm_then_resume_on_another_world_size_then_generate(dataset, tmp_path):
+def test_sigterm_then_resume_on_another_world_size_then_generate(run_cli, dataset, tmp_path):
     run = tmp_path / "ddp"
     # `--nproc 2` re-executes the command under torchrun (same process id, so the signal reaches torchrun).
     proc = subprocess.Popen([sys.executable, "-m", "tinygpt_cli", "train", "--nproc", "2", *TINY, "--data-dir", str(dataset),
@@ -100,11 +96,11 @@ def test_sigterm_then_resume_on_another_world_size_then_generate(dataset, tmp_pa
     assert 0 < stopped_at < 5000
 
     finish = stopped_at + 20
-    resumed = cli("resume", str(run), "--max-iters", str(finish), cwd=tmp_path)  # one process now
+    resumed = run_cli("resume", str(run), "--max-iters", str(finish), timeout=300)  # one process now
     assert resumed.returncode == 0, resumed.stderr
     assert load_checkpoint(run / "last.safetensors").iteration == finish
     assert json.loads((run / "run.json").read_text())["status"] == "finished"
 
-    sample = cli("generate", "--run", str(run), "--prompt", "The", "--max-new-tokens", "40", "--seed", "1", cwd=tmp_path)
+    sample = run_cli("generate", "--run", str(run), "--prompt", "The", "--max-new-tokens", "40", "--seed", "1", timeout=300)
     assert sample.returncode == 0, sample.stderr
     assert sample.stdout.startswith("The") and len(sample.stdout.rstrip("\n")) == 43

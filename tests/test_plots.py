@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import cli_env
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -139,35 +137,31 @@ def write_run(root: Path, name: str, n_layer: int, start: float) -> Path:
     return path
 
 
-def cli(cwd: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tinygpt_cli", *args], cwd=cwd, env=cli_env(env), capture_output=True,
-                          text=True, encoding="utf-8", timeout=60)
 
-
-def test_plot_command(tmp_path):
+def test_plot_command(run_cli, tmp_path):
     write_run(tmp_path, "a", 2, 4.0)
     write_run(tmp_path, "b", 4, 3.0)
-    proc = cli(tmp_path, "plot", "runs/a", "b", "--out", "cmp.png", "--x", "time")  # a path, or a name under runs/
+    proc = run_cli("plot", "runs/a", "b", "--out", "cmp.png", "--x", "time")  # a path, or a name under runs/
     assert proc.returncode == 0, proc.stderr
     assert "wrote cmp.png (4 curves, 2 runs)" in proc.stdout
     assert (tmp_path / "cmp.png").read_bytes().startswith(PNG_MAGIC)
-    single = cli(tmp_path, "plot", "a")
+    single = run_cli("plot", "a")
     assert single.returncode == 0 and (tmp_path / "runs" / "a" / "loss.png").read_bytes().startswith(PNG_MAGIC)
-    term = cli(tmp_path, "plot", "a", "--terminal")
+    term = run_cli("plot", "a", "--terminal")
     assert term.returncode == 0 and term.stdout.count("●") == 4 + 1
-    missing = cli(tmp_path, "plot", "nothere")
+    missing = run_cli("plot", "nothere")
     assert missing.returncode == 2 and missing.stderr.startswith("Error: no run folder at nothere")
-    bad_x = cli(tmp_path, "plot", "a", "--x", "steps")
+    bad_x = run_cli("plot", "a", "--x", "steps")
     assert bad_x.returncode == 2 and "choose iter or time" in bad_x.stderr
 
 
-def test_plot_command_without_matplotlib(tmp_path):
+def test_plot_command_without_matplotlib(run_cli, tmp_path):
     write_run(tmp_path, "a", 2, 4.0)
     fake = tmp_path / "fake"
     (fake / "matplotlib").mkdir(parents=True)
     (fake / "matplotlib" / "__init__.py").write_text("raise ImportError('No module named matplotlib')\n")
-    proc = cli(tmp_path, "plot", "a", env={"PYTHONPATH": str(fake)})
+    proc = run_cli("plot", "a", env={"PYTHONPATH": str(fake)})
     assert proc.returncode == 1
     assert proc.stderr.splitlines() == ["Error: matplotlib is not installed: plotting needs it", "Try: pip install 'tinygpt[plot]'"]
-    term = cli(tmp_path, "plot", "a", "--terminal", env={"PYTHONPATH": str(fake)})
+    term = run_cli("plot", "a", "--terminal", env={"PYTHONPATH": str(fake)})
     assert term.returncode == 0 and "● val" in term.stdout  # the terminal curve needs no matplotlib

@@ -127,13 +127,9 @@ def test_sorting(runs_root):
         sort_runs(summaries, "nope")
 
 
-def run_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tinygpt_cli", *args], cwd=cwd, env=cli_env(), capture_output=True,
-                          text=True, encoding="utf-8", timeout=60)
 
-
-def test_runs_command_lists_every_run_and_succeeds_despite_corruption(runs_root):
-    proc = run_cli(runs_root.parent, "runs", "--sort", "val_loss")
+def test_runs_command_lists_every_run_and_succeeds_despite_corruption(run_cli, runs_root):
+    proc = run_cli("runs", "--sort", "val_loss", cwd=runs_root.parent)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     order = [next(i for i, line in enumerate(lines) if name in line) for name in ("a-finished", "c-crashed", "b-stopped", "d-corrupt")]
@@ -143,14 +139,14 @@ def test_runs_command_lists_every_run_and_succeeds_despite_corruption(runs_root)
     assert "d-corrupt is unreadable: config.json" in proc.stdout
 
 
-def test_runs_json_and_dir(runs_root, tmp_path):
-    proc = run_cli(tmp_path, "runs", "--dir", str(runs_root / "sweep-1"), "--json")
+def test_runs_json_and_dir(run_cli, runs_root, tmp_path):
+    proc = run_cli("runs", "--dir", str(runs_root / "sweep-1"), "--json")
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(proc.stdout)
     assert [(r["name"], r["status"], r["best_val_loss"]) for r in rows] == [("n_layer=2", "finished", 2.6)]
-    empty = run_cli(tmp_path, "runs", "--dir", str(tmp_path / "nothing"), "--json")
+    empty = run_cli("runs", "--dir", str(tmp_path / "nothing"), "--json")
     assert empty.returncode == 0 and json.loads(empty.stdout) == []
-    bad = run_cli(tmp_path, "runs", "--sort", "nope")
+    bad = run_cli("runs", "--sort", "nope")
     assert bad.returncode == 2 and bad.stderr.startswith("Error: cannot sort by 'nope'")
 
 
@@ -171,7 +167,7 @@ def test_help_imports_neither_torch_nor_matplotlib(tmp_path):
     assert "comma-separated" in proc.stdout  # sweep's help explains its grid flags
 
 
-def test_a_narrow_terminal_never_cuts_a_run_name_or_its_best_val(tmp_path):
+def test_a_narrow_terminal_never_cuts_a_run_name_or_its_best_val(run_cli, tmp_path):
     """Runs that differ in many settings, shown at 80 columns (a piped `tinygpt runs` too)."""
     root = tmp_path / "runs"
     settings = [dict(n_layer=2, learning_rate=1e-3, batch_size=4, dropout=0.0, weight_decay=0.1, beta2=0.99, grad_clip=1.0),
@@ -180,15 +176,14 @@ def test_a_narrow_terminal_never_cuts_a_run_name_or_its_best_val(tmp_path):
     for name, best, values in zip(names, (2.1234, 1.9876), settings):
         make_run(root, name, {"status": "finished", "iteration": 100, "max_iters": 100, "best_val_loss": best, "elapsed": 9.0},
                  **values)
-    proc = subprocess.run([sys.executable, "-m", "tinygpt_cli", "runs"], cwd=tmp_path, env=cli_env({"COLUMNS": "80"}),
-                          capture_output=True, text=True, timeout=60)
+    proc = run_cli("runs", env={"COLUMNS": "80"})
     assert proc.returncode == 0, proc.stderr
     assert all(len(line) <= 80 for line in proc.stdout.splitlines())
     for whole in (*names, "2.1234", "1.9876", "100/100"):
         assert whole in proc.stdout, proc.stdout
 
 
-def test_runs_rm_deletes_a_run_and_nothing_else_and_refuses_a_run_in_use(tmp_path):
+def test_runs_rm_deletes_a_run_and_nothing_else_and_refuses_a_run_in_use(run_cli, tmp_path):
     from tinygpt_cli.runs import RunDir
 
     root = tmp_path / "runs"
@@ -198,8 +193,7 @@ def test_runs_rm_deletes_a_run_and_nothing_else_and_refuses_a_run_in_use(tmp_pat
     busy = make_run(root, "busy", {"status": "running"})
 
     def rm(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "tinygpt_cli", "runs", *args], cwd=tmp_path, env=cli_env(),
-                              capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        return run_cli("runs", *args)  # no terminal on stdin: --rm must ask for --yes
 
     refused = rm("--rm", "done")  # not a terminal, no --yes: nothing is deleted
     assert refused.returncode == 2 and "--yes" in refused.stderr and done.is_dir()

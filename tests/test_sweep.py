@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import cli_env, make_text
+from conftest import make_text
 
 from tinygpt_cli.data import prepare_text
 from tinygpt_cli.errors import ConfigError, TrainingStopped, UsageError
@@ -112,19 +110,15 @@ def test_a_failing_cell_does_not_stop_the_sweep(tmp_path, monkeypatch):
 # --- running ----------------------------------------------------------------------------------
 
 
-def run_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tinygpt_cli", *args], cwd=cwd, env=cli_env(), capture_output=True,
-                          text=True, encoding="utf-8", timeout=180)
-
 
 def mtimes(folder: Path) -> dict[str, int]:
     return {c: (folder / c / "last.safetensors").stat().st_mtime_ns for c in CELLS}
 
 
 @pytest.mark.slow
-def test_sweep_2x2_end_to_end_and_rerun_skips(tmp_path, data_dir):
+def test_sweep_2x2_end_to_end_and_rerun_skips(run_cli, tmp_path, data_dir):
     args = ["sweep", *GRID, *TINY, "--data-dir", str(data_dir), "--out", "sw"]
-    proc = run_cli(tmp_path, *args)
+    proc = run_cli(*args, timeout=180)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     sw = tmp_path / "sw"
     for cell in CELLS:
@@ -136,7 +130,7 @@ def test_sweep_2x2_end_to_end_and_rerun_skips(tmp_path, data_dir):
     assert "best first" in proc.stdout and "n_layer" in proc.stdout and "learning_rate" in proc.stdout
     before = mtimes(sw)
 
-    again = run_cli(tmp_path, *args, "--json")
+    again = run_cli(*args, "--json", timeout=180)
     assert again.returncode == 0, again.stderr
     assert again.stderr.count("skipped (finished)") == 4
     result = json.loads(again.stdout)
