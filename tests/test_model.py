@@ -6,28 +6,19 @@ import math
 
 import pytest
 import torch
-from conftest import SWITCHES, switch_id
+from conftest import SWITCHES, TINY_MODEL, switch_id
 
 from tinygpt_cli.config import ModelConfig
 from tinygpt_cli.model import GPT, CausalSelfAttention, KVCache, weight_shapes
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
-TINY = ModelConfig(vocab_size=65, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
+TINY = ModelConfig(vocab_size=65, **TINY_MODEL)
 
 
 def make_model(config: ModelConfig = TINY, seed: int = 0) -> GPT:
     torch.manual_seed(seed)
     return GPT(config)
-
-
-@pytest.mark.parametrize("bias", [False, True])
-@pytest.mark.parametrize("norm, pos_embedding", [("layernorm", "learned"), ("rmsnorm", "rope"), ("layernorm", "rope")])
-def test_weight_shapes_are_those_of_a_built_model(bias, norm, pos_embedding):
-    config = ModelConfig(vocab_size=7, block_size=8, n_layer=2, n_head=2, n_embd=8, bias=bias, norm=norm,
-                         pos_embedding=pos_embedding)
-    built = {k: tuple(v.shape) for k, v in GPT(config).state_dict().items() if k != "lm_head.weight"}
-    assert weight_shapes(config) == built
 
 
 def test_initial_loss_is_uniform_guess():
@@ -192,15 +183,15 @@ def test_cpu_autocast_runs_attention_by_hand_in_bfloat16(monkeypatch):
 def test_every_switch_counts_caches_and_stores_as_it_should(switches):
     from tinygpt_cli.params import param_report
 
-    config = ModelConfig(vocab_size=11, block_size=12, n_layer=2, n_head=2, n_embd=16, dropout=0.0, **switches)
+    config = ModelConfig(vocab_size=11, **{**TINY_MODEL, **switches})
     torch.manual_seed(5)
     model = GPT(config).double().eval()
     assert param_report(config).total == model.num_params()
     assert weight_shapes(config) == {k: tuple(v.shape) for k, v in model.state_dict().items() if k != "lm_head.weight"}
-    idx = torch.randint(0, 11, (1, 12))
+    idx = torch.randint(0, 11, (1, config.block_size))
     cache = KVCache(config, batch_size=1, device="cpu", dtype=torch.float64)
     with torch.no_grad():
-        for t in range(12):
+        for t in range(config.block_size):
             cached, _ = model(idx[:, t : t + 1], cache=cache)
             full, _ = model(idx[:, : t + 1])
             assert torch.allclose(cached, full, atol=1e-12, rtol=0), f"position {t}"

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import ONE_THREAD_ENV
+from conftest import ONE_THREAD_ENV, TINY_MODEL
 
 from tinygpt_cli.checkpoint import load_model
 from tinygpt_cli.config import ModelConfig
@@ -19,7 +19,7 @@ from tinygpt_cli.sampling import (HalfWeightLinear, NonFiniteLogits, block_matri
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
-CONFIG = ModelConfig(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
+CONFIG = ModelConfig(vocab_size=40, **TINY_MODEL)
 
 
 @pytest.fixture(scope="module")
