@@ -70,3 +70,20 @@ def test_other_load_counts_a_busy_process_and_not_our_own_work():
         spin.kill()
         spin.wait()
     assert 0.5 <= busy <= len(load.cores) + 0.2
+
+
+def test_a_look_after_a_long_pause_starts_a_fresh_window(four_cores, monkeypatch):
+    """A long gap (another trainer's turn, a child process) averages load that is gone by now."""
+    monkeypatch.setattr(threads, "CHECK_EVERY_S", 1.0)
+    clock = {"now": 100.0}
+    monkeypatch.setattr(threads.time, "monotonic", lambda: clock["now"])
+    restarts = []
+    monkeypatch.setattr(threads.OtherLoad, "restart", lambda self: restarts.append(clock["now"]))
+    policy = threads.ThreadPolicy()
+    four_cores["others"] = 3.0  # what the stale window would report
+    clock["now"] += 60
+    policy.adjust()
+    assert restarts == [160.0] and torch.get_num_threads() == 4  # not judged on the stale window
+    clock["now"] += 1.0
+    policy.adjust()
+    assert torch.get_num_threads() == 1  # a fresh window that still sees the load

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 # faster on two). The threshold sits between the two, on a log scale.
 SMALL_STEP_FLOPS = 5e8
 CHECK_EVERY_S = 1.0  # how often a training run looks at the load again
+STALE_AFTER_S = 3.0  # a look this long after the last one is due starts a fresh window instead
 BUSY_CORES = 0.5  # other processes using this much of the cores make the machine busy (one thread fewer)
 _BUSY_FIELDS = (0, 1, 2, 5, 6, 7)  # user, nice, system, irq, softirq, steal: time not idle
 
@@ -75,6 +76,10 @@ class OtherLoad:
 
     def _sample(self) -> _Sample:
         return _Sample(time.monotonic(), _busy_seconds(self.cores), _own_cpu_seconds())
+
+    def restart(self) -> None:
+        """Forget the window so far: the next look measures from now."""
+        self._last = self._sample()
 
     def since_last_look(self) -> float:
         """Cores that other processes used since the previous call (0 where unknown)."""
@@ -138,7 +143,11 @@ class ThreadPolicy:
         now = time.monotonic()
         if now < self._next_look:
             return
+        stale = now - self._next_look > STALE_AFTER_S  # nobody asked for a while: that window says nothing of now
         self._next_look = now + CHECK_EVERY_S
+        if stale:
+            self._load.restart()
+            return
         self.others_seen = self._load.since_last_look()
         idle = len(self._load.cores) - self.others_seen
         self._set(max(1, min(self.max_threads, math.ceil(idle - BUSY_CORES))))  # half a core busy elsewhere: one thread fewer
