@@ -27,7 +27,7 @@ from dataclasses import dataclass
 # faster on two). The threshold sits between the two, on a log scale.
 SMALL_STEP_FLOPS = 5e8
 CHECK_EVERY_S = 1.0  # how often a training run looks at the load again
-STALE_AFTER_S = 3.0  # a look this long after the last one is due starts a fresh window instead
+IDLE_SHARE = 0.3  # a window in which we used less than this of a core is not judged
 BUSY_CORES = 0.5  # other processes using this much of the cores make the machine busy (one thread fewer)
 _BUSY_FIELDS = (0, 1, 2, 5, 6, 7)  # user, nice, system, irq, softirq, steal: time not idle
 
@@ -73,19 +73,18 @@ class OtherLoad:
         except AttributeError:
             self.cores = set(range(os.cpu_count() or 1))
         self._last = self._sample()
+        self.own_share = 0.0
 
     def _sample(self) -> _Sample:
         return _Sample(time.monotonic(), _busy_seconds(self.cores), _own_cpu_seconds())
 
-    def restart(self) -> None:
-        """Forget the window so far: the next look measures from now."""
-        self._last = self._sample()
-
     def since_last_look(self) -> float:
-        """Cores that other processes used since the previous call (0 where unknown)."""
+        """Cores that other processes used since the previous call (0 where unknown); the cores
+        this process used are left in `own_share`."""
         now, last = self._sample(), self._last
         self._last = now
         elapsed = now.wall - last.wall
+        self.own_share = (now.own - last.own) / elapsed if elapsed > 0 else 0.0
         if now.busy is None or last.busy is None or elapsed <= 0:
             return 0.0
         return max(0.0, ((now.busy - last.busy) - (now.own - last.own)) / elapsed)
@@ -112,6 +111,7 @@ class ThreadPolicy:
         self.small = small
         self.others_seen = 0.0  # cores other processes used, at the last look
         self._load = OtherLoad()
+        self._judged = False  # the first look, before the first step, always decides
         self._next_look = time.monotonic()
         if self.adapts:
             time.sleep(0.05)  # a first look at the load before the first step
@@ -143,12 +143,12 @@ class ThreadPolicy:
         now = time.monotonic()
         if now < self._next_look:
             return
-        stale = now - self._next_look > STALE_AFTER_S  # nobody asked for a while: that window says nothing of now
         self._next_look = now + CHECK_EVERY_S
-        if stale:
-            self._load.restart()
+        others = self._load.since_last_look()
+        if self._judged and self._load.own_share < IDLE_SHARE:  # we hardly ran (a pause between runs): not a measure of now
             return
-        self.others_seen = self._load.since_last_look()
+        self._judged = True
+        self.others_seen = others
         idle = len(self._load.cores) - self.others_seen
         self._set(max(1, min(self.max_threads, math.ceil(idle - BUSY_CORES))))  # half a core busy elsewhere: one thread fewer
 
