@@ -313,3 +313,11 @@ def test_prepare_json_describes_the_dataset(run_cli, small_text):
     info = json.loads(proc.stdout)
     assert info["name"] == "small" and info["reused"] is False and info["train_tokens"] + info["val_tokens"] > 0
     assert json.loads(run_cli("prepare", "text", small_text, "--name", "small", "--json").stdout)["reused"] is True
+
+
+def test_prepare_summary_keeps_the_whole_sha256_at_80_columns(run_cli, small_text):
+    proc = run_cli("prepare", "text", small_text, "--name", "small", env={"COLUMNS": "80"})
+    assert proc.returncode == 0, proc.stderr
+    assert all(len(line) <= 80 for line in proc.stdout.splitlines())
+    digest = json.loads(run_cli("prepare", "text", small_text, "--name", "small", "--json").stdout)["sha256"]
+    assert digest in "".join(proc.stdout.replace("│", "").split())

@@ -25,7 +25,6 @@ from tinygpt_cli.errors import TinyGPTError, UsageError
 from tinygpt_cli.vocab import Vocabulary
 
 
-
 def _decode_splits(folder):
     vocab = Vocabulary.load(folder / "vocab.json")
     train = np.fromfile(folder / "train.bin", dtype=np.uint16)

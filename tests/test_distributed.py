@@ -37,7 +37,6 @@ def torchrun(nproc: int, *args: str, cwd: Path, **kwargs) -> subprocess.Popen:
     return subprocess.Popen(cmd, cwd=cwd, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
-
 def losses(run: Path) -> list[tuple]:
     return [(r["iter"], r.get("loss"), r.get("train_loss"), r.get("val_loss")) for r in RunDir(run).read_metrics()]
 

@@ -214,7 +214,6 @@ def train_with_fault(data_dir: Path, tmp_path: Path, settings: dict, fault: str)
     return proc, run, log, marker
 
 
-
 # --- 1. a kill at any instant --------------------------------------------------------------
 
 @pytest.mark.parametrize("delay", [0.5, 1.5, 3.0])

@@ -137,7 +137,6 @@ def write_run(root: Path, name: str, n_layer: int, start: float) -> Path:
     return path
 
 
-
 def test_plot_command(run_cli, tmp_path):
     write_run(tmp_path, "a", 2, 4.0)
     write_run(tmp_path, "b", 4, 3.0)

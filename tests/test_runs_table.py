@@ -127,7 +127,6 @@ def test_sorting(runs_root):
         sort_runs(summaries, "nope")
 
 
-
 def test_runs_command_lists_every_run_and_succeeds_despite_corruption(run_cli, runs_root):
     proc = run_cli("runs", "--sort", "val_loss", cwd=runs_root.parent)
     assert proc.returncode == 0, proc.stderr

@@ -110,7 +110,6 @@ def test_a_failing_cell_does_not_stop_the_sweep(tmp_path, monkeypatch):
 # --- running ----------------------------------------------------------------------------------
 
 
-
 def mtimes(folder: Path) -> dict[str, int]:
     return {c: (folder / c / "last.safetensors").stat().st_mtime_ns for c in CELLS}
 
@@ -188,7 +187,6 @@ def test_stopped_sweep_resumes_where_it_left_off(tmp_path, data_dir):
     changed = plan_sweep(wider, out=tmp_path / "sw")  # another shape into the same folder
     with pytest.raises(UsageError, match="was trained with other --n-embd"):
         run_sweep(changed)
-
 
 
 @pytest.mark.parametrize("preset, args, words", [

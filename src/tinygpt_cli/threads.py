@@ -32,12 +32,16 @@ BUSY_CORES = 0.5  # other processes using this much of the cores make the machin
 _BUSY_FIELDS = (0, 1, 2, 5, 6, 7)  # user, nice, system, irq, softirq, steal: time not idle
 
 
-def usable_cores() -> int:
+def usable_core_ids() -> set[int]:
     """The cores this process may run on (its CPU affinity, which containers and taskset set)."""
     try:
-        return len(os.sched_getaffinity(0))
+        return set(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        return set(range(os.cpu_count() or 1))
+
+
+def usable_cores() -> int:
+    return len(usable_core_ids())
 
 
 def _busy_seconds(cores: set[int]) -> float | None:
@@ -68,10 +72,7 @@ class OtherLoad:
     """How many cores other processes kept busy between two looks."""
 
     def __init__(self) -> None:
-        try:
-            self.cores = set(os.sched_getaffinity(0))
-        except AttributeError:
-            self.cores = set(range(os.cpu_count() or 1))
+        self.cores = usable_core_ids()
         self._last = self._sample()
         self.own_share = 0.0
 

@@ -17,8 +17,6 @@ prepare_app = typer.Typer(
 VAL_FRACTION = typer.Option(0.1, "--val-fraction", min=0.0, max=1.0, help="Share of the text, taken from its end, held out for validation.")
 
 
-
-
 def _summary(result, title: str, as_json: bool) -> None:
     info = result.info
     if as_json:
@@ -28,7 +26,7 @@ def _summary(result, title: str, as_json: bool) -> None:
 
     table = Table(title=title, show_header=False, title_justify="left")
     table.add_column(style="bold")
-    table.add_column(justify="right")
+    table.add_column(justify="right", overflow="fold")  # a long path or the SHA-256 wraps, never cut
     table.add_row("source", info.source)
     table.add_row("folder", str(info.path))
     table.add_row("characters (vocabulary)", f"{info.vocab_size:,}")

@@ -13,7 +13,6 @@ from .console import out, print_json
 from .options import CHECKPOINT, DEVICE, JSON, RUN
 
 
-
 def _read_prompt(prompt: str | None, prompt_file: Path | None) -> str:
     from ..data import decode_text, read_source
     from ..errors import UsageError
