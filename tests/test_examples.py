@@ -1,4 +1,4 @@
-"""Every example runs, and every tinygpt command shown in the README parses: they never rot."""
+"""Every example runs, and every tinygpt command shown in the README and docs/ parses: they never rot."""
 
 from __future__ import annotations
 
@@ -43,9 +43,18 @@ def test_library_example_runs(tiny_run, tiny_dataset, tmp_path):
     assert "validation loss" in result.stdout and "parameter model" in result.stdout
 
 
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+TUTORIAL = REPO / "docs" / "tutorial.md"
+
+
+def docs_text() -> str:
+    return "\n".join(path.read_text(encoding="utf-8") for path in DOCS)
+
+
 def readme_commands() -> list[str]:
-    """`tinygpt ...` lines of the README's code blocks (prompt `$ ` removed, comments dropped)."""
-    text = (REPO / "README.md").read_text(encoding="utf-8")
+    """`tinygpt ...` lines of the code blocks of the README and docs/ (prompt `$ ` removed,
+    comments dropped)."""
+    text = docs_text()
     commands = []
     for block in re.findall(r"```(?:bash|text)\n(.*?)```", text, flags=re.S):
         for line in block.splitlines():
@@ -86,22 +95,37 @@ def test_readme_command_parses(command, run_cli, tmp_path):
 def test_user_facing_text_speaks_of_the_users_paths_only():
     """A user's clone has no ../shared (the project's own test data): neither the README nor
     any message or help text may send them there."""
-    texts = {"README.md": (REPO / "README.md").read_text(encoding="utf-8")}
+    texts = {str(p.relative_to(REPO)): p.read_text(encoding="utf-8") for p in DOCS}
     texts |= {str(p.relative_to(REPO)): p.read_text(encoding="utf-8") for p in (REPO / "src").rglob("*.py")}
     assert [name for name, text in texts.items() if "shared/data" in text] == []
 
 
 def test_every_symbol_the_readme_points_to_exists():
-    """The where-each-idea-lives table and each tutorial section's "Read next" line."""
+    """The README's where-each-idea-lives table and each tutorial lesson's "Read next" line."""
     import importlib
 
-    text = (REPO / "README.md").read_text(encoding="utf-8")
-    table = text.split("## Where each idea lives", 1)[1].split("\n## ", 1)[0]
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    table = readme.split("## Where each idea lives", 1)[1].split("\n## ", 1)[0]
     assert len(re.findall(r"`(\w+)\.py:([\w.]+)`", table)) >= 15
-    assert text.count("\nRead next: ") == 10
-    symbols = re.findall(r"`(\w+)\.py:([\w.]+)`", text)
+    assert TUTORIAL.read_text(encoding="utf-8").count("\nRead next: ") == 10
+    symbols = re.findall(r"`(\w+)\.py:([\w.]+)`", docs_text())
     for module, dotted in symbols:
         obj = importlib.import_module(f"tinygpt_cli.{module}")
         for part in dotted.split("."):
             assert hasattr(obj, part), f"{module}.py:{dotted}"
             obj = getattr(obj, part)
+
+
+def test_every_test_the_guarantees_name_exists():
+    """docs/guarantees.md names the test behind each promise: a renamed test must not leave a
+    promise without proof."""
+    text = (REPO / "docs" / "guarantees.md").read_text(encoding="utf-8")
+    named, module = [], None
+    for file, test in re.findall(r"`(?:(test_\w+)\.py)?(?:::(test_\w+?)(?:_\*)?)?`", text):
+        module = file or module
+        if test:
+            named.append((module, test))
+    assert len(named) >= 20
+    missing = [f"{m}.py::{t}" for m, t in named
+               if not re.search(rf"^def {t}", (REPO / "tests" / f"{m}.py").read_text(encoding="utf-8"), re.M)]
+    assert missing == []
