@@ -12,15 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import cli_env, make_text
+from conftest import cli_env, make_text, tiny_cli_flags
 from tinygpt_cli.checkpoint import load_checkpoint
 from tinygpt_cli.data import prepare_text
 from tinygpt_cli.runs import RunDir
-
-TINY = ["--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--eval-iters", "4",
-        "--dropout", "0", "--warmup-iters", "5", "--seed", "3",
-        "--dtype", "float32"]  # the equalities below are float32's; auto may pick bfloat16 on a CPU
-
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
@@ -42,7 +37,7 @@ def losses(run: Path) -> list[tuple]:
 
 
 def test_two_processes_match_one_with_double_batch_and_grad_accum(run_cli, dataset, tmp_path):
-    common = [*TINY, "--data-dir", str(dataset), "--max-iters", "30", "--eval-interval", "10"]
+    common = tiny_cli_flags(dataset, batch_size=None)  # float32: the equalities below are float32's
     proc = torchrun(2, "train", *common, "--batch-size", "4", cwd=tmp_path)  # no --out: ranks agree on one name
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr
@@ -76,8 +71,8 @@ def test_two_processes_match_one_with_double_batch_and_grad_accum(run_cli, datas
 def test_sigterm_then_resume_on_another_world_size_then_generate(run_cli, dataset, tmp_path):
     run = tmp_path / "ddp"
     # `--nproc 2` re-executes the command under torchrun (same process id, so the signal reaches torchrun).
-    proc = subprocess.Popen([sys.executable, "-m", "tinygpt_cli", "train", "--nproc", "2", *TINY, "--data-dir", str(dataset),
-                             "--max-iters", "5000", "--eval-interval", "25", "--batch-size", "4", "--out", str(run)],
+    proc = subprocess.Popen([sys.executable, "-m", "tinygpt_cli", "train", "--nproc", "2",
+                             *tiny_cli_flags(dataset, max_iters=5000, eval_interval=25, batch_size=4), "--out", str(run)],
                             cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not (run / "last.safetensors").exists():

@@ -8,16 +8,19 @@ import signal
 from pathlib import Path
 
 import pytest
-from conftest import make_text
+from conftest import hint, make_text, tiny_cli_flags
 
 from tinygpt_cli.data import prepare_text
 from tinygpt_cli.errors import ConfigError, TrainingStopped, UsageError
 from tinygpt_cli.params import param_report
 from tinygpt_cli.sweep import cell_name, parse_grid_args, plan_sweep
 
-TINY = ["--n-embd", "16", "--n-head", "2", "--block-size", "16", "--batch-size", "4", "--max-iters", "20",
-        "--eval-iters", "2", "--eval-interval", "10", "--warmup-iters", "2", "--dropout", "0", "--device", "cpu"]
 GRID = ["--n-layer", "1,2", "--learning-rate", "1e-3,3e-3"]
+
+
+def tiny_cells(data_dir: Path, preset: bool = True) -> list[str]:
+    """The shared tiny settings, but for the grid's axes, as a sweep's flags."""
+    return tiny_cli_flags(data_dir, preset, n_layer=None, learning_rate=None, max_iters=20, batch_size=4)
 CELLS = ["n_layer=1,learning_rate=0.001", "n_layer=1,learning_rate=0.003",
          "n_layer=2,learning_rate=0.001", "n_layer=2,learning_rate=0.003"]
 
@@ -52,7 +55,7 @@ def test_parse_grid_args_errors(args, message):
         parse_grid_args(args)
     assert message in e.value.message
     if "unknown flag" in message:
-        assert "--n-layer" in e.value.hint and "--learning-rate" in e.value.hint
+        assert "--n-layer" in hint(e.value) and "--learning-rate" in hint(e.value)
 
 
 def test_plan_expands_the_grid_with_typed_values(tmp_path):
@@ -87,7 +90,7 @@ def test_cell_names_are_safe():
 
 def test_a_failing_cell_does_not_stop_the_sweep(tmp_path, monkeypatch):
     import tinygpt_cli.sweep as sweep_mod
-    import tinygpt_cli.train as train_mod
+    import tinygpt_cli.lifecycle as lifecycle
     from tinygpt_cli.errors import TinyGPTError
 
     plan = plan_sweep(["--n-layer", "1,2,3", "--max-iters", "20", "--warmup-iters", "2"], out=tmp_path / "sw")
@@ -99,7 +102,7 @@ def test_a_failing_cell_does_not_stop_the_sweep(tmp_path, monkeypatch):
             raise TinyGPTError("the loss became nan at iteration 7")
         trained.append(config.model.n_layer)
 
-    monkeypatch.setattr(train_mod, "train_new", fake_train_new)
+    monkeypatch.setattr(lifecycle, "train_new", fake_train_new)
     result = sweep_mod.run_sweep(plan)
     assert trained == [1, 3]
     assert [(c.outcome, c.error) for c in result.cells] == [("trained", None), ("failed", "the loss became nan at iteration 7"),
@@ -116,7 +119,7 @@ def mtimes(folder: Path) -> dict[str, int]:
 
 @pytest.mark.slow
 def test_sweep_2x2_end_to_end_and_rerun_skips(run_cli, tmp_path, data_dir):
-    args = ["sweep", *GRID, *TINY, "--data-dir", str(data_dir), "--out", "sw"]
+    args = ["sweep", *GRID, *tiny_cells(data_dir), "--out", "sw"]
     proc = run_cli(*args, timeout=180)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     sw = tmp_path / "sw"
@@ -143,10 +146,10 @@ def test_sweep_2x2_end_to_end_and_rerun_skips(run_cli, tmp_path, data_dir):
 @pytest.mark.slow
 def test_stopped_sweep_resumes_where_it_left_off(tmp_path, data_dir):
     from tinygpt_cli.sweep import project, run_sweep
-    from tinygpt_cli.train import TrainingReporter
+    from tinygpt_cli.lifecycle import TrainingReporter
 
-    args = [*GRID, *TINY, "--data-dir", str(data_dir)]
-    plan = plan_sweep(args, out=tmp_path / "sw")
+    args = [*GRID, *tiny_cells(data_dir, preset=False)]
+    plan = plan_sweep(args, preset="cpu", out=tmp_path / "sw")
 
     dry = project(plan)  # the dry run: parameters, timing, nothing written
     assert [r["action"] for r in dry] == ["train"] * 4
@@ -171,7 +174,7 @@ def test_stopped_sweep_resumes_where_it_left_off(tmp_path, data_dir):
     assert (stopped["status"], stopped["iteration"]) == ("stopped", 10)
     first = (tmp_path / "sw" / CELLS[0] / "last.safetensors").stat().st_mtime_ns
 
-    plan = plan_sweep(args, out=tmp_path / "sw")
+    plan = plan_sweep(args, preset="cpu", out=tmp_path / "sw")
     assert [r["action"] for r in project(plan, time_steps=lambda c: 1.0)][:3] == ["skip", "resume", "train"]
     calls.clear()
     result = run_sweep(plan, None, lambda i, cell, action: calls.append(action))
@@ -183,8 +186,8 @@ def test_stopped_sweep_resumes_where_it_left_off(tmp_path, data_dir):
     metrics = [json.loads(line) for line in (tmp_path / "sw" / CELLS[1] / "metrics.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in metrics if "val_loss" in r] == [0, 10, 20]  # no evaluation logged twice
 
-    wider = [("32" if prev == "--n-embd" else a) for prev, a in zip([None, *args], args)]
-    changed = plan_sweep(wider, out=tmp_path / "sw")  # another shape into the same folder
+    wider = [("64" if prev == "--n-embd" else a) for prev, a in zip([None, *args], args)]
+    changed = plan_sweep(wider, preset="cpu", out=tmp_path / "sw")  # another shape into the same folder
     with pytest.raises(UsageError, match="was trained with other --n-embd"):
         run_sweep(changed)
 
