@@ -115,10 +115,10 @@ def main() -> None:
     tokens = config.train.batch_size * config.model.block_size
     with tempfile.TemporaryDirectory() as tmp:
         auto = str(pick_dtype("auto", torch.device("cpu"))).removeprefix("torch.")
-        steps = {"nanoGPT-style step": nanogpt_style_step(config, tmp), f"tinygpt step ({auto})": training_step_fn(config, tmp)}
+        steps = {"nanoGPT-style step": nanogpt_style_step(config, tmp), f"tinygpt step ({auto})": training_step_fn(config)}
         if auto != "float32":  # this CPU multiplies bfloat16 in hardware: float32 too, for comparison
             float32 = resolve_config("cpu", None, {**NANOGPT_RECIPE, "dtype": "float32"})
-            steps["tinygpt step (float32)"] = training_step_fn(float32, tmp)
+            steps["tinygpt step (float32)"] = training_step_fn(float32)
         for step in steps.values():
             time_steps(step, 3)
         # Alternate them, so that the machine's drifts hit both alike.

@@ -70,6 +70,13 @@ _WORDS = (
 ).split()
 
 
+def hint(error) -> str:
+    """An error's `Try:` line as the CLI prints it (the core keeps command hints as data)."""
+    from tinygpt_cli.cli.console import render_hint
+
+    return render_hint(error.hint) or ""
+
+
 def make_text(n_chars: int = 5000, seed: int = 1234) -> str:
     """Deterministic English-like text of about `n_chars` characters, over several lines."""
     rng = random.Random(seed)
@@ -191,13 +198,16 @@ def tiny_config(data_dir: str | os.PathLike, **overrides):
     return resolve_config("cpu", None, {**TINY_MODEL, **TINY_TRAIN, "data_dir": str(data_dir), **overrides})
 
 
-def tiny_cli_flags(data_dir: str | os.PathLike, **overrides) -> list[str]:
-    """The same settings as `tiny_config`, as `tinygpt train` flags."""
+def tiny_cli_flags(data_dir: str | os.PathLike, preset: bool = True, **overrides) -> list[str]:
+    """The same settings as `tiny_config`, as `tinygpt train` flags; an override of None leaves
+    its flag out (for a sweep's grid to set), and preset=False leaves out `--preset cpu`."""
     from tinygpt_cli.config import flag_name
 
     values = {**TINY_MODEL, **TINY_TRAIN, "data_dir": str(data_dir), **overrides}
-    args = ["--preset", "cpu"]
+    args = ["--preset", "cpu"] if preset else []
     for key, value in values.items():
+        if value is None:
+            continue
         if isinstance(value, bool):
             args.append(flag_name(key) if value else "--no-" + key.replace("_", "-"))
         else:
@@ -231,7 +241,7 @@ def tiny_dataset(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, tiny_dataset, torch_one_thread) -> Path:
     """A finished tiny training run folder (30 iterations, block 16). Treat it as read-only."""
-    from tinygpt_cli.train import train_new
+    from tinygpt_cli.lifecycle import train_new
 
     run = tmp_path_factory.mktemp("tiny_run") / "run"
     train_new(tiny_config(tiny_dataset), run)

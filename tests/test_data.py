@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import make_text, tmp_files
+from conftest import hint, make_text, tmp_files
 
 from tinygpt_cli import data
 from tinygpt_cli.data import (
@@ -161,7 +161,7 @@ def test_damage_is_detected(small_text, tmp_path, damage):
     with pytest.raises(TinyGPTError) as exc:
         load_dataset(folder)
     assert "damaged or incomplete" in exc.value.message
-    assert "tinygpt prepare" in exc.value.hint
+    assert "tinygpt prepare" in hint(exc.value)
 
 
 def test_damaged_dataset_is_rebuilt_by_prepare(small_text, tmp_path):
@@ -185,10 +185,10 @@ def test_load_dataset(small_text, tmp_path):
 def test_load_dataset_without_meta(tmp_path):
     with pytest.raises(TinyGPTError, match="no prepared dataset") as exc:
         load_dataset(tmp_path / "shakespeare")
-    assert exc.value.hint == "tinygpt prepare shakespeare"
+    assert hint(exc.value) == "tinygpt prepare shakespeare"
     with pytest.raises(TinyGPTError) as exc:
         load_dataset(tmp_path / "mine")
-    assert "tinygpt prepare text" in exc.value.hint
+    assert "tinygpt prepare text" in hint(exc.value)
 
 
 def test_dataset_info_round_trips_through_meta(small_text, tmp_path):
@@ -234,7 +234,7 @@ def test_text_too_short_writes_nothing(tmp_path):
     src.write_text("x" * 300)
     with pytest.raises(TinyGPTError, match="too short") as exc:
         prepare_text(src, tmp_path / "d", "d", 0.1)
-    assert "--val-fraction" in exc.value.hint
+    assert "--val-fraction" in hint(exc.value)
     assert not (tmp_path / "d").exists()
 
 
@@ -264,13 +264,13 @@ def test_download_size_limit_undeclared(http_server, no_proxy):
 def test_download_http_error(http_server, no_proxy):
     with pytest.raises(TinyGPTError, match="HTTP 404") as exc:
         download(http_server.url("/missing.txt"), timeout=10)
-    assert "--source" in exc.value.hint
+    assert "--source" in hint(exc.value)
 
 
 def test_download_connection_refused(closed_port_url, no_proxy):
     with pytest.raises(TinyGPTError, match="cannot reach") as exc:
         download(closed_port_url, timeout=10)
-    assert "--source" in exc.value.hint
+    assert "--source" in hint(exc.value)
 
 
 @pytest.mark.parametrize("url", ["ftp://example.com/input.txt", "file:///etc/passwd", "gopher://x/y"])

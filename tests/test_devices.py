@@ -80,13 +80,13 @@ def test_freed_cpu_memory_is_reused_instead_of_faulted_in_again():
 
 
 def test_training_on_a_cpu_keeps_freed_memory(monkeypatch, tmp_path):
-    from tinygpt_cli import train
+    from tinygpt_cli import devices
     from tinygpt_cli.bench import synthetic_dataset
     from tinygpt_cli.config import resolve_config
-    from tinygpt_cli.runs import RunDir
+    from tinygpt_cli.train import Trainer
 
     calls = []
-    monkeypatch.setattr(train, "keep_freed_cpu_memory", lambda: calls.append(True))
+    monkeypatch.setattr(devices, "keep_freed_cpu_memory", lambda: calls.append(True))
     config = resolve_config(None, None, {"n_layer": 1, "n_head": 1, "n_embd": 8, "block_size": 8, "vocab_size": 8, "device": "cpu"})
-    train.Trainer(config, synthetic_dataset(8), RunDir(tmp_path), train.TrainingReporter())
+    Trainer(config, synthetic_dataset(8))
     assert calls == [True]

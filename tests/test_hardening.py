@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ONE_THREAD_ENV, TINY_MODEL, TINY_TEXT_CHARS, TINY_TRAIN, cli_env, make_text, tiny_cli_flags, tiny_config
+from conftest import ONE_THREAD_ENV, TINY_MODEL, TINY_TEXT_CHARS, TINY_TRAIN, cli_env, hint, make_text, tiny_cli_flags, tiny_config
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
@@ -39,7 +39,8 @@ from tinygpt_cli.model import GPT
 from tinygpt_cli.params import param_report
 from tinygpt_cli.runs import RunDir
 from tinygpt_cli.runs_table import read_summary
-from tinygpt_cli.train import Trainer, TrainingReporter, learning_rate_at, resume, train_new
+from tinygpt_cli.lifecycle import TrainingReporter, resume, train_new
+from tinygpt_cli.train import Trainer, learning_rate_at
 from tinygpt_cli.vocab import UnknownCharactersError, Vocabulary
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -138,7 +139,7 @@ def assert_recoverable(run: Path, data_dir: Path, more: int = 10, **settings) ->
     else:
         with pytest.raises(TinyGPTError) as info:
             resume(run)
-        assert info.value.hint, info.value.message  # says what to do instead
+        assert hint(info.value), info.value.message  # says what to do instead
         train_new(tiny_config(data_dir, **{**settings, "max_iters": 3}), run, overwrite=True)
         started_from = -1
     assert RunDir(run).read_status()["status"] == "finished"
@@ -321,7 +322,6 @@ def test_any_truncation_or_zero_filled_range_is_detected(tiny_run, tmp_path, dat
 
 # --- 2. bad input ------------------------------------------------------------------------
 
-SMALL_BASE = dict(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=20, batch_size=4)
 _ODD_STRINGS = ["3", "0.1", "-1", "nan", "inf", "-inf", "1e999", "", " ", "cosine", "rope", "gelu", "true", "auto", "é", "0x10"]
 ODD_VALUES = st.one_of(
     st.integers(-3, 64),
@@ -342,7 +342,7 @@ ODD_VALUES = st.one_of(
 @given(flags=st.dictionaries(st.sampled_from(ALL_FIELDS), ODD_VALUES, max_size=5))
 def test_any_hyperparameters_validate_into_a_working_model_or_fail_readably(flags):
     try:
-        config = resolve_config(None, None, {**SMALL_BASE, **flags})
+        config = resolve_config(None, None, {**TINY_MODEL, "vocab_size": 20, **flags})
     except UsageError as e:  # nothing but a UsageError (exit 2) may escape
         assert isinstance(e, ConfigError) and e.exit_code == 2
         assert e.message.startswith("invalid configuration:") and e.problems
@@ -534,7 +534,7 @@ def test_out_where_no_folder_can_be_made(tiny_dataset, tmp_path, out):
         train_new(tiny_config(tiny_dataset, max_iters=3), tmp_path / out)
     assert not isinstance(info.value, UsageError)
     assert info.value.message.startswith(f"cannot create run folder {tmp_path / out}")
-    assert "--out" in info.value.hint
+    assert "--out" in hint(info.value)
     assert (tmp_path / "afile").read_text() == "in the way\n"
 
 
@@ -571,16 +571,16 @@ def test_a_full_disk_during_a_save_is_a_checkpoint_error_and_keeps_the_previous_
     e = info.value
     assert e.exit_code == 1
     assert e.message == f"cannot write checkpoint {run / 'last.safetensors'}: No space left on device"
-    assert "free some disk space" in e.hint
+    assert "free some disk space" in hint(e)
     assert not tmp_leftovers(run)
     status = RunDir(run).read_status()
     assert status["status"] == "failed" and "No space left on device" in status["reason"]
     if at == 0:  # nothing was saved yet: the hint starts the run again
         assert not (run / "last.safetensors").exists()
-        assert f"tinygpt train --out {run} --overwrite" in e.hint
+        assert f"tinygpt train --out {run} --overwrite" in hint(e)
     else:  # the previous `last` is untouched, and the run goes on from it
         assert (run / "last.safetensors").read_bytes() == keep.copy
-        assert f"tinygpt resume {run}" in e.hint and "iteration 5" in e.hint
+        assert f"tinygpt resume {run}" in hint(e) and "iteration 5" in hint(e)
     assert assert_recoverable(run, tiny_dataset, **EVERY_5) == (5 if at else -1)
 
 
@@ -718,12 +718,12 @@ def test_a_model_too_big_for_memory_is_one_error_line_before_any_allocation():
     import torch
 
     from tinygpt_cli.config import resolve_config
-    from tinygpt_cli.train import build_model
+    from tinygpt_cli.devices import build_model
 
     huge = resolve_config("baby", None, {"n_layer": 1000, "n_embd": 16384, "n_head": 128})
     with pytest.raises(TinyGPTError) as info:
         build_model(huge, torch.device("cpu"))
-    assert "parameters needs about" in info.value.message and "--n-embd" in info.value.hint
+    assert "parameters needs about" in info.value.message and "--n-embd" in hint(info.value)
 
 
 def test_sizes_beyond_any_sane_model_are_usage_errors():
@@ -739,7 +739,7 @@ def test_a_full_disk_while_logging_metrics_is_one_error_line(tiny_dataset, tmp_p
     import builtins
     import errno
 
-    from tinygpt_cli.train import train_new
+    from tinygpt_cli.lifecycle import train_new
 
     real_open = builtins.open
 
@@ -752,7 +752,7 @@ def test_a_full_disk_while_logging_metrics_is_one_error_line(tiny_dataset, tmp_p
     with pytest.raises(TinyGPTError) as info:
         train_new(tiny_config(tiny_dataset), tmp_path / "run")
     assert "No space left on device" in info.value.message
-    assert info.value.hint.endswith(f"tinygpt resume {tmp_path / 'run'}")
+    assert hint(info.value).endswith(f"tinygpt resume {tmp_path / 'run'}")
 
 
 def test_a_stop_during_a_long_evaluation_is_acknowledged_at_once_and_cuts_it_short(tiny_dataset, tmp_path, monkeypatch):

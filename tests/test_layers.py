@@ -4,6 +4,7 @@ each other, and no module imports its way back to itself (imports inside functio
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -65,8 +66,32 @@ def test_no_module_imports_its_way_back_to_itself():
         visit(name, [])
 
 
+COMMAND_LINE = re.compile(r"\btinygpt (prepare|vocab|train|resume|sweep|generate|eval|params|runs|bench)\b")
+
+
+def strings_outside_docstrings(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)) and node.body
+                  and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    return [node.value for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings]
+
+
+@pytest.mark.parametrize("name", CORE)
+def test_the_core_never_spells_a_command_line(name):
+    """Hints that name a command are `errors.Command` data; the CLI writes them out."""
+    assert not [s for s in strings_outside_docstrings(MODULES[name]) if COMMAND_LINE.search(s)]
+
+
+def test_the_command_line_check_sees_a_spelled_command(tmp_path):
+    spelled = tmp_path / "spelled.py"
+    spelled.write_text('"""Used by `tinygpt resume`."""\nHINT = f"tinygpt resume {1}"\n')
+    assert [s for s in strings_outside_docstrings(spelled) if COMMAND_LINE.search(s)] == ["tinygpt resume "]
+
+
 def test_the_import_graph_sees_the_imports_inside_functions():
     """The checks above would pass on an empty graph: make sure they see what is there."""
     assert "tinygpt_cli.cli.reporting" in GRAPH["tinygpt_cli.cli.train_cmds"]
-    assert "tinygpt_cli.train" in GRAPH["tinygpt_cli.cli.train_cmds"]  # imported inside the command
+    assert "tinygpt_cli.lifecycle" in GRAPH["tinygpt_cli.cli.train_cmds"]  # imported inside the command
     assert len(COMMANDS) >= 5 and len(CORE) >= 15

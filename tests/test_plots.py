@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from conftest import hint
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -77,7 +79,7 @@ def test_missing_matplotlib_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now raises ImportError
     with pytest.raises(TinyGPTError) as e:
         require_matplotlib()
-    assert "matplotlib is not installed" in e.value.message and e.value.hint == "pip install 'tinygpt[plot]'"
+    assert "matplotlib is not installed" in e.value.message and hint(e.value) == "pip install 'tinygpt[plot]'"
     with pytest.raises(TinyGPTError):
         plot_runs([("a", records())])
 

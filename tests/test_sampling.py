@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import ONE_THREAD_ENV, TINY_MODEL
+from conftest import ONE_THREAD_ENV, TINY_MODEL, hint
 
 from tinygpt_cli.checkpoint import load_model
 from tinygpt_cli.config import ModelConfig
@@ -264,7 +264,7 @@ def test_overflow_in_float16_weights_is_an_error_with_a_way_out(model):
     set_sampling_precision(m, "float16")
     with pytest.raises(NonFiniteLogits) as error:
         list(generate(m, ids(3), 5, temperature=0))
-    assert "overflowed in 16-bit" in error.value.message and "--dtype float32" in error.value.hint
+    assert "overflowed in 16-bit" in error.value.message and "--dtype float32" in hint(error.value)
 
 
 def test_non_finite_scores_in_float32_point_at_the_weights(model):
@@ -274,7 +274,7 @@ def test_non_finite_scores_in_float32_point_at_the_weights(model):
     with pytest.raises(NonFiniteLogits) as error:
         list(generate(m, ids(3), 5, temperature=0))
     assert "weights are broken" in error.value.message
-    assert "--dtype" not in error.value.hint and "--learning-rate" in error.value.hint
+    assert "--dtype" not in hint(error.value) and "--learning-rate" in hint(error.value)
 
 
 def test_generate_needs_a_prompt(model):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ONE_THREAD_ENV, SWITCHES, as_format_1, cli_env, rewrite_checkpoint, switch_id, tiny_cli_flags, tiny_config
+from conftest import ONE_THREAD_ENV, SWITCHES, as_format_1, cli_env, hint, rewrite_checkpoint, switch_id, tiny_cli_flags, tiny_config
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -26,7 +26,8 @@ from tinygpt_cli.config import RunConfig
 from tinygpt_cli.data import prepare_text
 from tinygpt_cli.errors import CheckpointError, TinyGPTError, TrainingStopped, UsageError
 from tinygpt_cli.runs import RunDir
-from tinygpt_cli.train import Trainer, TrainingReporter, prepare_training, resume, train_new
+from tinygpt_cli.lifecycle import TrainingReporter, prepare_training, resume, train_new
+from tinygpt_cli.train import Trainer
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -91,7 +92,7 @@ def test_stopped_then_resumed_run_is_bit_identical(tiny_dataset, tmp_path, monke
     assert info.value.exit_code == code
     assert f"{signal.Signals(signum).name} received" in info.value.message
     assert f"at iteration {at}" in info.value.message
-    assert info.value.hint == f"tinygpt resume {part}"
+    assert hint(info.value) == f"tinygpt resume {part}"
     status = RunDir(part).read_status()
     assert status["status"] == "stopped" and status["iteration"] == at
     assert read_metadata(part / "last.safetensors")["iteration"] == at
@@ -334,7 +335,7 @@ def test_non_finite_loss_fails_without_saving(tiny_dataset, tmp_path, monkeypatc
     assert info.value.exit_code == 1
     assert "nan" in info.value.message and "iteration 15" in info.value.message
     assert "(iteration 10)" in info.value.message  # names the last good checkpoint
-    assert info.value.hint.startswith(f"tinygpt resume {run}")
+    assert hint(info.value).startswith(f"tinygpt resume {run}")
     status = RunDir(run).read_status()
     assert status["status"] == "failed" and status["iteration"] == 15
     assert "nan" in status["reason"]
@@ -364,7 +365,7 @@ def test_a_finished_run_needs_overwrite(tiny_dataset, tmp_path):
     before = (run / "last.safetensors").read_bytes()
     with pytest.raises(UsageError, match="already holds a run") as info:
         train_new(config, run)
-    assert info.value.hint.startswith(f"tinygpt resume {run}") and "--overwrite" in info.value.hint
+    assert hint(info.value).startswith(f"tinygpt resume {run}") and "--overwrite" in hint(info.value)
     assert (run / "last.safetensors").read_bytes() == before
     (run / "loss.png").write_bytes(b"the old run's plot")
     train_new(tiny_config(tiny_dataset, max_iters=5, eval_interval=5), run, overwrite=True)
@@ -378,9 +379,9 @@ def test_a_finished_run_needs_overwrite(tiny_dataset, tmp_path):
 def test_missing_dataset_names_the_prepare_command(tmp_path, folder):
     with pytest.raises(TinyGPTError, match="no prepared dataset") as info:
         train_new(tiny_config(tmp_path / folder), tmp_path / "run")
-    assert "tinygpt prepare" in info.value.hint
+    assert "tinygpt prepare" in hint(info.value)
     if folder == "shakespeare":
-        assert info.value.hint == "tinygpt prepare shakespeare"
+        assert hint(info.value) == "tinygpt prepare shakespeare"
     assert not (tmp_path / "run" / "config.json").exists()
 
 
@@ -431,7 +432,7 @@ def test_best_saved_after_last_stays_the_best_recorded(tiny_dataset, tmp_path, m
     best_in_status = []
 
     def worse_evaluation(trainer):
-        best_in_status.append(RunDir(trainer.run.path).read_status().get("best_val_loss"))
+        best_in_status.append(RunDir(run).read_status().get("best_val_loss"))
         return {"train": 9.0, "val": 9.0}
 
     monkeypatch.setattr(Trainer, "evaluate", worse_evaluation)

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ONE_THREAD_ENV, as_format_1, cli_env, rewrite_checkpoint, tiny_cli_flags, tiny_config
+from conftest import ONE_THREAD_ENV, as_format_1, cli_env, hint, rewrite_checkpoint, tiny_cli_flags, tiny_config
 from safetensors import safe_open
 
 from tinygpt_cli.checkpoint import load_checkpoint, read_metadata
 from tinygpt_cli.data import load_dataset, prepare_text
 from tinygpt_cli.errors import CheckpointError, TinyGPTError
-from tinygpt_cli.train import resume, train_new
+from tinygpt_cli.lifecycle import resume, train_new
 
 TESTS = Path(__file__).resolve().parent
 # Address space for the fuzzing process: torch itself maps about 0.7 GB; a checkpoint that made
@@ -226,12 +226,12 @@ def test_a_dataset_that_cannot_be_read_says_permission_denied(small_text, tmp_pa
 # --- memory and the status a run leaves --------------------------------------------------------
 
 def test_a_batch_whose_activations_cannot_fit_is_refused_before_training(tiny_dataset, tmp_path):
-    from tinygpt_cli.train import build_model
+    from tinygpt_cli.devices import build_model
 
     config = tiny_config(tiny_dataset, batch_size=4096, block_size=4096)
     with pytest.raises(TinyGPTError) as info:
         build_model(config, torch.device("cpu"))
-    assert "activations" in info.value.message and "--batch-size" in info.value.hint
+    assert "activations" in info.value.message and "--batch-size" in hint(info.value)
     build_model(tiny_config(tiny_dataset), torch.device("cpu"))  # the usual tiny batch passes
 
 

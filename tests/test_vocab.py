@@ -6,6 +6,8 @@ import json
 
 import numpy as np
 import pytest
+
+from conftest import hint
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -81,7 +83,7 @@ def test_unknown_characters_are_listed():
     for ch in ("'x'", "'y'", "'z'", "'😀'"):
         assert ch in err.message
     assert err.message.startswith("4 character(s) not in the vocabulary")
-    assert err.hint
+    assert hint(err)
 
 
 def test_many_unknown_characters_are_summarised():

@@ -7,7 +7,6 @@ a dataset: step time does not depend on the text.
 from __future__ import annotations
 
 import statistics
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +17,7 @@ import torch
 from .config import RunConfig
 from .data import Dataset, DatasetInfo
 from .params import param_report
-from .runs import RunDir
-from .train import Trainer, TrainingReporter
+from .train import Trainer
 from .vocab import Vocabulary
 
 SYNTHETIC_TOKENS = 200_000
@@ -53,9 +51,9 @@ class StepTiming:
         return iters * self.ms_per_iter / 1000
 
 
-def training_step_fn(config: RunConfig, tmp: str):
+def training_step_fn(config: RunConfig):
     """The real training step (Trainer.train_step) for `config`, on synthetic data."""
-    trainer = Trainer(config, synthetic_dataset(config.model.vocab_size), RunDir(tmp), TrainingReporter())
+    trainer = Trainer(config, synthetic_dataset(config.model.vocab_size))
 
     def step() -> None:
         if trainer.threads is not None:
@@ -77,10 +75,9 @@ def time_steps(step, steps: int) -> float:
 
 def time_training_steps(config: RunConfig, steps: int = 20, warmup: int = 3, repeats: int = 3) -> StepTiming:
     """Median milliseconds per optimiser step of the real training step for `config`."""
-    with tempfile.TemporaryDirectory() as tmp:
-        step = training_step_fn(config, tmp)
-        time_steps(step, warmup)
-        samples = [time_steps(step, steps) for _ in range(repeats)]
+    step = training_step_fn(config)
+    time_steps(step, warmup)
+    samples = [time_steps(step, steps) for _ in range(repeats)]
     c = config
     tokens = c.train.batch_size * c.train.grad_accum * c.model.block_size
     return StepTiming(statistics.median(samples), samples, tokens, param_report(c.model).flops_per_token())

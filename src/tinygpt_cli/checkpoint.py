@@ -33,7 +33,7 @@ from safetensors.torch import save_file
 from . import __version__
 from .config import ModelConfig, TrainConfig
 from .devices import device_memory_bytes
-from .errors import CheckpointError, TinyGPTError
+from .errors import Command, CheckpointError, TinyGPTError
 from .fsutil import atomic_path, open_for_reading
 from .model import GPT, weight_shapes
 from .vocab import Vocabulary
@@ -326,7 +326,7 @@ def _open_checkpoint(path: Path):
     try:
         f = open_for_reading(path)
     except FileNotFoundError as e:
-        raise CheckpointError(f"no checkpoint at {path}", "tinygpt train --preset cpu  (creates runs/<name>/best.safetensors)") from e
+        raise CheckpointError(f"no checkpoint at {path}", Command("train", options={"preset": "cpu"}, why="creates runs/<name>/best.safetensors")) from e
     except OSError as e:
         raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror}") from e
     info = os.fstat(f.fileno())
@@ -388,7 +388,7 @@ def _read_verified(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any],
     broken = next((k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()), None)
     if broken is not None:
         raise CheckpointError(f"{path} holds NaN or infinite values in {broken}: the model is broken (a diverged or damaged run)",
-                              "tinygpt runs  (pick another run, or train this one again with a lower --learning-rate)")
+                              Command("runs", why="pick another run, or train this one again with a lower --learning-rate"))
     return tensors, meta, checked
 
 

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .errors import ConfigError, UsageError
+from .errors import Command, ConfigError, UsageError
 from .fsutil import FileTooLarge, read_limited
 
 if sys.version_info >= (3, 11):
@@ -64,7 +64,7 @@ class TrainConfig(BaseModel):
 
     batch_size: int = Field(64, gt=0, le=2**20, description="Sequences per optimiser step (per process).", json_schema_extra=_panel("Data"))
     grad_accum: int = Field(1, gt=0, le=2**16, description="Micro-batches accumulated per optimiser step.", json_schema_extra=_panel("Data"))
-    data_dir: str = Field("data/shakespeare", description="Prepared dataset folder (see `tinygpt prepare`).", json_schema_extra=_panel("Data"))
+    data_dir: str = Field("data/shakespeare", description="Prepared dataset folder, as the prepare command writes it.", json_schema_extra=_panel("Data"))
 
     max_iters: int = Field(5000, gt=0, le=10**9, description="Total optimiser steps.", json_schema_extra=_panel("Optimisation"))
     learning_rate: float = Field(1e-3, gt=0, description="Peak learning rate, reached after warmup.", json_schema_extra=_panel("Optimisation"))
@@ -172,7 +172,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
             values[key] = value
     unknown = sorted(set(values) - set(ALL_FIELDS) - {"preset"})
     if unknown:
-        raise ConfigError([f"{k}: unknown setting in {path}" for k in unknown], "tinygpt train --help  (lists every setting)")
+        raise ConfigError([f"{k}: unknown setting in {path}" for k in unknown], Command("train", ("--help",), why="lists every setting"))
     return values
 
 
@@ -200,7 +200,7 @@ def build_config(values: dict[str, Any]) -> RunConfig:
         except ValidationError as e:
             problems.extend(_format_errors(e))
     if problems:
-        raise ConfigError(problems, "tinygpt train --help  (lists every setting and its rule)")
+        raise ConfigError(problems, Command("train", ("--help",), why="lists every setting and its rule"))
     return RunConfig(**parts)
 
 

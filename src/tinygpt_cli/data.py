@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import TinyGPTError, UsageError
+from .errors import Command, TinyGPTError, UsageError
 from .fsutil import (FileTooLarge, entries_except, is_temp_file_of, read_json, read_limited, short_list, write_bytes_atomic,
                      write_json_atomic)
 from .vocab import Vocabulary
@@ -72,7 +72,7 @@ def download(url: str, max_bytes: int = MAX_DOWNLOAD_BYTES, timeout: float = DOW
     scheme = urllib.parse.urlsplit(url).scheme.lower()
     if scheme not in ("http", "https"):
         raise UsageError(f"unsupported URL scheme {scheme!r} in {url}: only http and https", "pass a local file path to --source instead")
-    offline_hint = "tinygpt prepare shakespeare --source PATH/TO/input.txt  (a local copy works offline)"
+    offline_hint = Command("prepare shakespeare", options={"source": "PATH/TO/input.txt"}, why="a local copy works offline")
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             declared = response.headers.get("Content-Length")
@@ -149,7 +149,7 @@ def split_sizes(n_tokens: int, val_fraction: float) -> tuple[int, int]:
 
 def _permission_denied(error: PermissionError) -> TinyGPTError:
     return TinyGPTError(f"cannot read {error.filename}: permission denied",
-                        "ask its owner for read access, or prepare your own copy with tinygpt prepare --data-dir FOLDER")
+                        Command("prepare", options={"data_dir": "FOLDER"}, before="ask its owner for read access, or prepare your own copy:"))
 
 
 def _read_meta(folder: Path) -> DatasetInfo | None:
@@ -280,7 +280,7 @@ def prepare_shakespeare(folder: Path, source: str | None, verify: bool, val_frac
         raise TinyGPTError(
             f"checksum mismatch for {src}: got SHA-256 {sha256_hex(raw)[:12]}… ({len(raw):,} bytes), "
             f"expected {SHAKESPEARE_SHA256[:12]}… ({SHAKESPEARE_BYTES:,} bytes)",
-            f"tinygpt prepare shakespeare --source {src} --no-verify  (only if you edited the copy on purpose)",
+            Command("prepare shakespeare", options={"source": str(src), "verify": False}, why="only if you edited the copy on purpose"),
         )
     return PrepareResult(write_dataset(raw, folder, "shakespeare", src, val_fraction), reused=False)
 
@@ -322,13 +322,13 @@ class Dataset:
 def load_dataset(folder: str | Path) -> Dataset:
     folder = Path(folder)
     if not (folder / "meta.json").exists():
-        hint = "tinygpt prepare shakespeare" if folder.name == "shakespeare" else f"tinygpt prepare text FILE --data-dir {folder}"
+        hint = Command("prepare shakespeare") if folder.name == "shakespeare" else Command("prepare text", ("FILE",), {"data_dir": str(folder)})
         raise TinyGPTError(f"no prepared dataset in {folder}", hint)
     info = intact_dataset(folder)
     if info is None:
         raise TinyGPTError(
             f"the dataset in {folder} is damaged or incomplete (a file is missing or fails its checksum)",
-            "run the same `tinygpt prepare` command again to rebuild it",
+            Command("prepare", ("...",), before="rebuild it with the command that made it:"),
         )
     vocab = Vocabulary.load(folder / "vocab.json")
     train = np.fromfile(folder / "train.bin", dtype=np.uint16)

@@ -2,13 +2,35 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Command:
+    """A tinygpt command to suggest, kept as data: the CLI writes it out as a command line
+    (cli/console.py:render_hint), so the core never spells the command-line syntax itself.
+
+    `options` maps setting names (`learning_rate`) to values; True and False stand for a
+    switch on or off."""
+
+    name: str  # the subcommand, e.g. "resume" or "prepare shakespeare"
+    args: tuple[str, ...] = ()
+    options: dict[str, Any] = field(default_factory=dict)
+    before: str = ""  # advice that comes first ("free some disk space, then:")
+    why: str = ""  # what the command does or shows, written after it in parentheses
+
+
+Hint = str | Command
+
 
 class TinyGPTError(Exception):
-    """A failure the user can act on: exit 1 unless a subclass says otherwise."""
+    """A failure the user can act on: exit 1 unless a subclass says otherwise. The hint is advice
+    in words, or a `Command`."""
 
     exit_code = 1
 
-    def __init__(self, message: str, hint: str | None = None):
+    def __init__(self, message: str, hint: Hint | None = None):
         super().__init__(message)
         self.message = message
         self.hint = hint
@@ -23,7 +45,7 @@ class UsageError(TinyGPTError):
 class ConfigError(UsageError):
     """A configuration that breaks one or more rules; one line per broken rule."""
 
-    def __init__(self, problems: list[str], hint: str | None = None):
+    def __init__(self, problems: list[str], hint: Hint | None = None):
         super().__init__("invalid configuration:\n" + "\n".join(f"  {p}" for p in problems), hint)
         self.problems = problems
 
@@ -35,6 +57,6 @@ class CheckpointError(TinyGPTError):
 class TrainingStopped(TinyGPTError):
     """Training was stopped by a signal after saving; exit 128 + signal number."""
 
-    def __init__(self, message: str, hint: str, exit_code: int):
+    def __init__(self, message: str, hint: Hint, exit_code: int):
         super().__init__(message, hint)
         self.exit_code = exit_code

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .errors import TinyGPTError, UsageError
+from .errors import Command, TinyGPTError, UsageError
 from .fsutil import entries_except, is_temp_file_of, short_list, read_json, write_json_atomic, write_text_atomic
 
 RUNS_DIR = Path("runs")
@@ -176,7 +176,7 @@ def resolve_checkpoint(run: Path | None = None, checkpoint: Path | None = None, 
     if run is None:
         found = latest_run(root)
         if found is None:
-            raise TinyGPTError(f"no trained run found under {root}/", "tinygpt train --preset cpu")
+            raise TinyGPTError(f"no trained run found under {root}/", Command("train", options={"preset": "cpu"}))
         run = found.path
     chosen = RunDir(run)
     if not chosen.path.is_dir():
@@ -184,4 +184,4 @@ def resolve_checkpoint(run: Path | None = None, checkpoint: Path | None = None, 
     for path in (chosen.best_path, chosen.last_path):
         if path.exists():
             return path
-    raise TinyGPTError(f"{chosen.path} has no checkpoint yet", f"tinygpt resume {chosen.path}")
+    raise TinyGPTError(f"{chosen.path} has no checkpoint yet", Command("resume", (str(chosen.path),)))

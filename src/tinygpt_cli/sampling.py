@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .devices import DEFAULT_CACHE_BYTES, last_level_cache_bytes, pick_dtype
-from .errors import TinyGPTError
+from .errors import Command, TinyGPTError
 from .model import GPT, KVCache
 
 
@@ -105,7 +105,7 @@ class NonFiniteLogits(TinyGPTError):
                              "sample again with --dtype float32")
         else:
             super().__init__(f"the model's scores for position {position} are not finite numbers: its weights are broken",
-                             "tinygpt runs   (a run whose loss diverged: train it again with a lower --learning-rate)")
+                             Command("runs", why="a run whose loss diverged: train it again with a lower --learning-rate"))
 
 
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:

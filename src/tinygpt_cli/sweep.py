@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from .config import ALL_FIELDS, FIELD_INFO, SHAPE_FIELDS, RunConfig, flag_name, resolve_config
-from .errors import ConfigError, TinyGPTError, TrainingStopped, UsageError
+from .errors import Command, ConfigError, TinyGPTError, TrainingStopped, UsageError
 from .fsutil import write_json_atomic
 from .runs import RUNS_DIR, RunDir, default_run_name
 from .runs_table import format_value, is_run_folder
@@ -141,7 +141,7 @@ def plan_sweep(args: list[str], preset: str | None = None, config_file: Path | N
     fixed = {k: v[0] for k, v in typed.items() if len(v) == 1}
     if not axes:
         raise UsageError("nothing to sweep: give at least one flag several comma-separated values",
-                         "tinygpt sweep --preset cpu --n-layer 2,4 --muon-lr 0.01,0.02 --max-iters 500")
+                         Command("sweep", options={"preset": "cpu", "n_layer": "2,4", "muon_lr": "0.01,0.02", "max_iters": 500}))
     out = Path(out) if out is not None else RUNS_DIR / f"sweep-{default_run_name()}"
     cells: list[Cell] = []
     seen: set[str] = set()
@@ -164,7 +164,7 @@ def plan_sweep(args: list[str], preset: str | None = None, config_file: Path | N
 
 def _saved_changes(cell: Cell) -> dict[str, Any]:
     """Settings of the cell that differ from what its folder was trained with."""
-    from .train import read_run_config
+    from .lifecycle import read_run_config
 
     saved = read_run_config(RunDir(cell.path)).flat()
     wanted = cell.config.flat()
@@ -199,7 +199,7 @@ def cell_action(cell: Cell) -> tuple[str, dict[str, Any]]:
 
 def prepared_configs(plan: SweepPlan) -> list[RunConfig]:
     """Each cell's configuration fitted to its dataset (vocabulary size), checked against it."""
-    from .train import prepare_training
+    from .lifecycle import prepare_training
 
     return [prepare_training(cell.config)[0] for cell in plan.cells]
 
@@ -286,7 +286,7 @@ def run_sweep(plan: SweepPlan, reporter_for: Callable[[Cell], Any] | None = None
               on_cell: Callable[[int, Cell, str], None] | None = None) -> SweepResult:
     """Run every cell in turn. A cell that fails (e.g. its loss diverges) is recorded and the
     sweep goes on; bad flags and a stop signal end the sweep (a rerun picks it up)."""
-    from .train import resume, train_new
+    from .lifecycle import resume, train_new
 
     prepared_configs(plan)  # every cell's data and block size are fine before any training starts
     actions = [cell_action(cell) for cell in plan.cells]

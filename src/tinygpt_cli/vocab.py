@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import TinyGPTError, UsageError
+from .errors import Command, TinyGPTError, UsageError
 from .fsutil import read_json, write_json_atomic
 
 VOCAB_FORMAT = "tinygpt-vocab"
@@ -38,7 +38,7 @@ class UnknownCharactersError(UsageError):
         more = f" and {len(self.unknown) - 20} more" if len(self.unknown) > 20 else ""
         super().__init__(
             f"{len(self.unknown)} character(s) not in the vocabulary: {listed}{more}",
-            "use only characters of the training text (tinygpt vocab lists them)",
+            Command("vocab", before="use only characters of the training text:", why="lists them"),
         )
 
 

@@ -11,6 +11,7 @@ from typer.exceptions import TyperException
 
 from .. import __version__
 from ..errors import TinyGPTError, TrainingStopped
+from .console import render_hint
 from . import bench_cmds, data_cmds, inspect_cmds, train_cmds
 from . import runs_cmds
 
@@ -83,7 +84,7 @@ def _run(debug: bool) -> None:
         if debug:
             raise
         # A graceful stop saved everything: it is reported, but it is not an error.
-        _report(e.message, e.hint, "Stopped:" if isinstance(e, TrainingStopped) else "Error:")
+        _report(e.message, render_hint(e.hint), "Stopped:" if isinstance(e, TrainingStopped) else "Error:")
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         if debug:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 import sys
 
 from rich.console import Console
+
+from ..errors import Command, Hint
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -37,3 +40,23 @@ def format_duration(seconds: float | None) -> str:
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def _option(name: str, value: object) -> str:
+    flag = "--" + name.replace("_", "-")
+    if isinstance(value, bool):  # a switch, on or off
+        return flag if value else flag.replace("--", "--no-", 1)
+    shown = f"{value:g}" if isinstance(value, float) else str(value)
+    return f"{flag} {shlex.quote(shown)}"
+
+
+def render_hint(hint: Hint | None) -> str | None:
+    """A core error's hint as the user types it: a `Command` becomes a tinygpt command line."""
+    if not isinstance(hint, Command):
+        return hint
+    words = ["tinygpt", hint.name, *map(shlex.quote, hint.args)]
+    words += [_option(name, value) for name, value in hint.options.items()]
+    line = " ".join(words)
+    if hint.before:
+        line = f"{hint.before} {line}"
+    return f"{line}  ({hint.why})" if hint.why else line

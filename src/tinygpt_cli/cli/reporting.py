@@ -34,7 +34,7 @@ def make_reporter(interactive: bool):
     """A TrainingReporter that draws a live progress line on a terminal and plain lines otherwise."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from ..train import TrainingReporter
+    from ..lifecycle import TrainingReporter
 
     class Reporter(TrainingReporter):
         def __init__(self) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import typer
 
 from .config_flags import CONFIG_OPTION, PRESET_OPTION
-from .console import err, format_duration, out, print_json
+from .console import err, format_duration, out, print_json, render_hint
 from .options import JSON
 from .reporting import make_reporter, print_curve
 
@@ -185,7 +185,7 @@ def _remove_runs(names: list[Path], yes: bool) -> None:
 
 def _cell_reporter(interactive: bool):
     """The train display for one cell, ending with one line instead of train's closing block."""
-    from ..train import TrainingReporter
+    from ..lifecycle import TrainingReporter
     inner = make_reporter(interactive)
 
     class CellReporter(TrainingReporter):
@@ -257,7 +257,7 @@ def sweep(
     def on_cell(i: int, cell, action: str) -> None:
         say.print(f"[bold]\\[{i + 1}/{len(plan.cells)}][/] {cell.name}: {verbs[action]}")
 
-    from ..train import TrainingReporter
+    from ..lifecycle import TrainingReporter
 
     interactive = sys.stdout.isatty() and not as_json
     try:
@@ -282,7 +282,7 @@ def _sweep_summary(plan, result, as_json: bool) -> None:
     try:
         save_png(plot_runs([s for s in _labelled(summaries, fields) if s[1]], title=f"sweep {plan.out.name}"), png)
     except TinyGPTError as e:
-        err.print(f"no sweep.png: {e.message}" + (f" ({e.hint})" if e.hint else ""), markup=False)
+        err.print(f"no sweep.png: {e.message}" + (f" ({render_hint(e.hint)})" if e.hint else ""), markup=False)
         png = None
     ranked = sort_runs(summaries, "val_loss")
     if as_json:

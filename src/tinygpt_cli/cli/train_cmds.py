@@ -78,7 +78,7 @@ def _quiet_unless_main(dist):
 
 
 def _reporter_for(dist, as_json: bool):
-    from ..train import TrainingReporter
+    from ..lifecycle import TrainingReporter
 
     return make_reporter(_interactive()) if dist.is_main and not as_json else TrainingReporter()
 
@@ -111,7 +111,7 @@ def train(
     from ..distributed import broadcast_int, context_from_env, destroy_process_group, init_process_group
     from ..runs import RUNS_DIR, default_run_name
     from ..devices import pick_device
-    from ..train import train_new
+    from ..lifecycle import train_new
 
     notes: list[str] = []
     run_config = resolve_config(preset, config, flags, notes)
@@ -150,7 +150,7 @@ def resume(
     Example: tinygpt resume runs/20261127-181500 --max-iters 4000
     """
     from ..distributed import context_from_env, destroy_process_group
-    from ..train import resume as resume_run
+    from ..lifecycle import resume as resume_run
 
     dist = context_from_env()
     try:

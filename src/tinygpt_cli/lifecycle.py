@@ -1,0 +1,362 @@
+"""A training run's life around the loop of train.py: start a run or resume one, save its
+checkpoints, stop cleanly on Ctrl-C or SIGTERM, and keep run.json true however it ends.
+
+`train_new` and `resume` are the entry points. Under torchrun every rank runs them and only
+rank 0 touches the run folder. Progress goes to a `TrainingReporter`; the CLI supplies one that
+renders it.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from contextlib import nullcontext, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .config import SHAPE_FIELDS, RunConfig, build_config, check_against_data, flag_name
+from .data import Dataset, load_dataset
+from .distributed import DistContext, barrier
+from .errors import CheckpointError, Command, TinyGPTError, TrainingStopped, UsageError
+from .fsutil import read_json, short_list, write_json_atomic
+from .optim import state_problems
+from .params import param_report
+from .rng import rng_problems
+from .runs import RunDir
+from .train import NonFiniteLoss, Trainer
+
+# Rough sustained throughput, for the projection printed before the first step.
+ASSUMED_FLOPS = {"cpu": 3e10, "mps": 3e12, "cuda": 5e13}
+SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
+FREE_DISK = "free some disk space, then:"
+
+
+class StopSignals:
+    """First SIGINT/SIGTERM: remember it, say so (`on_first`, called inside the signal handler),
+    let the loop save and stop. Second: abort at once."""
+
+    def __init__(self, on_first: Any = None) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+        self._on_first = on_first
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        if self._on_first is not None:
+            self._on_first(signum)
+
+    def __enter__(self) -> StopSignals:
+        for sig in SIGNAL_EXIT:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+@dataclass
+class StartInfo:
+    run: Path
+    config: RunConfig
+    device: str
+    dtype: str
+    threads: str | None  # CPU threads and why (threads.ThreadPolicy); None off a CPU
+    n_params: int
+    tokens_per_iter: int
+    start_iter: int
+    projected_seconds: float
+    # Set when a resumed run trained in another precision until now (a machine with or without
+    # hardware bfloat16 under --dtype auto, a GPU run resumed on a CPU): not bit-exact then.
+    previous_dtype: str | None = None
+    # Set when `best` was saved after `last` (a stop came between an evaluation's two saves):
+    # the iteration of that best checkpoint, which the resumed run keeps as its best.
+    best_saved_after_last: int | None = None
+    # A prompt from the run's own text (its first line), for the hint at the end.
+    sample_prompt: str = ""
+
+
+class TrainingReporter:
+    """Receives progress; the CLI renders it. Every method does nothing by default."""
+
+    def on_start(self, info: StartInfo) -> None: ...
+    def on_step(self, record: dict[str, Any]) -> None: ...
+    def on_eval(self, record: dict[str, Any]) -> None: ...
+    def on_end(self, status: str, record: dict[str, Any]) -> None: ...
+    def on_stop_requested(self, signum: int) -> None:
+        """The first Ctrl-C or SIGTERM arrived. Called inside the signal handler, between two
+        bytecodes of anything: write without locks (os.write), never block."""
+
+
+@dataclass
+class TrainResult:
+    run: Path
+    iteration: int
+    best_val_loss: float | None
+    last_val_loss: float | None
+    elapsed: float
+
+
+class TrainingRun:
+    """One process's part in a run: the Trainer, the run folder (written by rank 0 only) and the
+    reporter. It answers the loop's events (train.LoopEvents)."""
+
+    def __init__(self, trainer: Trainer, run: RunDir, reporter: TrainingReporter):
+        self.trainer, self.run, self.reporter = trainer, run, reporter
+        self.is_main = trainer.rank == 0
+        self.saved_at = -1  # the iteration of the last `last` checkpoint
+        self.saved_dtype: str | None = None  # the precision of the checkpoint resumed from
+        self.best_saved_after_last: int | None = None
+        self.signals: StopSignals | None = None  # set while fit() runs
+
+    # --- resuming --------------------------------------------------------------------------
+    def restore(self, ckpt: Checkpoint) -> None:
+        """Take the state of `ckpt`, checked whole against this model before anything is set."""
+        path = self.run.last_path
+        if ckpt.optimizer is None or ckpt.rng is None:
+            raise CheckpointError(f"{path} has no optimiser or RNG state: it cannot be resumed")
+        problems = state_problems(self.trainer.optimizer, ckpt.optimizer, ckpt.iteration) + rng_problems(ckpt.rng)
+        if problems:
+            raise CheckpointError(f"{path} has optimiser or RNG state that does not fit this run: {'; '.join(problems[:3])}")
+        try:
+            self.trainer.load_state(ckpt, path)
+        except RuntimeError as e:  # a CUDA RNG state of the wrong size
+            raise CheckpointError(f"{path} has an RNG state this machine cannot take: {e}") from e
+        self.saved_at = ckpt.iteration
+        self.saved_dtype = ckpt.progress.get("dtype")
+
+    def keep_best_saved_after_last(self) -> None:
+        """An evaluation saves `best`, then `last`: a kill (or a failed `last` save) between the two
+        leaves `best` ahead of `last`. Its loss becomes the best so far, as the resumed run may
+        not reach it again (another --max-iters changes the schedule) and `best` must stay the
+        checkpoint of the best loss the run records; a better evaluation still replaces it."""
+        try:
+            best = load_checkpoint(self.run.best_path)  # verified: a damaged file is not kept as the best
+        except CheckpointError:  # none, or damaged: the next improvement replaces it
+            return
+        t = self.trainer
+        ahead = best.iteration > t.step and best.val_loss is not None
+        if ahead and (t.best_val is None or best.val_loss < t.best_val):
+            t.best_val = best.val_loss
+            self.best_saved_after_last = best.iteration
+
+    # --- the loop's events -----------------------------------------------------------------
+    def stop_requested(self) -> bool:
+        return self.signals is not None and self.signals.signum is not None
+
+    def on_step(self, record: dict[str, Any]) -> None:
+        self._log(record)
+        self.reporter.on_step(record)
+
+    def on_eval(self, record: dict[str, Any], improved: bool) -> None:
+        self._log(record)
+        # `best` first: a crash between the two saves then leaves `last` at the previous
+        # evaluation and `best` ahead of it, which a resume keeps (keep_best_saved_after_last).
+        if improved:
+            self.save("best")
+        self.save("last")
+        self._write_running()
+        self.reporter.on_eval({**record, "best_val_loss": self.trainer.best_val, "improved": improved})
+
+    # --- the run folder ----------------------------------------------------------------------
+    def save(self, kind: str) -> None:
+        if not self.is_main:
+            return
+        path = self.run.last_path if kind == "last" else self.run.best_path
+        try:
+            save_checkpoint(path, self.trainer.checkpoint(kind))
+        except CheckpointError as e:  # the previous file is intact: the run can go on from it later
+            with suppress(OSError):  # on a full disk the status may not be writable either
+                self._write_status("failed", iteration=self.trainer.step, reason=e.message)
+            if self.saved_at >= 0:
+                hint = Command("resume", (str(self.run.path),), before=FREE_DISK, why=f"continues from iteration {self.saved_at}")
+            else:
+                hint = Command("train", options={"out": str(self.run.path), "overwrite": True}, before=FREE_DISK)
+            raise CheckpointError(e.message, hint) from e
+        if kind == "last":
+            self.saved_at = self.trainer.step
+
+    def _write_status(self, status: str, **fields: Any) -> None:
+        """run.json, with the CPU threads in use (they change with the machine's load)."""
+        threads = self.trainer.threads
+        self.run.write_status(status, **fields, **({"threads": threads.describe()} if threads is not None else {}))
+
+    def _write_running(self) -> None:
+        if self.is_main:
+            t = self.trainer
+            self._write_status("running", iteration=t.step, max_iters=t.config.train.max_iters, best_val_loss=t.best_val)
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.is_main:
+            with open(self.run.metrics_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+    # --- start and end -----------------------------------------------------------------------
+    def start_info(self) -> StartInfo:
+        t = self.trainer
+        cfg, device = t.config.train, t.device
+        per_iter = param_report(t.config.model).flops_per_token() * t.tokens_per_iter()
+        speed = ASSUMED_FLOPS[device.type] * (torch.get_num_threads() / 2 if device.type == "cpu" else 1)
+        projected = per_iter * (cfg.max_iters - t.step) / speed / t.world_size
+        dtype = t.compute.dtype_name
+        previous = self.saved_dtype if self.saved_dtype not in (None, dtype) else None
+        threads = t.threads.describe() if t.threads is not None else None
+        return StartInfo(self.run.path, t.config, str(device), dtype, threads, t.model.num_params(), t.tokens_per_iter(),
+                         t.step, projected, previous, self.best_saved_after_last, first_line(t.dataset))
+
+    def fit(self) -> TrainResult:
+        """Train to max_iters (or a stop signal). A run-folder write that fails (a full disk) is one
+        line: checkpoints are atomic, so the run resumes from its last save. However the run
+        ends, run.json says so: never "running" once the process has left."""
+        try:
+            return self._fit()
+        except OSError as e:
+            self._record_end("failed", e)
+            raise TinyGPTError(f"cannot write to the run folder {self.run.path}: {e.strerror or e}",
+                               Command("resume", (str(self.run.path),), before=FREE_DISK)) from e
+        except KeyboardInterrupt as e:  # a second Ctrl-C: abort without saving
+            self._record_end("aborted", e)
+            raise
+        except BaseException as e:
+            self._record_end("failed", e)
+            raise
+
+    def _fit(self) -> TrainResult:
+        self.reporter.on_start(self.start_info())
+        self._write_running()
+        with StopSignals(self.reporter.on_stop_requested) as self.signals:
+            try:
+                finished = self.trainer.fit(self)
+            except NonFiniteLoss as e:
+                raise self._non_finite(e) from e
+            if not finished:
+                return self._stop(self.signals.signum or signal.SIGTERM)
+        barrier(self.trainer.dist)  # leave together: a rank tearing down early can crash its peers' transport
+        return self._finish("finished")
+
+    def _record_end(self, status: str, error: BaseException) -> None:
+        """Write the final status, unless one was written already (stopped, failed on a save...)."""
+        if not self.is_main or self.run.read_status().get("status") != "running":
+            return
+        t = self.trainer
+        reason = getattr(error, "message", None) or f"{type(error).__name__}: {error}".strip(": ")
+        with suppress(OSError):  # on a full disk the status may not be writable either
+            self._write_status(status, iteration=t.step, max_iters=t.config.train.max_iters, best_val_loss=t.best_val, reason=reason)
+
+    def _finish(self, status: str) -> TrainResult:
+        t = self.trainer
+        result = TrainResult(self.run.path, t.step, t.best_val, t.last_val, t.elapsed())
+        if self.is_main:
+            self._write_status(status, iteration=t.step, max_iters=t.config.train.max_iters,
+                               best_val_loss=t.best_val, elapsed=result.elapsed)
+        self.reporter.on_end(status, result.__dict__)
+        return result
+
+    def _stop(self, signum: int) -> TrainResult:
+        if self.saved_at != self.trainer.step:
+            self.save("last")
+        barrier(self.trainer.dist)  # no rank leaves before rank 0 has saved
+        self._finish("stopped")
+        name = signal.Signals(signum).name
+        raise TrainingStopped(f"{name} received: saved {self.run.last_path} at iteration {self.trainer.step}",
+                              Command("resume", (str(self.run.path),)), SIGNAL_EXIT[signum])
+
+    def _non_finite(self, error: NonFiniteLoss) -> TinyGPTError:
+        """The loss diverged: nothing is saved (the weights are broken), run.json says so."""
+        if self.is_main:
+            self._write_status("failed", iteration=error.iteration, reason=str(error))
+        last = f"{self.run.last_path} (iteration {self.saved_at})" if self.saved_at >= 0 else "none was saved yet"
+        return TinyGPTError(
+            f"the loss became {error.loss} at iteration {error.iteration}; training stopped without saving. Last good checkpoint: {last}",
+            Command("resume", (str(self.run.path),), {"learning_rate": self.trainer.config.train.learning_rate / 3}),
+        )
+
+
+def first_line(dataset: Dataset, max_chars: int = 30) -> str:
+    """The first line of the training text that is not blank, cut to `max_chars`: a prompt the
+    model has seen the like of, whatever the corpus (a play, code, another language)."""
+    head = dataset.vocab.decode(dataset.train[: 20 * max_chars].tolist())
+    line = next((line.strip() for line in head.splitlines() if line.strip()), "")
+    return line[:max_chars]
+
+
+def prepare_training(config: RunConfig) -> tuple[RunConfig, Dataset]:
+    """Load the dataset and fit the config to it (vocabulary size, absolute data path)."""
+    data_dir = Path(config.train.data_dir).resolve()
+    dataset = load_dataset(data_dir)
+    flat = {**config.flat(), "vocab_size": dataset.vocab.size, "data_dir": str(data_dir)}
+    config = build_config(flat)
+    check_against_data(config, len(dataset.train), len(dataset.val), dataset.vocab.size)
+    return config, dataset
+
+
+def train_new(config: RunConfig, run_path: Path, reporter: TrainingReporter | None = None,
+              overwrite: bool = False, dist: DistContext = DistContext()) -> TrainResult:
+    """Start a run in `run_path`. Under torchrun only rank 0 touches the folder."""
+    config, dataset = prepare_training(config)
+    run = RunDir(run_path)
+    foreign = run.foreign_files() if dist.is_main else []
+    if foreign:
+        raise UsageError(f"{run.path} holds files that are not a tinygpt run's ({short_list(foreign)}): a run folder holds only its own files",
+                         "train into a new or empty folder with --out runs/NAME")
+    with run.locked() if dist.is_main else nullcontext():
+        if dist.is_main:
+            if run.has_checkpoint() or run.metrics_path.exists():
+                if not overwrite:
+                    raise UsageError(f"{run.path} already holds a run", Command("resume", (str(run.path),), why="or pass --overwrite to start it again"))
+                run.clear()
+            write_json_atomic(run.config_path, config.model_dump())
+        return TrainingRun(Trainer(config, dataset, dist), run, reporter or TrainingReporter()).fit()
+
+
+def read_run_config(run: RunDir) -> RunConfig:
+    try:
+        return RunConfig(**read_json(run.config_path))
+    except FileNotFoundError as e:
+        raise TinyGPTError(f"{run.path} is not a run folder (no config.json)", Command("train", options={"out": "RUN"}, why="starts one")) from e
+    except Exception as e:
+        raise TinyGPTError(f"{run.config_path} is unreadable: {e}") from e
+
+
+def resume(run_path: Path, overrides: dict[str, Any] | None = None, reporter: TrainingReporter | None = None,
+           dist: DistContext = DistContext()) -> TrainResult:
+    """Continue a run from its `last` checkpoint; `overrides` may change non-shape settings.
+
+    The number of processes may differ from the first launch; the data order then follows the
+    new global batch size from the resumed iteration on.
+    """
+    run = RunDir(run_path)
+    if not run.path.is_dir():
+        raise UsageError(f"no run folder at {run.path}", "ls runs/  (lists run folders)")
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    refused = sorted(set(overrides) & set(SHAPE_FIELDS))
+    if refused:
+        raise UsageError(f"cannot change the model's shape on resume ({', '.join(map(flag_name, refused))})",
+                         Command("train", before="start a new run instead:"))
+    with run.locked() if dist.is_main else nullcontext():
+        saved = read_run_config(run)
+        config = build_config({**saved.flat(), **overrides})
+        if not run.last_path.exists():
+            raise TinyGPTError(f"{run.path} has no last checkpoint to resume from",
+                               Command("train", options={"out": str(run.path), "overwrite": True}))
+        ckpt = load_checkpoint(run.last_path)
+        if config.train.max_iters < ckpt.iteration:
+            raise UsageError(f"--max-iters {config.train.max_iters} is below the {ckpt.iteration} iterations already done",
+                             Command("resume", (str(run.path),), {"max_iters": ckpt.iteration * 2}))
+        config, dataset = prepare_training(config)
+        if ckpt.vocab != dataset.vocab:
+            raise TinyGPTError(f"the dataset in {config.train.data_dir} has a different vocabulary from the checkpoint",
+                               f"rebuild the dataset this run trained on, with the same prepare command, into {config.train.data_dir}")
+        training = TrainingRun(Trainer(config, dataset, dist), run, reporter or TrainingReporter())
+        training.restore(ckpt)  # checks the whole state: nothing in the folder has changed yet
+        training.keep_best_saved_after_last()
+        if dist.is_main:
+            write_json_atomic(run.config_path, config.model_dump())
+            run.truncate_metrics(ckpt.iteration)
+        return training.fit()
