@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,45 @@ def hint(error) -> str:
     from tinygpt_cli.cli.console import render_hint
 
     return render_hint(error.hint) or ""
+
+
+def assert_error_output(stderr: str, *in_message: str, hint: str | None = None, context: str | None = None) -> None:
+    """stderr is one `Error:` line (holding each of `in_message`), at most one `Try:` line (holding
+    `hint`), and nothing else: no traceback, no internal error."""
+    context = stderr if context is None else context
+    lines = stderr.strip().splitlines()
+    assert lines and lines[0].startswith("Error:"), context
+    assert "internal error" not in stderr and "Traceback" not in stderr, context
+    assert len(lines) == 1 or (len(lines) == 2 and lines[1].startswith("Try:")), context
+    assert all(text in lines[0] for text in in_message), context
+    if hint is not None:
+        assert len(lines) == 2 and hint in lines[1], context
+
+
+def assert_same_tensors(a: Path, b: Path) -> None:
+    """Two safetensors files hold the same tensors, bit for bit."""
+    import torch
+    from safetensors.torch import load_file
+
+    ta, tb = load_file(str(a)), load_file(str(b))
+    assert sorted(ta) == sorted(tb)
+    different = [k for k in ta if ta[k].dtype != tb[k].dtype or not torch.equal(ta[k], tb[k])]
+    assert not different, f"tensors differ: {different[:5]}"
+
+
+def wait_for(condition, proc: subprocess.Popen, log: Path | None = None, timeout: float = 120) -> None:
+    """Poll until `condition()` holds; fail if the process ends first (or on the safety deadline),
+    showing its output (from `log`, or from its pipes)."""
+    def output() -> str:
+        return log.read_text(encoding="utf-8") if log is not None else "\n".join(proc.communicate())
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            pytest.fail(f"the process exited with {proc.returncode} too early:\n{output()}")
+        if time.monotonic() > deadline:
+            pytest.fail("the process did not reach the expected state in time" + (f":\n{output()}" if log is not None else ""))
+        time.sleep(0.01)
 
 
 def make_text(n_chars: int = 5000, seed: int = 1234) -> str:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import cli_env, tmp_files
+from conftest import assert_error_output, cli_env, tmp_files
 
 import tinygpt_cli
 from tinygpt_cli.data import DATASET_FILES as DATA_FILES
@@ -18,18 +18,10 @@ SHAKESPEARE_NUMBERS = ("65", "1,003,854", "111,540")
 
 
 def assert_error(proc: subprocess.CompletedProcess, code: int, *in_message: str, hint: str | None = None) -> None:
-    """Exit `code`; stderr is `Error: ...` (containing each of `in_message`), a `Try:` line with `hint`, no traceback."""
+    """Exit `code`, and one `Error:` line holding each of `in_message` (see assert_error_output)."""
     detail = f"rc={proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     assert proc.returncode == code, detail
-    assert proc.stderr.startswith("Error:"), detail
-    assert "Traceback" not in proc.stderr, detail
-    assert "internal error" not in proc.stderr, detail
-    error_line = proc.stderr.split("\nTry:")[0]
-    for text in in_message:
-        assert text in error_line, detail
-    try_lines = [line for line in proc.stderr.splitlines() if line.startswith("Try:")]
-    if hint is not None:
-        assert len(try_lines) == 1 and hint in try_lines[0], detail
+    assert_error_output(proc.stderr, *in_message, hint=hint, context=detail)
 
 
 def assert_nothing_written(root, folder) -> None:

@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ONE_THREAD_ENV, TINY_MODEL, TINY_TEXT_CHARS, TINY_TRAIN, cli_env, hint, make_text, tiny_cli_flags, tiny_config
+from conftest import (ONE_THREAD_ENV, TINY_MODEL, TINY_TEXT_CHARS, TINY_TRAIN, assert_same_tensors, cli_env, hint, make_text,
+                      tiny_cli_flags, tiny_config, wait_for)
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from safetensors.torch import load_file
 
 import tinygpt_cli.checkpoint as checkpoint_module
 import tinygpt_cli.data as data_module
@@ -92,28 +92,12 @@ def tmp_leftovers(folder: Path) -> list[Path]:
     return sorted(folder.glob(".*.tmp"))
 
 
-def tensors_equal(a: Path, b: Path) -> bool:
-    ta, tb = load_file(str(a)), load_file(str(b))
-    return sorted(ta) == sorted(tb) and all(torch.equal(ta[k], tb[k]) for k in ta)
-
-
 def popen_cli(args: list, cwd: Path, log: Path, wrapper: list | None = None) -> subprocess.Popen:
     """`python -m tinygpt_cli ARGS` (or `python WRAPPER ... ARGS`), output to a file so no pipe fills up."""
     command = [sys.executable, *map(str, wrapper or ["-m", "tinygpt_cli"]), *map(str, args)]
     with open(log, "w", encoding="utf-8") as out:
         return subprocess.Popen(command, cwd=str(cwd), env=cli_env(ONE_THREAD_ENV), stdout=out,
                                 stderr=subprocess.STDOUT, text=True)
-
-
-def wait_for(condition, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
-    """Poll until `condition()` holds; fail if the process ends first (or on the safety deadline)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if proc.poll() is not None:
-            pytest.fail(f"the process exited with {proc.returncode} too early:\n{log.read_text(encoding='utf-8')}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"the process did not reach the expected state:\n{log.read_text(encoding='utf-8')}")
-        time.sleep(0.01)
 
 
 def kill_hard(proc: subprocess.Popen) -> None:
@@ -261,7 +245,7 @@ def test_sigkill_during_a_checkpoint_write(tiny_dataset, tmp_path, mode):
     assert not tmp_leftovers(run)
     straight = tmp_path / "straight"
     train_new(tiny_config(tiny_dataset, **{**settings, "max_iters": expected + 10}), straight)
-    assert tensors_equal(run / "last.safetensors", straight / "last.safetensors")
+    assert_same_tensors(run / "last.safetensors", straight / "last.safetensors")
 
 
 def test_sigkill_between_the_saves_of_one_evaluation_keeps_best_consistent(tiny_dataset, tmp_path):

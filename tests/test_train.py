@@ -11,13 +11,12 @@ import signal
 import struct
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import ONE_THREAD_ENV, SWITCHES, as_format_1, cli_env, hint, rewrite_checkpoint, switch_id, tiny_cli_flags, tiny_config
+from conftest import ONE_THREAD_ENV, SWITCHES, as_format_1, assert_same_tensors, cli_env, hint, rewrite_checkpoint, switch_id, tiny_cli_flags, tiny_config, wait_for
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -37,13 +36,6 @@ METRIC_KEYS = ("iter", "loss", "train_loss", "val_loss", "lr")
 def metrics_view(run: Path) -> list[dict]:
     """The metric records without wall-clock fields (elapsed, throughput)."""
     return [{k: r[k] for k in METRIC_KEYS if k in r} for r in RunDir(run).read_metrics()]
-
-
-def assert_same_tensors(a: Path, b: Path) -> None:
-    ta, tb = load_file(str(a)), load_file(str(b))
-    assert sorted(ta) == sorted(tb)
-    different = [k for k in ta if ta[k].dtype != tb[k].dtype or not torch.equal(ta[k], tb[k])]
-    assert not different, f"tensors differ: {different[:5]}"
 
 
 class SignalAtStep(TrainingReporter):
@@ -107,17 +99,6 @@ def test_stopped_then_resumed_run_is_bit_identical(tiny_dataset, tmp_path, monke
     assert len(metrics_view(whole)) == 4 + 5  # step records at 10..40, evals at 0..40
 
 
-def _wait_for(condition, proc: subprocess.Popen, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if proc.poll() is not None:
-            out, err = proc.communicate()
-            pytest.fail(f"training exited early with {proc.returncode}:\n{out}\n{err}")
-        if time.monotonic() > deadline:
-            pytest.fail("training did not reach the expected state in time")
-        time.sleep(0.01)
-
-
 def _start_training(data_dir: Path, run: Path, cwd: Path, **overrides) -> subprocess.Popen:
     args = tiny_cli_flags(data_dir, **overrides)
     return subprocess.Popen([sys.executable, "-m", "tinygpt_cli", "train", *args, "--out", str(run)], cwd=str(cwd),
@@ -144,7 +125,7 @@ def test_sigint_to_a_real_training_process_then_resume_matches_uninterrupted(tin
     run = tmp_path / "run"
     settings = dict(max_iters=300, eval_interval=50, dropout=0.1)
     proc = _start_training(tiny_dataset, run, tmp_path, **settings)
-    _wait_for(lambda: _has_step_record(run), proc)  # at least 10 steps done, `last` saved
+    wait_for(lambda: _has_step_record(run), proc)  # at least 10 steps done, `last` saved
     _, err = _interrupt(proc, signal.SIGINT)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
@@ -167,7 +148,7 @@ def test_sigint_to_a_real_training_process_then_resume_matches_uninterrupted(tin
 def test_sigterm_to_a_real_training_process_exits_143(tiny_dataset, tmp_path):
     run = tmp_path / "run"
     proc = _start_training(tiny_dataset, run, tmp_path, max_iters=300, eval_interval=50)
-    _wait_for(lambda: (run / "last.safetensors").exists(), proc)
+    wait_for(lambda: (run / "last.safetensors").exists(), proc)
     _, err = _interrupt(proc, signal.SIGTERM)
     assert proc.returncode == 143, err
     assert "Traceback" not in err

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ONE_THREAD_ENV, as_format_1, cli_env, hint, rewrite_checkpoint, tiny_cli_flags, tiny_config
+from conftest import ONE_THREAD_ENV, as_format_1, assert_error_output, cli_env, hint, rewrite_checkpoint, tiny_cli_flags, tiny_config
 from safetensors import safe_open
 
 from tinygpt_cli.checkpoint import load_checkpoint, read_metadata
@@ -36,14 +36,6 @@ def _limit_memory() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (FUZZ_MEMORY_LIMIT, FUZZ_MEMORY_LIMIT))
 
 
-def assert_error_lines(stderr: str, context: str) -> None:
-    """An `Error:` line, optionally one `Try:` line, and nothing else (no traceback, no internal error)."""
-    lines = stderr.strip().splitlines()
-    assert lines and lines[0].startswith("Error:"), context
-    assert "internal error" not in stderr and "Traceback" not in stderr, context
-    assert len(lines) == 1 or (len(lines) == 2 and lines[1].startswith("Try:")), context
-
-
 @pytest.mark.parametrize("seed, count", [(0, 20), (1, 100), (2, 100)])
 def test_fuzzed_checkpoints_give_one_error_line_or_a_correct_result(tiny_run, tiny_dataset, tmp_path, seed, count):
     """Seed 0 also runs the hand-made cases of the hostile-input sweep (checkpoint_fuzz.crafted)."""
@@ -58,7 +50,7 @@ def test_fuzzed_checkpoints_give_one_error_line_or_a_correct_result(tiny_run, ti
         context = json.dumps(r, indent=1)
         assert r["code"] in (0, 1, 2), context
         if r["code"]:
-            assert_error_lines(r["stderr"], context)
+            assert_error_output(r["stderr"], context=context)
         elif r["changed"] and not r["recomputed"] and r["command"] != "resume":
             assert r["same_output"], context  # loaded despite damage: only if it changed nothing that matters
         if r["mutation"].removesuffix(".safetensors") in ALWAYS_REFUSED:
@@ -154,7 +146,7 @@ def test_fifos_and_devices_never_hang_or_read_without_end(tiny_run, tmp_path, ru
     values = {"fifo": fifo, "run": tiny_run, "tmp": tmp_path}
     proc = run_cli(*[a.format(**values) for a in args], timeout=60, env=ONE_THREAD_ENV)
     assert proc.returncode in (1, 2), proc.stderr
-    assert_error_lines(proc.stderr, proc.stderr)
+    assert_error_output(proc.stderr)
 
 
 # --- the user's own files ----------------------------------------------------------------------
@@ -169,7 +161,7 @@ def test_overwrite_refuses_a_folder_holding_the_users_files_and_names_them(tiny_
     before = sorted(p.relative_to(folder) for p in folder.rglob("*"))
     proc = run_cli("train", *tiny_cli_flags(tiny_dataset, max_iters=4), "--out", folder, "--overwrite", env=ONE_THREAD_ENV)
     assert proc.returncode == 2
-    assert_error_lines(proc.stderr, proc.stderr)
+    assert_error_output(proc.stderr)
     assert "important/" in proc.stderr and "mydata.csv" in proc.stderr
     assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == before
     assert (folder / "important" / "notes.txt").read_text() == "years of notes"
@@ -192,7 +184,7 @@ def test_prepare_never_overwrites_a_folder_it_did_not_make(small_text, tmp_path,
     (folder / "input.txt").write_text(corpus)
     proc = run_cli("prepare", "text", small_text, "--data-dir", folder)
     assert proc.returncode == 2 and "input.txt" in proc.stderr
-    assert_error_lines(proc.stderr, proc.stderr)
+    assert_error_output(proc.stderr)
     assert (folder / "input.txt").read_text() == corpus and sorted(os.listdir(folder)) == ["input.txt"]
 
 
@@ -266,7 +258,7 @@ def test_any_exit_from_training_leaves_a_status_that_tells_the_truth(tiny_datase
 def test_values_out_of_reach_are_usage_errors(tiny_run, run_cli, args, words):
     proc = run_cli(*[a.format(run=tiny_run) for a in args], env=ONE_THREAD_ENV)
     assert proc.returncode == 2, proc.stderr
-    assert_error_lines(proc.stderr, proc.stderr)
+    assert_error_output(proc.stderr)
     assert words in proc.stderr.splitlines()[0]
 
 
@@ -328,7 +320,7 @@ def test_a_deeply_nested_settings_file_is_one_error_line(tmp_path, run_cli):
     deep.write_text("n_layer = " + "[" * 50_000 + "]" * 50_000 + "\n")
     proc = run_cli("train", "--config", deep)
     assert proc.returncode == 2
-    assert_error_lines(proc.stderr, proc.stderr)
+    assert_error_output(proc.stderr)
     assert "not valid TOML" in proc.stderr
 
 
