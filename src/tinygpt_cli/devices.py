@@ -106,8 +106,8 @@ def keep_freed_cpu_memory() -> bool:
 
     Eager training frees and allocates the same activation buffers at every step. By default
     glibc gives large freed blocks back to the OS (munmap, heap trimming), so the next step takes
-    them again page by page: about 2,700 page faults a step at nanoGPT's CPU shape, 5 of its 26 ms
-    here. With large blocks served from the heap and up to 1 GiB of freed memory kept, a step reuses
+    them again page by page (benchmarks/README.md, "Memory the loop keeps", measures the cost).
+    With large blocks served from the heap and up to 1 GiB of freed memory kept, a step reuses
     the last one's pages. Memory use stays at its peak, as with PyTorch's caching allocator on a
     GPU. The setting holds for the whole process, from then on.
 

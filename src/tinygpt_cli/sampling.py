@@ -60,10 +60,9 @@ def block_matrix_bytes(model: GPT) -> int:
 def auto_sampling_name(model: GPT, device: torch.device) -> str:
     """What `--dtype auto` samples in. On a CPU: float16 matrices when the float32 ones outgrow
     the last-level cache, float32 when they fit. One token reads every matrix once, so where
-    float32 weights come from memory, halving them wins (the baby GPT's 43 MB, 32 MB cache: 2.5x
-    the characters/s); where they fit, converting float16 costs more than it saves (the cpu
-    preset's 3 MB: float32 13% faster; the baby GPT on a 48 MB-cache Xeon: 7.7 against 8.8 s
-    for 1000 characters). Off a CPU: float32."""
+    float32 weights come from memory, halving them wins; where they fit, converting float16 costs
+    more than it saves (benchmarks/README.md, "Sampling on a CPU", has the figures). Off a CPU:
+    float32."""
     if device.type != "cpu":
         return "float32"
     cache = last_level_cache_bytes() or DEFAULT_CACHE_BYTES
@@ -150,7 +149,7 @@ def window_start(length: int, start: int, block_size: int) -> int:
     return start
 
 
-@torch.inference_mode()  # lighter than no_grad for the many small ops of one token (about 10% faster)
+@torch.inference_mode()  # lighter than no_grad for the many small ops of one token
 def generate(model: GPT, prompt: list[int], max_new_tokens: int, *, temperature: float = 0.8,
              top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
              kv_cache: bool = True) -> Iterator[int]:

@@ -3,8 +3,8 @@
 torch splits each operation between OpenMP threads, and a thread that waits for the next
 operation spins on its core for a while. When the cores are all ours, that saves a wake-up per
 operation. When another process wants a core, a spinning thread keeps it from that process, and
-each of our operations waits for a thread the scheduler has set aside: a step of the cpu preset
-took 3-4x as long with one busy competitor on 2 cores (benchmarks/bench_busy.py). So:
+each of our operations waits for a thread the scheduler has set aside (benchmarks/bench_busy.py
+measures it; benchmarks/README.md, "A busy machine"). So:
 
 - a step too small to split (under SMALL_STEP_FLOPS) runs on one thread: measured faster even on
   a quiet machine;
@@ -22,9 +22,9 @@ import os
 import time
 from dataclasses import dataclass
 
-# Training FLOPs per step below which one thread is fastest (measured on 2 cores: the tiny model
-# of the tests, 0.05 GFLOP a step, ran 5% faster on one thread; the cpu preset, 5 GFLOP, 1.5x
-# faster on two). The threshold sits between the two, on a log scale.
+# Training FLOPs per step below which one thread is fastest: between the tests' tiny model (one
+# thread faster) and the cpu preset (two faster), on a log scale (benchmarks/README.md, "A busy
+# machine", has the measurements).
 SMALL_STEP_FLOPS = 5e8
 CHECK_EVERY_S = 1.0  # how often a training run looks at the load again
 IDLE_SHARE = 0.3  # a window in which we used less than this of a core is not judged
