@@ -294,6 +294,17 @@ def test_pickle_renamed_to_safetensors_is_refused_and_never_run(tmp_path, maker)
 
 # --- failures during training ------------------------------------------------------------
 
+def test_stop_at_val_loss_ends_the_run_at_the_first_evaluation_that_reaches_it(tiny_run, tiny_dataset, tmp_path):
+    evals = [r for r in RunDir(tiny_run).read_metrics() if "val_loss" in r]  # iterations 0, 10, 20, 30
+    target = evals[2]["val_loss"]
+    assert min(r["val_loss"] for r in evals[:2]) > target  # not reached before iteration 20
+    result = train_new(tiny_config(tiny_dataset, stop_at_val_loss=target), tmp_path / "run")
+    assert (result.iteration, result.best_val_loss) == (20, target)
+    status = RunDir(tmp_path / "run").read_status()
+    assert (status["status"], status["iteration"]) == ("finished", 20)
+    assert load_checkpoint(tmp_path / "run" / "best.safetensors").iteration == 20
+
+
 def test_non_finite_loss_fails_without_saving(tiny_dataset, tmp_path, monkeypatch):
     run = tmp_path / "run"
     saved_at_10: dict[str, bytes] = {}

@@ -19,10 +19,13 @@ class DistContext:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    launched: bool = False  # started by torchrun, even as its only process
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        """Whether this process is part of a process group: under torchrun, even alone (a GPU's
+        one process then trains through NCCL and DDP, as it would beside others)."""
+        return self.launched or self.world_size > 1
 
     @property
     def is_main(self) -> bool:
@@ -33,7 +36,7 @@ def context_from_env() -> DistContext:
     """The process's place in a torchrun launch; a plain process is rank 0 of 1."""
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return DistContext()
-    return DistContext(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
+    return DistContext(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)), launched=True)
 
 
 def init_process_group(ctx: DistContext, device_type: str) -> None:

@@ -217,15 +217,19 @@ class Trainer:
         cfg = self.config.train
         return cfg.batch_size * cfg.grad_accum * self.world_size * self.config.model.block_size
 
+    def reached_target(self) -> bool:
+        target = self.config.train.stop_at_val_loss
+        return target is not None and self.last_val is not None and self.last_val <= target
+
     def fit(self, events: LoopEvents) -> bool:
-        """Train to max_iters, evaluating every eval_interval steps. Returns False when `events`
-        asked to stop first; raises NonFiniteLoss when the loss diverges."""
+        """Train to max_iters (or to the val loss target), evaluating every eval_interval steps.
+        Returns False when `events` asked to stop first; raises NonFiniteLoss when the loss diverges."""
         cfg = self.config.train
         self._t0 = time.perf_counter()
         self.stop_requested = events.stop_requested
         self._maybe_evaluate(events)
         window_start, window_steps = time.perf_counter(), 0
-        while self.step < cfg.max_iters:
+        while self.step < cfg.max_iters and not self.reached_target():
             if events.stop_requested() and not self.dist.enabled:
                 return False  # one process needs no agreement: stop before another step
             if self.threads is not None:

@@ -40,12 +40,14 @@ def make_reporter(interactive: bool):
         def __init__(self) -> None:
             self.progress: Progress | None = None
             self.sample_prompt = ""
+            self.target: float | None = None
             self.task = None
             self.max_iters = 0
 
         def on_start(self, info) -> None:
             cfg = info.config
             self.sample_prompt = info.sample_prompt
+            self.target = info.config.train.stop_at_val_loss
             self.max_iters = cfg.train.max_iters
             out.print(
                 f"run {info.run}  |  {info.n_params / 1e6:.2f}M parameters  |  {info.tokens_per_iter:,} tokens/iteration  |  "
@@ -113,8 +115,9 @@ def make_reporter(interactive: bool):
                 self.progress.stop()
             if status == "finished":
                 best = result["best_val_loss"]
+                reached = f" (reached --stop-at-val-loss {self.target:g})" if self.target is not None and best <= self.target else ""
                 out.print(f"done: {result['iteration']:,} iterations in {format_duration(result['elapsed'])}, "
-                          f"best val loss {best:.4f}  ->  {result['run']}/best.safetensors")
+                          f"best val loss {best:.4f}{reached}  ->  {result['run']}/best.safetensors")
                 from ..runs import RunDir
 
                 print_curve(RunDir(result["run"]).read_metrics())
