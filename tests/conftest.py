@@ -117,6 +117,22 @@ def wait_for(condition, proc: subprocess.Popen, log: Path | None = None, timeout
         time.sleep(0.01)
 
 
+def signal_at_step(at: int, signum: int):
+    """A training reporter that sends `signum` to this very process when the step record of
+    iteration `at` is reported (once): a Ctrl-C or SIGTERM at a known step."""
+    from tinygpt_cli.lifecycle import TrainingReporter
+
+    class SignalAtStep(TrainingReporter):
+        sent = False
+
+        def on_step(self, record):
+            if record["iter"] == at and not self.sent:
+                self.sent = True
+                os.kill(os.getpid(), signum)
+
+    return SignalAtStep()
+
+
 def make_text(n_chars: int = 5000, seed: int = 1234) -> str:
     """Deterministic English-like text of about `n_chars` characters, over several lines."""
     rng = random.Random(seed)

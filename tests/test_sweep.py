@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 from pathlib import Path
 
 import pytest
-from conftest import hint, make_text, tiny_cli_flags
+from conftest import hint, make_text, signal_at_step, tiny_cli_flags
 
 from tinygpt_cli.data import prepare_text
 from tinygpt_cli.errors import ConfigError, TrainingStopped, UsageError
@@ -160,13 +159,8 @@ def test_stopped_sweep_resumes_where_it_left_off(tmp_path, data_dir):
     assert all(r["ms_per_iter"] > 0 and r["projected_seconds"] > 0 for r in dry)
     assert not (tmp_path / "sw").exists()
 
-    class StopAt10(TrainingReporter):  # Ctrl-C during the second cell, at iteration 10
-        def on_step(self, record):
-            if record["iter"] == 10:
-                os.kill(os.getpid(), signal.SIGINT)
-
     calls = []
-    reporters = iter([TrainingReporter(), StopAt10()])
+    reporters = iter([TrainingReporter(), signal_at_step(10, signal.SIGINT)])  # Ctrl-C in the second cell
     with pytest.raises(TrainingStopped):
         run_sweep(plan, lambda cell: next(reporters), lambda i, cell, action: calls.append((cell.name, action)))
     assert calls == [(CELLS[0], "train"), (CELLS[1], "train")]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ONE_THREAD_ENV, SWITCHES, as_format_1, assert_same_tensors, cli_env, hint, rewrite_checkpoint, switch_id, tiny_cli_flags, tiny_config, wait_for
+from conftest import ONE_THREAD_ENV, SWITCHES, as_format_1, assert_same_tensors, cli_env, hint, rewrite_checkpoint, signal_at_step, switch_id, tiny_cli_flags, tiny_config, wait_for
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -38,19 +38,6 @@ def metrics_view(run: Path) -> list[dict]:
     return [{k: r[k] for k in METRIC_KEYS if k in r} for r in RunDir(run).read_metrics()]
 
 
-class SignalAtStep(TrainingReporter):
-    """Sends `signum` to this very process when the step record of iteration `at` is reported."""
-
-    def __init__(self, at: int, signum: int):
-        self.at, self.signum = at, signum
-        self.sent = False
-
-    def on_step(self, record):
-        if record["iter"] == self.at and not self.sent:
-            self.sent = True
-            os.kill(os.getpid(), self.signum)
-
-
 # --- exact resume ----------------------------------------------------------------------
 
 # tiny_config starts from the cpu preset, which steps the blocks' matrices with Muon.
@@ -63,7 +50,7 @@ def test_stopped_then_resumed_run_is_bit_identical(tiny_dataset, tmp_path, monke
     train_new(config, whole)
 
     if where == "at-eval-20":  # SIGINT from the reporter, right after step 20 (an eval step)
-        at, signum, code, reporter = 20, signal.SIGINT, 130, SignalAtStep(20, signal.SIGINT)
+        at, signum, code, reporter = 20, signal.SIGINT, 130, signal_at_step(20, signal.SIGINT)
     else:  # SIGTERM while step 15 runs: no eval there, so the stop itself must save
         at, signum, code, reporter = 15, signal.SIGTERM, 143, None
         original = Trainer.train_step

@@ -46,6 +46,11 @@ def init_process_group(ctx: DistContext, device_type: str) -> None:
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
 
 
+def backend_name() -> str | None:
+    """The process group's backend (nccl, gloo), or None outside one."""
+    return dist.get_backend() if dist.is_initialized() else None
+
+
 def _collective_device() -> torch.device:
     """NCCL moves CUDA tensors only; gloo moves CPU tensors."""
     if dist.get_backend() == "nccl":

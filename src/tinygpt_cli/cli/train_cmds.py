@@ -108,7 +108,7 @@ def train(
     import time
 
     from ..config import resolve_config
-    from ..distributed import broadcast_int, context_from_env, destroy_process_group, init_process_group
+    from ..distributed import backend_name, broadcast_int, context_from_env, destroy_process_group, init_process_group
     from ..runs import RUNS_DIR, default_run_name
     from ..devices import pick_device
     from ..lifecycle import train_new
@@ -122,14 +122,13 @@ def train(
         _check_nproc(nproc, pick_device(run_config.train.device))
         _launch_torchrun(nproc, out_dir or RUNS_DIR / default_run_name())
     dist = context_from_env()
-    run_path = out_dir
-    if run_path is None:
-        # Under torchrun every rank must agree on the folder: rank 0's clock decides.
-        init_process_group(dist, pick_device(run_config.train.device).type)
-        run_path = RUNS_DIR / default_run_name(broadcast_int(int(time.time()), dist))
+    init_process_group(dist, pick_device(run_config.train.device).type)  # under torchrun only
+    # Under torchrun every rank must agree on the folder: rank 0's clock decides.
+    run_path = out_dir or RUNS_DIR / default_run_name(broadcast_int(int(time.time()), dist))
     try:
         if dist.enabled and dist.is_main:
-            say.print(f"data parallel: {dist.world_size} processes, global batch "
+            processes = f"{dist.world_size} process{'es' if dist.world_size > 1 else ''}"
+            say.print(f"data parallel ({backend_name()}): {processes}, global batch "
                       f"{run_config.train.batch_size * run_config.train.grad_accum * dist.world_size} sequences "
                       f"({run_config.train.batch_size} per process x {run_config.train.grad_accum} accumulation steps)")
         with _quiet_unless_main(dist):
