@@ -11,7 +11,7 @@ import pytest
 from conftest import assert_error_output, cli_env, tmp_files
 
 import tinygpt_cli
-from tinygpt_cli.data import DATASET_FILES as DATA_FILES
+from tinygpt_cli.data import dataset_files
 from tinygpt_cli.data import OWNER_MARK, SHAKESPEARE_SHA256
 
 SHAKESPEARE_NUMBERS = ("65", "1,003,854", "111,540")
@@ -77,7 +77,7 @@ def test_checksum_mismatch_then_no_verify(run_cli, tmp_path, small_text):
     meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
     assert meta["text_bytes"] == small_text.stat().st_size
     assert f"{meta['train_tokens']:,}" in proc.stdout and f"{meta['vocab_size']:,}" in proc.stdout
-    assert sorted(p.name for p in folder.iterdir()) == sorted((*DATA_FILES, OWNER_MARK))
+    assert sorted(p.name for p in folder.iterdir()) == sorted((*dataset_files("char"), OWNER_MARK))
 
     # with verification back on, the edited copy in the folder is not taken for tiny Shakespeare
     proc = run_cli("prepare", "shakespeare", "--source", small_text)
@@ -184,14 +184,14 @@ def test_prepare_shakespeare_then_nothing_to_do(run_cli, tmp_path, shakespeare_p
     assert SHAKESPEARE_SHA256 in proc.stdout
     assert "nothing to do" not in proc.stdout
     folder = tmp_path / "data" / "shakespeare"
-    mtimes = {name: (folder / name).stat().st_mtime_ns for name in DATA_FILES}
+    mtimes = {name: (folder / name).stat().st_mtime_ns for name in dataset_files("char")}
 
     proc = run_cli("prepare", "shakespeare", "--source", shakespeare_path)
     assert proc.returncode == 0, proc.stderr
     assert "nothing to do" in proc.stdout
     for number in SHAKESPEARE_NUMBERS:
         assert number in proc.stdout
-    assert {name: (folder / name).stat().st_mtime_ns for name in DATA_FILES} == mtimes
+    assert {name: (folder / name).stat().st_mtime_ns for name in dataset_files("char")} == mtimes
 
 
 @pytest.fixture(scope="module")

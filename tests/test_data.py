@@ -10,10 +10,10 @@ from conftest import hint, make_text, tmp_files
 
 from tinygpt_cli import data
 from tinygpt_cli.data import (
-    DATASET_FILES as DATA_FILES,
     OWNER_MARK,
     DatasetInfo,
     check_name,
+    dataset_files,
     decode_text,
     download,
     intact_dataset,
@@ -38,7 +38,7 @@ def test_prepare_text_writes_a_complete_folder(small_text, tmp_path):
     result = prepare_text(small_text, folder, "small", 0.1)
     assert result.reused is False
     info = result.info
-    for name in DATA_FILES:
+    for name in dataset_files("char"):
         assert (folder / name).is_file(), name
     assert not tmp_files(tmp_path)
 
@@ -56,7 +56,8 @@ def test_prepare_text_writes_a_complete_folder(small_text, tmp_path):
     assert vocab.decode(val.tolist()) == text[info.train_tokens:]
 
     meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-    assert meta["format"] == "tinygpt-dataset" and meta["version"] == 1
+    assert meta["format"] == "tinygpt-dataset" and meta["version"] == 2
+    assert (meta["tokenizer"], meta["tokenizer_spec"], meta["token_dtype"]) == ("char", "char", "uint16")
     assert meta["sha256"] == data.sha256_hex(small_text.read_bytes())
     assert intact_dataset(folder) == info
 
@@ -97,12 +98,12 @@ def test_val_fraction_out_of_range(small_text, tmp_path, bad):
 def test_second_run_reuses_without_rewriting(small_text, tmp_path):
     folder = tmp_path / "d"
     first = prepare_text(small_text, folder, "d", 0.1)
-    mtimes = {name: (folder / name).stat().st_mtime_ns for name in DATA_FILES}
+    mtimes = {name: (folder / name).stat().st_mtime_ns for name in dataset_files("char")}
     second = prepare_text(small_text, folder, "d", 0.1)
     assert second.reused is True
     assert second.info == first.info
-    assert {name: (folder / name).stat().st_mtime_ns for name in DATA_FILES} == mtimes
-    assert sorted(p.name for p in folder.iterdir()) == sorted((*DATA_FILES, OWNER_MARK))
+    assert {name: (folder / name).stat().st_mtime_ns for name in dataset_files("char")} == mtimes
+    assert sorted(p.name for p in folder.iterdir()) == sorted((*dataset_files("char"), OWNER_MARK))
 
 
 def test_changed_text_is_prepared_again(small_text, tmp_path):
@@ -179,7 +180,7 @@ def test_load_dataset(small_text, tmp_path):
     ds = load_dataset(folder)
     assert ds.info == info
     assert ds.train.dtype == np.uint16 and len(ds.train) == info.train_tokens and len(ds.val) == info.val_tokens
-    assert ds.vocab.decode(ds.train.tolist()) + ds.vocab.decode(ds.val.tolist()) == small_text.read_text(encoding="utf-8")
+    assert ds.tokenizer.decode(ds.train.tolist()) + ds.tokenizer.decode(ds.val.tolist()) == small_text.read_text(encoding="utf-8")
 
 
 def test_load_dataset_without_meta(tmp_path):
@@ -194,7 +195,7 @@ def test_load_dataset_without_meta(tmp_path):
 def test_dataset_info_round_trips_through_meta(small_text, tmp_path):
     info = prepare_text(small_text, tmp_path / "d", "d", 0.1).info
     meta = info.to_dict()
-    assert meta.pop("format") == "tinygpt-dataset" and meta.pop("version") == 1
+    assert meta.pop("format") == "tinygpt-dataset" and meta.pop("version") == 2
     assert DatasetInfo(path=info.path, **meta) == info
 
 

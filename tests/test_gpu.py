@@ -60,7 +60,7 @@ def test_compile_trains(tiny_dataset, tmp_path):
 
 def test_the_kv_cache_equals_recomputation_greedy(tiny_run):
     model, ckpt = load_model(tiny_run / "best.safetensors", DEVICE)
-    prompt = ckpt.vocab.encode("The ")
+    prompt = ckpt.tokenizer.encode("The ")
     cached = list(generate(model, prompt, 40, temperature=0, kv_cache=True))
     recomputed = list(generate(model, prompt, 40, temperature=0, kv_cache=False))
     assert cached == recomputed
@@ -71,12 +71,12 @@ def test_a_checkpoint_saved_on_the_device_loads_and_samples_on_a_cpu(tiny_datase
     on_device, ckpt = load_model(tmp_path / "run" / "best.safetensors", DEVICE)
     on_cpu, _ = load_model(tmp_path / "run" / "best.safetensors", "cpu")
     assert next(on_cpu.parameters()).device.type == "cpu"
-    idx = torch.tensor([ckpt.vocab.encode("The king")])
+    idx = torch.tensor([ckpt.tokenizer.encode("The king")])
     with torch.no_grad():
         expected, _ = on_device(idx.to(DEVICE))
         logits, _ = on_cpu(idx)
     torch.testing.assert_close(logits, expected.cpu(), rtol=1e-2, atol=1e-2)
-    text = ckpt.vocab.decode(list(generate(on_cpu, ckpt.vocab.encode("The "), 30, seed=1)))
+    text = ckpt.tokenizer.decode(list(generate(on_cpu, ckpt.tokenizer.encode("The "), 30, seed=1)))
     assert len(text) == 30
 
 

@@ -419,7 +419,7 @@ def test_resume_refuses_a_dataset_whose_vocabulary_changed(tiny_run, tiny_datase
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     data_dir = _other_vocabulary_dataset(tiny_dataset, tmp_path / "data", change)
-    other, mine = load_dataset(data_dir).vocab, load_dataset(tiny_dataset).vocab
+    other, mine = load_dataset(data_dir).tokenizer, load_dataset(tiny_dataset).tokenizer
     assert other != mine and (other.size == mine.size) == (change == "same-size")
     config = json.loads((run / "config.json").read_text(encoding="utf-8"))
     config["train"]["data_dir"] = str(data_dir)  # the run's own dataset folder, prepared again from another text
@@ -429,7 +429,7 @@ def test_resume_refuses_a_dataset_whose_vocabulary_changed(tiny_run, tiny_datase
     with pytest.raises(TinyGPTError) as info:
         resume(run, {"max_iters": 40})
     assert not isinstance(info.value, TrainingStopped)
-    assert "different vocabulary" in info.value.message and str(data_dir) in info.value.message
+    assert "different tokenizer" in info.value.message and str(data_dir) in info.value.message
     after = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".lock"}
     assert after == {k: v for k, v in before.items() if k != ".lock"}  # nothing touched
 
@@ -479,7 +479,7 @@ def test_prepare_text_of_any_bytes_builds_a_dataset_or_fails_readably(prefix, bl
             assert not (folder / "meta.json").exists() and not list(Path(tmp).rglob("*.tmp"))
             return
         dataset = load_dataset(folder)
-        assert dataset.vocab.decode(np.concatenate([dataset.train, dataset.val]).tolist()) == raw.decode("utf-8")
+        assert dataset.tokenizer.decode(np.concatenate([dataset.train, dataset.val]).tolist()) == raw.decode("utf-8")
         assert result.info.text_bytes == len(raw)
 
 

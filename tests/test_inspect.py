@@ -21,6 +21,7 @@ from tinygpt_cli.data import load_dataset, prepare_text
 from tinygpt_cli.evaluate import score_split, score_train_sample, score_windows
 from tinygpt_cli.model import GPT
 from tinygpt_cli.params import param_report
+from tinygpt_cli.tokenizer import byte_lengths
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -109,26 +110,28 @@ def direct_mean_loss(model: GPT, tokens: np.ndarray) -> tuple[float, int]:
 def test_score_split_equals_a_direct_computation(tiny_dataset, block_size):
     dataset = load_dataset(tiny_dataset)
     torch.manual_seed(block_size)
-    model = GPT(ModelConfig(vocab_size=dataset.vocab.size, block_size=block_size, n_layer=2, n_head=2, n_embd=32,
+    model = GPT(ModelConfig(vocab_size=dataset.tokenizer.size, block_size=block_size, n_layer=2, n_head=2, n_embd=32,
                             dropout=0.0))
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(5.0)  # losses far from ln(vocab): a wrong weighting would show
-    score = score_split(model, dataset.val)
+    score = score_split(model, dataset.val, byte_lengths(dataset.tokenizer))
     loss, count = direct_mean_loss(model.eval(), dataset.val)
     assert score.tokens == count == len(dataset.val) - 1
     assert abs(score.loss - loss) < 1e-5
-    assert abs(loss - math.log(dataset.vocab.size)) > 0.1
+    assert abs(loss - math.log(dataset.tokenizer.size)) > 0.1
     assert score.perplexity == pytest.approx(math.exp(score.loss))
-    assert score.bits_per_char == pytest.approx(score.loss / math.log(2))
+    assert score.bits_per_token == pytest.approx(score.loss / math.log(2))
+    # Characters of ASCII text are one byte each: bits per byte is bits per character.
+    assert score.bytes == score.tokens and score.bits_per_byte == pytest.approx(score.bits_per_token)
 
 
 def test_score_split_shorter_than_a_window(tiny_dataset):
     dataset = load_dataset(tiny_dataset)
-    model = GPT(ModelConfig(vocab_size=dataset.vocab.size, block_size=16, n_layer=1, n_head=1, n_embd=8))
+    model = GPT(ModelConfig(vocab_size=dataset.tokenizer.size, block_size=16, n_layer=1, n_head=1, n_embd=8))
     for n in (2, 9, 17):
         tokens = dataset.val[:n]
-        score = score_split(model, tokens)
+        score = score_split(model, tokens, byte_lengths(load_dataset(tiny_dataset).tokenizer))
         loss, count = direct_mean_loss(model.eval(), tokens)
         assert score.tokens == count == n - 1
         assert abs(score.loss - loss) < 1e-5
@@ -136,9 +139,9 @@ def test_score_split_shorter_than_a_window(tiny_dataset):
 
 def test_score_windows_counts_each_window(tiny_dataset):
     dataset = load_dataset(tiny_dataset)
-    model = GPT(ModelConfig(vocab_size=dataset.vocab.size, block_size=8, n_layer=1, n_head=1, n_embd=8)).eval()
+    model = GPT(ModelConfig(vocab_size=dataset.tokenizer.size, block_size=8, n_layer=1, n_head=1, n_embd=8)).eval()
     starts = np.array([0, 3, 100])
-    score = score_windows(model, dataset.val, starts, 8, batch_size=2)
+    score = score_windows(model, dataset.val, byte_lengths(dataset.tokenizer), starts, 8, batch_size=2)
     data = torch.from_numpy(dataset.val.astype(np.int64))
     with torch.no_grad():
         losses = [model(data[s : s + 8][None], data[s + 1 : s + 9][None])[1].item() for s in starts]
@@ -155,13 +158,14 @@ def test_cli_eval_json_is_consistent(run_cli, tiny_run, tiny_dataset):
     assert d["iteration"] == 30
     assert val["tokens"] == len(load_dataset(tiny_dataset).val) - 1
     assert val["perplexity"] == pytest.approx(math.exp(val["loss"]), rel=1e-9)
-    assert val["bits_per_char"] == pytest.approx(val["loss"] / math.log(2), rel=1e-9)
+    assert val["bits_per_token"] == pytest.approx(val["loss"] / math.log(2), rel=1e-9)
+    assert val["bits_per_byte"] == pytest.approx(val["loss"] * val["tokens"] / val["bytes"] / math.log(2), rel=1e-9)
     train = d["train_sample"]
     assert train["perplexity"] == pytest.approx(math.exp(train["loss"]), rel=1e-9)
     assert train["tokens"] == 128 * 16
     # The same number as scoring the checkpoint in this process.
     model, _ = load_model(tiny_run / "best.safetensors")
-    assert val["loss"] == pytest.approx(score_split(model, load_dataset(tiny_dataset).val).loss, abs=1e-5)
+    assert val["loss"] == pytest.approx(score_split(model, load_dataset(tiny_dataset).val, byte_lengths(load_dataset(tiny_dataset).tokenizer)).loss, abs=1e-5)
     assert val["loss"] < math.log(model.config.vocab_size)
 
 
@@ -172,7 +176,7 @@ def test_cli_eval_refuses_a_dataset_with_another_vocabulary(run_cli, tiny_run, t
     source.write_text(text.replace("q", "#"), encoding="utf-8")
     prepare_text(source, tmp_path / "other", "other", 0.1)
     other, mine = load_dataset(tmp_path / "other"), load_dataset(tiny_dataset)
-    assert other.vocab.size == mine.vocab.size and other.vocab != mine.vocab  # same size, other characters
+    assert other.tokenizer.size == mine.tokenizer.size and other.tokenizer != mine.tokenizer  # same size, other characters
 
     result = run_cli("eval", "--run", tiny_run, "--data-dir", tmp_path / "other", "--json", env=ONE_THREAD_ENV)
     assert result.returncode == 1
@@ -187,12 +191,12 @@ def test_train_sample_of_a_split_no_longer_than_the_block(tiny_dataset):
     """Regression: a train split of at most block_size tokens was a ZeroDivisionError (or a numpy
     ValueError) in `tinygpt eval`; it is now scored whole."""
     dataset = load_dataset(tiny_dataset)
-    model = GPT(ModelConfig(vocab_size=dataset.vocab.size, block_size=16, n_layer=1, n_head=1, n_embd=8)).eval()
+    model = GPT(ModelConfig(vocab_size=dataset.tokenizer.size, block_size=16, n_layer=1, n_head=1, n_embd=8)).eval()
     for n in (16, 10):
-        score = score_train_sample(model, dataset.train[:n])
+        score = score_train_sample(model, dataset.train[:n], byte_lengths(dataset.tokenizer))
         assert score.tokens == n - 1
-        assert score.loss == pytest.approx(score_split(model, dataset.train[:n]).loss)
-    assert score_train_sample(model, dataset.train[:17]).tokens == 16  # one full window fits
+        assert score.loss == pytest.approx(score_split(model, dataset.train[:n], byte_lengths(dataset.tokenizer)).loss)
+    assert score_train_sample(model, dataset.train[:17], byte_lengths(dataset.tokenizer)).tokens == 16  # one full window fits
 
 
 def test_cli_eval_with_splits_shorter_than_the_block(tmp_path):
@@ -200,9 +204,9 @@ def test_cli_eval_with_splits_shorter_than_the_block(tmp_path):
     source.write_text(make_text(700, seed=5)[:600], encoding="utf-8")
     prepare_text(source, tmp_path / "short", "short", 0.5)
     dataset = load_dataset(tmp_path / "short")
-    config = ModelConfig(vocab_size=dataset.vocab.size, block_size=len(dataset.train), n_layer=1, n_head=1, n_embd=8)
+    config = ModelConfig(vocab_size=dataset.tokenizer.size, block_size=len(dataset.train), n_layer=1, n_head=1, n_embd=8)
     path = tmp_path / "model.safetensors"
-    save_checkpoint(path, Checkpoint("best", config, dataset.vocab, 0, model_weights(GPT(config)),
+    save_checkpoint(path, Checkpoint("best", config, dataset.tokenizer, 0, model_weights(GPT(config)),
                                      train_config={"data_dir": str(tmp_path / "short")}))
     result = CliRunner().invoke(app, ["eval", "--checkpoint", str(path), "--json"])
     assert result.exit_code == 0, result.output
@@ -237,8 +241,8 @@ def test_scoring_a_split_reports_progress_window_by_window(tiny_dataset):
     from tinygpt_cli.evaluate import split_windows
 
     tokens = load_dataset(tiny_dataset).val
-    model = GPT(ModelConfig(vocab_size=load_dataset(tiny_dataset).vocab.size, block_size=7, n_layer=1, n_head=2, n_embd=16))
+    model = GPT(ModelConfig(vocab_size=load_dataset(tiny_dataset).tokenizer.size, block_size=7, n_layer=1, n_head=2, n_embd=16))
     seen: list[int] = []
-    with_progress = score_split(model, tokens, progress=seen.append)
+    with_progress = score_split(model, tokens, byte_lengths(load_dataset(tiny_dataset).tokenizer), progress=seen.append)
     assert sum(seen) == split_windows(model, tokens) and len(seen) > 1
-    assert with_progress == score_split(model, tokens)
+    assert with_progress == score_split(model, tokens, byte_lengths(load_dataset(tiny_dataset).tokenizer))

@@ -95,3 +95,10 @@ def test_the_import_graph_sees_the_imports_inside_functions():
     assert "tinygpt_cli.cli.reporting" in GRAPH["tinygpt_cli.cli.train_cmds"]
     assert "tinygpt_cli.lifecycle" in GRAPH["tinygpt_cli.cli.train_cmds"]  # imported inside the command
     assert len(COMMANDS) >= 5 and len(CORE) >= 15
+
+
+def test_every_name_the_package_exports_exists():
+    import tinygpt_cli
+
+    missing = [name for name in tinygpt_cli.__all__ if not hasattr(tinygpt_cli, name)]
+    assert missing == []

@@ -307,9 +307,9 @@ def test_cli_generate_prints_prompt_then_new_characters_reproducibly(run_cli, ti
         text = sample[:-1]
         assert text.startswith("The king")
         assert len(text) == len("The king") + 25
-        assert set(text) <= set(ckpt.vocab.chars)
+        assert set(text) <= set(ckpt.tokenizer.chars)
         # The CLI's text is the engine's output decoded, in the default precision: sample i uses seed + i.
-        expected = ckpt.vocab.decode(generate(auto_model, ckpt.vocab.encode("The king"), 25, temperature=0.8, seed=3 + i))
+        expected = ckpt.tokenizer.decode(generate(auto_model, ckpt.tokenizer.encode("The king"), 25, temperature=0.8, seed=3 + i))
         assert text == "The king" + expected
 
 
@@ -318,7 +318,7 @@ def test_cli_generate_float32_is_exactly_the_checkpoints_model(run_cli, tiny_run
     result = run_cli("generate", "--run", tiny_run, "--prompt", "The", "--max-new-tokens", "40", "--seed", "5",
                      "--dtype", "float32", env=ONE_THREAD_ENV)
     assert result.returncode == 0, result.stderr
-    assert result.stdout == "The" + ckpt.vocab.decode(generate(model, ckpt.vocab.encode("The"), 40, temperature=0.8, seed=5)) + "\n"
+    assert result.stdout == "The" + ckpt.tokenizer.decode(generate(model, ckpt.tokenizer.encode("The"), 40, temperature=0.8, seed=5)) + "\n"
 
 
 def test_cli_generate_empty_prompt_starts_from_a_newline(run_cli, tiny_run):
@@ -344,7 +344,7 @@ def test_trained_run_beats_a_uniform_guess(trained):
     """A sanity check of the fixture the CLI tests sample from: it learned something."""
     model, ckpt = trained
     assert ckpt.iteration == 30
-    assert ckpt.best_val_loss is not None and ckpt.best_val_loss < math.log(ckpt.vocab.size)
+    assert ckpt.best_val_loss is not None and ckpt.best_val_loss < math.log(ckpt.tokenizer.size)
 
 
 def test_cli_generate_json_holds_the_same_samples_as_the_stream(run_cli, tiny_run):

@@ -1,15 +1,15 @@
-"""tinygpt: build a small character-level GPT from scratch.
+"""tinygpt: build a small GPT from scratch, on characters or on a BPE trained on your text.
 
 The names a Python user needs, importable from here (loaded lazily, so that the command line's
 `--help` does not pay for importing torch):
 
     from tinygpt_cli import load_model, generate, score_split, load_dataset
     model, ckpt = load_model("runs/demo/best.safetensors")
-    ids = generate(model, ckpt.vocab.encode("ROMEO:"), 200, temperature=0.8, seed=1)
-    print(ckpt.vocab.decode(ids))
+    ids = generate(model, ckpt.tokenizer.encode("ROMEO:"), 200, temperature=0.8, seed=1)
+    print(ckpt.tokenizer.decode(ids))
 
 `set_sampling_precision(model, "auto")` before `generate` stores the blocks' matrices in float16
-on a CPU, as `tinygpt generate` does: about twice the characters per second.
+on a CPU when they outgrow its cache, as `tinygpt generate` does.
 """
 
 from __future__ import annotations
@@ -23,12 +23,13 @@ _EXPORTS = {
     "ModelConfig": "config", "TrainConfig": "config", "RunConfig": "config", "resolve_config": "config",
     "PRESETS": "config",
     # data
-    "Vocabulary": "vocab", "prepare_shakespeare": "data", "prepare_text": "data", "load_dataset": "data",
+    "Vocabulary": "vocab", "BPETokenizer": "tokenizer", "byte_lengths": "tokenizer", "TokenizerChoice": "data",
+    "prepare_shakespeare": "data", "prepare_text": "data", "load_dataset": "data",
     # model and checkpoints
     "GPT": "model", "KVCache": "model",
     "Checkpoint": "checkpoint", "save_checkpoint": "checkpoint", "load_checkpoint": "checkpoint", "load_model": "checkpoint",
     # training, sampling, inspection
-    "train_new": "train", "resume": "train", "TrainingReporter": "train",
+    "train_new": "lifecycle", "resume": "lifecycle", "TrainingReporter": "lifecycle",
     "generate": "sampling", "set_sampling_precision": "sampling",
     "param_report": "params", "score_split": "evaluate",
     "TinyGPTError": "errors",

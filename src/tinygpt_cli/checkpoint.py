@@ -1,6 +1,7 @@
 """Checkpoints as safetensors files: tensors plus JSON metadata, never pickle.
 
-A checkpoint alone is enough to generate text: it carries the model config and the vocabulary.
+A checkpoint alone is enough to generate text: it carries the model config and the tokenizer
+(the `vocab` metadata key: a character vocabulary, or a BPE's whole tokenizer.json).
 `last` checkpoints also carry the optimiser state, the RNG states and the progress counters,
 everything `tinygpt resume` needs. Two SHA-256 digests are stored in the metadata and checked on
 load: `digest` over the tensors, `metadata_digest` over every other metadata value (format 2 on),
@@ -36,11 +37,12 @@ from .devices import device_memory_bytes
 from .errors import Command, CheckpointError, TinyGPTError
 from .fsutil import atomic_path, open_for_reading
 from .model import GPT, weight_shapes
-from .vocab import Vocabulary
+from .tokenizer import Tokenizer, tokenizer_from_dict
 
 CHECKPOINT_FORMAT = "tinygpt-checkpoint"
 # 2: `metadata_digest` covers every metadata value too. Format 1 files still load, with a note.
-CHECKPOINT_VERSION = 2
+# 3: `vocab` may hold a BPE tokenizer; format 2 files (always characters) read as they are.
+CHECKPOINT_VERSION = 3
 MAX_HEADER_BYTES = 100 * 2**20
 TIED_WEIGHT = "lm_head.weight"  # same tensor as tok_emb.weight: stored once
 # Bytes per element of the safetensors dtypes, to check the header's table before reading data.
@@ -60,6 +62,7 @@ class Progress(_Strict):
     elapsed: float = Field(0.0, ge=0)
     evaluated_at: int = Field(-1, ge=-1)
     dtype: _PRECISIONS | None = None
+    val_bytes_per_token: float | None = Field(None, gt=0)  # val loss / ln 2 / this = bits per byte
 
 
 class CheckpointMeta(BaseModel):
@@ -104,7 +107,7 @@ class CheckpointMeta(BaseModel):
 class Checkpoint:
     kind: str  # "last" or "best"
     model_config: ModelConfig
-    vocab: Vocabulary
+    tokenizer: Tokenizer
     iteration: int
     weights: dict[str, torch.Tensor]
     best_val_loss: float | None = None
@@ -163,7 +166,7 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> None:
         "tinygpt_version": __version__,
         "kind": ckpt.kind,
         "model_config_json": ckpt.model_config.model_dump(),
-        "vocab": ckpt.vocab.to_dict(),
+        "vocab": ckpt.tokenizer.to_dict(),
         "iteration": ckpt.iteration,
         "best_val_loss": ckpt.best_val_loss,
         "val_loss": ckpt.val_loss,
@@ -398,11 +401,11 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     tensors, meta, checked = _read_verified(path)
     model_config = checked.model_config_json
     try:
-        vocab = Vocabulary.from_dict(meta["vocab"], f"vocabulary in {path}")
+        tokenizer = tokenizer_from_dict(meta["vocab"], f"vocabulary in {path}")
     except TinyGPTError as e:
         raise CheckpointError(f"{path} has an invalid vocabulary: {e.message}") from e
-    if vocab.size != model_config.vocab_size:
-        raise CheckpointError(f"{path}: vocabulary of {vocab.size} does not match vocab_size {model_config.vocab_size}")
+    if tokenizer.size != model_config.vocab_size:
+        raise CheckpointError(f"{path}: vocabulary of {tokenizer.size} does not match vocab_size {model_config.vocab_size}")
     weights = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
     optim = {k: v for k, v in tensors.items() if k.startswith("optim.")}
     rng = None
@@ -413,7 +416,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     return Checkpoint(
         kind=checked.kind,
         model_config=model_config,
-        vocab=vocab,
+        tokenizer=tokenizer,
         iteration=checked.iteration,
         weights=weights,
         best_val_loss=checked.best_val_loss,

@@ -1,4 +1,9 @@
-"""Deterministic evaluation of a checkpoint: loss, perplexity and bits per character."""
+"""Deterministic evaluation of a checkpoint: loss, perplexity, bits per token and bits per byte.
+
+Bits per byte is the loss that compares across tokenizers: the total information the model
+needs for a text, in bits, over the text's UTF-8 bytes (a BPE token covers several bytes, a
+character one to four). For a character model on ASCII text it equals bits per character.
+"""
 
 from __future__ import annotations
 
@@ -16,42 +21,51 @@ TRAIN_SAMPLE_WINDOWS = 128  # evenly spaced train windows: a cheap, repeatable l
 
 @dataclass(frozen=True)
 class SplitScore:
-    loss: float  # mean cross-entropy per character, in nats
+    loss: float  # mean cross-entropy per predicted token, in nats
     tokens: int
+    bytes: int  # UTF-8 bytes of the predicted tokens
 
     @property
     def perplexity(self) -> float:
         return math.exp(self.loss)
 
     @property
-    def bits_per_char(self) -> float:
+    def bits_per_token(self) -> float:
         return self.loss / math.log(2)
 
+    @property
+    def bits_per_byte(self) -> float:
+        return self.loss * self.tokens / self.bytes / math.log(2)
+
     def to_dict(self) -> dict:
-        return {"loss": self.loss, "perplexity": self.perplexity, "bits_per_char": self.bits_per_char, "tokens": self.tokens}
+        return {"loss": self.loss, "perplexity": self.perplexity, "bits_per_token": self.bits_per_token,
+                "bits_per_byte": self.bits_per_byte, "tokens": self.tokens, "bytes": self.bytes}
 
 
 Progress = Callable[[int], None]  # called with the number of windows just scored
 
 
 @torch.no_grad()
-def score_windows(model: GPT, tokens: np.ndarray, starts: np.ndarray, length: int, batch_size: int = 32,
-                  progress: Progress | None = None) -> SplitScore:
-    """Mean loss over windows tokens[s : s+length] predicting tokens[s+1 : s+length+1]."""
+def score_windows(model: GPT, tokens: np.ndarray, token_bytes: np.ndarray, starts: np.ndarray, length: int,
+                  batch_size: int = 32, progress: Progress | None = None) -> SplitScore:
+    """Mean loss over windows tokens[s : s+length] predicting tokens[s+1 : s+length+1];
+    `token_bytes` holds each id's length in bytes (tokenizer.byte_lengths)."""
     model.eval()
     device = next(model.parameters()).device
     data = torch.from_numpy(tokens.astype(np.int64))
+    lengths = torch.from_numpy(token_bytes)
     offsets = torch.arange(length)
-    total, count = 0.0, 0
+    total, count, n_bytes = 0.0, 0, 0
     for i in range(0, len(starts), batch_size):
         idx = torch.from_numpy(starts[i : i + batch_size].astype(np.int64))[:, None] + offsets  # (b, T)
         x, y = data[idx].to(device), data[idx + 1].to(device)
         _, loss = model(x, y)
         total += loss.item() * y.numel()
         count += y.numel()
+        n_bytes += int(lengths[data[idx + 1]].sum())
         if progress is not None:
             progress(len(idx))
-    return SplitScore(total / count, count)
+    return SplitScore(total / count, count, n_bytes)
 
 
 def split_windows(model: GPT, tokens: np.ndarray) -> int:
@@ -60,23 +74,23 @@ def split_windows(model: GPT, tokens: np.ndarray) -> int:
     return n_pred // T + (1 if n_pred % T else 0)
 
 
-def score_split(model: GPT, tokens: np.ndarray, progress: Progress | None = None) -> SplitScore:
+def score_split(model: GPT, tokens: np.ndarray, token_bytes: np.ndarray, progress: Progress | None = None) -> SplitScore:
     """Every prediction of a split exactly once: non-overlapping windows, then the remainder."""
     T = model.config.block_size
     n_pred = len(tokens) - 1
     full = n_pred // T
-    main = score_windows(model, tokens, np.arange(full) * T, T, progress=progress) if full else SplitScore(0.0, 0)
+    main = score_windows(model, tokens, token_bytes, np.arange(full) * T, T, progress=progress) if full else SplitScore(0.0, 0, 0)
     rest = n_pred - full * T
     if not rest:
         return main
-    tail = score_windows(model, tokens, np.array([full * T]), rest, progress=progress)
+    tail = score_windows(model, tokens, token_bytes, np.array([full * T]), rest, progress=progress)
     count = main.tokens + tail.tokens
-    return SplitScore((main.loss * main.tokens + tail.loss * tail.tokens) / count, count)
+    return SplitScore((main.loss * main.tokens + tail.loss * tail.tokens) / count, count, main.bytes + tail.bytes)
 
 
-def score_train_sample(model: GPT, tokens: np.ndarray, windows: int = TRAIN_SAMPLE_WINDOWS) -> SplitScore:
+def score_train_sample(model: GPT, tokens: np.ndarray, token_bytes: np.ndarray, windows: int = TRAIN_SAMPLE_WINDOWS) -> SplitScore:
     T = model.config.block_size
     if len(tokens) <= T:  # not one full window fits (another dataset given to eval): score it all
-        return score_split(model, tokens)
+        return score_split(model, tokens, token_bytes)
     starts = np.linspace(0, len(tokens) - T - 1, num=min(windows, len(tokens) - T)).astype(np.int64)
-    return score_windows(model, tokens, starts, T)
+    return score_windows(model, tokens, token_bytes, starts, T)

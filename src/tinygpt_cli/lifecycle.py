@@ -281,7 +281,7 @@ class TrainingRun:
 def first_line(dataset: Dataset, max_chars: int = 30) -> str:
     """The first line of the training text that is not blank, cut to `max_chars`: a prompt the
     model has seen the like of, whatever the corpus (a play, code, another language)."""
-    head = dataset.vocab.decode(dataset.train[: 20 * max_chars].tolist())
+    head = dataset.tokenizer.decode(dataset.train[: 20 * max_chars].tolist())
     line = next((line.strip() for line in head.splitlines() if line.strip()), "")
     return line[:max_chars]
 
@@ -290,9 +290,9 @@ def prepare_training(config: RunConfig) -> tuple[RunConfig, Dataset]:
     """Load the dataset and fit the config to it (vocabulary size, absolute data path)."""
     data_dir = Path(config.train.data_dir).resolve()
     dataset = load_dataset(data_dir)
-    flat = {**config.flat(), "vocab_size": dataset.vocab.size, "data_dir": str(data_dir)}
+    flat = {**config.flat(), "vocab_size": dataset.tokenizer.size, "data_dir": str(data_dir)}
     config = build_config(flat)
-    check_against_data(config, len(dataset.train), len(dataset.val), dataset.vocab.size)
+    check_against_data(config, len(dataset.train), len(dataset.val), dataset.tokenizer.size)
     return config, dataset
 
 
@@ -350,8 +350,8 @@ def resume(run_path: Path, overrides: dict[str, Any] | None = None, reporter: Tr
             raise UsageError(f"--max-iters {config.train.max_iters} is below the {ckpt.iteration} iterations already done",
                              Command("resume", (str(run.path),), {"max_iters": ckpt.iteration * 2}))
         config, dataset = prepare_training(config)
-        if ckpt.vocab != dataset.vocab:
-            raise TinyGPTError(f"the dataset in {config.train.data_dir} has a different vocabulary from the checkpoint",
+        if ckpt.tokenizer != dataset.tokenizer:
+            raise TinyGPTError(f"the dataset in {config.train.data_dir} has a different tokenizer from the checkpoint",
                                f"rebuild the dataset this run trained on, with the same prepare command, into {config.train.data_dir}")
         training = TrainingRun(Trainer(config, dataset, dist), run, reporter or TrainingReporter())
         training.restore(ckpt)  # checks the whole state: nothing in the folder has changed yet

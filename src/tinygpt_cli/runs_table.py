@@ -36,6 +36,7 @@ class RunSummary:
     iteration: int | None = None
     max_iters: int | None = None
     best_val_loss: float | None = None
+    best_val_bits_per_byte: float | None = None  # at the evaluation of the best val loss
     elapsed: float | None = None
     tokens_per_s: float | None = None
     error: str | None = None  # why the run is unreadable
@@ -45,7 +46,7 @@ class RunSummary:
         return {
             "name": self.name, "path": str(self.path), "status": self.status, "updated": self.updated,
             "n_params": self.n_params, "iteration": self.iteration, "max_iters": self.max_iters,
-            "best_val_loss": self.best_val_loss, "elapsed": self.elapsed, "tokens_per_s": self.tokens_per_s,
+            "best_val_loss": self.best_val_loss, "best_val_bits_per_byte": self.best_val_bits_per_byte, "elapsed": self.elapsed, "tokens_per_s": self.tokens_per_s,
             "differing": self.differing, "config": self.config, "error": self.error,
         }
 
@@ -124,6 +125,9 @@ def read_summary(path: Path, name: str | None = None) -> RunSummary:
     if summary.best_val_loss is None:
         vals = [v for v in (finite_number(r.get("val_loss")) for r in evals) if v is not None]
         summary.best_val_loss = min(vals) if vals else None
+    scored = [r for r in evals if finite_number(r.get("val_loss")) is not None and finite_number(r.get("val_bits_per_byte")) is not None]
+    if scored:  # runs of older tinygpt logged no bits per byte
+        summary.best_val_bits_per_byte = min(scored, key=lambda r: r["val_loss"])["val_bits_per_byte"]
     if summary.elapsed is None and records:
         summary.elapsed = finite_number(records[-1].get("elapsed"))
     speeds = [v for v in (finite_number(r.get("tokens_per_s")) for r in steps[1:] or steps) if v is not None]

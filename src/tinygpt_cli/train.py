@@ -29,6 +29,7 @@ from .devices import autocast_for, build_model, setup_training_device
 from .distributed import DistContext, all_reduce_sum
 from .optim import make_optimizer, restore_groups
 from .rng import capture_rng, restore_rng, seed_all
+from .tokenizer import byte_lengths
 
 LOG_INTERVAL = 10  # steps between step records in metrics.jsonl
 
@@ -87,6 +88,8 @@ class Trainer:
         self.data_gen = torch.Generator().manual_seed(cfg.seed)
         block = config.model.block_size
         self.splits = {"train": Batches(dataset.train, block, self.device), "val": Batches(dataset.val, block, self.device)}
+        # Bits per byte = val loss / ln 2 / the val split's bytes per token: comparable across tokenizers.
+        self.val_bytes_per_token = float(byte_lengths(dataset.tokenizer)[dataset.val].mean())
         self.step = 0
         self.best_val: float | None = None
         self.last_val: float | None = None
@@ -102,7 +105,7 @@ class Trainer:
         return Checkpoint(
             kind=kind,
             model_config=self.config.model,
-            vocab=self.dataset.vocab,
+            tokenizer=self.dataset.tokenizer,
             iteration=self.step,
             weights=model_weights(self.model),
             best_val_loss=self.best_val,
@@ -110,7 +113,8 @@ class Trainer:
             train_config=self.config.train.model_dump(),
             optimizer=self.optimizer.state_dict() if full else None,
             rng=capture_rng(self.data_gen, self.device) if full else None,
-            progress={"elapsed": self.elapsed(), "evaluated_at": self.evaluated_at, "dtype": self.compute.dtype_name},
+            progress={"elapsed": self.elapsed(), "evaluated_at": self.evaluated_at, "dtype": self.compute.dtype_name,
+                      "val_bytes_per_token": self.val_bytes_per_token},
         )
 
     def load_state(self, ckpt: Checkpoint, source: Path) -> None:
@@ -211,7 +215,11 @@ class Trainer:
         if improved:
             self.best_val = losses["val"]
         events.on_eval({"iter": self.step, "train_loss": losses["train"], "val_loss": losses["val"],
+                        "val_bits_per_byte": self.bits_per_byte(losses["val"]),
                         "lr": learning_rate_at(max(0, self.step - 1), cfg), "elapsed": self.elapsed()}, improved)
+
+    def bits_per_byte(self, loss: float) -> float:
+        return loss / math.log(2) / self.val_bytes_per_token
 
     def tokens_per_iter(self) -> int:
         cfg = self.config.train

@@ -48,6 +48,8 @@ class Vocabulary:
 
     chars: tuple[str, ...]
     _codepoints: np.ndarray = field(init=False, repr=False, compare=False)
+    kind = "char"
+    eot_id = None  # one text, no documents to separate
 
     def __post_init__(self) -> None:
         if list(self.chars) != sorted(set(self.chars)) or any(len(c) != 1 for c in self.chars):
@@ -93,6 +95,10 @@ class Vocabulary:
             return "".join(chars[i] for i in ids)
         except IndexError as e:
             raise TinyGPTError(f"token id out of range for a vocabulary of {self.size}") from e
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The UTF-8 bytes of a token's character."""
+        return self.chars[token_id].encode("utf-8")
 
     def to_dict(self) -> dict:
         return {"format": VOCAB_FORMAT, "version": VOCAB_VERSION, "size": self.size, "chars": list(self.chars)}

@@ -15,6 +15,9 @@ prepare_app = typer.Typer(
 )
 
 VAL_FRACTION = typer.Option(0.1, "--val-fraction", min=0.0, max=1.0, help="Share of the text, taken from its end, held out for validation.")
+TOKENIZER = typer.Option("char", "--tokenizer", help="char (one token per character), bpe (a byte-level BPE trained on this text), "
+                         "or the path of a byte-level BPE tokenizer.json (GPT-2's, for one).")
+VOCAB_SIZE = typer.Option(None, "--vocab-size", help="Tokens of the BPE to train (with --tokenizer bpe; default 4096, at least 257).")
 
 
 def _summary(result, title: str, as_json: bool) -> None:
@@ -29,8 +32,14 @@ def _summary(result, title: str, as_json: bool) -> None:
     table.add_column(justify="right", overflow="fold")  # a long path or the SHA-256 wraps, never cut
     table.add_row("source", info.source)
     table.add_row("folder", str(info.path))
-    table.add_row("characters (vocabulary)", f"{info.vocab_size:,}")
+    if info.tokenizer == "char":
+        table.add_row("characters (vocabulary)", f"{info.vocab_size:,}")
+    else:
+        table.add_row("tokenizer", f"byte-level BPE, {info.vocab_size:,} tokens")
     table.add_row("text", f"{info.text_chars:,} characters, {info.text_bytes:,} bytes")
+    if info.tokenizer != "char":
+        per_token = info.text_bytes / (info.train_tokens + info.val_tokens)
+        table.add_row("bytes per token", f"{per_token:.2f}")
     table.add_row("train tokens", f"{info.train_tokens:,}")
     table.add_row("val tokens", f"{info.val_tokens:,}")
     table.add_row("sha256", info.sha256)
@@ -50,16 +59,20 @@ def prepare_shakespeare(
     ),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Check the SHA-256 of the text (turn off for edited copies)."),
     val_fraction: float = VAL_FRACTION,
+    tokenizer: str = TOKENIZER,
+    vocab_size: int = VOCAB_SIZE,
     as_json: bool = JSON,
 ) -> None:
     """Download tiny Shakespeare (1.1 MB), check it, build its vocabulary and train/val splits.
 
     Example: tinygpt prepare shakespeare --source path/to/input.txt
     """
+    from ..data import TokenizerChoice
     from ..data import prepare_shakespeare as run
 
+    choice = TokenizerChoice.parse(tokenizer, vocab_size)
     with err.status("preparing tiny Shakespeare…"):
-        result = run(data_dir, source, verify, val_fraction)
+        result = run(data_dir, source, verify, val_fraction, choice)
     _summary(result, "tiny Shakespeare", as_json)
 
 
@@ -69,17 +82,21 @@ def prepare_text(
     name: str = typer.Option(None, "--name", help="Dataset name (default: the file's name without extension)."),
     data_dir: Path = typer.Option(None, "--data-dir", help="Folder to write the dataset to (default: data/NAME)."),
     val_fraction: float = VAL_FRACTION,
+    tokenizer: str = TOKENIZER,
+    vocab_size: int = VOCAB_SIZE,
     as_json: bool = JSON,
 ) -> None:
     """Turn any UTF-8 text file into a dataset folder.
 
-    Example: tinygpt prepare text my_poems.txt --name poems
+    Example: tinygpt prepare text my_poems.txt --name poems --tokenizer bpe --vocab-size 1024
     """
-    from ..data import check_name
+    from ..data import TokenizerChoice, check_name
     from ..data import prepare_text as run
 
     name = check_name(name or file.stem.replace(" ", "_"), "dataset name")
-    result = run(file, data_dir or Path("data") / name, name, val_fraction)
+    choice = TokenizerChoice.parse(tokenizer, vocab_size)
+    with err.status(f"preparing {name}…"):
+        result = run(file, data_dir or Path("data") / name, name, val_fraction, choice)
     _summary(result, name, as_json)
 
 
@@ -88,7 +105,7 @@ def vocab(
     as_json: bool = JSON,
     limit: int = typer.Option(None, "--limit", min=1, help="Show only the first N rows of the table."),
 ) -> None:
-    """Show the character vocabulary: id, character and count.
+    """Show the vocabulary: each character and its count, or a BPE's most frequent tokens and its merges.
 
     Example: tinygpt vocab data/shakespeare
     """
@@ -96,7 +113,7 @@ def vocab(
 
     from ..data import DATA_DIR, decode_text, latest_dataset, load_dataset, read_source
     from ..errors import UsageError
-    from ..vocab import Vocabulary, escape_char
+    from ..vocab import Vocabulary
 
     if path is None:
         path = latest_dataset()
@@ -105,20 +122,28 @@ def vocab(
         err.print(f"[dim]{path}: the most recently prepared dataset[/]")
     if path.is_dir():
         dataset = load_dataset(path)
-        vocab = dataset.vocab
-        counts = vocab.counts(np.concatenate([dataset.train, dataset.val]))
+        tokenizer, ids = dataset.tokenizer, np.concatenate([dataset.train, dataset.val])
     elif path.exists():
         text = decode_text(read_source(str(path)), str(path))
-        vocab = Vocabulary.from_text(text)
-        counts = vocab.counts(vocab.encode_array(text))
+        tokenizer = Vocabulary.from_text(text)
+        ids = tokenizer.encode_array(text)
     else:
         raise UsageError(f"no dataset folder or text file at {path}", "tinygpt prepare shakespeare")
+    counts = np.bincount(ids, minlength=tokenizer.size)
+    if tokenizer.kind == "char":
+        _char_table(path, tokenizer, counts, as_json, limit)
+    else:
+        _bpe_tables(path, tokenizer, counts, as_json, limit)
+
+
+def _char_table(path: Path, vocab, counts, as_json: bool, limit: int | None) -> None:
+    from rich.table import Table
+
+    from ..vocab import escape_char
 
     if as_json:
         print_json({**vocab.to_dict(), "counts": counts.tolist()})
         return
-    from rich.table import Table
-
     out.print(f"vocabulary of {path}: {vocab.size} characters, {int(counts.sum()):,} in all")
     table = Table()
     table.add_column("id", justify="right")
@@ -130,6 +155,56 @@ def vocab(
     if limit and limit < vocab.size:
         table.add_row("…", "", f"({vocab.size - limit} more)")
     out.print(table)
+
+
+def _token_label(tokenizer, token_id: int) -> str:
+    """A token as its text, whitespace made visible; bytes that are not whole characters in hex."""
+    from ..vocab import escape_char
+
+    raw = tokenizer.token_bytes(token_id)
+    try:
+        return "".join(escape_char(ch) for ch in raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        return " ".join(f"<{b:02x}>" for b in raw)
+
+
+def _bpe_tables(path: Path, tokenizer, counts, as_json: bool, limit: int | None) -> None:
+    """The most frequent tokens, the first merges, and how many bytes a token covers on average."""
+    import numpy as np
+
+    from rich.table import Table
+
+    from ..tokenizer import byte_lengths
+
+    n_bytes = int((counts * byte_lengths(tokenizer)).sum())
+    total = int(counts.sum())
+    shown = limit or 20
+    frequent = [int(i) for i in np.argsort(-counts, kind="stable")[:shown]]
+    merges = tokenizer.merges()
+    if as_json:
+        print_json({"tokenizer": "bpe", "size": tokenizer.size, "tokens": total, "bytes": n_bytes,
+                    "bytes_per_token": n_bytes / total,
+                    "most_frequent": [{"id": i, "token": tokenizer.token_bytes(i).decode("utf-8", "replace"), "count": int(counts[i])}
+                                      for i in frequent],
+                    "merges": [list(m) for m in merges[:shown]]})
+        return
+    out.print(f"byte-level BPE of {path}: {tokenizer.size:,} tokens ({len(merges):,} merges), "
+              f"{total:,} tokens for {n_bytes:,} bytes: {n_bytes / total:.2f} bytes per token")
+    table = Table(title=f"the {shown} most frequent tokens", title_justify="left")
+    for col in ("id", "token", "bytes", "count", "share"):
+        table.add_column(col, justify="left" if col == "token" else "right")
+    for i in frequent:
+        table.add_row(str(i), _token_label(tokenizer, i), str(len(tokenizer.token_bytes(i))), f"{int(counts[i]):,}",
+                      f"{counts[i] / total:.1%}")
+    out.print(table)
+    first = Table(title=f"the first {min(shown, len(merges))} merges, in the order BPE learned them", title_justify="left")
+    for col in ("#", "left", "right", "new token"):
+        first.add_column(col, justify="right" if col == "#" else "left")
+    for n, (left, right) in enumerate(merges[:shown], 1):
+        merged = tokenizer.hf.token_to_id(left + right)
+        first.add_row(str(n), _token_label(tokenizer, tokenizer.hf.token_to_id(left)), _token_label(tokenizer, tokenizer.hf.token_to_id(right)),
+                      _token_label(tokenizer, merged) if merged is not None else "?")
+    out.print(first)
 
 
 def register(app: typer.Typer) -> None:

@@ -47,7 +47,7 @@ def generate(
     prompt_file: Path = typer.Option(None, "--prompt-file", help="Read the prompt from a UTF-8 file."),
     run: Path = RUN,
     checkpoint: Path = CHECKPOINT,
-    max_new_tokens: int = typer.Option(500, "--max-new-tokens", min=0, help="Characters to generate per sample."),
+    max_new_tokens: int = typer.Option(500, "--max-new-tokens", min=0, help="Tokens to generate per sample (characters for a character vocabulary)."),
     temperature: float = typer.Option(0.8, "--temperature", min=0.0, help="Randomness: below 1 safer, above 1 wilder, 0 greedy."),
     top_k: int = typer.Option(None, "--top-k", min=1, help="Sample only among the k most likely characters."),
     top_p: float = typer.Option(None, "--top-p", min=0.0, max=1.0, help="Sample from the smallest set of characters whose probability reaches p."),
@@ -67,22 +67,26 @@ def generate(
     from ..runs import resolve_checkpoint
     from ..sampling import generate as generate_ids
     from ..sampling import set_sampling_precision
+    from ..tokenizer import stream_text
 
     text = _read_prompt(prompt, prompt_file) or "\n"
     path = resolve_checkpoint(run, checkpoint)
     model, ckpt = load_model(path, pick_device(device))
     chosen = set_sampling_precision(model, dtype)
-    prompt_ids = ckpt.vocab.encode(text)  # unknown characters: a one-line error, exit 2
+    prompt_ids = ckpt.tokenizer.encode(text)  # unknown characters: a one-line error, exit 2
     _say_loaded(path, ckpt)
     threads = _thread_policy(model)
 
     def sample(i: int):
-        """The new characters of sample i (seed + i), one at a time."""
-        for token in generate_ids(model, prompt_ids, max_new_tokens, temperature=temperature, top_k=top_k,
-                                  top_p=top_p, seed=None if seed is None else seed + i, kv_cache=kv_cache):
-            if threads is not None:
-                threads.adjust()
-            yield ckpt.vocab.chars[token]
+        """The text of sample i (seed + i), as its tokens come: whole characters only."""
+        def tokens():
+            for token in generate_ids(model, prompt_ids, max_new_tokens, temperature=temperature, top_k=top_k,
+                                      top_p=top_p, seed=None if seed is None else seed + i, kv_cache=kv_cache):
+                if threads is not None:
+                    threads.adjust()
+                yield token
+
+        return stream_text(ckpt.tokenizer, tokens())
 
     if as_json:  # whole samples, then one JSON object: the text and what made it
         samples = ["".join(sample(i)) for i in range(num_samples)]
@@ -209,7 +213,7 @@ def evaluate(
     device: str = DEVICE,
     as_json: bool = JSON,
 ) -> None:
-    """Validation loss, perplexity and bits per character of a checkpoint, over the whole val split.
+    """Validation loss, perplexity, bits per token and bits per byte of a checkpoint, over the whole val split.
 
     Example: tinygpt eval --run runs/demo
     """
@@ -219,18 +223,20 @@ def evaluate(
     from ..errors import TinyGPTError
     from ..evaluate import score_split, score_train_sample, split_windows
     from ..runs import resolve_checkpoint
+    from ..tokenizer import byte_lengths
 
     path = resolve_checkpoint(run, checkpoint)
     model, ckpt = load_model(path, pick_device(device))
     folder = data_dir or Path((ckpt.train_config or {}).get("data_dir", "data/shakespeare"))
     dataset = load_dataset(folder)
-    if dataset.vocab != ckpt.vocab:
+    if dataset.tokenizer != ckpt.tokenizer:
         raise TinyGPTError(f"the vocabulary of {folder} differs from the one {path} was trained on: scores would be meaningless",
                            "pass the dataset the model was trained on with --data-dir")
     if len(dataset.val) <= 1:
         raise TinyGPTError(f"the validation split of {folder} is empty")
     _say_loaded(path, ckpt)
     _thread_policy(model)  # chosen once, from the load at the start
+    token_bytes = byte_lengths(dataset.tokenizer)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from .console import err
@@ -239,8 +245,8 @@ def evaluate(
     with Progress(TextColumn("scoring the validation split"), BarColumn(), MofNCompleteColumn(), TextColumn("windows"),
                   TimeRemainingColumn(), console=err, transient=True, disable=not err.is_terminal) as bar:
         task = bar.add_task("val", total=split_windows(model, dataset.val))
-        val = score_split(model, dataset.val, progress=lambda n: bar.advance(task, n))
-    train = score_train_sample(model, dataset.train)
+        val = score_split(model, dataset.val, token_bytes, progress=lambda n: bar.advance(task, n))
+    train = score_train_sample(model, dataset.train, token_bytes)
     result = {"checkpoint": str(path), "iteration": ckpt.iteration, "data_dir": str(folder),
               "val": val.to_dict(), "train_sample": train.to_dict()}
     if as_json:
@@ -249,10 +255,11 @@ def evaluate(
     from rich.table import Table
 
     table = Table(title=f"{path} (iteration {ckpt.iteration:,}) on {folder}", title_justify="left")
-    for col in ("split", "tokens", "loss", "perplexity", "bits/char"):
+    for col in ("split", "tokens", "loss", "perplexity", "bits/token", "bits/byte"):
         table.add_column(col, justify="right" if col != "split" else "left")
     for name, score in (("val (all)", val), ("train (sample)", train)):
-        table.add_row(name, f"{score.tokens:,}", f"{score.loss:.4f}", f"{score.perplexity:.3f}", f"{score.bits_per_char:.4f}")
+        table.add_row(name, f"{score.tokens:,}", f"{score.loss:.4f}", f"{score.perplexity:.3f}", f"{score.bits_per_token:.4f}",
+                      f"{score.bits_per_byte:.4f}")
     out.print(table)
 
 

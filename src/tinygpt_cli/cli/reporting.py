@@ -96,8 +96,9 @@ def make_reporter(interactive: bool):
 
         def on_eval(self, record: dict[str, Any]) -> None:
             star = " *" if record["improved"] else ""
-            line = (f"eval {record['iter']:>6}  train {record['train_loss']:.4f}  val {record['val_loss']:.4f}  "
-                    f"best {record['best_val_loss']:.4f}{star}  elapsed {format_duration(record['elapsed'])}")
+            line = (f"eval {record['iter']:>6}  train {record['train_loss']:.4f}  val {record['val_loss']:.4f} "
+                    f"({record['val_bits_per_byte']:.3f} bits/byte)  best {record['best_val_loss']:.4f}{star}  "
+                    f"elapsed {format_duration(record['elapsed'])}")
             if self.progress is not None:
                 self.progress.update(self.task, val=f"{record['val_loss']:.4f}")
                 self.progress.console.print(line)

@@ -34,7 +34,7 @@ def runs_table(summaries, fields: list[str], title: str | None = None, skip: tup
 
     from ..runs_table import format_value
 
-    columns = [c for c in ("name", "updated", "status", "params", *fields, "iters", "best val", "time", "tok/s") if c not in skip]
+    columns = [c for c in ("name", "updated", "status", "params", *fields, "iters", "best val", "bits/byte", "time", "tok/s") if c not in skip]
     rows = []
     for s in summaries:
         iters = "-" if s.iteration is None else f"{s.iteration:,}" + (f"/{s.max_iters:,}" if s.max_iters else "")
@@ -42,6 +42,7 @@ def runs_table(summaries, fields: list[str], title: str | None = None, skip: tup
             "name": s.name, "status": s.status, "params": _fmt_count(s.n_params), "iters": iters, "time": format_duration(s.elapsed),
             "updated": time.strftime("%Y-%m-%d %H:%M", time.localtime(s.updated)) if s.updated else "-",
             "best val": "-" if s.best_val_loss is None else f"{s.best_val_loss:.4f}",
+            "bits/byte": "-" if s.best_val_bits_per_byte is None else f"{s.best_val_bits_per_byte:.4f}",
             "tok/s": "-" if s.tokens_per_s is None else f"{s.tokens_per_s:,.0f}",
             **{f: format_value(f, s.config[f]) if s.config else "-" for f in fields},
         })

@@ -1,0 +1,245 @@
+"""Tokenizers: text to token ids and back, chosen when a dataset is prepared.
+
+- char (vocab.py:Vocabulary): every distinct character of the text, one id each.
+- bpe (`BPETokenizer`): byte-level byte-pair encoding. BPE starts from single symbols and
+  merges the most frequent adjacent pair into a new token, again and again, until the
+  vocabulary has the size asked for (Sennrich et al. 2016, "Neural Machine Translation of Rare
+  Words with Subword Units"). GPT-2 runs it on bytes rather than characters, so any text
+  encodes and no character is ever unknown (Radford et al. 2019). It is trained on the user's
+  own corpus with Hugging Face `tokenizers`, or loaded from any byte-level BPE tokenizer.json
+  (GPT-2's, for one), and saved as a standard tokenizer.json that other tools read.
+
+Both give the bytes of each token (for bits per byte, and for streamed output that never shows
+half a character) and a JSON form that the dataset folder and every checkpoint carry.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+
+from .errors import TinyGPTError, UsageError
+from .fsutil import FileTooLarge, read_limited, write_text_atomic
+from .vocab import VOCAB_FORMAT, Vocabulary
+
+EOT = "<|endoftext|>"  # separates documents; GPT-2's spelling
+BPE_FORMAT = "tinygpt-bpe"
+BPE_VERSION = 1
+MIN_BPE_VOCAB = 257  # the 256 byte values and the end-of-text token: no merge yet
+MAX_VOCAB = 2**20  # ids past uint16 are stored as uint32; an embedding this size is already huge
+MAX_TOKENIZER_FILE_BYTES = 64 * 2**20
+ENCODE_CHUNK_CHARS = 1 << 16  # text per piece of a batch encode (the pieces run on all cores)
+
+
+def token_dtype(vocab_size: int) -> type[np.unsignedinteger]:
+    """The smallest unsigned type that holds every id: token files and memory stay small."""
+    return np.uint16 if vocab_size <= 2**16 else np.uint32
+
+
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-level alphabet, reversed: each of the 256 bytes is spelled as one printable
+    character in token strings (tokenizer.json), and this maps the character back to its byte."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + extra)] = b
+            extra += 1
+    return chars
+
+
+BYTE_DECODER = _byte_decoder()
+
+
+def split_for_encoding(text: str, size: int = ENCODE_CHUNK_CHARS) -> list[str]:
+    """`text` cut into pieces of about `size` characters, each cut just after a newline and
+    before a character that is not whitespace. Byte-level BPE always separates tokens there (the
+    GPT-2 pre-tokenizer never joins a newline to what follows it, unless that is more whitespace),
+    so encoding the pieces gives exactly the ids of encoding the whole text."""
+    pieces, start = [], 0
+    while start < len(text):
+        cut = start + size
+        while cut < len(text) and not (text[cut - 1] == "\n" and not text[cut].isspace()):
+            cut = text.find("\n", cut)
+            if cut < 0:
+                cut = len(text)
+                break
+            cut += 1
+        pieces.append(text[start:cut])
+        start = cut
+    return pieces
+
+
+class BPETokenizer:
+    """A byte-level BPE tokenizer, held by Hugging Face `tokenizers`."""
+
+    kind = "bpe"
+
+    def __init__(self, hf: Any, source: str = "tokenizer"):
+        self.hf = hf
+        self.size = hf.get_vocab_size(with_added_tokens=True)
+        if not 0 < self.size <= MAX_VOCAB:
+            raise TinyGPTError(f"{source} has {self.size:,} tokens; tinygpt takes 1 to {MAX_VOCAB:,}")
+        self.eot_id: int | None = hf.token_to_id(EOT)
+
+    # --- making one ----------------------------------------------------------------------
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int) -> BPETokenizer:
+        """Learn `vocab_size` tokens from `texts`: the 256 bytes, the end-of-text token, merges."""
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+        check_bpe_vocab_size(vocab_size)
+        hf = Tokenizer(models.BPE())
+        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        hf.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT], show_progress=False,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        hf.train_from_iterator(texts, trainer)
+        return cls(hf)
+
+    @classmethod
+    def from_json(cls, text: str, source: str) -> BPETokenizer:
+        """A tokenizer.json, refused in one line unless it is a byte-level BPE."""
+        from tokenizers import Tokenizer
+
+        try:
+            spec = json.loads(text)
+        except ValueError as e:
+            raise UsageError(f"{source} is not a tokenizer file: not JSON ({e})") from e
+        if not isinstance(spec, dict) or not isinstance(spec.get("model"), dict) or spec["model"].get("type") != "BPE":
+            raise UsageError(f"{source} is not a BPE tokenizer.json (a Hugging Face tokenizer file with a BPE model)")
+        if "ByteLevel" not in json.dumps(spec.get("pre_tokenizer")) or "ByteLevel" not in json.dumps(spec.get("decoder")):
+            raise UsageError(f"{source} is a BPE tokenizer but not a byte-level one (as GPT-2's): tinygpt needs every text to encode")
+        try:
+            return cls(Tokenizer.from_str(text), source)
+        except Exception as e:  # the library's own parse error
+            raise UsageError(f"{source} is not a tokenizer file the tokenizers library reads: {e}") from e
+
+    @classmethod
+    def from_file(cls, path: Path) -> BPETokenizer:
+        try:
+            raw = read_limited(path, MAX_TOKENIZER_FILE_BYTES)
+        except FileNotFoundError as e:
+            raise UsageError(f"no tokenizer file at {path}") from e
+        except FileTooLarge as e:
+            raise UsageError(f"{path} is over {MAX_TOKENIZER_FILE_BYTES:,} bytes: not a tokenizer file") from e
+        except OSError as e:
+            raise TinyGPTError(f"cannot read {path}: {e.strerror or e}") from e
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise UsageError(f"{path} is not a tokenizer file: not UTF-8") from e
+        return cls.from_json(text, str(path))
+
+    # --- using it ------------------------------------------------------------------------
+    def encode_array(self, text: str) -> np.ndarray:
+        """Token ids of `text`, as uint16 or uint32 (token_dtype), encoded on all cores."""
+        pieces = split_for_encoding(text)
+        encodings = self.hf.encode_batch(pieces, add_special_tokens=False)
+        return np.fromiter((i for e in encodings for i in e.ids), dtype=token_dtype(self.size))
+
+    def encode(self, text: str) -> list[int]:
+        return self.encode_array(text).tolist()
+
+    def decode(self, ids: Iterable[int]) -> str:
+        ids = list(ids)
+        if any(not 0 <= i < self.size for i in ids):
+            raise TinyGPTError(f"token id out of range for a vocabulary of {self.size}")
+        return b"".join(self.token_bytes(i) for i in ids).decode("utf-8", errors="replace")
+
+    @cached_property
+    def _token_bytes(self) -> list[bytes]:
+        special = {t.content for t in self.hf.get_added_tokens_decoder().values()}
+        table = []
+        for i in range(self.size):
+            token = self.hf.id_to_token(i) or ""
+            if token in special:
+                table.append(token.encode("utf-8"))
+            else:
+                table.append(bytes(BYTE_DECODER.get(ch, 0x3F) for ch in token))
+        return table
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes a token stands for (several tokens may be needed for one character)."""
+        return self._token_bytes[token_id]
+
+    def merges(self) -> list[tuple[str, str]]:
+        """The learned merges, in the order they apply (as tokenizer.json spells them)."""
+        merges = json.loads(self.hf.to_str())["model"]["merges"]
+        return [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in merges]
+
+    # --- files ---------------------------------------------------------------------------
+    def to_json(self) -> str:
+        return self.hf.to_str()
+
+    def to_dict(self) -> dict:
+        return {"format": BPE_FORMAT, "version": BPE_VERSION, "size": self.size, "tokenizer": json.loads(self.to_json())}
+
+    def save(self, path: str | Path) -> None:
+        """As a standard tokenizer.json, which `tokenizers` and transformers load."""
+        write_text_atomic(path, self.to_json())
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, BPETokenizer) and self.to_json() == other.to_json()
+
+    def __hash__(self) -> int:
+        return hash(self.to_json())
+
+
+Tokenizer = Union[Vocabulary, BPETokenizer]
+
+
+def check_bpe_vocab_size(vocab_size: int) -> None:
+    if not MIN_BPE_VOCAB <= vocab_size <= MAX_VOCAB:
+        raise UsageError(f"--vocab-size {vocab_size:,}: a byte-level BPE has {MIN_BPE_VOCAB} to {MAX_VOCAB:,} tokens "
+                         f"(the 256 bytes and the end-of-text token come first)", "pass --vocab-size 4096, for example")
+
+
+def tokenizer_from_dict(obj: object, source: str = "tokenizer") -> Tokenizer:
+    """The tokenizer a checkpoint or a dataset records (its to_dict())."""
+    if isinstance(obj, dict) and obj.get("format") == VOCAB_FORMAT:
+        return Vocabulary.from_dict(obj, source)
+    if isinstance(obj, dict) and obj.get("format") == BPE_FORMAT and obj.get("version") == BPE_VERSION:
+        tokenizer = BPETokenizer.from_json(json.dumps(obj.get("tokenizer")), source)
+        if tokenizer.size != obj.get("size"):
+            raise TinyGPTError(f"{source}: a tokenizer of {tokenizer.size} tokens recorded as {obj.get('size')}")
+        return tokenizer
+    raise TinyGPTError(f"{source} is not a tinygpt tokenizer ({VOCAB_FORMAT} or {BPE_FORMAT} v{BPE_VERSION})")
+
+
+TOKENIZER_FILES = {"char": "vocab.json", "bpe": "tokenizer.json"}
+
+
+def load_tokenizer(folder: Path, kind: str) -> Tokenizer:
+    """A dataset folder's tokenizer (vocab.json for char, tokenizer.json for bpe)."""
+    path = folder / TOKENIZER_FILES[kind]
+    if kind == "char":
+        return Vocabulary.load(path)
+    return BPETokenizer.from_file(path)
+
+
+def byte_lengths(tokenizer: Tokenizer) -> np.ndarray:
+    """The number of UTF-8 bytes of each token, by id: bits per byte count them."""
+    return np.array([len(tokenizer.token_bytes(i)) for i in range(tokenizer.size)], dtype=np.int64)
+
+
+def stream_text(tokenizer: Tokenizer, ids: Iterable[int]) -> Iterator[str]:
+    """Text for each token as it comes, holding back the bytes of a character that is not
+    complete yet: a BPE token may end in the middle of a multi-byte UTF-8 sequence."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    for token_id in ids:
+        text = decoder.decode(tokenizer.token_bytes(token_id))
+        if text:
+            yield text
+    tail = decoder.decode(b"", final=True)
+    if tail:
+        yield tail
