@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import math
 import os
 import random
 import socket
@@ -40,13 +41,15 @@ def run_cli(tmp_path):
     """Run `python -m tinygpt_cli ARGS...` in `cwd` (default: tmp_path); return the CompletedProcess."""
 
     def run(*args: str | os.PathLike, env: dict[str, str] | None = None, cwd: str | os.PathLike | None = None,
-            timeout: float = 120) -> subprocess.CompletedProcess:
+            timeout: float = 120, input: str | None = None) -> subprocess.CompletedProcess:
+        # stdin is `input`, else nothing: never the developer's terminal, which a prompt would wait for
+        stdin = {"input": input} if input is not None else {"stdin": subprocess.DEVNULL}
         return subprocess.run(
             [sys.executable, "-m", "tinygpt_cli", *map(str, args)],
             cwd=str(cwd if cwd is not None else tmp_path),
             env=cli_env(env),
             capture_output=True,
-            stdin=subprocess.DEVNULL,  # never the developer's terminal: a prompt must not wait for it
+            **stdin,
             text=True,
             encoding="utf-8",
             timeout=timeout,
@@ -131,6 +134,22 @@ def signal_at_step(at: int, signum: int):
                 os.kill(os.getpid(), signum)
 
     return SignalAtStep()
+
+
+def stream_of(info, train, val):
+    """The corpus's token stream put back together from a "spread" split's blocks."""
+    import numpy as np
+
+    parts, positions = [], {"train": 0, "val": 0}
+    splits = {"train": train, "val": val}
+    block, f = info.block_tokens, info.val_fraction
+    for j in range(math.ceil((len(train) + len(val)) / block)):
+        split = "val" if math.floor((j + 1) * f) > math.floor(j * f) else "train"
+        at = positions[split]
+        parts.append(splits[split][at : at + block])
+        positions[split] += len(parts[-1])
+    assert positions == {"train": len(train), "val": len(val)}
+    return np.concatenate(parts)
 
 
 def make_text(n_chars: int = 5000, seed: int = 1234) -> str:
@@ -285,7 +304,7 @@ def torch_one_thread():
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
     """A prepared dataset folder (about 18,000 train and 2,000 val tokens) from `make_text`."""
-    from tinygpt_cli.data import prepare_text
+    from tinygpt_cli.prepare import prepare_text
 
     root = tmp_path_factory.mktemp("tiny_dataset")
     source = root / "tiny.txt"

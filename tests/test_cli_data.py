@@ -127,7 +127,7 @@ def test_vocab_of_nothing(run_cli, tmp_path):
 
 
 def test_vocab_of_damaged_dataset(run_cli, tmp_path, small_text):
-    from tinygpt_cli.data import prepare_text
+    from tinygpt_cli.prepare import prepare_text
 
     folder = tmp_path / "data" / "small"
     prepare_text(small_text, folder, "small", 0.1)
@@ -150,7 +150,7 @@ def test_download_success(run_cli, tmp_path, http_server, shakespeare_path):
     assert url in proc.stdout
     meta = json.loads((tmp_path / "data" / "shakespeare" / "meta.json").read_text(encoding="utf-8"))
     assert meta["sha256"] == SHAKESPEARE_SHA256 and meta["source"] == url
-    assert (tmp_path / "data" / "shakespeare" / "input.txt").read_bytes() == shakespeare_path.read_bytes()
+    assert not (tmp_path / "data" / "shakespeare" / "input.txt").exists()  # no copy of the text
 
 
 def test_download_checksum_mismatch(run_cli, tmp_path, http_server, small_text):
@@ -196,7 +196,7 @@ def test_prepare_shakespeare_then_nothing_to_do(run_cli, tmp_path, shakespeare_p
 
 @pytest.fixture(scope="module")
 def shakespeare_dir(tmp_path_factory, shakespeare_path):
-    from tinygpt_cli.data import prepare_shakespeare
+    from tinygpt_cli.prepare import prepare_shakespeare
 
     folder = tmp_path_factory.mktemp("prepared") / "shakespeare"
     prepare_shakespeare(folder, str(shakespeare_path), True, 0.1)

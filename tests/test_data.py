@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import hint, make_text, tmp_files
+from conftest import hint, make_text, stream_of, tmp_files
 
 from tinygpt_cli import data
 from tinygpt_cli.data import (
@@ -18,9 +18,8 @@ from tinygpt_cli.data import (
     download,
     intact_dataset,
     load_dataset,
-    prepare_text,
-    split_sizes,
 )
+from tinygpt_cli.prepare import prepare_text, split_sizes
 from tinygpt_cli.errors import TinyGPTError, UsageError
 from tinygpt_cli.vocab import Vocabulary
 
@@ -35,7 +34,7 @@ def _decode_splits(folder):
 def test_prepare_text_writes_a_complete_folder(small_text, tmp_path):
     text = small_text.read_text(encoding="utf-8")
     folder = tmp_path / "data" / "small"
-    result = prepare_text(small_text, folder, "small", 0.1)
+    result = prepare_text(small_text, folder, "small", 0.1, val_split="end")
     assert result.reused is False
     info = result.info
     for name in dataset_files("char"):
@@ -47,7 +46,8 @@ def test_prepare_text_writes_a_complete_folder(small_text, tmp_path):
     assert info.text_chars == len(text)
     assert info.train_tokens + info.val_tokens == len(text)
     assert info.vocab_size == len(set(text))
-    assert (folder / "input.txt").read_bytes() == small_text.read_bytes()
+    assert not (folder / "input.txt").exists()  # no copy of the corpus
+    assert info.train_bytes + info.val_bytes == info.text_bytes
 
     vocab, train, val = _decode_splits(folder)
     assert len(train) == info.train_tokens and len(val) == info.val_tokens
@@ -56,9 +56,10 @@ def test_prepare_text_writes_a_complete_folder(small_text, tmp_path):
     assert vocab.decode(val.tolist()) == text[info.train_tokens:]
 
     meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-    assert meta["format"] == "tinygpt-dataset" and meta["version"] == 2
-    assert (meta["tokenizer"], meta["tokenizer_spec"], meta["token_dtype"]) == ("char", "char", "uint16")
+    assert meta["format"] == "tinygpt-dataset" and meta["version"] == 3
+    assert (meta["tokenizer"], meta["tokenizer_spec"], meta["token_dtype"], meta["val_split"]) == ("char", "char", "uint16", "end")
     assert meta["sha256"] == data.sha256_hex(small_text.read_bytes())
+    assert meta["sources"] == [{"name": str(small_text), "bytes": info.text_bytes, "sha256": meta["sha256"]}]
     assert intact_dataset(folder) == info
 
 
@@ -69,13 +70,29 @@ def test_prepare_text_non_ascii_round_trip(tmp_path):
     info = prepare_text(src, tmp_path / "uni", "uni", 0.25).info
     assert info.text_bytes == len(text.encode("utf-8")) > info.text_chars == len(text)
     vocab, train, val = _decode_splits(tmp_path / "uni")
-    assert vocab.decode(np.concatenate([train, val]).tolist()) == text
+    assert vocab.decode(stream_of(info, train, val).tolist()) == text
+    assert info.train_bytes + info.val_bytes == info.text_bytes
+
+
+def test_the_spread_split_validates_on_the_whole_corpus(tmp_path):
+    """Several sources, one after the other: val holds a share of each, not the last one's."""
+    sources = []
+    for n, word in enumerate(("alpha", "beta", "gamma", "delta")):
+        sources.append(tmp_path / f"{word}.txt")
+        sources[-1].write_text(f"{word} {n}\n" * 1500, encoding="utf-8")
+    info = prepare_text([str(s) for s in sources], tmp_path / "d", "d", 0.1).info
+    assert (info.val_split, info.documents) == ("spread", 4)
+    vocab, train, val = _decode_splits(tmp_path / "d")
+    assert vocab.decode(stream_of(info, train, val).tolist()) == "".join(s.read_text(encoding="utf-8") for s in sources)
+    held_out = vocab.decode(val.tolist())
+    assert all(word in held_out for word in ("alpha", "beta", "gamma", "delta"))
+    assert abs(info.val_tokens / (info.train_tokens + info.val_tokens) - 0.1) < 0.02
 
 
 @pytest.mark.parametrize("val_fraction", [0.1, 0.2, 0.5])
 def test_val_fraction_is_honoured(small_text, tmp_path, val_fraction):
     n = len(small_text.read_text(encoding="utf-8"))
-    info = prepare_text(small_text, tmp_path / "d", "d", val_fraction).info
+    info = prepare_text(small_text, tmp_path / "d", "d", val_fraction, val_split="end").info
     assert info.val_fraction == val_fraction
     assert info.train_tokens == int(n * (1 - val_fraction))
     assert info.val_tokens == n - info.train_tokens
@@ -115,9 +132,8 @@ def test_changed_text_is_prepared_again(small_text, tmp_path):
     assert result.reused is False
     assert result.info.sha256 != first.sha256
     assert result.info.text_chars == len(new_text)
-    assert (folder / "input.txt").read_text(encoding="utf-8") == new_text
     vocab, train, val = _decode_splits(folder)
-    assert vocab.decode(np.concatenate([train, val]).tolist()) == new_text
+    assert vocab.decode(stream_of(result.info, train, val).tolist()) == new_text
     assert intact_dataset(folder) == result.info
 
 
@@ -137,7 +153,7 @@ def _flip_last_byte(path):
 
 @pytest.mark.parametrize(
     "damage",
-    ["flip-train", "flip-val", "flip-input", "truncate-train", "delete-val", "delete-vocab", "bad-vocab", "bad-meta", "meta-other-format"],
+    ["flip-train", "flip-val", "truncate-train", "delete-val", "delete-vocab", "bad-vocab", "bad-meta", "meta-other-format"],
 )
 def test_damage_is_detected(small_text, tmp_path, damage):
     folder = tmp_path / "d"
@@ -145,7 +161,7 @@ def test_damage_is_detected(small_text, tmp_path, damage):
     assert intact_dataset(folder) is not None
     kind, _, what = damage.partition("-")
     if kind == "flip":
-        _flip_last_byte(folder / f"{what}.bin" if what != "input" else folder / "input.txt")
+        _flip_last_byte(folder / f"{what}.bin")
     elif kind == "truncate":
         (folder / "train.bin").write_bytes((folder / "train.bin").read_bytes()[:-2])
     elif kind == "delete":
@@ -180,7 +196,7 @@ def test_load_dataset(small_text, tmp_path):
     ds = load_dataset(folder)
     assert ds.info == info
     assert ds.train.dtype == np.uint16 and len(ds.train) == info.train_tokens and len(ds.val) == info.val_tokens
-    assert ds.tokenizer.decode(ds.train.tolist()) + ds.tokenizer.decode(ds.val.tolist()) == small_text.read_text(encoding="utf-8")
+    assert ds.tokenizer.decode(stream_of(info, ds.train, ds.val).tolist()) == small_text.read_text(encoding="utf-8")
 
 
 def test_load_dataset_without_meta(tmp_path):
@@ -195,7 +211,7 @@ def test_load_dataset_without_meta(tmp_path):
 def test_dataset_info_round_trips_through_meta(small_text, tmp_path):
     info = prepare_text(small_text, tmp_path / "d", "d", 0.1).info
     meta = info.to_dict()
-    assert meta.pop("format") == "tinygpt-dataset" and meta.pop("version") == 2
+    assert meta.pop("format") == "tinygpt-dataset" and meta.pop("version") == 3
     assert DatasetInfo(path=info.path, **meta) == info
 
 

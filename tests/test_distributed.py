@@ -14,7 +14,7 @@ import torch
 
 from conftest import cli_env, make_text, tiny_cli_flags
 from tinygpt_cli.checkpoint import load_checkpoint
-from tinygpt_cli.data import prepare_text
+from tinygpt_cli.prepare import prepare_text
 from tinygpt_cli.runs import RunDir
 
 @pytest.fixture(scope="module")

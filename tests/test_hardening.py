@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import (ONE_THREAD_ENV, TINY_MODEL, TINY_TEXT_CHARS, TINY_TRAIN, assert_same_tensors, cli_env, hint, make_text,
-                      tiny_cli_flags, tiny_config, wait_for)
+                      stream_of, tiny_cli_flags, tiny_config, wait_for)
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -33,7 +33,8 @@ import tinygpt_cli.data as data_module
 import tinygpt_cli.fsutil as fsutil_module
 from tinygpt_cli.checkpoint import load_checkpoint, read_metadata
 from tinygpt_cli.config import ALL_FIELDS, flag_name, resolve_config
-from tinygpt_cli.data import load_dataset, prepare_text
+from tinygpt_cli.data import load_dataset
+from tinygpt_cli.prepare import prepare_text
 from tinygpt_cli.errors import CheckpointError, ConfigError, TinyGPTError, TrainingStopped, UsageError
 from tinygpt_cli.model import GPT
 from tinygpt_cli.params import param_report
@@ -456,12 +457,12 @@ def test_prepare_text_names_that_leave_their_folder_are_refused(tinygpt, tmp_pat
 
 def test_prepare_text_of_a_binary_file(tinygpt, tmp_path):
     blob = tmp_path / "model.bin"
-    blob.write_bytes(bytes(range(256)) * 64)
+    blob.write_bytes(bytes(range(1, 256)) * 64)
     code, _, err = tinygpt("prepare", "text", blob, "--data-dir", tmp_path / "d")
     assert_one_error(code, err, 1, "not UTF-8 text", "byte offset")
     blob.write_bytes(("text " * 200 + "\x00" + "more " * 200).encode())
     code, _, err = tinygpt("prepare", "text", blob, "--data-dir", tmp_path / "d")
-    assert_one_error(code, err, 1, "looks binary", "NUL byte at character 1,000")
+    assert_one_error(code, err, 1, "looks binary", "NUL byte at byte offset 1,000")
     assert not (tmp_path / "d").exists()
 
 
@@ -479,24 +480,25 @@ def test_prepare_text_of_any_bytes_builds_a_dataset_or_fails_readably(prefix, bl
             assert not (folder / "meta.json").exists() and not list(Path(tmp).rglob("*.tmp"))
             return
         dataset = load_dataset(folder)
-        assert dataset.tokenizer.decode(np.concatenate([dataset.train, dataset.val]).tolist()) == raw.decode("utf-8")
+        assert dataset.tokenizer.decode(stream_of(dataset.info, dataset.train, dataset.val).tolist()) == raw.decode("utf-8")
         assert result.info.text_bytes == len(raw)
 
 
-def test_prepare_text_of_an_enormous_file_is_refused_before_reading(tinygpt, tmp_path):
+def test_an_enormous_file_is_streamed_and_a_binary_one_refused_at_its_first_bytes(tinygpt, tmp_path):
+    """prepare reads a local file of any size in pieces; `vocab FILE` still refuses one past its
+    limit before reading it."""
     huge = tmp_path / "huge.txt"
     huge.touch()
-    os.truncate(huge, data_module.MAX_SOURCE_BYTES + 1)  # sparse: nothing is really written
+    os.truncate(huge, data_module.MAX_SOURCE_BYTES + 1)  # sparse zeros: nothing is really written
     code, _, err = tinygpt("prepare", "text", huge, "--data-dir", tmp_path / "d")
-    assert_one_error(code, err, 1, str(huge), f"over the {data_module.MAX_SOURCE_BYTES:,}-byte limit")
+    assert_one_error(code, err, 1, str(huge), "looks binary", "byte offset 0")
     assert not (tmp_path / "d").exists()
     code, _, err = tinygpt("vocab", huge)
     assert_one_error(code, err, 1, "-byte limit")
 
 
-def test_an_endless_source_is_cut_off_at_the_limit(monkeypatch, tmp_path):
-    monkeypatch.setattr(data_module, "MAX_SOURCE_BYTES", 100_000)
-    with pytest.raises(TinyGPTError, match="over the 100,000-byte limit"):
+def test_an_endless_device_is_refused_at_its_first_bytes(tmp_path):
+    with pytest.raises(TinyGPTError, match="/dev/zero looks binary"):
         prepare_text(Path("/dev/zero"), tmp_path / "d", "d", 0.1)
     assert not (tmp_path / "d").exists()
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import hint, make_text, signal_at_step, tiny_cli_flags
 
-from tinygpt_cli.data import prepare_text
+from tinygpt_cli.prepare import prepare_text
 from tinygpt_cli.errors import ConfigError, TrainingStopped, UsageError
 from tinygpt_cli.params import param_report
 from tinygpt_cli.sweep import cell_name, parse_grid_args, plan_sweep

@@ -9,12 +9,13 @@ import signal
 
 import numpy as np
 import pytest
-from conftest import ONE_THREAD_ENV, assert_same_tensors, hint, make_text, signal_at_step, tiny_config
+from conftest import ONE_THREAD_ENV, assert_same_tensors, hint, make_text, signal_at_step, stream_of, tiny_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tinygpt_cli.checkpoint import load_model
-from tinygpt_cli.data import TokenizerChoice, dataset_files, load_dataset, prepare_text
+from tinygpt_cli.data import dataset_files, load_dataset
+from tinygpt_cli.prepare import Scan, TokenizerChoice, make_tokenizer, prepare_text
 from tinygpt_cli.errors import TinyGPTError, TrainingStopped, UsageError
 from tinygpt_cli.lifecycle import resume, train_new
 from tinygpt_cli.tokenizer import EOT, BPETokenizer, byte_lengths, split_for_encoding, stream_text, token_dtype
@@ -36,14 +37,20 @@ def bpe_dataset(tmp_path_factory):
     return root / "data"
 
 
+def source_of(dataset_folder):
+    return dataset_folder.parent / "corpus.txt"
+
+
 TEXTS = st.text(alphabet=st.sampled_from(list("ab \n\r\t.,'é東🌸")), max_size=400) | st.text(max_size=200)
 
 
 @settings(max_examples=150, deadline=None)
 @given(text=TEXTS, size=st.integers(1, 50))
 def test_encoding_in_pieces_gives_the_ids_of_the_whole_text(bpe, text, size):
+    """In pieces, and through tiktoken (which encodes the pieces): the library's ids for the whole."""
     pieces = split_for_encoding(text, size)
     assert "".join(pieces) == text
+    assert bpe._fast is not None  # tiktoken took this BPE: the ids below are its
     assert bpe.encode(text) == bpe.hf.encode(text, add_special_tokens=False).ids
 
 
@@ -66,7 +73,7 @@ def test_a_token_may_end_inside_a_character_and_the_stream_holds_it_back(bpe):
 def test_the_end_of_text_token_and_the_byte_alphabet_come_first(bpe):
     assert bpe.eot_id == 0 and bpe.token_bytes(0) == EOT.encode()
     assert sorted(bpe.token_bytes(i) for i in range(1, 257)) == [bytes([b]) for b in range(256)]
-    assert byte_lengths(bpe)[:257].tolist() == [len(EOT)] + [1] * 256
+    assert byte_lengths(bpe)[:257].tolist() == [0] + [1] * 256  # the end of a document is no text
 
 
 @pytest.mark.parametrize("value, size, words", [
@@ -92,12 +99,12 @@ def test_a_file_that_is_not_a_byte_level_bpe_is_refused_in_one_line(tmp_path, co
     path = tmp_path / "tokenizer.json"
     path.write_text(content)
     with pytest.raises(UsageError) as info:
-        TokenizerChoice.parse(str(path), None).build("some text")
+        make_tokenizer(TokenizerChoice.parse(str(path), None), Scan())
     assert words in info.value.message and "\n" not in info.value.message
 
 
 def test_a_tokenizer_file_prepares_the_same_dataset_as_the_tokenizer_it_holds(bpe_dataset, tmp_path):
-    source = bpe_dataset / "input.txt"
+    source = source_of(bpe_dataset)
     result = prepare_text(source, tmp_path / "again", "again", 0.1, TokenizerChoice.parse(str(bpe_dataset / "tokenizer.json"), None))
     assert (tmp_path / "again" / "train.bin").read_bytes() == (bpe_dataset / "train.bin").read_bytes()
     assert result.info.tokenizer == "bpe" and result.info.tokenizer_spec.startswith("file:")
@@ -110,12 +117,12 @@ def test_a_bpe_dataset_holds_its_tokenizer_file_and_fewer_tokens_than_characters
     assert dataset.info.tokenizer == "bpe" and dataset.info.vocab_size == dataset.tokenizer.size == 300
     assert dataset.train.dtype == np.uint16
     assert dataset.info.train_tokens + dataset.info.val_tokens < dataset.info.text_chars
-    text = (bpe_dataset / "input.txt").read_text(encoding="utf-8")
-    assert dataset.tokenizer.decode(dataset.train.tolist()) + dataset.tokenizer.decode(dataset.val.tolist()) == text
+    text = (source_of(bpe_dataset)).read_text(encoding="utf-8")
+    assert dataset.tokenizer.decode(stream_of(dataset.info, dataset.train, dataset.val).tolist()) == text
 
 
 def test_preparing_again_with_another_tokenizer_rebuilds_and_leaves_no_stale_file(bpe_dataset, tmp_path):
-    source = bpe_dataset / "input.txt"
+    source = source_of(bpe_dataset)
     char = prepare_text(source, tmp_path / "d", "d", 0.1)
     assert prepare_text(source, tmp_path / "d", "d", 0.1).reused
     bpe = prepare_text(source, tmp_path / "d", "d", 0.1, TokenizerChoice.parse("bpe", 300))

@@ -19,7 +19,9 @@ from conftest import ONE_THREAD_ENV, as_format_1, assert_error_output, cli_env, 
 from safetensors import safe_open
 
 from tinygpt_cli.checkpoint import load_checkpoint, read_metadata
-from tinygpt_cli.data import load_dataset, prepare_text
+import tinygpt_cli.data as data_module
+from tinygpt_cli.data import load_dataset
+from tinygpt_cli.prepare import prepare_text
 from tinygpt_cli.errors import CheckpointError, TinyGPTError
 from tinygpt_cli.lifecycle import resume, train_new
 
@@ -196,21 +198,20 @@ def test_prepare_again_clears_what_a_killed_prepare_left(small_text, tmp_path):
     (folder / "notes.txt").write_text("the user's notes, in a folder tinygpt made")
     assert not prepare_text(small_text, folder, "d", 0.2).reused
     assert load_dataset(folder).info.val_fraction == 0.2
-    assert sorted(os.listdir(folder)) == [".tinygpt-dataset", "input.txt", "meta.json", "notes.txt", "train.bin", "val.bin",
-                                          "vocab.json"]
+    assert sorted(os.listdir(folder)) == [".tinygpt-dataset", "meta.json", "notes.txt", "train.bin", "val.bin", "vocab.json"]
 
 
 def test_a_dataset_that_cannot_be_read_says_permission_denied(small_text, tmp_path, monkeypatch):
     folder = tmp_path / "d"
     prepare_text(small_text, folder, "d", 0.1)
-    real_read_bytes = Path.read_bytes
+    real_digest = data_module.file_sha256
 
-    def read_bytes(self):  # another user's file, mode 0600 (root reads it anyway: simulated)
-        if self.name == "train.bin":
-            raise PermissionError(13, "Permission denied", str(self))
-        return real_read_bytes(self)
+    def file_sha256(path):  # another user's file, mode 0600 (root reads it anyway: simulated)
+        if Path(path).name == "train.bin":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_digest(path)
 
-    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    monkeypatch.setattr(data_module, "file_sha256", file_sha256)
     with pytest.raises(TinyGPTError, match="train.bin: permission denied"):
         load_dataset(folder)
 
@@ -331,7 +332,7 @@ def test_written_files_get_the_mode_of_any_new_file(small_text, tmp_path):
     finally:
         os.umask(old)
     modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "d").iterdir()}
-    assert all(modes[name] == 0o644 for name in ("input.txt", "train.bin", "val.bin", "vocab.json", "meta.json")), modes
+    assert all(modes[name] == 0o644 for name in ("train.bin", "val.bin", "vocab.json", "meta.json")), modes
 
 
 def test_a_save_in_progress_is_a_runs_own_file_not_the_users(tmp_path):

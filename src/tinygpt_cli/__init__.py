@@ -23,8 +23,8 @@ _EXPORTS = {
     "ModelConfig": "config", "TrainConfig": "config", "RunConfig": "config", "resolve_config": "config",
     "PRESETS": "config",
     # data
-    "Vocabulary": "vocab", "BPETokenizer": "tokenizer", "byte_lengths": "tokenizer", "TokenizerChoice": "data",
-    "prepare_shakespeare": "data", "prepare_text": "data", "load_dataset": "data",
+    "Vocabulary": "vocab", "BPETokenizer": "tokenizer", "byte_lengths": "tokenizer", "TokenizerChoice": "prepare",
+    "prepare_shakespeare": "prepare", "prepare_text": "prepare", "load_dataset": "data",
     # model and checkpoints
     "GPT": "model", "KVCache": "model",
     "Checkpoint": "checkpoint", "save_checkpoint": "checkpoint", "load_checkpoint": "checkpoint", "load_model": "checkpoint",

@@ -1,8 +1,9 @@
-"""Text in, dataset folder out: read or download, check, build the tokenizer, encode, split.
+"""Dataset folders: what they hold, how they are checked and loaded; reading and downloading text.
 
-A dataset folder holds `input.txt` (the raw text), the tokenizer (`vocab.json` for characters,
-`tokenizer.json` for BPE), `train.bin` and `val.bin` (token ids, uint16, or uint32 for a
-vocabulary past 65,536) and `meta.json` (sizes, checksums, split, tokenizer). `meta.json` is written last and
+A dataset folder holds the tokenizer (`vocab.json` for characters, `tokenizer.json` for BPE),
+`train.bin` and `val.bin` (token ids, uint16, or uint32 for a vocabulary past 65,536) and
+`meta.json` (sources and their digests, sizes, checksums, split, tokenizer). prepare.py writes
+them. `meta.json` is written last and
 removed first, so a folder with a `meta.json` whose checksums match is complete. A mark file,
 `.tinygpt-dataset`, is written before anything else: tinygpt writes only into a folder it made
 (or an empty one), so a user's own files are never overwritten.
@@ -20,23 +21,23 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .errors import Command, TinyGPTError, UsageError
-from .fsutil import (FileTooLarge, entries_except, is_temp_file_of, read_json, read_limited, short_list, write_bytes_atomic,
-                     write_json_atomic)
-from .tokenizer import TOKENIZER_FILES, BPETokenizer, Tokenizer, check_bpe_vocab_size, load_tokenizer, split_for_encoding
-from .vocab import Vocabulary
+from .fsutil import FileTooLarge, entries_except, file_sha256, is_temp_file_of, read_json, read_limited, short_list
+from .tokenizer import TOKENIZER_FILES, Tokenizer, byte_lengths, load_tokenizer
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 SHAKESPEARE_BYTES = 1_115_394
 
 META_FORMAT = "tinygpt-dataset"
-META_VERSION = 2  # 2: the tokenizer and the token type (1: characters, uint16)
+# 2: the tokenizer and the token type (1: characters, uint16, with a copy of the text in input.txt)
+# 3: the sources, the split, the bytes of text in each split; no copy of the text
+META_VERSION = 3
 # Each split must hold at least this many tokens, enough for a few windows to train and evaluate on.
 MIN_SPLIT_TOKENS = 256
 # Refuse downloads past this size: a char-level corpus this tool can train on is far smaller.
@@ -47,16 +48,17 @@ MAX_SOURCE_BYTES = 2**30
 DOWNLOAD_TIMEOUT_S = 30
 # The files of a dataset folder, and the mark that says tinygpt made the folder (written before
 # any of them and never removed, so that a prepare killed midway can be run again).
+# (input.txt: the copy of the text that format 1 and 2 folders hold)
 DATASET_FILES = ("input.txt", "vocab.json", "tokenizer.json", "train.bin", "val.bin", "meta.json")
+# Splits larger than this are read through np.memmap instead of into memory.
+IN_MEMORY_BYTES = 2**30
 
 
 def dataset_files(tokenizer_kind: str) -> tuple[str, ...]:
     """The files of a complete dataset folder whose tokenizer is of this kind."""
-    return tuple(f for f in DATASET_FILES if f not in TOKENIZER_FILES.values() or f == TOKENIZER_FILES[tokenizer_kind])
+    return tuple(f for f in DATASET_FILES if f != "input.txt" and (f not in TOKENIZER_FILES.values() or f == TOKENIZER_FILES[tokenizer_kind]))
 
 
-# A BPE tokenizer is trained on this much of the text at most (evenly spaced pieces of it).
-BPE_SAMPLE_CHARS = 200 * 2**20
 OWNER_MARK = ".tinygpt-dataset"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -150,61 +152,16 @@ class DatasetInfo:
     tokenizer: str = "char"  # "char" or "bpe"
     tokenizer_spec: str = "char"  # how it was asked for: char, bpe:SIZE or the SHA-256 of a tokenizer file
     token_dtype: str = "uint16"
+    val_split: str = "end"  # "spread" through the corpus, its "end", or a separate "file"
+    documents: int = 1
+    block_tokens: int = 0  # "spread": the stream's blocks, each wholly train or val
+    train_bytes: int = 0  # bytes of text in each split (0: not recorded, format 1 and 2)
+    val_bytes: int = 0
+    sources: list = field(default_factory=list)  # name, bytes and sha256 of each source
 
     def to_dict(self) -> dict:
         d = {k: v for k, v in self.__dict__.items() if k != "path"}
         return {"format": META_FORMAT, "version": META_VERSION, **d}
-
-
-@dataclass(frozen=True)
-class TokenizerChoice:
-    """How prepare makes the tokenizer: characters, a BPE trained on the text, or a file."""
-
-    kind: str = "char"  # "char", "bpe" or "file"
-    vocab_size: int | None = None  # bpe
-    path: Path | None = None  # file
-
-    @classmethod
-    def parse(cls, value: str, vocab_size: int | None) -> TokenizerChoice:
-        """`--tokenizer char|bpe|PATH` and `--vocab-size N` (BPE only)."""
-        if value == "char":
-            if vocab_size is not None:
-                raise UsageError("--vocab-size is for --tokenizer bpe: a character vocabulary is every character of the text")
-            return cls()
-        if value == "bpe":
-            size = 4096 if vocab_size is None else vocab_size
-            check_bpe_vocab_size(size)
-            return cls("bpe", vocab_size=size)
-        if vocab_size is not None:
-            raise UsageError("--vocab-size is for --tokenizer bpe: a tokenizer file has its own size")
-        return cls("file", path=Path(value))
-
-    def build(self, text: str) -> Tokenizer:
-        if self.kind == "char":
-            return Vocabulary.from_text(text)
-        if self.kind == "bpe":
-            return BPETokenizer.train(training_sample(text), self.vocab_size)
-        return BPETokenizer.from_file(self.path)
-
-    def spec(self) -> str:
-        """What a prepared folder records, so that asking for the same tokenizer reuses it."""
-        if self.kind == "file":
-            return "file:" + sha256_hex(self.path.read_bytes())
-        return "char" if self.kind == "char" else f"bpe:{self.vocab_size}"
-
-
-def training_sample(text: str, max_chars: int = BPE_SAMPLE_CHARS, pieces: int = 256) -> list[str]:
-    """What a BPE learns its merges from: the whole text, or past `max_chars`, evenly spaced
-    pieces of it (the start, the middle and the end of a corpus all count)."""
-    if len(text) <= max_chars:
-        return split_for_encoding(text)
-    step, size = len(text) // pieces, max_chars // pieces
-    return [text[i * step: i * step + size] for i in range(pieces)]
-
-
-def split_sizes(n_tokens: int, val_fraction: float) -> tuple[int, int]:
-    n_train = int(n_tokens * (1 - val_fraction))
-    return n_train, n_tokens - n_train
 
 
 def _permission_denied(error: PermissionError) -> TinyGPTError:
@@ -215,7 +172,7 @@ def _permission_denied(error: PermissionError) -> TinyGPTError:
 def _read_meta(folder: Path) -> DatasetInfo | None:
     try:
         obj = read_json(folder / "meta.json")
-        if obj.pop("format") != META_FORMAT or obj.pop("version") not in (1, META_VERSION):
+        if obj.pop("format") != META_FORMAT or obj.pop("version") not in (1, 2, META_VERSION):
             return None
         return DatasetInfo(path=folder, **obj)
     except PermissionError as e:  # present but not ours to read: not "damaged"
@@ -231,9 +188,8 @@ def intact_dataset(folder: Path) -> DatasetInfo | None:
         return None
     try:
         ok = (
-            sha256_hex((folder / "input.txt").read_bytes()) == info.sha256
-            and sha256_hex((folder / "train.bin").read_bytes()) == info.train_sha256
-            and sha256_hex((folder / "val.bin").read_bytes()) == info.val_sha256
+            file_sha256(folder / "train.bin") == info.train_sha256
+            and file_sha256(folder / "val.bin") == info.val_sha256
             and load_tokenizer(folder, info.tokenizer).size == info.vocab_size
         )
     except PermissionError as e:
@@ -243,7 +199,7 @@ def intact_dataset(folder: Path) -> DatasetInfo | None:
     return info if ok else None
 
 
-def _claim_folder(folder: Path) -> None:
+def claim_folder(folder: Path) -> None:
     """Refuse to write a dataset where it could destroy the user's files: a folder that tinygpt
     did not make (no mark, no meta.json) must be empty. In a folder it made, every file is its own:
     input.txt is the copy it took of a source, never the source itself."""
@@ -256,7 +212,7 @@ def _claim_folder(folder: Path) -> None:
 
 
 @contextmanager
-def _owned_folder(folder: Path) -> Iterator[None]:
+def owned_folder(folder: Path) -> Iterator[None]:
     """Mark `folder` as a tinygpt dataset (before its first file), hold its lock while writing,
     and clear the half-written files of a prepare that was killed."""
     _make_folder(folder)
@@ -280,89 +236,6 @@ def _make_folder(folder: Path) -> None:
         raise TinyGPTError(f"cannot create data folder {folder}: {e.strerror}", "pass a writable folder with --data-dir") from e
 
 
-def write_dataset(raw: bytes, folder: Path, name: str, source: str, val_fraction: float,
-                  choice: TokenizerChoice = TokenizerChoice()) -> DatasetInfo:
-    """Build the tokenizer, encode, split and write every file of a dataset folder."""
-    if not 0 < val_fraction < 1:
-        raise UsageError(f"--val-fraction must be between 0 and 1 (got {val_fraction})")
-    text = decode_text(raw, source)
-    tokenizer = choice.build(text)
-    ids = tokenizer.encode_array(text)
-    n_train, n_val = split_sizes(len(ids), val_fraction)
-    if min(n_train, n_val) < MIN_SPLIT_TOKENS:
-        raise TinyGPTError(
-            f"{source} is too short: {len(ids):,} tokens give {n_train:,} train and {n_val:,} validation "
-            f"tokens; each split needs at least {MIN_SPLIT_TOKENS}",
-            "use a longer text, or change the split with --val-fraction",
-        )
-    train_bytes, val_bytes = ids[:n_train].tobytes(), ids[n_train:].tobytes()
-    info = DatasetInfo(
-        name=name,
-        path=folder,
-        source=source,
-        sha256=sha256_hex(raw),
-        text_bytes=len(raw),
-        text_chars=len(text),
-        vocab_size=tokenizer.size,
-        train_tokens=n_train,
-        val_tokens=n_val,
-        val_fraction=val_fraction,
-        train_sha256=sha256_hex(train_bytes),
-        val_sha256=sha256_hex(val_bytes),
-        tokenizer=tokenizer.kind,
-        tokenizer_spec=choice.spec(),
-        token_dtype=ids.dtype.name,
-    )
-    _claim_folder(folder)
-    try:
-        with _owned_folder(folder):
-            (folder / "meta.json").unlink(missing_ok=True)  # the folder is incomplete until meta.json is back
-            write_bytes_atomic(folder / "input.txt", raw)
-            for kind, file in TOKENIZER_FILES.items():  # the other kind's file, from an earlier prepare
-                if kind != tokenizer.kind:
-                    (folder / file).unlink(missing_ok=True)
-            tokenizer.save(folder / TOKENIZER_FILES[tokenizer.kind])
-            write_bytes_atomic(folder / "train.bin", train_bytes)
-            write_bytes_atomic(folder / "val.bin", val_bytes)
-            write_json_atomic(folder / "meta.json", info.to_dict())
-    except OSError as e:
-        raise TinyGPTError(f"cannot write dataset to {folder}: {e.strerror}", "free some space or pass a writable --data-dir") from e
-    return info
-
-
-@dataclass(frozen=True)
-class PrepareResult:
-    info: DatasetInfo
-    reused: bool
-
-
-def prepare_shakespeare(folder: Path, source: str | None, verify: bool, val_fraction: float,
-                        choice: TokenizerChoice = TokenizerChoice()) -> PrepareResult:
-    """Tiny Shakespeare from its canonical URL (or `source`), checked against its SHA-256."""
-    existing = intact_dataset(folder)
-    same = existing and existing.val_fraction == val_fraction and existing.tokenizer_spec == choice.spec()
-    if same and (not verify or existing.sha256 == SHAKESPEARE_SHA256):
-        return PrepareResult(existing, reused=True)
-    src = source or SHAKESPEARE_URL
-    raw = read_source(src)
-    if verify and sha256_hex(raw) != SHAKESPEARE_SHA256:
-        raise TinyGPTError(
-            f"checksum mismatch for {src}: got SHA-256 {sha256_hex(raw)[:12]}… ({len(raw):,} bytes), "
-            f"expected {SHAKESPEARE_SHA256[:12]}… ({SHAKESPEARE_BYTES:,} bytes)",
-            Command("prepare shakespeare", options={"source": str(src), "verify": False}, why="only if you edited the copy on purpose"),
-        )
-    return PrepareResult(write_dataset(raw, folder, "shakespeare", src, val_fraction, choice), reused=False)
-
-
-def prepare_text(path: Path, folder: Path, name: str, val_fraction: float, choice: TokenizerChoice = TokenizerChoice()) -> PrepareResult:
-    """Any UTF-8 text file the user brings."""
-    raw = read_source(str(path))
-    existing = intact_dataset(folder)
-    if existing and (existing.sha256, existing.val_fraction, existing.tokenizer_spec) == (sha256_hex(raw), val_fraction, choice.spec()):
-        return PrepareResult(existing, reused=True)
-    return PrepareResult(write_dataset(raw, folder, name, str(path), val_fraction, choice), reused=False)
-
-
 DATA_DIR = Path("data")
 
 
@@ -384,8 +257,15 @@ class Dataset:
 
     info: DatasetInfo
     tokenizer: Tokenizer
-    train: np.ndarray
+    train: np.ndarray  # or an np.memmap, for a large split
     val: np.ndarray
+
+    def val_bytes_per_token(self) -> float:
+        """Bytes of text per validation token: bits per byte = loss / ln 2 / this."""
+        if self.info.val_bytes:
+            return self.info.val_bytes / self.info.val_tokens
+        counts = np.bincount(self.val, minlength=self.tokenizer.size)  # folders of format 1 and 2
+        return float(counts @ byte_lengths(self.tokenizer)) / len(self.val)
 
 
 def load_dataset(folder: str | Path) -> Dataset:
@@ -400,6 +280,13 @@ def load_dataset(folder: str | Path) -> Dataset:
             Command("prepare", ("...",), before="rebuild it with the command that made it:"),
         )
     tokenizer = load_tokenizer(folder, info.tokenizer)
-    train = np.fromfile(folder / "train.bin", dtype=info.token_dtype)
-    val = np.fromfile(folder / "val.bin", dtype=info.token_dtype)
+    train, val = (_read_split(folder / f"{split}.bin", info.token_dtype) for split in ("train", "val"))
     return Dataset(info=info, tokenizer=tokenizer, train=train, val=val)
+
+
+def _read_split(path: Path, dtype: str) -> np.ndarray:
+    """A split's ids: in memory, or past IN_MEMORY_BYTES mapped from the file (np.memmap), so
+    that a corpus larger than the machine's memory trains as well."""
+    if path.stat().st_size > IN_MEMORY_BYTES:
+        return np.memmap(path, dtype=dtype, mode="r")
+    return np.fromfile(path, dtype=dtype)

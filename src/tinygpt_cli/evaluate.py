@@ -52,19 +52,17 @@ def score_windows(model: GPT, tokens: np.ndarray, token_bytes: np.ndarray, start
     `token_bytes` holds each id's length in bytes (tokenizer.byte_lengths)."""
     model.eval()
     device = next(model.parameters()).device
-    data = torch.from_numpy(tokens.astype(np.int64))
-    lengths = torch.from_numpy(token_bytes)
-    offsets = torch.arange(length)
+    offsets = np.arange(length + 1)
     total, count, n_bytes = 0.0, 0, 0
     for i in range(0, len(starts), batch_size):
-        idx = torch.from_numpy(starts[i : i + batch_size].astype(np.int64))[:, None] + offsets  # (b, T)
-        x, y = data[idx].to(device), data[idx + 1].to(device)
+        windows = tokens[starts[i : i + batch_size].astype(np.int64)[:, None] + offsets].astype(np.int64)  # (b, T+1), from a memmap too
+        x, y = torch.from_numpy(windows[:, :-1]).to(device), torch.from_numpy(windows[:, 1:]).to(device)
         _, loss = model(x, y)
         total += loss.item() * y.numel()
         count += y.numel()
-        n_bytes += int(lengths[data[idx + 1]].sum())
+        n_bytes += int(token_bytes[windows[:, 1:]].sum())
         if progress is not None:
-            progress(len(idx))
+            progress(len(windows))
     return SplitScore(total / count, count, n_bytes)
 
 

@@ -3,6 +3,7 @@ reads of user-named paths that never block on a FIFO and never read more than th
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -68,6 +69,15 @@ def entries_except(folder: Path, is_expected: Callable[[str], bool]) -> list[str
 
 def short_list(names: list[str], shown: int = 5) -> str:
     return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file of any size, read in pieces."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:

@@ -29,7 +29,6 @@ from .devices import autocast_for, build_model, setup_training_device
 from .distributed import DistContext, all_reduce_sum
 from .optim import make_optimizer, restore_groups
 from .rng import capture_rng, restore_rng, seed_all
-from .tokenizer import byte_lengths
 
 LOG_INTERVAL = 10  # steps between step records in metrics.jsonl
 
@@ -89,7 +88,7 @@ class Trainer:
         block = config.model.block_size
         self.splits = {"train": Batches(dataset.train, block, self.device), "val": Batches(dataset.val, block, self.device)}
         # Bits per byte = val loss / ln 2 / the val split's bytes per token: comparable across tokenizers.
-        self.val_bytes_per_token = float(byte_lengths(dataset.tokenizer)[dataset.val].mean())
+        self.val_bytes_per_token = dataset.val_bytes_per_token()
         self.step = 0
         self.best_val: float | None = None
         self.last_val: float | None = None

@@ -68,6 +68,15 @@ class Vocabulary:
             raise _too_many_characters(len(codepoints))
         return cls(tuple(chr(int(c)) for c in codepoints))
 
+    @classmethod
+    def from_codepoints(cls, codepoints: set[int]) -> Vocabulary:
+        """The vocabulary of a text whose distinct code points are `codepoints`."""
+        if not codepoints:
+            raise TinyGPTError("the text is empty: there is nothing to build a vocabulary from")
+        if len(codepoints) > MAX_VOCAB_SIZE:
+            raise _too_many_characters(len(codepoints))
+        return cls(tuple(chr(c) for c in sorted(codepoints)))
+
     @property
     def size(self) -> int:
         return len(self.chars)

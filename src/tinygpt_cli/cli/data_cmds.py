@@ -20,6 +20,28 @@ TOKENIZER = typer.Option("char", "--tokenizer", help="char (one token per charac
 VOCAB_SIZE = typer.Option(None, "--vocab-size", help="Tokens of the BPE to train (with --tokenizer bpe; default 4096, at least 257).")
 
 
+def _progress():
+    """A progress bar on stderr (only on a terminal): the scan, then the encoding, in MB/s and time left."""
+    from contextlib import contextmanager
+
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+    @contextmanager
+    def show():
+        with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
+                      console=err, transient=True, disable=not err.is_terminal) as bar:
+            tasks: dict[str, int] = {}
+
+            def update(phase: str, done: int, total: int) -> None:
+                if phase not in tasks:
+                    tasks[phase] = bar.add_task("reading" if phase == "scan" else "encoding", total=total)
+                bar.update(tasks[phase], completed=done, total=total)
+
+            yield update
+
+    return show()
+
+
 def _summary(result, title: str, as_json: bool) -> None:
     info = result.info
     if as_json:
@@ -30,7 +52,7 @@ def _summary(result, title: str, as_json: bool) -> None:
     table = Table(title=title, show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column(justify="right", overflow="fold")  # a long path or the SHA-256 wraps, never cut
-    table.add_row("source", info.source)
+    table.add_row("source", info.source + (f" ({info.documents:,} documents)" if info.documents > 1 else ""))
     table.add_row("folder", str(info.path))
     if info.tokenizer == "char":
         table.add_row("characters (vocabulary)", f"{info.vocab_size:,}")
@@ -41,7 +63,8 @@ def _summary(result, title: str, as_json: bool) -> None:
         per_token = info.text_bytes / (info.train_tokens + info.val_tokens)
         table.add_row("bytes per token", f"{per_token:.2f}")
     table.add_row("train tokens", f"{info.train_tokens:,}")
-    table.add_row("val tokens", f"{info.val_tokens:,}")
+    split = {"spread": "spread through the corpus", "end": "its end", "file": "a separate file"}[info.val_split]
+    table.add_row("val tokens", f"{info.val_tokens:,} ({split})")
     table.add_row("sha256", info.sha256)
     out.print(table)
     if result.reused:
@@ -67,36 +90,44 @@ def prepare_shakespeare(
 
     Example: tinygpt prepare shakespeare --source path/to/input.txt
     """
-    from ..data import TokenizerChoice
-    from ..data import prepare_shakespeare as run
+    from ..prepare import TokenizerChoice
+    from ..prepare import prepare_shakespeare as run
 
     choice = TokenizerChoice.parse(tokenizer, vocab_size)
-    with err.status("preparing tiny Shakespeare…"):
-        result = run(data_dir, source, verify, val_fraction, choice)
+    with _progress() as progress:
+        result = run(data_dir, source, verify, val_fraction, choice, progress)
     _summary(result, "tiny Shakespeare", as_json)
 
 
 @prepare_app.command("text")
 def prepare_text(
-    file: Path = typer.Argument(..., help="A UTF-8 text file: your own corpus."),
-    name: str = typer.Option(None, "--name", help="Dataset name (default: the file's name without extension)."),
+    inputs: list[str] = typer.Argument(..., help="UTF-8 text files, folders (every file matching --glob, recursively) or - for standard input: each one a document."),
+    name: str = typer.Option(None, "--name", help="Dataset name (default: the first input's name without extension)."),
     data_dir: Path = typer.Option(None, "--data-dir", help="Folder to write the dataset to (default: data/NAME)."),
-    val_fraction: float = VAL_FRACTION,
+    glob: str = typer.Option("*", "--glob", help="Files of a folder to take, e.g. '*.txt' or '*.py'."),
+    val_fraction: float = typer.Option(0.1, "--val-fraction", min=0.0, max=1.0, help="Share of the corpus held out for validation."),
+    val_split: str = typer.Option("spread", "--val-split", help="Where validation comes from: spread (blocks spread through the whole corpus) or end (its last part)."),
+    val: str = typer.Option(None, "--val", help="A separate validation file instead of a share of the corpus."),
     tokenizer: str = TOKENIZER,
     vocab_size: int = VOCAB_SIZE,
+    bpe_sample_mb: int = typer.Option(100, "--bpe-sample-mb", min=1, help="The most text (MB) a BPE learns its merges from: evenly spaced pieces of a larger corpus."),
     as_json: bool = JSON,
 ) -> None:
-    """Turn any UTF-8 text file into a dataset folder.
+    """Turn your own text, of any size, into a dataset folder: files, folders or standard input.
 
     Example: tinygpt prepare text my_poems.txt --name poems --tokenizer bpe --vocab-size 1024
     """
-    from ..data import TokenizerChoice, check_name
-    from ..data import prepare_text as run
+    from ..data import check_name
+    from ..prepare import TokenizerChoice
+    from ..prepare import prepare_text as run
 
-    name = check_name(name or file.stem.replace(" ", "_"), "dataset name")
-    choice = TokenizerChoice.parse(tokenizer, vocab_size)
-    with err.status(f"preparing {name}…"):
-        result = run(file, data_dir or Path("data") / name, name, val_fraction, choice)
+    first = Path(inputs[0])
+    name = check_name(name or ("stdin" if inputs[0] == "-" else (first.stem or first.name).replace(" ", "_")), "dataset name")
+    choice = TokenizerChoice.parse(tokenizer, vocab_size, bpe_sample_mb * 2**20)
+    with _progress() as progress:
+        result = run(inputs, data_dir or Path("data") / name, name, val_fraction, choice, glob, val, val_split, progress)
+    if result.skipped_binary:
+        err.print(f"[yellow]note:[/] skipped {result.skipped_binary} binary file(s) (not UTF-8 text)")
     _summary(result, name, as_json)
 
 
