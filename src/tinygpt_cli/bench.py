@@ -51,9 +51,9 @@ class StepTiming:
         return iters * self.ms_per_iter / 1000
 
 
-def training_step_fn(config: RunConfig):
-    """The real training step (Trainer.train_step) for `config`, on synthetic data."""
-    trainer = Trainer(config, synthetic_dataset(config.model.vocab_size))
+def training_step_fn(config: RunConfig, dataset: Dataset | None = None):
+    """The real training step (Trainer.train_step) for `config`, on `dataset` or synthetic data."""
+    trainer = Trainer(config, dataset or synthetic_dataset(config.model.vocab_size))
 
     def step() -> None:
         if trainer.threads is not None:
@@ -73,9 +73,10 @@ def time_steps(step, steps: int) -> float:
     return (time.perf_counter() - t0) * 1000 / steps
 
 
-def time_training_steps(config: RunConfig, steps: int = 20, warmup: int = 3, repeats: int = 3) -> StepTiming:
+def time_training_steps(config: RunConfig, steps: int = 20, warmup: int = 3, repeats: int = 3,
+                        dataset: Dataset | None = None) -> StepTiming:
     """Median milliseconds per optimiser step of the real training step for `config`."""
-    step = training_step_fn(config)
+    step = training_step_fn(config, dataset)
     time_steps(step, warmup)
     samples = [time_steps(step, steps) for _ in range(repeats)]
     c = config

@@ -221,14 +221,14 @@ def _bpe_tables(path: Path, tokenizer, counts, as_json: bool, limit: int | None)
         return
     out.print(f"byte-level BPE of {path}: {tokenizer.size:,} tokens ({len(merges):,} merges), "
               f"{total:,} tokens for {n_bytes:,} bytes: {n_bytes / total:.2f} bytes per token")
-    table = Table(title=f"the {shown} most frequent tokens", title_justify="left")
+    table = Table(title="most frequent tokens", title_justify="left")
     for col in ("id", "token", "bytes", "count", "share"):
         table.add_column(col, justify="left" if col == "token" else "right")
     for i in frequent:
         table.add_row(str(i), _token_label(tokenizer, i), str(len(tokenizer.token_bytes(i))), f"{int(counts[i]):,}",
                       f"{counts[i] / total:.1%}")
     out.print(table)
-    first = Table(title=f"the first {min(shown, len(merges))} merges, in the order BPE learned them", title_justify="left")
+    first = Table(title="first merges", title_justify="left")
     for col in ("#", "left", "right", "new token"):
         first.add_column(col, justify="right" if col == "#" else "left")
     for n, (left, right) in enumerate(merges[:shown], 1):

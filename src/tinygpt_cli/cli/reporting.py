@@ -52,7 +52,7 @@ def make_reporter(interactive: bool):
             out.print(
                 f"run {info.run}  |  {info.n_params / 1e6:.2f}M parameters  |  {info.tokens_per_iter:,} tokens/iteration  |  "
                 f"device {info.device} ({info.dtype}){'  |  ' + info.threads if info.threads else ''}  |  {cfg.model.n_layer} layers, {cfg.model.n_head} heads, "
-                f"{cfg.model.n_embd} wide, block {cfg.model.block_size}"
+                f"{cfg.model.n_embd} wide, block {cfg.model.block_size} tokens"
             )
             if info.start_iter:
                 out.print(f"resuming at iteration {info.start_iter:,} of {self.max_iters:,}")
