@@ -8,11 +8,12 @@ character one to four). For a character model on ASCII text it equals bits per c
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .model import GPT
 
@@ -46,24 +47,54 @@ Progress = Callable[[int], None]  # called with the number of windows just score
 
 
 @torch.no_grad()
+def window_losses(model: GPT, tokens: np.ndarray, starts: np.ndarray, length: int, batch_size: int = 32,
+                  progress: Progress | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """For each batch of windows tokens[s : s+length], the targets tokens[s+1 : s+length+1] and
+    the loss of predicting each of them, in nats: (b, length) arrays."""
+    model.eval()
+    device = next(model.parameters()).device
+    offsets = np.arange(length + 1)
+    for i in range(0, len(starts), batch_size):
+        windows = tokens[starts[i : i + batch_size].astype(np.int64)[:, None] + offsets].astype(np.int64)  # (b, T+1), from a memmap too
+        x, y = torch.from_numpy(windows[:, :-1]).to(device), torch.from_numpy(windows[:, 1:]).to(device)
+        logits, _ = model(x, y)
+        losses = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="none").view(y.shape)
+        if progress is not None:
+            progress(len(windows))
+        yield windows[:, 1:], losses.cpu().numpy()
+
+
+@torch.no_grad()
 def score_windows(model: GPT, tokens: np.ndarray, token_bytes: np.ndarray, starts: np.ndarray, length: int,
                   batch_size: int = 32, progress: Progress | None = None) -> SplitScore:
     """Mean loss over windows tokens[s : s+length] predicting tokens[s+1 : s+length+1];
     `token_bytes` holds each id's length in bytes (tokenizer.byte_lengths)."""
-    model.eval()
-    device = next(model.parameters()).device
-    offsets = np.arange(length + 1)
     total, count, n_bytes = 0.0, 0, 0
-    for i in range(0, len(starts), batch_size):
-        windows = tokens[starts[i : i + batch_size].astype(np.int64)[:, None] + offsets].astype(np.int64)  # (b, T+1), from a memmap too
-        x, y = torch.from_numpy(windows[:, :-1]).to(device), torch.from_numpy(windows[:, 1:]).to(device)
-        _, loss = model(x, y)
-        total += loss.item() * y.numel()
-        count += y.numel()
-        n_bytes += int(token_bytes[windows[:, 1:]].sum())
-        if progress is not None:
-            progress(len(windows))
+    for targets, losses in window_losses(model, tokens, starts, length, batch_size, progress):
+        total += float(losses.astype(np.float64).sum())
+        count += targets.size
+        n_bytes += int(token_bytes[targets].sum())
     return SplitScore(total / count, count, n_bytes)
+
+
+def split_starts(n_tokens: int, block_size: int) -> list[tuple[np.ndarray, int]]:
+    """The windows that score a split: every prediction exactly once, in non-overlapping windows
+    of block_size, then the remainder; (starts, length) groups."""
+    n_pred = n_tokens - 1
+    full = n_pred // block_size
+    groups = [(np.arange(full) * block_size, block_size)] if full else []
+    if n_pred - full * block_size:
+        groups.append((np.array([full * block_size]), n_pred - full * block_size))
+    return groups
+
+
+@torch.no_grad()
+def token_losses(model: GPT, tokens: np.ndarray) -> np.ndarray:
+    """The loss of predicting each token after the first, in the windows score_split uses: their
+    mean is score_split's loss."""
+    parts = [losses.reshape(-1) for starts, length in split_starts(len(tokens), model.config.block_size)
+             for _, losses in window_losses(model, tokens, starts, length)]
+    return np.concatenate(parts) if parts else np.zeros(0)
 
 
 def split_windows(model: GPT, tokens: np.ndarray) -> int:
@@ -74,16 +105,10 @@ def split_windows(model: GPT, tokens: np.ndarray) -> int:
 
 def score_split(model: GPT, tokens: np.ndarray, token_bytes: np.ndarray, progress: Progress | None = None) -> SplitScore:
     """Every prediction of a split exactly once: non-overlapping windows, then the remainder."""
-    T = model.config.block_size
-    n_pred = len(tokens) - 1
-    full = n_pred // T
-    main = score_windows(model, tokens, token_bytes, np.arange(full) * T, T, progress=progress) if full else SplitScore(0.0, 0, 0)
-    rest = n_pred - full * T
-    if not rest:
-        return main
-    tail = score_windows(model, tokens, token_bytes, np.array([full * T]), rest, progress=progress)
-    count = main.tokens + tail.tokens
-    return SplitScore((main.loss * main.tokens + tail.loss * tail.tokens) / count, count, main.bytes + tail.bytes)
+    scores = [score_windows(model, tokens, token_bytes, starts, length, progress=progress)
+              for starts, length in split_starts(len(tokens), model.config.block_size)]
+    count = sum(s.tokens for s in scores)
+    return SplitScore(sum(s.loss * s.tokens for s in scores) / count, count, sum(s.bytes for s in scores))
 
 
 def score_train_sample(model: GPT, tokens: np.ndarray, token_bytes: np.ndarray, windows: int = TRAIN_SAMPLE_WINDOWS) -> SplitScore:

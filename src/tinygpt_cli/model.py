@@ -25,6 +25,8 @@ Where the ideas come from:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
@@ -92,6 +94,8 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
+        # A list while GPT.attention_maps() records: each forward appends its weights (B, nh, T, S).
+        self.recorded: list[torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
                 rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
@@ -118,12 +122,17 @@ class CausalSelfAttention(nn.Module):
 
     def _attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
         dropout = self.dropout if self.training else 0.0
+        if self.recorded is not None:  # asked for the weights: the same softmax, kept (no cost otherwise)
+            y, weights = self._attention_by_hand(q, k, v, causal, dropout, keep_weights=True)
+            self.recorded.append(weights.view(q.size(0), q.size(1), q.size(2), k.size(2)))
+            return y
         if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
             return self._attention_by_hand(q, k, v, causal, dropout)
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=dropout)
 
     @staticmethod
-    def _attention_by_hand(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, dropout: float) -> torch.Tensor:
+    def _attention_by_hand(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, dropout: float,
+                           keep_weights: bool = False):
         """softmax(q k^T / sqrt(hs) + mask) v as three batched ops, for CPU mixed precision: the
         CPU's fused kernel is several times slower in bfloat16 than in float32 (its backward
         above all), while these ops run in the 16-bit type under autocast, with no casts to
@@ -138,7 +147,8 @@ class CausalSelfAttention(nn.Module):
         weights = scores.softmax(dim=-1)
         if dropout > 0:
             weights = F.dropout(weights, dropout)
-        return torch.bmm(weights, v.reshape(B * nh, S, hs)).view(B, nh, T, hs)
+        y = torch.bmm(weights, v.reshape(B * nh, S, hs)).view(B, nh, T, hs)
+        return (y, weights) if keep_weights else y
 
 
 class MLP(nn.Module):
@@ -225,6 +235,19 @@ class GPT(nn.Module):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    @contextmanager
+    def attention_maps(self) -> Iterator[list[torch.Tensor]]:
+        """Record the attention weights of every layer while the body runs forward passes:
+        yields a list that fills with one (B, n_head, T, S) tensor per layer and pass."""
+        maps: list[torch.Tensor] = []
+        for block in self.blocks:
+            block.attn.recorded = maps
+        try:
+            yield maps
+        finally:
+            for block in self.blocks:
+                block.attn.recorded = None
 
     def num_params(self) -> int:
         # parameters() yields the tied matrix once.

@@ -125,11 +125,11 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
-def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
-                generator: torch.Generator | None) -> torch.Tensor:
-    """Pick the next token of each row of `logits` (B, vocab); temperature 0 means greedy."""
+def next_token_probs(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None) -> torch.Tensor:
+    """The distribution the next token of each row of `logits` (B, vocab) is drawn from:
+    temperature, then top-k, then top-p; temperature 0 puts everything on the top token."""
     if temperature == 0:
-        return logits.argmax(dim=-1)  # (B,)
+        return F.one_hot(logits.argmax(dim=-1), logits.size(-1)).float()  # (B, vocab)
     # Shift the top score to 0 before dividing: a tiny temperature (1e-45) then sends the others
     # to -inf and keeps the top at 0, where dividing first would overflow to inf - inf = NaN.
     logits = logits.float()
@@ -138,7 +138,15 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, top
         logits = top_k_filter(logits, top_k)
     if top_p is not None and top_p < 1:
         logits = top_p_filter(logits, top_p)
-    probs = torch.softmax(logits, dim=-1)
+    return torch.softmax(logits, dim=-1)
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
+                generator: torch.Generator | None) -> torch.Tensor:
+    """Pick the next token of each row of `logits` (B, vocab); temperature 0 means greedy."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)  # (B,)
+    probs = next_token_probs(logits, temperature, top_k, top_p)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
 
 

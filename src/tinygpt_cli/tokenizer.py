@@ -271,6 +271,17 @@ def byte_lengths(tokenizer: Tokenizer) -> np.ndarray:
     return lengths
 
 
+def token_label(tokenizer: Tokenizer, token_id: int) -> str:
+    """A token as its text with whitespace made visible; bytes that are no whole character, in hex."""
+    from .vocab import escape_char
+
+    raw = tokenizer.token_bytes(token_id)
+    try:
+        return "".join(escape_char(ch) for ch in raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        return " ".join(f"<{b:02x}>" for b in raw)
+
+
 def stream_text(tokenizer: Tokenizer, ids: Iterable[int]) -> Iterator[str]:
     """Text for each token as it comes, holding back the bytes of a character that is not
     complete yet: a BPE token may end in the middle of a multi-byte UTF-8 sequence."""

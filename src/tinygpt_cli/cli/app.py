@@ -12,7 +12,7 @@ from typer.exceptions import TyperException
 from .. import __version__
 from ..errors import TinyGPTError, TrainingStopped
 from .console import render_hint
-from . import bench_cmds, data_cmds, inspect_cmds, train_cmds
+from . import bench_cmds, data_cmds, inside_cmds, inspect_cmds, train_cmds
 from . import runs_cmds
 
 app = typer.Typer(
@@ -44,6 +44,7 @@ def _root(
 data_cmds.register(app)
 train_cmds.register(app)
 inspect_cmds.register(app)
+inside_cmds.register(app)
 bench_cmds.register(app)
 runs_cmds.register(app)
 

@@ -188,24 +188,13 @@ def _char_table(path: Path, vocab, counts, as_json: bool, limit: int | None) -> 
     out.print(table)
 
 
-def _token_label(tokenizer, token_id: int) -> str:
-    """A token as its text, whitespace made visible; bytes that are not whole characters in hex."""
-    from ..vocab import escape_char
-
-    raw = tokenizer.token_bytes(token_id)
-    try:
-        return "".join(escape_char(ch) for ch in raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        return " ".join(f"<{b:02x}>" for b in raw)
-
-
 def _bpe_tables(path: Path, tokenizer, counts, as_json: bool, limit: int | None) -> None:
     """The most frequent tokens, the first merges, and how many bytes a token covers on average."""
     import numpy as np
 
     from rich.table import Table
 
-    from ..tokenizer import byte_lengths
+    from ..tokenizer import byte_lengths, token_label
 
     n_bytes = int((counts * byte_lengths(tokenizer)).sum())
     total = int(counts.sum())
@@ -225,7 +214,7 @@ def _bpe_tables(path: Path, tokenizer, counts, as_json: bool, limit: int | None)
     for col in ("id", "token", "bytes", "count", "share"):
         table.add_column(col, justify="left" if col == "token" else "right")
     for i in frequent:
-        table.add_row(str(i), _token_label(tokenizer, i), str(len(tokenizer.token_bytes(i))), f"{int(counts[i]):,}",
+        table.add_row(str(i), token_label(tokenizer, i), str(len(tokenizer.token_bytes(i))), f"{int(counts[i]):,}",
                       f"{counts[i] / total:.1%}")
     out.print(table)
     first = Table(title="first merges", title_justify="left")
@@ -233,8 +222,8 @@ def _bpe_tables(path: Path, tokenizer, counts, as_json: bool, limit: int | None)
         first.add_column(col, justify="right" if col == "#" else "left")
     for n, (left, right) in enumerate(merges[:shown], 1):
         merged = tokenizer.hf.token_to_id(left + right)
-        first.add_row(str(n), _token_label(tokenizer, tokenizer.hf.token_to_id(left)), _token_label(tokenizer, tokenizer.hf.token_to_id(right)),
-                      _token_label(tokenizer, merged) if merged is not None else "?")
+        first.add_row(str(n), token_label(tokenizer, tokenizer.hf.token_to_id(left)), token_label(tokenizer, tokenizer.hf.token_to_id(right)),
+                      token_label(tokenizer, merged) if merged is not None else "?")
     out.print(first)
 
 

@@ -1,0 +1,225 @@
+"""`tinygpt attention`, `predict`, `surprise` and `embeddings`: pictures of a trained model's inside."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from .console import out, print_json
+from .options import CHECKPOINT, DEVICE, JSON, RUN
+
+PROMPT = typer.Option(..., "--prompt", help="The text the model reads (its last block_size tokens, when longer).")
+BAR = 20  # characters of a probability bar at 100%
+
+
+def _load(run: Path | None, checkpoint: Path | None, device: str = "cpu"):
+    from ..checkpoint import load_model
+    from ..devices import pick_device
+    from ..runs import resolve_checkpoint
+
+    path = resolve_checkpoint(run, checkpoint)
+    model, ckpt = load_model(path, pick_device(device))
+    return model, ckpt.tokenizer
+
+
+def _prompt(tokenizer, text: str, block_size: int) -> list[int]:
+    from ..inside import prompt_ids
+    from .console import err
+
+    ids, dropped = prompt_ids(tokenizer, text, block_size)
+    if dropped:
+        err.print(f"[yellow]note:[/] the prompt is longer than the model's context: its first {dropped:,} tokens are left out")
+    return ids
+
+
+def _labels(tokenizer, ids: list[int]) -> list[str]:
+    from ..tokenizer import token_label
+
+    return [token_label(tokenizer, i) for i in ids]
+
+
+def _shade(value: float) -> str:
+    """A background colour from white (0) to deep blue (1)."""
+    v = max(0.0, min(1.0, value))
+    return f"on rgb({int(255 - 215 * v)},{int(255 - 175 * v)},255)"
+
+
+def _tenths(weight: float) -> str:
+    return "·" if weight < 0.05 else str(min(9, max(1, int(weight * 10 + 0.5))))
+
+
+def attention(
+    prompt: str = PROMPT,
+    run: Path = RUN,
+    checkpoint: Path = CHECKPOINT,
+    layer: int = typer.Option(None, "--layer", min=0, help="The layer shown in the terminal (default: the last)."),
+    head: int = typer.Option(0, "--head", min=0, help="The head shown in the terminal."),
+    png: Path = typer.Option(None, "--png", help="Also write every layer and head, as a grid, to this PNG."),
+    device: str = DEVICE,
+    as_json: bool = JSON,
+) -> None:
+    """Where each token of the prompt looks: the attention weights of every layer and head.
+
+    Example: tinygpt attention --run runs/cpu --prompt "ROMEO: I" --layer 3 --head 1
+    """
+    from ..errors import UsageError
+    from ..inside import attention as weights_of
+
+    model, tokenizer = _load(run, checkpoint, device)
+    ids = _prompt(tokenizer, prompt, model.config.block_size)
+    weights = weights_of(model, ids)  # (layers, heads, T, T)
+    labels = _labels(tokenizer, ids)
+    n_layer, n_head = weights.shape[:2]
+    layer = n_layer - 1 if layer is None else layer
+    if layer >= n_layer or head >= n_head:
+        raise UsageError(f"--layer {layer} --head {head}: the model has {n_layer} layers of {n_head} heads (numbered from 0)")
+    if png is not None:
+        from ..inside_plots import attention_grid
+
+        attention_grid(weights, labels, png)
+    if as_json:
+        print_json({"tokens": labels, "ids": ids, "weights": weights.tolist(), **({"png": str(png)} if png else {})})
+        return
+    from rich.table import Table
+
+    table = Table(title=f"layer {layer}, head {head}", title_justify="left", show_header=True, box=None, padding=(0, 0))
+    table.add_column("", justify="right", no_wrap=True)
+    for i in range(len(ids)):
+        table.add_column(str(i), justify="center", no_wrap=True)
+    grid = weights[layer, head]
+    for t, label in enumerate(labels):
+        cells = [" " if s > t else _tenths(grid[t, s]) for s in range(len(ids))]
+        table.add_row(f"{t} {label} ", *[f"[{_shade(grid[t, s])}] {c} [/]" for s, c in enumerate(cells)])
+    out.print(table)
+    out.print("each row is a token looking back at the columns: the weight in tenths (9 for 0.85 or more, · under 0.05); a row sums to 1")
+    if png is not None:
+        out.print(f"wrote {png}")
+
+
+def predict(
+    prompt: str = PROMPT,
+    run: Path = RUN,
+    checkpoint: Path = CHECKPOINT,
+    temperature: float = typer.Option(1.0, "--temperature", min=0.0, help="Divides the scores before the softmax; 0 is greedy."),
+    top_k: int = typer.Option(None, "--top-k", min=1, help="Keep only the k most likely tokens."),
+    top_p: float = typer.Option(None, "--top-p", min=0.0, max=1.0, help="Keep the smallest set of tokens whose probability reaches p."),
+    show: int = typer.Option(10, "--show", min=1, help="Candidates to list."),
+    device: str = DEVICE,
+    as_json: bool = JSON,
+) -> None:
+    """The next token's probabilities after the prompt: the model's own, and as generate would draw
+    them under --temperature, --top-k and --top-p.
+
+    Example: tinygpt predict --run runs/cpu --prompt "ROMEO:" --temperature 0.5 --top-k 5
+    """
+    from ..inside import predict as distribution
+    from ..inside import top_candidates
+
+    model, tokenizer = _load(run, checkpoint, device)
+    ids = _prompt(tokenizer, prompt, model.config.block_size)
+    shaped, raw = distribution(model, ids, temperature, top_k, top_p)
+    candidates = top_candidates(shaped, raw, show)
+    labels = _labels(tokenizer, [c.token_id for c in candidates])
+    if as_json:
+        print_json({"prompt": prompt, "settings": {"temperature": temperature, "top_k": top_k, "top_p": top_p},
+                    "candidates": [{"id": c.token_id, "token": label, "model_probability": c.model_probability,
+                                    "probability": c.probability} for c, label in zip(candidates, labels)]})
+        return
+    from rich.table import Table
+
+    settings = f"temperature {temperature:g}" + (f", top-k {top_k}" if top_k else "") + (f", top-p {top_p:g}" if top_p is not None else "")
+    table = Table(title=f"the next token after {prompt!r}", title_justify="left")
+    for col, justify in (("token", "left"), ("model", "right"), ("", "left"), ("generate", "right"), (" ", "left")):
+        table.add_column(col, justify=justify, no_wrap=True, min_width=len(col))
+    for c, label in zip(candidates, labels):
+        table.add_row(label, f"{c.model_probability:.1%}", "█" * round(c.model_probability * BAR),
+                      f"{c.probability:.1%}", "[green]" + "█" * round(c.probability * BAR) + "[/]")
+    out.print(table)
+    out.print(f"model: its own probabilities; generate: what generate draws from with {settings}")
+
+
+def surprise(
+    text: str = typer.Argument(..., help="The text to score, or the path of a UTF-8 text file."),
+    run: Path = RUN,
+    checkpoint: Path = CHECKPOINT,
+    html: Path = typer.Option(None, "--html", help="Also write the coloured text as a standalone HTML page."),
+    device: str = DEVICE,
+    as_json: bool = JSON,
+) -> None:
+    """Every token of a text, coloured by how surprised the model was (its loss there), with the
+    total loss and bits per byte.
+
+    Example: tinygpt surprise --run runs/cpu "ROMEO: What, ho! apothecary!"
+    """
+    from ..data import decode_text, read_source
+    from ..inside import surprise as score
+
+    path = Path(text)
+    if len(text) < 4096 and path.is_file():
+        text = decode_text(read_source(str(path)), str(path))
+    model, tokenizer = _load(run, checkpoint, device)
+    result = score(model, tokenizer, text)
+    labels = [tokenizer.token_bytes(i).decode("utf-8", "replace") for i in result.ids]
+    if html is not None:
+        from ..inside_plots import surprise_html
+
+        surprise_html(labels, result.losses, result.loss, result.bits_per_byte, html)
+    if as_json:
+        print_json({"tokens": labels, "losses": [None, *result.losses.tolist()], "loss": result.loss,
+                    "bits_per_byte": result.bits_per_byte, **({"html": str(html)} if html else {})})
+        return
+    from rich.text import Text
+
+    scale = max(float(result.losses.max()), 1e-9)
+    coloured = Text(labels[0])
+    for label, loss in zip(labels[1:], result.losses):
+        coloured.append(label, style=f"on rgb(255,{int(255 - 200 * loss / scale)},{int(255 - 200 * loss / scale)})")
+    out.print(coloured)
+    out.print(f"{len(result.losses):,} tokens scored: loss {result.loss:.4f}, {result.bits_per_byte:.3f} bits per byte; "
+              f"redder = more surprised (up to {scale:.2f} nats)")
+    if html is not None:
+        out.print(f"wrote {html}")
+
+
+def embeddings(
+    run: Path = RUN,
+    checkpoint: Path = CHECKPOINT,
+    png: Path = typer.Option(None, "--png", help="Write the map (and, with learned positions, their similarities) to this PNG."),
+    show: int = typer.Option(8, "--show", min=1, help="Tokens listed at each end of each axis."),
+    as_json: bool = JSON,
+) -> None:
+    """A 2-D map of the token embeddings (their two principal axes), each point labelled with its
+    token; with learned positions, how alike the position embeddings are.
+
+    Example: tinygpt embeddings --run runs/cpu --png embeddings.png
+    """
+    import numpy as np
+
+    from ..inside import pca
+
+    model, tokenizer = _load(run, checkpoint)
+    tokens = model.tok_emb.weight.detach().float().numpy()
+    coords, explained = pca(tokens)
+    labels = _labels(tokenizer, list(range(tokenizer.size)))
+    positions = model.pos_emb.weight.detach().float().numpy() if hasattr(model, "pos_emb") else None
+    if png is not None:
+        from ..inside_plots import embedding_map
+
+        embedding_map(coords, explained, labels, positions, png)
+    if as_json:
+        print_json({"tokens": labels, "coordinates": coords.tolist(), "explained_variance": explained.tolist(),
+                    **({"png": str(png)} if png else {})})
+        return
+    for axis in range(coords.shape[1]):
+        order = np.argsort(coords[:, axis])
+        low = " ".join(labels[i] for i in order[:show])
+        high = " ".join(labels[i] for i in order[::-1][:show])
+        out.print(f"axis {axis + 1} ({explained[axis]:.0%} of the variance):  {low}  …  {high}", markup=False)
+    if png is not None:
+        out.print(f"wrote {png}")
+
+
+def register(app: typer.Typer) -> None:
+    for command in (attention, predict, surprise, embeddings):
+        app.command(command.__name__)(command)

@@ -1,0 +1,106 @@
+"""Looking inside a trained model: its attention, its next-token distribution, its surprise at
+each token of a text, and a map of its embeddings. The CLI draws them (cli/inside_cmds.py).
+
+Every number comes from the code that trains and samples: the attention weights are recorded
+by the model's own attention (model.py:GPT.attention_maps), the next-token distribution is the
+one `generate` draws from (sampling.py:next_token_probs), and the surprise is the per-token loss
+that `eval` averages (evaluate.py:token_losses).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .errors import UsageError
+from .evaluate import token_losses
+from .model import GPT
+from .sampling import next_token_probs
+from .tokenizer import Tokenizer, byte_lengths
+
+
+def prompt_ids(tokenizer: Tokenizer, text: str, block_size: int) -> tuple[list[int], int]:
+    """The prompt's ids, the last `block_size` of them (what the model sees), and how many were
+    dropped from the front. Unknown characters (a char model) are one usage error, as in generate."""
+    if not text:
+        raise UsageError("the prompt is empty: give some text with --prompt")
+    ids = tokenizer.encode(text)
+    return ids[-block_size:], max(0, len(ids) - block_size)
+
+
+@torch.no_grad()
+def attention(model: GPT, ids: list[int]) -> np.ndarray:
+    """Attention weights of every layer and head for `ids`: (layers, heads, T, T), rows sum to 1,
+    zero above the diagonal (a position sees only its past)."""
+    model.eval()
+    idx = torch.tensor([ids], device=next(model.parameters()).device)
+    with model.attention_maps() as maps:
+        model(idx, idx)  # targets: every position's output, not only the last one's
+    return torch.stack([m[0] for m in maps]).float().cpu().numpy()
+
+
+@dataclass(frozen=True)
+class Candidate:
+    token_id: int
+    probability: float  # under the given temperature, top-k and top-p
+    model_probability: float  # the model's own (temperature 1, no filter)
+
+
+@torch.no_grad()
+def predict(model: GPT, ids: list[int], temperature: float, top_k: int | None, top_p: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """The next token's distribution after `ids`, as `generate` samples it, and the model's own."""
+    model.eval()
+    idx = torch.tensor([ids], device=next(model.parameters()).device)
+    logits, _ = model(idx)
+    last = logits[:, -1, :]  # (1, vocab)
+    shaped = next_token_probs(last, temperature, top_k, top_p)[0]
+    raw = next_token_probs(last, 1.0, None, None)[0]
+    return shaped.cpu().numpy(), raw.cpu().numpy()
+
+
+def top_candidates(shaped: np.ndarray, raw: np.ndarray, k: int) -> list[Candidate]:
+    order = np.argsort(-raw, kind="stable")[:k]
+    return [Candidate(int(i), float(shaped[i]), float(raw[i])) for i in order]
+
+
+@dataclass(frozen=True)
+class Surprise:
+    ids: list[int]  # the text's tokens
+    losses: np.ndarray  # the loss of predicting each token after the first, in nats (len(ids) - 1)
+    bytes: int  # UTF-8 bytes of the predicted tokens
+
+    @property
+    def loss(self) -> float:
+        return float(self.losses.mean())
+
+    @property
+    def bits_per_byte(self) -> float:
+        return float(self.losses.sum()) / self.bytes / math.log(2)
+
+
+def surprise(model: GPT, tokenizer: Tokenizer, text: str) -> Surprise:
+    """How surprised the model is by each token of `text`: its loss there, scored in the windows
+    `eval` uses, so the losses average to eval's loss on the same text."""
+    ids = tokenizer.encode(text)
+    if len(ids) < 2:
+        raise UsageError("the text needs at least two tokens: the first is only context")
+    tokens = np.array(ids, dtype=np.int64)
+    losses = token_losses(model, tokens)
+    return Surprise(ids, losses, int(byte_lengths(tokenizer)[tokens[1:]].sum()))
+
+
+def pca(matrix: np.ndarray, k: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of `matrix` on its `k` principal axes, and the share of the variance each axis
+    explains (an SVD of the centred rows)."""
+    centred = matrix - matrix.mean(axis=0, keepdims=True)
+    u, s, _ = np.linalg.svd(centred, full_matrices=False)
+    variance = s**2
+    return u[:, :k] * s[:k], variance[:k] / max(variance.sum(), 1e-30)
+
+
+def cosine_similarity(matrix: np.ndarray) -> np.ndarray:
+    unit = matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+    return unit @ unit.T

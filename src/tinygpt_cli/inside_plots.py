@@ -1,0 +1,78 @@
+"""Files that show a model's inside: attention grids and embedding maps as PNG (matplotlib, the
+`plot` extra, imported only here and only when asked for), and surprise as a standalone HTML page.
+"""
+
+from __future__ import annotations
+
+import html as html_escape
+from pathlib import Path
+
+import numpy as np
+
+from .fsutil import write_text_atomic
+from .plots import require_matplotlib, save_png
+
+
+def attention_grid(weights: np.ndarray, labels: list[str], path: Path) -> None:
+    """Every layer (rows) and head (columns), the prompt's tokens on both axes."""
+    require_matplotlib()
+    from matplotlib.figure import Figure
+
+    n_layer, n_head, T, _ = weights.shape
+    side = max(2.0, 0.22 * T)
+    fig = Figure(figsize=(side * n_head + 1, side * n_layer + 0.5), layout="constrained")
+    axes = fig.subplots(n_layer, n_head, squeeze=False)
+    for layer in range(n_layer):
+        for head in range(n_head):
+            ax = axes[layer][head]
+            ax.imshow(weights[layer, head], cmap="Blues", vmin=0, vmax=1)
+            ax.set_title(f"layer {layer}, head {head}", fontsize=8)
+            ax.set_xticks(range(T), labels, fontsize=6, rotation=90)
+            ax.set_yticks(range(T), labels, fontsize=6)
+    fig.suptitle("attention: each row is a token looking back at the columns")
+    save_png(fig, path)
+
+
+def embedding_map(coords: np.ndarray, explained: np.ndarray, labels: list[str], positions: np.ndarray | None, path: Path) -> None:
+    """The tokens on the embeddings' two principal axes; beside it, with learned positions, the
+    cosine similarity of every pair of position embeddings."""
+    require_matplotlib()
+    from matplotlib.figure import Figure
+
+    from .inside import cosine_similarity
+
+    fig = Figure(figsize=(14 if positions is not None else 8, 7), layout="constrained")
+    axes = fig.subplots(1, 2 if positions is not None else 1, squeeze=False)[0]
+    ax = axes[0]
+    ax.scatter(coords[:, 0], coords[:, 1], s=6, color="C0", alpha=0.4)
+    for (x, y), label in zip(coords, labels):
+        ax.annotate(label, (x, y), fontsize=7, ha="center", va="center")
+    ax.set_xlabel(f"first principal axis ({explained[0]:.0%} of the variance)")
+    ax.set_ylabel(f"second principal axis ({explained[1]:.0%})")
+    ax.set_title("token embeddings")
+    if positions is not None:
+        image = axes[1].imshow(cosine_similarity(positions), cmap="RdBu_r", vmin=-1, vmax=1)
+        axes[1].set_title("position embeddings: cosine similarity")
+        axes[1].set_xlabel("position")
+        axes[1].set_ylabel("position")
+        fig.colorbar(image, ax=axes[1], shrink=0.8)
+    save_png(fig, path)
+
+
+def surprise_html(tokens: list[str], losses: np.ndarray, loss: float, bits_per_byte: float, path: Path) -> None:
+    """The text with each token's background as red as the model's loss there (the first token
+    is context only); the loss shows on hover."""
+    scale = max(float(losses.max()), 1e-9)
+    spans = [f"<span>{html_escape.escape(tokens[0])}</span>"]
+    for token, value in zip(tokens[1:], losses):
+        spans.append(f'<span title="{value:.3f} nats" style="background: rgba(220, 30, 30, {0.85 * value / scale:.3f})">'
+                     f"{html_escape.escape(token)}</span>")
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>tinygpt surprise</title>
+<style>body {{ font-family: sans-serif; max-width: 60em; margin: 2em auto; }}
+pre {{ white-space: pre-wrap; font-size: 15px; line-height: 1.5; }}</style></head>
+<body><p>{len(losses):,} tokens scored: loss {loss:.4f} nats per token, {bits_per_byte:.3f} bits per byte.
+Redder means more surprised (up to {scale:.2f} nats); hover a token for its loss.</p>
+<pre>{"".join(spans)}</pre></body></html>
+"""
+    write_text_atomic(path, page)
