@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from tinygpt_cli.config import build_config
 from tinygpt_cli.errors import TinyGPTError
-from tinygpt_cli.plots import loss_series, plot_runs, require_matplotlib, save_png, terminal_curve
+from tinygpt_cli.plots import in_bits_per_byte, loss_series, plot_runs, require_matplotlib, save_png, terminal_curve
 
 pytest.importorskip("matplotlib")
 from matplotlib.lines import Line2D  # noqa: E402
@@ -154,6 +154,19 @@ def test_plot_command(run_cli, tmp_path):
     assert missing.returncode == 2 and missing.stderr.startswith("Error: no run folder at nothere")
     bad_x = run_cli("plot", "a", "--x", "steps")
     assert bad_x.returncode == 2 and "choose iter or time" in bad_x.stderr
+
+
+def test_losses_in_bits_per_byte_use_the_logged_ratio():
+    logged = [{**r, "val_bits_per_byte": r["val_loss"] / math.log(2) / 2.5} if "val_loss" in r else r for r in records()]
+    converted = in_bits_per_byte(logged)
+    factor = 1 / math.log(2) / 2.5  # 2.5 bytes per token
+    for before, after in zip(logged, converted):
+        for key in ("loss", "train_loss", "val_loss"):
+            if key in before:
+                assert after[key] == pytest.approx(before[key] * factor)
+    assert in_bits_per_byte(records()) is None  # an older log: nothing to convert with
+    fig = plot_runs([("bpe", converted)], y_label="bits per byte")
+    assert fig.axes[0].get_ylabel() == "bits per byte"
 
 
 def test_plot_command_without_matplotlib(run_cli, tmp_path):

@@ -41,7 +41,22 @@ def loss_series(records: list[dict[str, Any]], x: str = "iter") -> tuple[list[tu
     return points("loss") or points("train_loss"), points("val_loss")
 
 
-def plot_runs(runs: list[tuple[str, list[dict[str, Any]]]], x: str = "iter", title: str | None = None):
+LOSS_FIELDS = ("loss", "train_loss", "val_loss")
+
+
+def in_bits_per_byte(records: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """The records with their losses in bits per byte, the unit that compares tokenizers; None for
+    a run whose log has no bits per byte (tinygpt before 0.2). Train losses are converted with
+    the validation split's bytes per token, the one ratio the log records."""
+    both = [r for r in records if finite_number(r.get("val_bits_per_byte")) and finite_number(r.get("val_loss"))]
+    if not both:
+        return None
+    factor = both[0]["val_bits_per_byte"] / both[0]["val_loss"]  # 1 / (ln 2 x bytes per token)
+    return [{**r, **{k: r[k] * factor for k in LOSS_FIELDS if finite_number(r.get(k)) is not None}} for r in records]
+
+
+def plot_runs(runs: list[tuple[str, list[dict[str, Any]]]], x: str = "iter", title: str | None = None,
+              y_label: str = "loss (cross-entropy, nats per token)"):
     """A matplotlib Figure with a train (dashed) and a val (solid) curve per run that has them.
 
     `runs` holds (label, metrics records) pairs. Uses the object-oriented API only (no pyplot),
@@ -65,7 +80,7 @@ def plot_runs(runs: list[tuple[str, list[dict[str, Any]]]], x: str = "iter", tit
             ax.plot([p[0] / scale for p in val] if x == "time" else [p[0] for p in val], [p[1] for p in val],
                     color=color, linestyle="-", linewidth=2, marker="o", markersize=3, label="val" if single else f"{label} (val)")
     ax.set_xlabel("iteration" if x == "iter" else f"wall time ({unit})")
-    ax.set_ylabel("loss (cross-entropy, nats per character)")
+    ax.set_ylabel(y_label)
     ax.set_title(title or ("loss" if single else "loss by run"))
     ax.grid(True, alpha=0.3)
     if ax.get_lines():

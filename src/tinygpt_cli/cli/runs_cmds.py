@@ -107,13 +107,14 @@ def plot(
     x: str = typer.Option("iter", "--x", help="Horizontal axis: iter (iterations) or time (wall-clock)."),
     terminal: bool = typer.Option(False, "--terminal", help="Draw the curves in the terminal instead (no matplotlib needed)."),
     title: str = typer.Option(None, "--title", help="Title of the plot."),
+    bits_per_byte: bool = typer.Option(False, "--bits-per-byte", help="Losses in bits per byte, which compare across tokenizers (char and BPE runs)."),
 ) -> None:
     """Plot train and validation loss of one or more runs, overlaid, labelled by what differs.
 
     Example: tinygpt plot runs/a runs/b --x time
     """
     from ..errors import TinyGPTError
-    from ..plots import check_x_axis, plot_runs, require_matplotlib, save_png
+    from ..plots import check_x_axis, in_bits_per_byte, plot_runs, require_matplotlib, save_png
     from ..runs_table import summarize_runs
 
     check_x_axis(x)  # before reading any run
@@ -122,10 +123,11 @@ def plot(
     summaries, fields = summarize_runs(_run_paths(runs))
     series = []
     for label, records in _labelled(summaries, fields):
-        if records:
-            series.append((label, records))
+        converted = in_bits_per_byte(records) if bits_per_byte and records else records
+        if converted:
+            series.append((label, converted))
         else:
-            err.print(f"skipped {label}: no metrics yet", markup=False)
+            err.print(f"skipped {label}: {'no bits per byte in its log (an older run)' if records else 'no metrics yet'}", markup=False)
     if not series:
         raise TinyGPTError("none of these runs has logged any loss yet", "train for at least 10 iterations first")
     if terminal:
@@ -133,7 +135,7 @@ def plot(
             print_curve(records, label)
         return
     target = out_path or (summaries[0].path / "loss.png" if len(summaries) == 1 else Path("loss.png"))
-    fig = plot_runs(series, x=x, title=title)
+    fig = plot_runs(series, x=x, title=title, y_label="bits per byte" if bits_per_byte else "loss (cross-entropy, nats per token)")
     save_png(fig, target)
     out.print(f"wrote {target} ({len(fig.axes[0].get_lines())} curves, {len(series)} run{'s' * (len(series) > 1)})", markup=False)
 
