@@ -69,6 +69,33 @@ def test_standard_input_and_a_separate_validation_file(run_cli, tmp_path):
     assert not list(tmp_path.glob("**/.spool.*"))  # the copy of standard input is gone
 
 
+def test_a_validation_file_is_kept_whatever_the_split_asked_for(tmp_path):
+    train_text, val_text = make_text(6000, seed=1), make_text(1500, seed=2)
+    (tmp_path / "train.txt").write_text(train_text, encoding="utf-8")
+    (tmp_path / "val.txt").write_text(val_text, encoding="utf-8")
+    prepare_text(tmp_path / "train.txt", tmp_path / "d", "d", 0.1, val=str(tmp_path / "val.txt"), val_split="end")
+    dataset = load_dataset(tmp_path / "d")
+    assert dataset.tokenizer.decode(dataset.val.tolist()) == val_text
+    assert dataset.tokenizer.decode(dataset.train.tolist()) == train_text
+
+
+def test_a_text_without_line_breaks_is_read_in_bounded_pieces(tmp_path):
+    from tinygpt_cli.corpus import FORCED_CUT, Source, read_pieces
+
+    path = tmp_path / "one-line.txt"
+    path.write_text("word " * 40_000, encoding="utf-8")
+    pieces = list(read_pieces(Source(path, path.stat().st_size, "one-line.txt"), 1000))
+    assert "".join(pieces) == path.read_text(encoding="utf-8")
+    assert max(len(p) for p in pieces) <= FORCED_CUT * 1000 + (1 << 22)  # at most one read past the limit
+
+
+def test_a_mistyped_tokenizer_is_one_usage_error(run_cli, tmp_path):
+    (tmp_path / "t.txt").write_text(make_text(3000), encoding="utf-8")
+    proc = run_cli("prepare", "text", "t.txt", "--tokenizer", "chr")
+    assert proc.returncode == 2
+    assert_error_output(proc.stderr, "--tokenizer chr", hint="--tokenizer bpe")
+
+
 def test_a_split_read_through_memmap_trains_exactly_as_one_in_memory(tiny_dataset, tmp_path, monkeypatch):
     train_new(tiny_config(tiny_dataset, max_iters=20), tmp_path / "memory")
     monkeypatch.setattr(data_module, "IN_MEMORY_BYTES", 0)

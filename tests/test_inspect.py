@@ -170,6 +170,16 @@ def test_cli_eval_json_is_consistent(run_cli, tiny_run, tiny_dataset):
     assert val["loss"] < math.log(model.config.vocab_size)
 
 
+def test_cli_eval_max_tokens_scores_windows_spread_through_the_split(run_cli, tiny_run, tiny_dataset):
+    proc = run_cli("eval", "--run", tiny_run, "--max-tokens", "160", "--json", env=ONE_THREAD_ENV)
+    assert proc.returncode == 0, proc.stderr
+    val = json.loads(proc.stdout)["val"]
+    model, ckpt = load_model(tiny_run / "best.safetensors")
+    dataset = load_dataset(tiny_dataset)
+    expected = score_train_sample(model, dataset.val, byte_lengths(dataset.tokenizer), 160 // 16)
+    assert val["tokens"] == 160 and val["loss"] == pytest.approx(expected.loss, abs=1e-5)
+
+
 def test_cli_eval_refuses_a_dataset_with_another_vocabulary(run_cli, tiny_run, tiny_dataset, tmp_path):
     text = make_text(TINY_TEXT_CHARS, seed=2024)
     assert "q" in text and "#" not in text

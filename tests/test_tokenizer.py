@@ -50,8 +50,10 @@ def test_encoding_in_pieces_gives_the_ids_of_the_whole_text(bpe, text, size):
     """In pieces, and through tiktoken (which encodes the pieces): the library's ids for the whole."""
     pieces = split_for_encoding(text, size)
     assert "".join(pieces) == text
+    whole = bpe.hf.encode(text, add_special_tokens=False).ids
+    assert [i for piece in pieces for i in bpe.hf.encode(piece, add_special_tokens=False).ids] == whole
     assert bpe._fast is not None  # tiktoken took this BPE: the ids below are its
-    assert bpe.encode(text) == bpe.hf.encode(text, add_special_tokens=False).ids
+    assert bpe.encode(text) == whole
 
 
 @settings(max_examples=150, deadline=None)
@@ -62,6 +64,13 @@ def test_any_text_round_trips_and_streams_whole_characters(bpe, text):
     assert b"".join(bpe.token_bytes(i) for i in ids) == text.encode("utf-8")
     pieces = list(stream_text(bpe, ids))
     assert "".join(pieces) == text and all("\ufffd" not in p for p in pieces)
+
+
+@pytest.mark.parametrize("text, cut", [("foo \nBar baz\n" * 50, True), ("foo\r\nBar\r\n" * 50, False), ("a\n\nb\n  c\n" * 50, True)])
+def test_cuts_around_whitespace_keep_the_ids_of_the_whole_text(bpe, text, cut):
+    pieces = split_for_encoding(text, 7)
+    assert (len(pieces) > 1) == cut  # CRLF text has no safe cut: whitespace on both sides of each newline
+    assert [i for piece in pieces for i in bpe.hf.encode(piece).ids] == bpe.hf.encode(text).ids
 
 
 def test_a_token_may_end_inside_a_character_and_the_stream_holds_it_back(bpe):

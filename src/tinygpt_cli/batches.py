@@ -5,6 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+# A split is copied into one int64 tensor up to this size (8 bytes a token); a larger one stays in
+# its own 2- or 4-byte ids and each batch gathers its windows from there, at the same speed.
+GATHER_TENSOR_BYTES = 2**28
+
 
 class Batches:
     """Random windows of one split. Each step draws one global batch from one seeded generator,
@@ -14,8 +18,8 @@ class Batches:
     def __init__(self, tokens: np.ndarray, block_size: int, device: torch.device):
         self.block_size, self.device, self.length = block_size, device, len(tokens)
         self.offsets = torch.arange(block_size + 1, device=device)  # (T+1,)
-        if isinstance(tokens, np.memmap):  # a split larger than memory: windows read from the file
-            self.mapped, self.data = tokens, None
+        if isinstance(tokens, np.memmap) or len(tokens) * 8 > GATHER_TENSOR_BYTES:
+            self.mapped, self.data = tokens, None  # windows gathered from the ids as stored (a file, for a memmap)
         else:  # one int64 tensor for the whole split; a batch is a gather of windows, no per-batch copies
             self.mapped, self.data = None, torch.from_numpy(tokens.astype(np.int64)).to(device)
 

@@ -24,7 +24,10 @@ from .fsutil import open_for_reading
 from .tokenizer import next_safe_cut
 
 READ_BYTES = 1 << 22  # 4 MiB read at a time
-SNIFF_BYTES = 8192  # a file of a folder whose first bytes are not UTF-8 text is skipped as binary
+SNIFF_BYTES = 8192
+# Text with no safe cut (corpus.next_safe_cut) for this many pieces is cut anyway: a BPE may then
+# split one word differently there, instead of holding a whole one-line file in memory.
+FORCED_CUT = 8  # a file of a folder whose first bytes are not UTF-8 text is skipped as binary
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,8 @@ def read_pieces(source: Source, piece_chars: int, digest: hashlib._Hash | None =
             offset += len(raw)
             while len(pending) > piece_chars:
                 cut = next_safe_cut(pending, piece_chars)
+                if cut is None and len(pending) > FORCED_CUT * piece_chars:
+                    cut = piece_chars  # text without line breaks (minified code, one long line): memory stays bounded
                 if cut is None:
                     break
                 yield pending[:cut]

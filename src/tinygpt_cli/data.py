@@ -28,7 +28,7 @@ import numpy as np
 
 from .errors import Command, TinyGPTError, UsageError
 from .fsutil import FileTooLarge, entries_except, file_sha256, is_temp_file_of, read_json, read_limited, short_list
-from .tokenizer import TOKENIZER_FILES, Tokenizer, byte_lengths, load_tokenizer
+from .tokenizer import TOKENIZER_FILES, Tokenizer, byte_lengths, load_tokenizer, token_counts
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
@@ -51,7 +51,7 @@ DOWNLOAD_TIMEOUT_S = 30
 # (input.txt: the copy of the text that format 1 and 2 folders hold)
 DATASET_FILES = ("input.txt", "vocab.json", "tokenizer.json", "train.bin", "val.bin", "meta.json")
 # Splits larger than this are read through np.memmap instead of into memory.
-IN_MEMORY_BYTES = 2**30
+IN_MEMORY_BYTES = 2**28
 
 
 def dataset_files(tokenizer_kind: str) -> tuple[str, ...]:
@@ -264,7 +264,7 @@ class Dataset:
         """Bytes of text per validation token: bits per byte = loss / ln 2 / this."""
         if self.info.val_bytes:
             return self.info.val_bytes / self.info.val_tokens
-        counts = np.bincount(self.val, minlength=self.tokenizer.size)  # folders of format 1 and 2
+        counts = token_counts(self.val, self.tokenizer.size)  # folders of format 1 and 2
         return float(counts @ byte_lengths(self.tokenizer)) / len(self.val)
 
 

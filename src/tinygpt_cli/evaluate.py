@@ -111,9 +111,12 @@ def score_split(model: GPT, tokens: np.ndarray, token_bytes: np.ndarray, progres
     return SplitScore(sum(s.loss * s.tokens for s in scores) / count, count, sum(s.bytes for s in scores))
 
 
-def score_train_sample(model: GPT, tokens: np.ndarray, token_bytes: np.ndarray, windows: int = TRAIN_SAMPLE_WINDOWS) -> SplitScore:
+def score_train_sample(model: GPT, tokens: np.ndarray, token_bytes: np.ndarray, windows: int = TRAIN_SAMPLE_WINDOWS,
+                       progress: Progress | None = None) -> SplitScore:
+    """The loss over `windows` windows spread evenly through `tokens`: a repeatable look at a split
+    too large to score whole."""
     T = model.config.block_size
     if len(tokens) <= T:  # not one full window fits (another dataset given to eval): score it all
         return score_split(model, tokens, token_bytes)
     starts = np.linspace(0, len(tokens) - T - 1, num=min(windows, len(tokens) - T)).astype(np.int64)
-    return score_windows(model, tokens, token_bytes, starts, T)
+    return score_windows(model, tokens, token_bytes, starts, T, progress=progress)

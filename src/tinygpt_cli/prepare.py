@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, suppress
@@ -63,6 +64,9 @@ class TokenizerChoice:
             return cls("bpe", vocab_size=size, sample_chars=sample_chars)
         if vocab_size is not None:
             raise UsageError("--vocab-size is for --tokenizer bpe: a tokenizer file has its own size")
+        if not Path(value).is_file():
+            raise UsageError(f"--tokenizer {value}: not char, not bpe, and no tokenizer file there",
+                             "pass --tokenizer char, --tokenizer bpe, or the path of a tokenizer.json")
         return cls("file", path=Path(value))
 
     def spec(self) -> str:
@@ -177,17 +181,20 @@ class SplitWriter:
             self._move_tail(dtype)
         return {split: file_sha256(path) for split, path in self.files.items()}
 
-    def _move_tail(self, dtype: np.dtype) -> None:
+    def _move_tail(self, dtype: np.dtype, chunk: int = 1 << 24) -> None:
         n = self.tokens["train"]
         keep, _ = split_sizes(n, self.val_fraction)
-        train = np.memmap(self.files["train"], dtype=dtype, mode="r") if n else np.zeros(0, dtype)
-        tail = np.array(train[keep:])
-        del train
-        with open(self.files["val"], "wb") as out:
-            out.write(tail.tobytes())
+        moved = 0
+        if n > keep:
+            train = np.memmap(self.files["train"], dtype=dtype, mode="r")
+            with open(self.files["val"], "wb") as out:
+                for start in range(keep, n, chunk):  # in pieces: the tail of a large corpus stays on disk
+                    piece = np.asarray(train[start : min(n, start + chunk)])
+                    out.write(piece.tobytes())
+                    moved += int(self.token_bytes[piece].sum())
+            del train
         with open(self.files["train"], "r+b") as f:
             f.truncate(keep * np.dtype(dtype).itemsize)
-        moved = int(self.token_bytes[tail].sum())
         self.tokens, self.text_bytes = {"train": keep, "val": n - keep}, {"train": self.text_bytes["train"] - moved, "val": moved}
 
 
@@ -215,7 +222,7 @@ def write_dataset(corpus: Corpus, folder: Path, name: str, val_fraction: float, 
         with owned_folder(folder):
             with ExitStack() as stack:  # the new files are renamed into place when it closes
                 files = {split: stack.enter_context(atomic_path(folder / f"{split}.bin")) for split in ("train", "val")}
-                writer = SplitWriter(files, val_split, val_fraction, block, lengths)
+                writer = SplitWriter(files, val_split if val_corpus is None else "file", val_fraction, block, lengths)
                 total = found.bytes + (found_val.bytes if found_val else 0)
                 for ids in encoded(corpus, tokenizer, progress, 0, total):
                     writer.write(ids, "train" if val_corpus is not None else None)
@@ -223,7 +230,7 @@ def write_dataset(corpus: Corpus, folder: Path, name: str, val_fraction: float, 
                     for ids in encoded(val_corpus, tokenizer, progress, found.bytes, total):
                         writer.write(ids, "val")
                 digests = writer.finish(dtype)
-                _check_sizes(writer.tokens, ", ".join(s.name for s in corpus.sources))  # refused: the old files stay
+                _check_sizes(writer.tokens, corpus, val_corpus)  # refused: the old files stay
                 (folder / "meta.json").unlink(missing_ok=True)  # the folder is incomplete until meta.json is back
                 (folder / "input.txt").unlink(missing_ok=True)  # a copy of the text that earlier versions kept
             for kind, file in TOKENIZER_FILES.items():  # the other kind's file, from an earlier prepare
@@ -242,16 +249,24 @@ def write_dataset(corpus: Corpus, folder: Path, name: str, val_fraction: float, 
             sources=found.digests + (found_val.digests if found_val else []),
         )
         write_json_atomic(folder / "meta.json", info.to_dict())
-    except OSError as e:
-        raise TinyGPTError(f"cannot write dataset to {folder}: {e.strerror}", "free some space or pass a writable --data-dir") from e
-    except BaseException:
+    except BaseException as e:
         if created:  # refused (too short) or interrupted: the folders this call made go again, if they hold nothing else
-            with suppress(OSError):
-                (folder / OWNER_MARK).unlink()
-                for made in created:
-                    made.rmdir()
+            _remove_if_empty(folder, created)
+        if isinstance(e, OSError):
+            if e.filename is not None and Path(e.filename).parent != folder:
+                raise TinyGPTError(f"cannot read {e.filename}: {e.strerror or e}") from e
+            raise TinyGPTError(f"cannot write dataset to {folder}: {e.strerror or e}", "free some space or pass a writable --data-dir") from e
         raise
     return info
+
+
+def _remove_if_empty(folder: Path, created: list[Path]) -> None:
+    """Remove the folders a refused prepare made, when they hold nothing but tinygpt's mark."""
+    with suppress(OSError):
+        if os.listdir(folder) == [OWNER_MARK]:
+            (folder / OWNER_MARK).unlink()
+            for made in created:
+                made.rmdir()
 
 
 def _missing_ancestors(folder: Path) -> list[Path]:
@@ -263,13 +278,18 @@ def _missing_ancestors(folder: Path) -> list[Path]:
     return missing
 
 
-def _check_sizes(tokens: dict[str, int], source: str) -> None:
-    if min(tokens.values()) < MIN_SPLIT_TOKENS:
-        raise TinyGPTError(
-            f"{source} is too short: {sum(tokens.values()):,} tokens give {tokens['train']:,} train and {tokens['val']:,} "
-            f"validation tokens; each split needs at least {MIN_SPLIT_TOKENS}",
-            "use a longer text, or change the split with --val-fraction",
-        )
+def _check_sizes(tokens: dict[str, int], corpus: Corpus, val_corpus: Corpus | None) -> None:
+    if min(tokens.values()) >= MIN_SPLIT_TOKENS:
+        return
+    if val_corpus is not None:
+        short = corpus if tokens["train"] < MIN_SPLIT_TOKENS else val_corpus
+        raise TinyGPTError(f"{_sources_label(short, None)} is too short: {min(tokens.values()):,} tokens; "
+                           f"each split needs at least {MIN_SPLIT_TOKENS}", "use a longer text")
+    raise TinyGPTError(
+        f"{_sources_label(corpus, None)} is too short: {sum(tokens.values()):,} tokens give {tokens['train']:,} train and "
+        f"{tokens['val']:,} validation tokens; each split needs at least {MIN_SPLIT_TOKENS}",
+        "use a longer text, or change the split with --val-fraction",
+    )
 
 
 def _sources_label(corpus: Corpus, val_corpus: Corpus | None) -> str:

@@ -66,13 +66,13 @@ BYTE_DECODER = _byte_decoder()
 
 
 def next_safe_cut(text: str, at: int) -> int | None:
-    """The first position at or after `at` that is just after a newline and before a character
-    that is not whitespace; None when `text` has none. Byte-level BPE always separates tokens
-    there (the GPT-2 pre-tokenizer never joins a newline to what follows it, unless that is more
-    whitespace), so the two sides encode to exactly the ids of the whole."""
-    i = text.find("\n", max(at - 1, 0))
-    while 0 <= i < len(text) - 1:
-        if not text[i + 1].isspace():
+    """The first position at or after `at` that is just after a newline with no whitespace on
+    either side of it (a letter before, a letter after); None when `text` has none. Byte-level BPE
+    always separates tokens there (the GPT-2 pre-tokenizer joins a newline to neither side
+    then), so the two sides encode to exactly the ids of the whole."""
+    i = text.find("\n", max(at - 1, 1))
+    while 0 < i < len(text) - 1:
+        if not text[i + 1].isspace() and not text[i - 1].isspace():
             return i + 1
         i = text.find("\n", i + 1)
     return None
@@ -282,16 +282,30 @@ def token_label(tokenizer: Tokenizer, token_id: int) -> str:
         return " ".join(f"<{b:02x}>" for b in raw)
 
 
-def stream_text(tokenizer: Tokenizer, ids: Iterable[int]) -> Iterator[str]:
-    """Text for each token as it comes, holding back the bytes of a character that is not
-    complete yet: a BPE token may end in the middle of a multi-byte UTF-8 sequence."""
+def token_texts(tokenizer: Tokenizer, ids: Iterable[int]) -> Iterator[str]:
+    """The text each token completes, as the tokens come: a BPE token may end inside a multi-byte
+    UTF-8 character, whose text then comes with the token that completes it ("" before)."""
     import codecs
 
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    previous = None
     for token_id in ids:
-        text = decoder.decode(tokenizer.token_bytes(token_id))
-        if text:
-            yield text
-    tail = decoder.decode(b"", final=True)
-    if tail:
-        yield tail
+        if previous is not None:
+            yield previous
+        previous = decoder.decode(tokenizer.token_bytes(token_id))
+    if previous is not None:
+        yield previous + decoder.decode(b"", final=True)
+
+
+def stream_text(tokenizer: Tokenizer, ids: Iterable[int]) -> Iterator[str]:
+    """Text as the tokens come, never a broken character: whole characters only."""
+    return (text for text in token_texts(tokenizer, ids) if text)
+
+
+def token_counts(tokens: np.ndarray, size: int, chunk: int = 1 << 24) -> np.ndarray:
+    """How often each id occurs, read in pieces: a memory-mapped split of billions of tokens
+    never comes into memory whole."""
+    counts = np.zeros(size, dtype=np.int64)
+    for start in range(0, len(tokens), chunk):
+        counts += np.bincount(tokens[start : start + chunk], minlength=size)
+    return counts

@@ -140,10 +140,9 @@ def vocab(
 
     Example: tinygpt vocab data/shakespeare
     """
-    import numpy as np
-
     from ..data import DATA_DIR, decode_text, latest_dataset, load_dataset, read_source
     from ..errors import UsageError
+    from ..tokenizer import token_counts
     from ..vocab import Vocabulary
 
     if path is None:
@@ -153,14 +152,14 @@ def vocab(
         err.print(f"[dim]{path}: the most recently prepared dataset[/]")
     if path.is_dir():
         dataset = load_dataset(path)
-        tokenizer, ids = dataset.tokenizer, np.concatenate([dataset.train, dataset.val])
+        tokenizer = dataset.tokenizer
+        counts = token_counts(dataset.train, tokenizer.size) + token_counts(dataset.val, tokenizer.size)
     elif path.exists():
         text = decode_text(read_source(str(path)), str(path))
         tokenizer = Vocabulary.from_text(text)
-        ids = tokenizer.encode_array(text)
+        counts = token_counts(tokenizer.encode_array(text), tokenizer.size)
     else:
         raise UsageError(f"no dataset folder or text file at {path}", "tinygpt prepare shakespeare")
-    counts = np.bincount(ids, minlength=tokenizer.size)
     if tokenizer.kind == "char":
         _char_table(path, tokenizer, counts, as_json, limit)
     else:

@@ -154,13 +154,18 @@ def surprise(
     """
     from ..data import decode_text, read_source
     from ..inside import surprise as score
+    from ..tokenizer import token_texts
 
     path = Path(text)
-    if len(text) < 4096 and path.is_file():
+    try:
+        is_file = len(text) < 4096 and path.is_file()
+    except OSError:  # a text too long to be a file name
+        is_file = False
+    if is_file:
         text = decode_text(read_source(str(path)), str(path))
     model, tokenizer = _load(run, checkpoint, device)
     result = score(model, tokenizer, text)
-    labels = [tokenizer.token_bytes(i).decode("utf-8", "replace") for i in result.ids]
+    labels = list(token_texts(tokenizer, result.ids))  # a character split over tokens shows with its last
     if html is not None:
         from ..inside_plots import surprise_html
 

@@ -211,6 +211,7 @@ def evaluate(
     checkpoint: Path = CHECKPOINT,
     data_dir: Path = typer.Option(None, "--data-dir", help="Dataset to score on (default: the one the run trained on)."),
     device: str = DEVICE,
+    max_tokens: int = typer.Option(None, "--max-tokens", min=1, help="Score about this many validation tokens, in windows spread evenly through the split, instead of all (for a large corpus)."),
     as_json: bool = JSON,
 ) -> None:
     """Validation loss, perplexity, bits per token and bits per byte of a checkpoint, over the whole val split.
@@ -244,8 +245,13 @@ def evaluate(
     # On stderr, and only on a terminal: --json output and logs stay clean.
     with Progress(TextColumn("scoring the validation split"), BarColumn(), MofNCompleteColumn(), TextColumn("windows"),
                   TimeRemainingColumn(), console=err, transient=True, disable=not err.is_terminal) as bar:
-        task = bar.add_task("val", total=split_windows(model, dataset.val))
-        val = score_split(model, dataset.val, token_bytes, progress=lambda n: bar.advance(task, n))
+        if max_tokens is not None and max_tokens < len(dataset.val) - 1:
+            windows = max(1, max_tokens // model.config.block_size)
+            task = bar.add_task("val", total=windows)
+            val = score_train_sample(model, dataset.val, token_bytes, windows, progress=lambda n: bar.advance(task, n))
+        else:
+            task = bar.add_task("val", total=split_windows(model, dataset.val))
+            val = score_split(model, dataset.val, token_bytes, progress=lambda n: bar.advance(task, n))
     train = score_train_sample(model, dataset.train, token_bytes)
     result = {"checkpoint": str(path), "iteration": ckpt.iteration, "data_dir": str(folder),
               "val": val.to_dict(), "train_sample": train.to_dict()}
@@ -257,7 +263,8 @@ def evaluate(
     table = Table(title=f"{path} (iteration {ckpt.iteration:,}) on {folder}", title_justify="left")
     for col in ("split", "tokens", "loss", "perplexity", "bits/token", "bits/byte"):
         table.add_column(col, justify="right" if col != "split" else "left")
-    for name, score in (("val (all)", val), ("train (sample)", train)):
+    for name, score in (("val (sample)" if max_tokens is not None and val.tokens < len(dataset.val) - 1 else "val (all)", val),
+                        ("train (sample)", train)):
         table.add_row(name, f"{score.tokens:,}", f"{score.loss:.4f}", f"{score.perplexity:.3f}", f"{score.bits_per_token:.4f}",
                       f"{score.bits_per_byte:.4f}")
     out.print(table)
