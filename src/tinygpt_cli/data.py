@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import Command, TinyGPTError, UsageError
-from .fsutil import FileTooLarge, entries_except, file_sha256, is_temp_file_of, read_json, read_limited, short_list
+from .fsutil import entries_except, file_sha256, is_temp_file_of, read_json, read_user_file, short_list
 from .tokenizer import TOKENIZER_FILES, Tokenizer, byte_lengths, load_tokenizer, token_counts
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -106,18 +106,7 @@ def read_source(source: str) -> bytes:
     """Bytes of a local file or an http(s) URL; local files over MAX_SOURCE_BYTES are refused."""
     if is_url(source):
         return download(source)
-    path = Path(source)
-    try:
-        return read_limited(path, MAX_SOURCE_BYTES)
-    except FileTooLarge as e:
-        raise TinyGPTError(f"{path} is over the {MAX_SOURCE_BYTES:,}-byte limit for a text source",
-                           "use a smaller text (a char-level model this size learns from far less)") from e
-    except FileNotFoundError as e:
-        raise UsageError(f"no such file: {path}") from e
-    except IsADirectoryError as e:
-        raise UsageError(f"{path} is a folder, not a text file") from e
-    except OSError as e:
-        raise TinyGPTError(f"cannot read {path}: {e.strerror}") from e
+    return read_user_file(source, MAX_SOURCE_BYTES, "text file", Command("prepare text", ("FILE",), why="reads a text of any size"))
 
 
 def decode_text(data: bytes, source: str) -> str:

@@ -13,6 +13,8 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from .errors import Hint, TinyGPTError, UsageError
+
 
 def _fsync_dir(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY)
@@ -126,6 +128,21 @@ def read_at_most(f: BinaryIO, limit: int) -> bytes:
         chunks.append(chunk)
         total += len(chunk)
     return b"".join(chunks)
+
+
+def read_user_file(path: str | os.PathLike, limit: int, what: str = "file", too_large_hint: Hint | None = None) -> bytes:
+    """A file the user named (`what` it should be), up to `limit` bytes; each way it can fail is
+    one error line."""
+    try:
+        return read_limited(path, limit)
+    except FileTooLarge as e:
+        raise TinyGPTError(f"{path} is over the {limit:,}-byte limit for a {what}", too_large_hint) from e
+    except FileNotFoundError as e:
+        raise UsageError(f"no such file: {path}") from e
+    except IsADirectoryError as e:
+        raise UsageError(f"{path} is a folder, not a {what}") from e
+    except OSError as e:
+        raise TinyGPTError(f"cannot read {path}: {e.strerror or e}") from e
 
 
 def read_limited(path: str | os.PathLike, limit: int) -> bytes:

@@ -25,7 +25,7 @@ from typing import Any, Union
 import numpy as np
 
 from .errors import TinyGPTError, UsageError
-from .fsutil import FileTooLarge, read_limited, write_text_atomic
+from .fsutil import read_user_file, write_text_atomic
 from .vocab import VOCAB_FORMAT, Vocabulary
 
 EOT = "<|endoftext|>"  # separates documents; GPT-2's spelling
@@ -136,14 +136,7 @@ class BPETokenizer:
 
     @classmethod
     def from_file(cls, path: Path) -> BPETokenizer:
-        try:
-            raw = read_limited(path, MAX_TOKENIZER_FILE_BYTES)
-        except FileNotFoundError as e:
-            raise UsageError(f"no tokenizer file at {path}") from e
-        except FileTooLarge as e:
-            raise UsageError(f"{path} is over {MAX_TOKENIZER_FILE_BYTES:,} bytes: not a tokenizer file") from e
-        except OSError as e:
-            raise TinyGPTError(f"cannot read {path}: {e.strerror or e}") from e
+        raw = read_user_file(path, MAX_TOKENIZER_FILE_BYTES, "tokenizer file")
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as e:
