@@ -64,6 +64,18 @@ def readme_commands() -> list[str]:
     return commands
 
 
+def test_the_readmes_python_runs(tiny_run, tiny_dataset, tmp_path):
+    """The README's library example, on the tiny run and its dataset instead of runs/cpu and tiny Shakespeare."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    [code] = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    code = code.replace("runs/cpu/best.safetensors", str(tiny_run / "best.safetensors")).replace("data/shakespeare", str(tiny_dataset))
+    code = code.replace('"ROMEO:"', '"The "')  # a prompt in the tiny text's vocabulary
+    result = subprocess.run([sys.executable, "-c", code], env=cli_env(ONE_THREAD_ENV), capture_output=True, text=True,
+                            timeout=120, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout.strip().splitlines()[-1]) > 0  # bits per byte
+
+
 def test_readme_shows_commands():
     assert len(readme_commands()) >= 10
 
