@@ -154,6 +154,8 @@ def test_a_large_vocabulary_is_stored_as_uint32(tmp_path):
     dataset = load_dataset(tmp_path / "d")
     assert info.token_dtype == "uint32" and dataset.train.dtype == np.uint32
     assert dataset.tokenizer.decode(dataset.train[:50].tolist()) == source.read_text(encoding="utf-8")[:50]
+    result = train_new(tiny_config(tmp_path / "d", max_iters=2, warmup_iters=1, eval_interval=2, eval_iters=1), tmp_path / "run")
+    assert result.iteration == 2 and load_model(tmp_path / "run" / "best.safetensors")[0].config.vocab_size == info.vocab_size
 
 
 # --- training, resume, eval and generate on BPE ------------------------------------------------

@@ -31,8 +31,8 @@ class ModelConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    vocab_size: int = Field(65, gt=0, le=2**16, description="Number of distinct characters (set from the dataset).", json_schema_extra=_panel("Model"))
-    block_size: int = Field(256, gt=0, le=2**20, description="Context length: how many characters the model sees at once.", json_schema_extra=_panel("Model"))
+    vocab_size: int = Field(65, gt=0, le=2**20, description="Number of tokens: the dataset's characters or BPE tokens (set from the dataset).", json_schema_extra=_panel("Model"))
+    block_size: int = Field(256, gt=0, le=2**20, description="Context length: how many tokens the model sees at once.", json_schema_extra=_panel("Model"))
     n_layer: int = Field(6, gt=0, le=1024, description="Number of Transformer blocks stacked on top of each other.", json_schema_extra=_panel("Model"))
     n_head: int = Field(6, gt=0, le=4096, description="Attention heads per block; n_embd must divide by it.", json_schema_extra=_panel("Model"))
     n_embd: int = Field(384, gt=0, le=2**16, description="Width of the residual stream (embedding size).", json_schema_extra=_panel("Model"))
@@ -245,6 +245,6 @@ def check_against_data(config: RunConfig, train_tokens: int, val_tokens: int, vo
             f"(train {train_tokens:,}, val {val_tokens:,} tokens)"
         )
     if config.model.vocab_size != vocab_size:
-        problems.append(f"--vocab-size: {config.model.vocab_size} does not match the dataset's {vocab_size} characters")
+        problems.append(f"--vocab-size: {config.model.vocab_size} does not match the dataset's {vocab_size} tokens")
     if problems:
         raise ConfigError(problems)
