@@ -125,6 +125,15 @@ def test_bad_prompts_and_layers_are_one_error_line(run_cli, tiny_run, args, code
     assert_error_output(proc.stderr, words)
 
 
+@pytest.mark.parametrize("args", [["surprise", "The king.", "--html", "afile/s.html"], ["embeddings", "--png", "afile/e.png"]])
+def test_an_output_path_that_cannot_be_written_is_one_error_line(run_cli, tiny_run, tmp_path, args):
+    (tmp_path / "afile").write_text("in the way\n")
+    proc = run_cli(*args, "--run", tiny_run, env=ONE_THREAD_ENV)
+    assert proc.returncode == 1
+    assert_error_output(proc.stderr, "cannot write afile/", hint="a folder you can write to")
+    assert (tmp_path / "afile").read_text() == "in the way\n"
+
+
 def test_a_prompt_longer_than_the_context_keeps_its_end(run_cli, tiny_run):
     proc = run_cli("predict", "--run", tiny_run, "--prompt", "The king " * 10, env=ONE_THREAD_ENV)
     assert proc.returncode == 0 and "its first 74 tokens are left out" in proc.stderr

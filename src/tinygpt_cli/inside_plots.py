@@ -9,8 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .fsutil import write_text_atomic
-from .plots import require_matplotlib, save_png
+from .plots import require_matplotlib, save_png, write_output
 
 
 def attention_grid(weights: np.ndarray, labels: list[str], path: Path) -> None:
@@ -75,4 +74,4 @@ pre {{ white-space: pre-wrap; font-size: 15px; line-height: 1.5; }}</style></hea
 Redder means more surprised (up to {scale:.2f} nats); hover a token for its loss.</p>
 <pre>{"".join(spans)}</pre></body></html>
 """
-    write_text_atomic(path, page)
+    write_output(path, lambda tmp: tmp.write_text(page, encoding="utf-8"))

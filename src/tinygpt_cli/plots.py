@@ -7,6 +7,7 @@ steps), eval records carry `train_loss` and `val_loss` (estimates over `eval_ite
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -88,16 +89,22 @@ def plot_runs(runs: list[tuple[str, list[dict[str, Any]]]], x: str = "iter", tit
     return fig
 
 
-def save_png(fig, path: str | Path) -> Path:
-    """Write the figure as a PNG, atomically (a reader never sees half a file)."""
+def write_output(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Write a file the user asked for (a PNG, an HTML page) with `write(temporary path)`,
+    atomically (a reader never sees half a file); a path that cannot be written is one error line."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=110)
+            write(tmp)
     except OSError as e:
-        raise TinyGPTError(f"cannot write {path}: {e.strerror or e}", "pass a writable path with --out") from e
+        raise TinyGPTError(f"cannot write {path}: {e.strerror or e}", "pass a path in a folder you can write to") from e
     return path
+
+
+def save_png(fig, path: str | Path) -> Path:
+    """Write the figure as a PNG."""
+    return write_output(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
 
 
 def _fmt_loss(v: float) -> str:
