@@ -98,6 +98,13 @@ def test_cli_attention_png_terminal_and_json(run_cli, tiny_run, tmp_path):
     assert terminal.returncode == 0 and "layer 1, head 1" in terminal.stdout
 
 
+def test_the_terminal_heatmap_shows_the_last_tokens_that_fit_and_cuts_no_cell(run_cli, tiny_run):
+    proc = run_cli("attention", "--run", tiny_run, "--prompt", "The king is dead", env={**ONE_THREAD_ENV, "COLUMNS": "30"})
+    assert proc.returncode == 0, proc.stderr
+    assert "the last 8 of 16 tokens" in proc.stdout and "…" not in proc.stdout
+    assert " 8 ␣ " in proc.stdout and "15 d " in proc.stdout and " 7 g " not in proc.stdout  # rows 8 to 15, not row 7
+
+
 def test_cli_predict_surprise_and_embeddings(run_cli, tiny_run, tmp_path):
     proc = run_cli("predict", "--run", tiny_run, "--prompt", "The", "--top-k", "3", "--json", env=ONE_THREAD_ENV)
     assert proc.returncode == 0, proc.stderr

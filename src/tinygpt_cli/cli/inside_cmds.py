@@ -49,6 +49,30 @@ def _tenths(weight: float) -> str:
     return "·" if weight < 0.05 else str(min(9, max(1, int(weight * 10 + 0.5))))
 
 
+def _heatmap(grid, labels: list[str], title: str) -> None:
+    """One head's weights as shaded cells, the last tokens that fit the terminal's width (rows
+    and columns), never a cut cell."""
+    from rich.table import Table
+
+    n = len(labels)
+    rows = [f"{t} {label} " for t, label in enumerate(labels)]
+    cell = max(3, len(str(n - 1)))
+    shown = max(1, min(n, (out.width - max(map(len, rows))) // cell))
+    first = n - shown
+    table = Table(title=title, title_justify="left", show_header=True, box=None, padding=(0, 0))
+    table.add_column("", justify="right", no_wrap=True)
+    for s in range(first, n):
+        table.add_column(str(s), justify="center", no_wrap=True, width=cell)
+    for t in range(first, n):
+        cells = [" " if s > t else _tenths(grid[t, s]) for s in range(first, n)]
+        table.add_row(rows[t], *[f"[{_shade(grid[t, s])}]{c:^{cell}}[/]" for s, c in zip(range(first, n), cells)])
+    out.print(table)
+    if first:
+        out.print(f"the last {shown} of {n} tokens, as many as fit this terminal (so a row here may sum to less than 1): "
+                  "--png or --json shows them all")
+    out.print("each row is a token looking back at the columns: the weight in tenths (9 for 0.85 or more, · under 0.05); a row sums to 1")
+
+
 def attention(
     prompt: str = PROMPT,
     run: Path = RUN,
@@ -81,18 +105,7 @@ def attention(
     if as_json:
         print_json({"tokens": labels, "ids": ids, "weights": weights.tolist(), **({"png": str(png)} if png else {})})
         return
-    from rich.table import Table
-
-    table = Table(title=f"layer {layer}, head {head}", title_justify="left", show_header=True, box=None, padding=(0, 0))
-    table.add_column("", justify="right", no_wrap=True)
-    for i in range(len(ids)):
-        table.add_column(str(i), justify="center", no_wrap=True)
-    grid = weights[layer, head]
-    for t, label in enumerate(labels):
-        cells = [" " if s > t else _tenths(grid[t, s]) for s in range(len(ids))]
-        table.add_row(f"{t} {label} ", *[f"[{_shade(grid[t, s])}] {c} [/]" for s, c in enumerate(cells)])
-    out.print(table)
-    out.print("each row is a token looking back at the columns: the weight in tenths (9 for 0.85 or more, · under 0.05); a row sums to 1")
+    _heatmap(weights[layer, head], labels, f"layer {layer}, head {head}")
     if png is not None:
         out.print(f"wrote {png}")
 
