@@ -19,7 +19,7 @@ from tinygpt_cli.cli.app import app
 from tinygpt_cli.config import PRESETS, ModelConfig, resolve_config
 from tinygpt_cli.data import load_dataset
 from tinygpt_cli.prepare import prepare_text
-from tinygpt_cli.evaluate import score_split, score_train_sample, score_windows
+from tinygpt_cli.evaluate import score_split, score_sample, score_windows
 from tinygpt_cli.model import GPT
 from tinygpt_cli.params import param_report
 from tinygpt_cli.tokenizer import byte_lengths
@@ -176,7 +176,7 @@ def test_cli_eval_max_tokens_scores_windows_spread_through_the_split(run_cli, ti
     val = json.loads(proc.stdout)["val"]
     model, ckpt = load_model(tiny_run / "best.safetensors")
     dataset = load_dataset(tiny_dataset)
-    expected = score_train_sample(model, dataset.val, byte_lengths(dataset.tokenizer), 160 // 16)
+    expected = score_sample(model, dataset.val, byte_lengths(dataset.tokenizer), 160 // 16)
     assert val["tokens"] == 160 and val["loss"] == pytest.approx(expected.loss, abs=1e-5)
 
 
@@ -204,10 +204,10 @@ def test_train_sample_of_a_split_no_longer_than_the_block(tiny_dataset):
     dataset = load_dataset(tiny_dataset)
     model = GPT(ModelConfig(vocab_size=dataset.tokenizer.size, block_size=16, n_layer=1, n_head=1, n_embd=8)).eval()
     for n in (16, 10):
-        score = score_train_sample(model, dataset.train[:n], byte_lengths(dataset.tokenizer))
+        score = score_sample(model, dataset.train[:n], byte_lengths(dataset.tokenizer))
         assert score.tokens == n - 1
         assert score.loss == pytest.approx(score_split(model, dataset.train[:n], byte_lengths(dataset.tokenizer)).loss)
-    assert score_train_sample(model, dataset.train[:17], byte_lengths(dataset.tokenizer)).tokens == 16  # one full window fits
+    assert score_sample(model, dataset.train[:17], byte_lengths(dataset.tokenizer)).tokens == 16  # one full window fits
 
 
 def test_cli_eval_with_splits_shorter_than_the_block(tmp_path):

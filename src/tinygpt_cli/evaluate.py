@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from .model import GPT
 
-TRAIN_SAMPLE_WINDOWS = 128  # evenly spaced train windows: a cheap, repeatable look at the train split
+SAMPLE_WINDOWS = 128  # evenly spaced windows: a cheap, repeatable look at a split (eval's train sample)
 
 
 @dataclass(frozen=True)
@@ -99,8 +99,7 @@ def token_losses(model: GPT, tokens: np.ndarray) -> np.ndarray:
 
 def split_windows(model: GPT, tokens: np.ndarray) -> int:
     """How many windows score_split scores (for a progress bar)."""
-    n_pred, T = len(tokens) - 1, model.config.block_size
-    return n_pred // T + (1 if n_pred % T else 0)
+    return sum(len(starts) for starts, _ in split_starts(len(tokens), model.config.block_size))
 
 
 def score_split(model: GPT, tokens: np.ndarray, token_bytes: np.ndarray, progress: Progress | None = None) -> SplitScore:
@@ -111,7 +110,7 @@ def score_split(model: GPT, tokens: np.ndarray, token_bytes: np.ndarray, progres
     return SplitScore(sum(s.loss * s.tokens for s in scores) / count, count, sum(s.bytes for s in scores))
 
 
-def score_train_sample(model: GPT, tokens: np.ndarray, token_bytes: np.ndarray, windows: int = TRAIN_SAMPLE_WINDOWS,
+def score_sample(model: GPT, tokens: np.ndarray, token_bytes: np.ndarray, windows: int = SAMPLE_WINDOWS,
                        progress: Progress | None = None) -> SplitScore:
     """The loss over `windows` windows spread evenly through `tokens`: a repeatable look at a split
     too large to score whole."""

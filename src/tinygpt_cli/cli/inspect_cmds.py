@@ -222,7 +222,7 @@ def evaluate(
     from ..data import load_dataset
     from ..devices import pick_device
     from ..errors import TinyGPTError
-    from ..evaluate import score_split, score_train_sample, split_windows
+    from ..evaluate import score_split, score_sample, split_windows
     from ..runs import resolve_checkpoint
     from ..tokenizer import byte_lengths
 
@@ -248,11 +248,11 @@ def evaluate(
         if max_tokens is not None and max_tokens < len(dataset.val) - 1:
             windows = max(1, max_tokens // model.config.block_size)
             task = bar.add_task("val", total=windows)
-            val = score_train_sample(model, dataset.val, token_bytes, windows, progress=lambda n: bar.advance(task, n))
+            val = score_sample(model, dataset.val, token_bytes, windows, progress=lambda n: bar.advance(task, n))
         else:
             task = bar.add_task("val", total=split_windows(model, dataset.val))
             val = score_split(model, dataset.val, token_bytes, progress=lambda n: bar.advance(task, n))
-    train = score_train_sample(model, dataset.train, token_bytes)
+    train = score_sample(model, dataset.train, token_bytes)
     result = {"checkpoint": str(path), "iteration": ckpt.iteration, "data_dir": str(folder),
               "val": val.to_dict(), "train_sample": train.to_dict()}
     if as_json:
