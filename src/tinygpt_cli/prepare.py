@@ -81,7 +81,6 @@ class Scan:
     """What the first pass learns about a corpus."""
 
     chars: int = 0
-    bytes: int = 0
     digests: list[dict] = field(default_factory=list)  # per source: name, bytes, sha256
     codepoints: set[int] = field(default_factory=set)  # char tokenizer
     sample: list[str] = field(default_factory=list)  # bpe: evenly spaced pieces
@@ -110,7 +109,6 @@ def scan(corpus: Corpus, choice: TokenizerChoice, progress: Progress) -> Scan:
             done += len(piece.encode("utf-8"))
             progress("scan", done, corpus.bytes)
         result.digests.append({"name": source.name, "bytes": source.bytes, "sha256": digest.hexdigest()})
-        result.bytes += source.bytes
     if not result.chars:
         raise TinyGPTError(f"{', '.join(s.name for s in corpus.sources)} is empty")
     return result
@@ -223,11 +221,11 @@ def write_dataset(corpus: Corpus, folder: Path, name: str, val_fraction: float, 
             with ExitStack() as stack:  # the new files are renamed into place when it closes
                 files = {split: stack.enter_context(atomic_path(folder / f"{split}.bin")) for split in ("train", "val")}
                 writer = SplitWriter(files, val_split if val_corpus is None else "file", val_fraction, block, lengths)
-                total = found.bytes + (found_val.bytes if found_val else 0)
+                total = corpus.bytes + (val_corpus.bytes if val_corpus else 0)
                 for ids in encoded(corpus, tokenizer, progress, 0, total):
                     writer.write(ids, "train" if val_corpus is not None else None)
                 if val_corpus is not None:
-                    for ids in encoded(val_corpus, tokenizer, progress, found.bytes, total):
+                    for ids in encoded(val_corpus, tokenizer, progress, corpus.bytes, total):
                         writer.write(ids, "val")
                 digests = writer.finish(dtype)
                 _check_sizes(writer.tokens, corpus, val_corpus)  # refused: the old files stay
@@ -239,7 +237,7 @@ def write_dataset(corpus: Corpus, folder: Path, name: str, val_fraction: float, 
             tokenizer.save(folder / TOKENIZER_FILES[tokenizer.kind])
         info = DatasetInfo(
             name=name, path=folder, source=_sources_label(corpus, val_corpus), sha256=found.sha256,
-            text_bytes=found.bytes + (found_val.bytes if found_val else 0), text_chars=found.chars + (found_val.chars if found_val else 0),
+            text_bytes=corpus.bytes + (val_corpus.bytes if val_corpus else 0), text_chars=found.chars + (found_val.chars if found_val else 0),
             vocab_size=tokenizer.size, train_tokens=writer.tokens["train"], val_tokens=writer.tokens["val"],
             val_fraction=val_fraction if val_corpus is None else 0.0, train_sha256=digests["train"], val_sha256=digests["val"],
             tokenizer=tokenizer.kind, tokenizer_spec=choice.spec(), token_dtype=dtype.name,
