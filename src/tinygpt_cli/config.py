@@ -41,7 +41,7 @@ class ModelConfig(BaseModel):
     # Options beyond the classic GPT-2 recipe; the defaults keep the classic model.
     pos_embedding: Literal["learned", "rope"] = Field("learned", description="Positions: a learned table added to the input (GPT-2) or rotary embeddings inside attention.", json_schema_extra=_panel("Model"))
     norm: Literal["layernorm", "rmsnorm"] = Field("layernorm", description="Normalisation layer: LayerNorm (GPT-2) or RMSNorm (cheaper, no centring).", json_schema_extra=_panel("Model"))
-    activation: Literal["gelu", "relu2"] = Field("gelu", description="MLP non-linearity: GELU (GPT-2) or squared ReLU.", json_schema_extra=_panel("Model"))
+    activation: Literal["gelu", "gelu_tanh", "relu2"] = Field("gelu", description="MLP non-linearity: GELU, GELU's tanh approximation (as OpenAI's GPT-2 weights use) or squared ReLU.", json_schema_extra=_panel("Model"))
     qk_norm: bool = Field(False, description="Normalise queries and keys per head before attention (steadier at high learning rates).", json_schema_extra=_panel("Model"))
 
     @model_validator(mode="after")

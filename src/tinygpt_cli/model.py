@@ -18,6 +18,8 @@ Where the ideas come from:
 - RMSNorm (`--norm rmsnorm`): Zhang and Sennrich 2019, "Root Mean Square Layer Normalization";
 - QK-norm (`--qk-norm`): Henry et al. 2020, "Query-Key Normalization for Transformers", and
   Dehghani et al. 2023 (ViT-22B), where it steadies training at high learning rates;
+- GELU: Hendrycks and Gimpel 2016, "Gaussian Error Linear Units"; `--activation gelu_tanh` is
+  its tanh approximation, the function OpenAI's GPT-2 weights were trained with;
 - squared ReLU (`--activation relu2`): So et al. 2021, "Primer: Searching for Efficient
   Transformers for Language Modeling".
 """
@@ -157,11 +159,14 @@ class MLP(nn.Module):
         self.up = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.down = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
-        self.relu2 = config.activation == "relu2"
+        self.activation = config.activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.up(x)  # (B, T, 4C)
-        h = F.relu(h).square() if self.relu2 else F.gelu(h)
+        if self.activation == "relu2":
+            h = F.relu(h).square()
+        else:  # GPT-2's released weights were trained with the tanh approximation of GELU
+            h = F.gelu(h, approximate="tanh" if self.activation == "gelu_tanh" else "none")
         return F.dropout(self.down(h), self.dropout, self.training)  # (B, T, C)
 
 

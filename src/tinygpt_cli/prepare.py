@@ -17,6 +17,7 @@ validation file may be given instead.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import tempfile
@@ -32,6 +33,7 @@ from .data import (MIN_SPLIT_TOKENS, OWNER_MARK, SHAKESPEARE_BYTES, SHAKESPEARE_
                    intact_dataset, owned_folder, read_source, sha256_hex)
 from .errors import Command, TinyGPTError, UsageError
 from .fsutil import atomic_path, file_sha256, write_json_atomic
+from .pretrained import source_tokenizer
 from .tokenizer import TOKENIZER_FILES, BPETokenizer, Tokenizer, byte_lengths, check_bpe_vocab_size, token_dtype
 from .vocab import Vocabulary
 
@@ -44,16 +46,17 @@ Progress = Callable[[str, int, int], None]  # (phase, bytes done, bytes in all)
 
 @dataclass(frozen=True)
 class TokenizerChoice:
-    """How prepare makes the tokenizer: characters, a BPE trained on the text, or a file."""
+    """How prepare makes the tokenizer: characters, a BPE trained on the text, or one given
+    (a tokenizer.json, or the tokenizer of a run, checkpoint, transformers folder or hub model)."""
 
-    kind: str = "char"  # "char", "bpe" or "file"
+    kind: str = "char"  # "char", "bpe" or "given"
     vocab_size: int | None = None  # bpe
-    path: Path | None = None  # file
+    given: Tokenizer | None = None  # given
     sample_chars: int = BPE_SAMPLE_CHARS  # bpe: the most text its merges are learned from
 
     @classmethod
     def parse(cls, value: str, vocab_size: int | None, sample_chars: int = BPE_SAMPLE_CHARS) -> TokenizerChoice:
-        """`--tokenizer char|bpe|PATH` and `--vocab-size N` (BPE only)."""
+        """`--tokenizer char|bpe|SOURCE` and `--vocab-size N` (BPE only)."""
         if value == "char":
             if vocab_size is not None:
                 raise UsageError("--vocab-size is for --tokenizer bpe: a character vocabulary is every character of the text")
@@ -63,16 +66,13 @@ class TokenizerChoice:
             check_bpe_vocab_size(size)
             return cls("bpe", vocab_size=size, sample_chars=sample_chars)
         if vocab_size is not None:
-            raise UsageError("--vocab-size is for --tokenizer bpe: a tokenizer file has its own size")
-        if not Path(value).is_file():
-            raise UsageError(f"--tokenizer {value}: not char, not bpe, and no tokenizer file there",
-                             "pass --tokenizer char, --tokenizer bpe, or the path of a tokenizer.json")
-        return cls("file", path=Path(value))
+            raise UsageError("--vocab-size is for --tokenizer bpe: a given tokenizer has its own size")
+        return cls("given", given=source_tokenizer(value))
 
     def spec(self) -> str:
         """What a prepared folder records, so that asking for the same tokenizer reuses it."""
-        if self.kind == "file":
-            return "file:" + sha256_hex(self.path.read_bytes())
+        if self.kind == "given":
+            return "file:" + sha256_hex(json.dumps(self.given.to_dict(), sort_keys=True).encode())
         return "char" if self.kind == "char" else f"bpe:{self.vocab_size}"
 
 
@@ -119,7 +119,7 @@ def make_tokenizer(choice: TokenizerChoice, found: Scan) -> Tokenizer:
         return Vocabulary.from_codepoints(found.codepoints)
     if choice.kind == "bpe":
         return BPETokenizer.train(found.sample, choice.vocab_size)
-    return BPETokenizer.from_file(choice.path)
+    return choice.given
 
 
 def encoded(corpus: Corpus, tokenizer: Tokenizer, progress: Progress, done: int = 0, total: int | None = None) -> Iterator[np.ndarray]:

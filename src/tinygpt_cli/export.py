@@ -1,0 +1,125 @@
+"""`export --to hf`: a checkpoint as a folder that transformers loads (see hf.py for the mapping).
+
+The folder is written whole beside its destination and renamed into place, so an interrupted
+export leaves nothing half-written; an earlier export is replaced only when asked, and a folder
+holding anything else is never touched.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+from .checkpoint import Checkpoint, load_checkpoint
+from .errors import TinyGPTError, UsageError
+from .fsutil import entries_except, short_list
+from .hf import ARCHITECTURES, CLASS_NAMES, WEIGHTS_FILE, hf_config, hf_tensors, tokenizer_files
+
+EXPORT_FILES = ("config.json", WEIGHTS_FILE, "tokenizer.json", "tokenizer_config.json", "README.md")
+
+
+@dataclass
+class ExportResult:
+    folder: Path
+    architecture: str  # the transformers class
+    parameters: int
+    files: list[str]
+
+
+def bits_per_byte(ckpt: Checkpoint) -> float | None:
+    per_token = ckpt.progress.get("val_bytes_per_token")
+    if ckpt.val_loss is None or not per_token:
+        return None
+    return ckpt.val_loss / math.log(2) / per_token
+
+
+def model_card(ckpt: Checkpoint, checkpoint_path: Path, train_command: str, architecture: str) -> str:
+    """README.md: what the model is, what it learned from, how well, and how it was trained."""
+    m, t = ckpt.model_config, ckpt.train_config or {}
+    tokenizer = f"{'characters' if ckpt.tokenizer.kind == 'char' else 'byte-level BPE'}, {ckpt.tokenizer.size:,} tokens"
+    bpb = bits_per_byte(ckpt)
+    quality = "not evaluated" if ckpt.val_loss is None else f"val loss {ckpt.val_loss:.4f}" + (
+        f", {bpb:.4f} bits per byte" if bpb is not None else "")
+    rows = [("architecture", f"{architecture} ({m.n_layer} layers, {m.n_head} heads, width {m.n_embd}, context {m.block_size})"),
+            ("tokenizer", tokenizer), ("data", t.get("data_dir", "unknown")), ("iterations", f"{ckpt.iteration:,}"),
+            ("quality", quality), ("checkpoint", f"{checkpoint_path} ({ckpt.kind})")]
+    if t.get("init_from"):
+        rows.append(("fine-tuned from", t["init_from"]))
+    settings = json.dumps({"model": m.model_dump(), "train": t}, indent=2)
+    return "\n".join([
+        "---", "library_name: transformers", "pipeline_tag: text-generation", "tags: [tinygpt]", "---", "",
+        "# A tinygpt model", "",
+        "Trained from scratch with tinygpt and exported for Hugging Face transformers.", "",
+        "| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows), "",
+        "## Use it", "", "```python", "from transformers import pipeline", "",
+        'generate = pipeline("text-generation", model="PATH_TO_THIS_FOLDER")',
+        'print(generate("ROMEO:", max_new_tokens=100, do_sample=True)[0]["generated_text"])', "```", "",
+        "## How it was trained", "", "```", train_command, "```", "", "Every setting:", "", "```json", settings, "```", "",
+    ])
+
+
+def _check_destination(folder: Path, overwrite: bool) -> bool:
+    """Whether `folder` holds an earlier export to replace; refuses anything else in it."""
+    if not folder.exists():
+        return False
+    if not folder.is_dir():
+        raise UsageError(f"{folder} is a file, not a folder", "pass a new folder to export to")
+    foreign = entries_except(folder, lambda name: name in EXPORT_FILES)
+    if foreign:
+        raise UsageError(f"{folder} holds files that are not an export's ({short_list(foreign)}): exporting would mix with them",
+                         "pass a new or empty folder to export to")
+    if any(folder.iterdir()) and not overwrite:
+        raise UsageError(f"{folder} already holds an export", "pass --overwrite to replace it, or another folder")
+    return True
+
+
+def export_hf(checkpoint_path: Path, folder: Path, train_command: str, overwrite: bool = False) -> ExportResult:
+    """Write the checkpoint as a transformers folder (model, tokenizer, card) at `folder`."""
+    ckpt = load_checkpoint(checkpoint_path)
+    config = ckpt.model_config
+    tensors = hf_tensors(config, ckpt.weights)  # refuses what transformers cannot express, first
+    architecture = CLASS_NAMES[ARCHITECTURES[config.pos_embedding]]
+    replace = _check_destination(folder, overwrite)
+    texts = {"config.json": json.dumps(hf_config(config, ckpt.tokenizer), indent=2) + "\n",
+             **tokenizer_files(ckpt.tokenizer, config.block_size),
+             "README.md": model_card(ckpt, checkpoint_path, train_command, architecture)}
+    parent = folder.resolve().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=parent))
+    except OSError as e:
+        raise TinyGPTError(f"cannot create {folder}: {e.strerror or e}", "pass a writable folder") from e
+    try:
+        save_file(tensors, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
+        for name, text in texts.items():
+            (staging / name).write_text(text, encoding="utf-8")
+        os.chmod(staging, 0o755)
+        _move_into_place(staging, folder, replace)
+    except OSError as e:
+        raise TinyGPTError(f"cannot write the export to {folder}: {e.strerror or e}", "free some disk space, or pass another folder") from e
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return ExportResult(folder, architecture, sum(t.numel() for t in ckpt.weights.values()), sorted(EXPORT_FILES))
+
+
+def _move_into_place(staging: Path, folder: Path, replace: bool) -> None:
+    """Rename the finished folder in; an earlier export (or an empty folder) is moved aside
+    first and deleted after, so `folder` is always either the old export or the new one."""
+    if not replace:
+        os.replace(staging, folder)
+        return
+    old = staging.with_name(staging.name + ".old")
+    os.replace(folder, old)
+    try:
+        os.replace(staging, folder)
+    except OSError:
+        os.replace(old, folder)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

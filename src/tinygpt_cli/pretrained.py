@@ -1,0 +1,133 @@
+"""Weights to start training from (`train --init-from SOURCE`) instead of random ones.
+
+A source is a tinygpt run folder or checkpoint, a transformers GPT-2 or GPT-NeoX folder (as
+`export` writes one, or as the hub holds GPT-2), or a Hugging Face hub id such as `gpt2`, which
+is downloaded once into the hub's cache (huggingface_hub; offline, the cache alone is read).
+
+The model's shape comes from the source. The context may be shortened (`--block-size`), as
+nanoGPT crops GPT-2's 1024 positions: learned positions keep their first rows.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import SHAPE_FIELDS, ModelConfig, flag_name
+from .errors import Command, TinyGPTError, UsageError
+from .tokenizer import Tokenizer
+
+# A hub id: a name, or owner/name (letters, digits, '-', '_', '.').
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+HUB_FILES = ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json"]
+
+
+@dataclass
+class Pretrained:
+    source: str  # as the user named it
+    config: ModelConfig
+    weights: dict[str, torch.Tensor]
+    tokenizer: Tokenizer
+
+
+def _is_hf_folder(path: Path) -> bool:
+    """A transformers folder has its weights beside config.json; a run folder has checkpoints."""
+    return path.is_dir() and (path / "config.json").is_file() and not (path / "run.json").exists() \
+        and not (path / "last.safetensors").exists() and not (path / "best.safetensors").exists()
+
+
+def download_from_hub(hub_id: str, files: list[str] = HUB_FILES) -> Path:
+    """The folder of `hub_id` in the local hub cache, its `files` downloaded first when online."""
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    except ImportError as e:
+        raise TinyGPTError("--init-from with a hub id needs huggingface_hub", "pip install 'tinygpt[hf]'") from e
+    try:
+        return Path(snapshot_download(hub_id, allow_patterns=files))
+    except LocalEntryNotFoundError as e:
+        raise TinyGPTError(f"{hub_id} is not in the local Hugging Face cache and cannot be downloaded now (offline?)",
+                           f"on a machine online, run: hf download {hub_id} --local-dir FOLDER, copy FOLDER here "
+                           "and pass --init-from FOLDER") from e
+    except (HfHubHTTPError, OSError, ValueError) as e:
+        raise TinyGPTError(f"cannot download {hub_id} from the Hugging Face hub: {e}",
+                           "check the id (https://huggingface.co/models), or pass a local folder") from e
+
+
+def _check_hub_id(source: str, what: str) -> None:
+    if source.startswith((".", "/", "~")) or not HUB_ID.fullmatch(source):
+        raise UsageError(f"{source}: no {what} there, and not a hub id",
+                         "pass a run folder, a .safetensors checkpoint, a transformers folder or a hub id such as gpt2")
+
+
+def source_tokenizer(source: str) -> Tokenizer:
+    """The tokenizer of a tokenizer.json, a run, a checkpoint, a transformers folder or a hub
+    model (`prepare text --tokenizer SOURCE`), without reading any weights."""
+    from .checkpoint import read_metadata
+    from .hf import read_hf_tokenizer
+    from .runs import resolve_checkpoint
+    from .tokenizer import BPETokenizer, tokenizer_from_dict
+
+    path = Path(source)
+    if path.is_file() and path.suffix != ".safetensors":
+        return BPETokenizer.from_file(path)
+    if path.is_dir() and (path / "tokenizer.json").is_file():
+        return read_hf_tokenizer(path)
+    if path.exists():
+        checkpoint = resolve_checkpoint(run=path) if path.is_dir() else path
+        return tokenizer_from_dict(read_metadata(checkpoint)["vocab"], str(checkpoint))
+    _check_hub_id(source, "tokenizer file, run, checkpoint or transformers folder")
+    return read_hf_tokenizer(download_from_hub(source, ["tokenizer.json", "tokenizer_config.json"]))
+
+
+def load_pretrained(source: str) -> Pretrained:
+    """Read `source` (see the module docstring) as our config, weights and tokenizer."""
+    from .checkpoint import load_checkpoint
+    from .hf import read_hf_folder
+    from .runs import resolve_checkpoint
+
+    path = Path(source)
+    if _is_hf_folder(path):
+        hf = read_hf_folder(path)
+        return Pretrained(source, hf.config, hf.weights, hf.tokenizer)
+    if path.is_dir() or path.is_file():
+        ckpt = load_checkpoint(resolve_checkpoint(run=path) if path.is_dir() else path)
+        return Pretrained(source, ckpt.model_config, ckpt.weights, ckpt.tokenizer)
+    _check_hub_id(source, "run, checkpoint or transformers folder")
+    hf = read_hf_folder(download_from_hub(source))
+    return Pretrained(source, hf.config, hf.weights, hf.tokenizer)
+
+
+def shape_values(pretrained: Pretrained) -> dict:
+    """The source's shape, as settings that rank above a preset's."""
+    return {k: v for k, v in pretrained.config.model_dump().items() if k in SHAPE_FIELDS}
+
+
+def check_shape(config: ModelConfig, pretrained: Pretrained) -> None:
+    """Refuse a shape setting that differs from the source's; a shorter context is allowed."""
+    source = pretrained.config
+    changed = [f for f in SHAPE_FIELDS if f not in ("block_size", "vocab_size") and getattr(config, f) != getattr(source, f)]
+    if changed:
+        raise UsageError(f"{', '.join(map(flag_name, changed))}: the model's shape comes from --init-from {pretrained.source}",
+                         "leave out the shape flags (only --block-size may shorten the context)")
+    if source.pos_embedding == "learned" and config.block_size > source.block_size:
+        raise UsageError(f"--block-size {config.block_size}: {pretrained.source} has learned positions for "
+                         f"{source.block_size} tokens at most", f"pass --block-size {source.block_size} or less")
+
+
+def check_tokenizer(dataset_tokenizer: Tokenizer, pretrained: Pretrained, data_dir: str) -> None:
+    if dataset_tokenizer != pretrained.tokenizer:
+        raise TinyGPTError(f"the dataset in {data_dir} was prepared with another tokenizer than {pretrained.source}'s",
+                           Command("prepare text", ("INPUT",), {"tokenizer": pretrained.source, "data_dir": data_dir},
+                                   why="prepares your text with its tokenizer"))
+
+
+def initial_weights(pretrained: Pretrained, config: ModelConfig) -> dict[str, torch.Tensor]:
+    """The source's weights for a model of `config` (learned positions cut to its context)."""
+    weights = dict(pretrained.weights)
+    if "pos_emb.weight" in weights:
+        weights["pos_emb.weight"] = weights["pos_emb.weight"][: config.block_size].clone()
+    return weights
