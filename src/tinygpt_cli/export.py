@@ -17,7 +17,7 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from .checkpoint import Checkpoint, load_checkpoint
+from .checkpoint import Checkpoint
 from .errors import TinyGPTError, UsageError
 from .fsutil import entries_except, short_list
 from .hf import ARCHITECTURES, CLASS_NAMES, WEIGHTS_FILE, hf_config, hf_tensors, tokenizer_files
@@ -40,7 +40,7 @@ def bits_per_byte(ckpt: Checkpoint) -> float | None:
     return ckpt.val_loss / math.log(2) / per_token
 
 
-def model_card(ckpt: Checkpoint, checkpoint_path: Path, train_command: str, architecture: str) -> str:
+def model_card(ckpt: Checkpoint, checkpoint_path: Path, folder: Path, train_command: str, architecture: str) -> str:
     """README.md: what the model is, what it learned from, how well, and how it was trained."""
     m, t = ckpt.model_config, ckpt.train_config or {}
     tokenizer = f"{'characters' if ckpt.tokenizer.kind == 'char' else 'byte-level BPE'}, {ckpt.tokenizer.size:,} tokens"
@@ -59,7 +59,7 @@ def model_card(ckpt: Checkpoint, checkpoint_path: Path, train_command: str, arch
         "Trained from scratch with tinygpt and exported for Hugging Face transformers.", "",
         "| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows), "",
         "## Use it", "", "```python", "from transformers import pipeline", "",
-        'generate = pipeline("text-generation", model="PATH_TO_THIS_FOLDER")',
+        f'generate = pipeline("text-generation", model={json.dumps(str(folder))})',
         'print(generate("ROMEO:", max_new_tokens=100, do_sample=True)[0]["generated_text"])', "```", "",
         "## How it was trained", "", "```", train_command, "```", "", "Every setting:", "", "```json", settings, "```", "",
     ])
@@ -80,16 +80,16 @@ def _check_destination(folder: Path, overwrite: bool) -> bool:
     return True
 
 
-def export_hf(checkpoint_path: Path, folder: Path, train_command: str, overwrite: bool = False) -> ExportResult:
-    """Write the checkpoint as a transformers folder (model, tokenizer, card) at `folder`."""
-    ckpt = load_checkpoint(checkpoint_path)
+def export_hf(ckpt: Checkpoint, checkpoint_path: Path, folder: Path, train_command: str, overwrite: bool = False) -> ExportResult:
+    """Write `ckpt` (read from `checkpoint_path`) as a transformers folder (model, tokenizer,
+    card) at `folder`."""
     config = ckpt.model_config
     tensors = hf_tensors(config, ckpt.weights)  # refuses what transformers cannot express, first
     architecture = CLASS_NAMES[ARCHITECTURES[config.pos_embedding]]
     replace = _check_destination(folder, overwrite)
     texts = {"config.json": json.dumps(hf_config(config, ckpt.tokenizer), indent=2) + "\n",
              **tokenizer_files(ckpt.tokenizer, config.block_size),
-             "README.md": model_card(ckpt, checkpoint_path, train_command, architecture)}
+             "README.md": model_card(ckpt, checkpoint_path, folder, train_command, architecture)}
     parent = folder.resolve().parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -100,6 +100,8 @@ def export_hf(checkpoint_path: Path, folder: Path, train_command: str, overwrite
         save_file(tensors, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
         for name, text in texts.items():
             (staging / name).write_text(text, encoding="utf-8")
+        for file in staging.iterdir():
+            os.chmod(file, 0o644)  # as any file the user writes, not the private mode of a temporary
         os.chmod(staging, 0o755)
         _move_into_place(staging, folder, replace)
     except OSError as e:

@@ -12,7 +12,7 @@ from typer.exceptions import TyperException
 from .. import __version__
 from ..errors import TinyGPTError, TrainingStopped
 from .console import render_hint
-from . import bench_cmds, data_cmds, inside_cmds, inspect_cmds, train_cmds
+from . import bench_cmds, data_cmds, inside_cmds, inspect_cmds, interop_cmds, train_cmds
 from . import runs_cmds
 
 app = typer.Typer(
@@ -45,6 +45,7 @@ data_cmds.register(app)
 train_cmds.register(app)
 inspect_cmds.register(app)
 inside_cmds.register(app)
+interop_cmds.register(app)
 bench_cmds.register(app)
 runs_cmds.register(app)
 
