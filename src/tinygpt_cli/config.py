@@ -85,6 +85,8 @@ class TrainConfig(BaseModel):
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="Where to train (auto: cuda, then mps, then cpu).", json_schema_extra=_panel("Run"))
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="Compute precision (auto: bfloat16 mixed precision on a CUDA GPU or a CPU that multiplies bfloat16 in hardware, else float32).", json_schema_extra=_panel("Run"))
     compile: bool = Field(False, description="Compile the model with torch.compile (slow start, faster steps).", json_schema_extra=_panel("Run"))
+    init_from: str | None = Field(None, min_length=1, max_length=4096, description="Start from these weights instead of random ones, with their shape and tokenizer: a run folder or checkpoint, a transformers GPT-2 or GPT-NeoX folder, or a Hugging Face hub id such as gpt2 (downloaded once, then cached).", json_schema_extra=_panel("Run"))
+    log: Literal["none", "tensorboard", "wandb"] = Field("none", description="Also log metrics to TensorBoard (event files in the run folder) or Weights & Biases (WANDB_MODE=offline works offline).", json_schema_extra=_panel("Run"))
 
     @model_validator(mode="after")
     def _cross_field(self) -> TrainConfig:
@@ -216,6 +218,10 @@ def resolve_config(preset: str | None, config_file: Path | None, flags: dict[str
         raise UsageError(f"unknown preset {preset!r}: choose from {', '.join(PRESETS)}")
     chosen = {**file_values, **{k: v for k, v in flags.items() if v is not None}}
     values = {**PRESETS[preset], **chosen}
+    if chosen.get("init_from") is not None:
+        # The source's shape replaces the preset's (lifecycle.train_new): the model settings
+        # left are the ones chosen here, which ModelConfig.model_fields_set then records.
+        values = {k: v for k, v in values.items() if k in chosen or k not in SHAPE_FIELDS}
     if "warmup_iters" not in chosen:
         _scale_warmup(values, preset, notes if notes is not None else [])
     return build_config(values)

@@ -25,6 +25,7 @@ from .errors import CheckpointError, Command, TinyGPTError, TrainingStopped, Usa
 from .fsutil import read_json, short_list, write_json_atomic
 from .optim import state_problems
 from .params import param_report
+from .pretrained import check_tokenizer, fit_config, initial_weights, load_pretrained
 from .rng import rng_problems
 from .runs import RunDir
 from .train import NonFiniteLoss, Trainer
@@ -298,8 +299,14 @@ def prepare_training(config: RunConfig) -> tuple[RunConfig, Dataset]:
 
 def train_new(config: RunConfig, run_path: Path, reporter: TrainingReporter | None = None,
               overwrite: bool = False, dist: DistContext = DistContext()) -> TrainResult:
-    """Start a run in `run_path`. Under torchrun only rank 0 touches the folder."""
+    """Start a run in `run_path`, from random weights or from config.train.init_from's. Under
+    torchrun only rank 0 touches the folder."""
+    pretrained = load_pretrained(config.train.init_from) if config.train.init_from else None
+    if pretrained is not None:
+        config = fit_config(config, pretrained)
     config, dataset = prepare_training(config)
+    if pretrained is not None:
+        check_tokenizer(dataset.tokenizer, pretrained, config.train.data_dir)
     run = RunDir(run_path)
     foreign = run.foreign_files() if dist.is_main else []
     if foreign:
@@ -312,7 +319,10 @@ def train_new(config: RunConfig, run_path: Path, reporter: TrainingReporter | No
                     raise UsageError(f"{run.path} already holds a run", Command("resume", (str(run.path),), why="or pass --overwrite to start it again"))
                 run.clear()
             write_json_atomic(run.config_path, config.model_dump())
-        return TrainingRun(Trainer(config, dataset, dist), run, reporter or TrainingReporter()).fit()
+        trainer = Trainer(config, dataset, dist)
+        if pretrained is not None:
+            trainer.start_from(initial_weights(pretrained, config.model), pretrained.source)
+        return TrainingRun(trainer, run, reporter or TrainingReporter()).fit()
 
 
 def read_run_config(run: RunDir) -> RunConfig:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .config import SHAPE_FIELDS, ModelConfig, flag_name
+from .config import SHAPE_FIELDS, ModelConfig, RunConfig, flag_name
 from .errors import Command, TinyGPTError, UsageError
 from .tokenizer import Tokenizer
 
@@ -101,21 +101,21 @@ def load_pretrained(source: str) -> Pretrained:
     return Pretrained(source, hf.config, hf.weights, hf.tokenizer)
 
 
-def shape_values(pretrained: Pretrained) -> dict:
-    """The source's shape, as settings that rank above a preset's."""
-    return {k: v for k, v in pretrained.config.model_dump().items() if k in SHAPE_FIELDS}
-
-
-def check_shape(config: ModelConfig, pretrained: Pretrained) -> None:
-    """Refuse a shape setting that differs from the source's; a shorter context is allowed."""
+def fit_config(config: RunConfig, pretrained: Pretrained) -> RunConfig:
+    """`config` with the source's shape. A shape setting chosen explicitly (a flag, a config
+    file: ModelConfig.model_fields_set) must agree with it, except a shorter context."""
     source = pretrained.config
-    changed = [f for f in SHAPE_FIELDS if f not in ("block_size", "vocab_size") and getattr(config, f) != getattr(source, f)]
+    chosen = config.model.model_fields_set
+    changed = [f for f in SHAPE_FIELDS if f in chosen and f != "block_size" and getattr(config.model, f) != getattr(source, f)]
     if changed:
         raise UsageError(f"{', '.join(map(flag_name, changed))}: the model's shape comes from --init-from {pretrained.source}",
                          "leave out the shape flags (only --block-size may shorten the context)")
-    if source.pos_embedding == "learned" and config.block_size > source.block_size:
-        raise UsageError(f"--block-size {config.block_size}: {pretrained.source} has learned positions for "
+    block_size = config.model.block_size if "block_size" in chosen else source.block_size
+    if source.pos_embedding == "learned" and block_size > source.block_size:
+        raise UsageError(f"--block-size {block_size}: {pretrained.source} has learned positions for "
                          f"{source.block_size} tokens at most", f"pass --block-size {source.block_size} or less")
+    model = source.model_copy(update={"block_size": block_size, "dropout": config.model.dropout})
+    return RunConfig(model=model, train=config.train)
 
 
 def check_tokenizer(dataset_tokenizer: Tokenizer, pretrained: Pretrained, data_dir: str) -> None:

@@ -129,6 +129,11 @@ class Trainer:
         self.evaluated_at = ckpt.progress.get("evaluated_at", -1)
         self.elapsed_before = ckpt.progress.get("elapsed", 0.0)
 
+    def start_from(self, weights: dict[str, torch.Tensor], source: str) -> None:
+        """Fine-tuning: pretrained weights in place of the random ones, before the first step
+        (the optimiser's state and the schedule start fresh)."""
+        load_model_weights(self.model, weights, source)
+
     def elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self._t0
 

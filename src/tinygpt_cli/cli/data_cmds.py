@@ -16,7 +16,8 @@ prepare_app = typer.Typer(
 
 VAL_FRACTION = typer.Option(0.1, "--val-fraction", min=0.0, max=1.0, help="Share of the text, taken from its end, held out for validation.")
 TOKENIZER = typer.Option("char", "--tokenizer", help="char (one token per character), bpe (a byte-level BPE trained on this text), "
-                         "or the path of a byte-level BPE tokenizer.json (GPT-2's, for one).")
+                         "or the tokenizer of: a byte-level BPE tokenizer.json, a run or checkpoint, a transformers folder, "
+                         "or a hub id such as gpt2 (to fine-tune it with train --init-from).")
 VOCAB_SIZE = typer.Option(None, "--vocab-size", help="Tokens of the BPE to train (with --tokenizer bpe; default 4096, at least 257).")
 
 

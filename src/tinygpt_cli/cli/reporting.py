@@ -56,6 +56,8 @@ def make_reporter(interactive: bool):
             )
             if info.start_iter:
                 out.print(f"resuming at iteration {info.start_iter:,} of {self.max_iters:,}")
+            elif cfg.train.init_from:
+                out.print(f"fine-tuning: the weights of {cfg.train.init_from}, a new optimiser state and schedule", soft_wrap=True)
             if info.previous_dtype:
                 out.print(
                     f"[yellow]note:[/] iterations up to {info.start_iter:,} ran in {info.previous_dtype}, the rest run in "

@@ -15,7 +15,7 @@ from .reporting import make_reporter
 
 JSON_SUMMARY = typer.Option(False, "--json", help="No progress: print one JSON summary at the end (for scripts).", rich_help_panel="Run")
 TRAIN_FLAGS = [f for f in MODEL_FIELDS + TRAIN_FIELDS if f != "vocab_size"]  # vocab size comes from the data
-RESUME_FLAGS = [f for f in TRAIN_FIELDS if f not in ("data_dir",)] + ["dropout"]
+RESUME_FLAGS = [f for f in TRAIN_FIELDS if f not in ("data_dir", "init_from")] + ["dropout"]
 
 
 def _interactive() -> bool:
