@@ -118,13 +118,14 @@ def mtimes(folder: Path) -> dict[str, int]:
 
 @pytest.mark.slow
 def test_sweep_2x2_end_to_end_and_rerun_skips(run_cli, tmp_path, data_dir):
-    args = ["sweep", *GRID, *tiny_cells(data_dir), "--out", "sw"]
+    args = ["sweep", *GRID, *tiny_cells(data_dir), "--log", "tensorboard", "--out", "sw"]
     proc = run_cli(*args, timeout=180)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     sw = tmp_path / "sw"
     for cell in CELLS:
         status = json.loads((sw / cell / "run.json").read_text())
         assert (status["status"], status["iteration"]) == ("finished", 20)
+        assert len(list((sw / cell).glob("events.out.tfevents.*"))) == 1  # `tensorboard --logdir sw` shows every cell
     assert (sw / "sweep.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     assert json.loads((sw / "sweep.json").read_text())["axes"] == {"n_layer": [1, 2], "learning_rate": [0.001, 0.003]}
     assert proc.stdout.count(": training") == 4

@@ -28,6 +28,7 @@ from .params import param_report
 from .pretrained import check_tokenizer, fit_config, initial_weights, load_pretrained
 from .rng import rng_problems
 from .runs import RunDir
+from .tracking import Tracker, open_tracker
 from .train import NonFiniteLoss, Trainer
 
 # Rough sustained throughput, for the projection printed before the first step.
@@ -108,8 +109,8 @@ class TrainingRun:
     """One process's part in a run: the Trainer, the run folder (written by rank 0 only) and the
     reporter. It answers the loop's events (train.LoopEvents)."""
 
-    def __init__(self, trainer: Trainer, run: RunDir, reporter: TrainingReporter):
-        self.trainer, self.run, self.reporter = trainer, run, reporter
+    def __init__(self, trainer: Trainer, run: RunDir, reporter: TrainingReporter, tracker: Tracker = Tracker()):
+        self.trainer, self.run, self.reporter, self.tracker = trainer, run, reporter, tracker
         self.is_main = trainer.rank == 0
         self.saved_at = -1  # the iteration of the last `last` checkpoint
         self.saved_dtype: str | None = None  # the precision of the checkpoint resumed from
@@ -163,6 +164,8 @@ class TrainingRun:
             self.save("best")
         self.save("last")
         self._write_running()
+        if self.is_main:
+            self.tracker.checkpoint_saved()
         self.reporter.on_eval({**record, "best_val_loss": self.trainer.best_val, "improved": improved})
 
     # --- the run folder ----------------------------------------------------------------------
@@ -197,6 +200,7 @@ class TrainingRun:
         if self.is_main:
             with open(self.run.metrics_path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
+            self.tracker.log(record)
 
     # --- start and end -----------------------------------------------------------------------
     def start_info(self) -> StartInfo:
@@ -227,6 +231,8 @@ class TrainingRun:
         except BaseException as e:
             self._record_end("failed", e)
             raise
+        finally:
+            self.tracker.close()
 
     def _fit(self) -> TrainResult:
         self.reporter.on_start(self.start_info())
@@ -322,7 +328,8 @@ def train_new(config: RunConfig, run_path: Path, reporter: TrainingReporter | No
         trainer = Trainer(config, dataset, dist)
         if pretrained is not None:
             trainer.start_from(initial_weights(pretrained, config.model), pretrained.source)
-        return TrainingRun(trainer, run, reporter or TrainingReporter()).fit()
+        tracker = open_tracker(config.train.log, run, config, 0) if dist.is_main else Tracker()
+        return TrainingRun(trainer, run, reporter or TrainingReporter(), tracker).fit()
 
 
 def read_run_config(run: RunDir) -> RunConfig:
@@ -369,4 +376,5 @@ def resume(run_path: Path, overrides: dict[str, Any] | None = None, reporter: Tr
         if dist.is_main:
             write_json_atomic(run.config_path, config.model_dump())
             run.truncate_metrics(ckpt.iteration)
+            training.tracker = open_tracker(config.train.log, run, config, ckpt.iteration)
         return training.fit()

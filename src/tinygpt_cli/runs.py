@@ -10,6 +10,7 @@ import json
 import math
 import os
 import re
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,16 +22,29 @@ from .fsutil import entries_except, is_temp_file_of, short_list, read_json, writ
 
 RUNS_DIR = Path("runs")
 # Every file a run folder can hold: tinygpt writes these and nothing else there (loss.png by
-# `tinygpt runs plot`), and --overwrite removes these and nothing else.
-RUN_FILES = ("config.json", "metrics.jsonl", "run.json", "last.safetensors", "best.safetensors", "loss.png", ".lock")
+# `tinygpt runs plot`, tracking.json and the trackers' outputs with --log), and --overwrite
+# removes these and nothing else.
+RUN_FILES = ("config.json", "metrics.jsonl", "run.json", "last.safetensors", "best.safetensors", "loss.png", "tracking.json", ".lock")
+# What `--log` adds: TensorBoard's event files and the wandb folder of Weights & Biases.
+_TENSORBOARD_EVENTS = re.compile(r"events\.out\.tfevents\..+")
+WANDB_FOLDER = "wandb"
 # safetensors writes a file through its own temporary, `.tmp` and six letters or digits (the Rust
 # tempfile crate's name), beside ours: a save in progress, or one killed midway, leaves one.
 _SAFETENSORS_TEMP = re.compile(r"\.tmp[A-Za-z0-9]{6}")
 
 
+def is_tracker_output(name: str) -> bool:
+    return name == WANDB_FOLDER or bool(_TENSORBOARD_EVENTS.fullmatch(name))
+
+
+def is_half_written(name: str) -> bool:
+    """The temporary of a save in progress, or of one killed midway."""
+    return is_temp_file_of(name, RUN_FILES) or bool(_SAFETENSORS_TEMP.fullmatch(name))
+
+
 def is_run_file(name: str) -> bool:
-    """Whether a file of this name may be a run's: its files, and the half-written ones of a save."""
-    return name in RUN_FILES or is_temp_file_of(name, RUN_FILES) or bool(_SAFETENSORS_TEMP.fullmatch(name))
+    """Whether a file of this name may be a run's: its files, its trackers' and the half-written ones of a save."""
+    return name in RUN_FILES or is_half_written(name) or is_tracker_output(name)
 
 
 class RunDir:
@@ -43,6 +57,7 @@ class RunDir:
     last_path = property(lambda self: self.path / "last.safetensors")
     best_path = property(lambda self: self.path / "best.safetensors")
     lock_path = property(lambda self: self.path / ".lock")
+    tracking_path = property(lambda self: self.path / "tracking.json")  # a tracker's run id, for --log wandb
 
     def __str__(self) -> str:
         return str(self.path)
@@ -84,17 +99,21 @@ class RunDir:
         """Half-written files of a training killed mid-save (SIGKILL, power loss): never read,
         and with the lock held nobody else is writing them."""
         for child in self.path.iterdir():
-            if is_run_file(child.name) and child.name not in RUN_FILES and child.is_file():
+            if is_half_written(child.name) and child.is_file():
                 child.unlink(missing_ok=True)
 
     def clear(self) -> None:
         """Remove a previous run's files (for --overwrite), and only those; the lock stays."""
-        for name in RUN_FILES:
-            if name != ".lock":
-                try:
-                    (self.path / name).unlink(missing_ok=True)
-                except OSError as e:  # read-only folder, a folder in the way...
-                    raise TinyGPTError(f"cannot remove {self.path / name}: {e.strerror}") from e
+        tracker_outputs = [p.name for p in self.path.iterdir() if is_tracker_output(p.name)] if self.path.is_dir() else []
+        for name in [n for n in RUN_FILES if n != ".lock"] + tracker_outputs:
+            path = self.path / name
+            try:
+                if name == WANDB_FOLDER and path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink(missing_ok=True)
+            except OSError as e:  # read-only folder, a folder in the way...
+                raise TinyGPTError(f"cannot remove {path}: {e.strerror}") from e
 
     def is_trained_run(self) -> bool:
         """A folder that training made: a status or a checkpoint beside its config (a config.json

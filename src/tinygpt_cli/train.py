@@ -93,6 +93,7 @@ class Trainer:
         self.best_val: float | None = None
         self.last_val: float | None = None
         self.evaluated_at = -1
+        self.grad_norm = torch.zeros(())  # of the last step's gradient, before clipping
         self.elapsed_before = 0.0  # training seconds of the runs this one resumes
         self._t0 = time.perf_counter()
         self.stop_requested: Callable[[], bool] = lambda: False  # fit() sets the run's
@@ -183,9 +184,9 @@ class Trainer:
                 _, loss = self.forward(x_all[rows], y_all[rows])
             self.scaler.scale(loss / accum).backward()
             total += loss.detach().float()
-        if cfg.grad_clip > 0:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        # The gradient's norm, for the logs, clipped to grad_clip (0: not clipped, the norm is still measured).
+        self.scaler.unscale_(self.optimizer)
+        self.grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip or math.inf)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -255,7 +256,7 @@ class Trainer:
                 now = time.perf_counter()
                 events.on_step({"iter": self.step, "loss": loss, "lr": learning_rate_at(self.step - 1, cfg),
                                 "tokens_per_s": window_steps * self.tokens_per_iter() / (now - window_start),
-                                "elapsed": self.elapsed()})
+                                "grad_norm": self.grad_norm.item(), "elapsed": self.elapsed()})
                 window_start, window_steps = now, 0
             if stopping:
                 return False
