@@ -18,6 +18,11 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
 
+# Tests never touch the network: the Hugging Face hub reads its local cache only, and W&B
+# writes its runs offline (in-process and in every CLI subprocess, which inherit these).
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["WANDB_MODE"] = "offline"
+
 # Variables that change what the CLI does; a test sets them explicitly when it means to.
 _DROPPED_ENV = ("TINYGPT_SHAKESPEARE_SOURCE", "TINYGPT_DEBUG")
 # Downloads in tests go to 127.0.0.1 only: never through a proxy.

@@ -64,16 +64,30 @@ def readme_commands() -> list[str]:
     return commands
 
 
+def readme_python() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(encoding="utf-8"), flags=re.S)
+
+
 def test_the_readmes_python_runs(tiny_run, tiny_dataset, tmp_path):
     """The README's library example, on the tiny run and its dataset instead of runs/cpu and tiny Shakespeare."""
-    text = (REPO / "README.md").read_text(encoding="utf-8")
-    [code] = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    [code] = [block for block in readme_python() if "tinygpt_cli" in block]
     code = code.replace("runs/cpu/best.safetensors", str(tiny_run / "best.safetensors")).replace("data/shakespeare", str(tiny_dataset))
     code = code.replace('"ROMEO:"', '"The "')  # a prompt in the tiny text's vocabulary
     result = subprocess.run([sys.executable, "-c", code], env=cli_env(ONE_THREAD_ENV), capture_output=True, text=True,
                             timeout=120, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert float(result.stdout.strip().splitlines()[-1]) > 0  # bits per byte
+
+
+def test_the_readmes_transformers_example_runs_on_an_export(tiny_run, run_cli, tmp_path):
+    pytest.importorskip("transformers", reason="the hf extra is not installed")
+    assert run_cli("export", tiny_run, tmp_path / "hf", "--to", "hf").returncode == 0
+    [code] = [block for block in readme_python() if "transformers" in block]
+    code = code.replace("runs/cpu-hf", str(tmp_path / "hf")).replace('"ROMEO:"', '"The "')
+    result = subprocess.run([sys.executable, "-c", code], env=cli_env(ONE_THREAD_ENV), capture_output=True, text=True,
+                            timeout=120, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("The ") and len(result.stdout) > 20
 
 
 def test_readme_shows_commands():

@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from conftest import TINY_MODEL, assert_error_output, cli_env, hint, make_text, tiny_cli_flags, tiny_config
+from conftest import TINY_MODEL, assert_error_output, hint, make_text, tiny_cli_flags, tiny_config
 
 from tinygpt_cli.checkpoint import load_model
 from tinygpt_cli.errors import TinyGPTError, UsageError

@@ -51,7 +51,7 @@ def download_from_hub(hub_id: str, files: list[str] = HUB_FILES) -> Path:
     except LocalEntryNotFoundError as e:
         raise TinyGPTError(f"{hub_id} is not in the local Hugging Face cache and cannot be downloaded now (offline?)",
                            f"on a machine online, run: hf download {hub_id} --local-dir FOLDER, copy FOLDER here "
-                           "and pass --init-from FOLDER") from e
+                           f"and pass it instead of {hub_id}") from e
     except (HfHubHTTPError, OSError, ValueError) as e:
         raise TinyGPTError(f"cannot download {hub_id} from the Hugging Face hub: {e}",
                            "check the id (https://huggingface.co/models), or pass a local folder") from e
@@ -80,7 +80,12 @@ def source_tokenizer(source: str) -> Tokenizer:
         checkpoint = resolve_checkpoint(run=path) if path.is_dir() else path
         return tokenizer_from_dict(read_metadata(checkpoint)["vocab"], str(checkpoint))
     _check_hub_id(source, "tokenizer file, run, checkpoint or transformers folder")
-    return read_hf_tokenizer(download_from_hub(source, ["tokenizer.json", "tokenizer_config.json"]))
+    try:
+        folder = download_from_hub(source, ["tokenizer.json", "tokenizer_config.json"])
+    except TinyGPTError as e:  # most often a typo of char or bpe
+        raise UsageError(f"--tokenizer {source}: not char, not bpe, no file or folder there, and no hub model: {e.message}",
+                         "pass --tokenizer char, --tokenizer bpe, a tokenizer.json, a run, or a transformers folder") from e
+    return read_hf_tokenizer(folder)
 
 
 def load_pretrained(source: str) -> Pretrained:
