@@ -32,6 +32,8 @@ _EXPORTS = {
     "train_new": "lifecycle", "resume": "lifecycle", "TrainingReporter": "lifecycle",
     "generate": "sampling", "set_sampling_precision": "sampling",
     "param_report": "params", "score_split": "evaluate",
+    # other tools: transformers folders, pretrained weights
+    "export_hf": "export", "read_hf_folder": "hf", "load_pretrained": "pretrained",
     "TinyGPTError": "errors",
 }
 
