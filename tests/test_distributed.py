@@ -28,7 +28,7 @@ def dataset(tmp_path_factory) -> Path:
 
 def torchrun(nproc: int, *args: str, cwd: Path, **kwargs) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "tinygpt_cli", *args]
+           "-m", "--", "tinygpt_cli", *args]  # after "--", torchrun reads none of them (--log is ambiguous to it)
     return subprocess.Popen(cmd, cwd=cwd, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
@@ -38,7 +38,7 @@ def losses(run: Path) -> list[tuple]:
 
 def test_two_processes_match_one_with_double_batch_and_grad_accum(run_cli, dataset, tmp_path):
     common = tiny_cli_flags(dataset, batch_size=None)  # float32: the equalities below are float32's
-    proc = torchrun(2, "train", *common, "--batch-size", "4", cwd=tmp_path)  # no --out: ranks agree on one name
+    proc = torchrun(2, "train", *common, "--batch-size", "4", "--log", "tensorboard", cwd=tmp_path)  # no --out: ranks agree on one name
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr
     assert "global batch 8 sequences" in stdout
@@ -61,9 +61,11 @@ def test_two_processes_match_one_with_double_batch_and_grad_accum(run_cli, datas
                 assert (x is None) == (y is None)
                 if x is not None:
                     assert x == pytest.approx(y, rel=1e-5)
-    # Rank 0 alone writes: a second writer would have doubled every metrics record.
+    # Rank 0 alone writes: a second writer would have doubled every metrics record, or logged twice.
     iters = [r[0] for r in losses(tmp_path / "ddp2") if r[1] is not None]
     assert iters == sorted(set(iters))
+    [events] = (tmp_path / "ddp2").glob("events.out.tfevents.*")
+    events.unlink()
     assert sorted(p.name for p in (tmp_path / "ddp2").iterdir()) == sorted(
         p.name for p in (tmp_path / "one").iterdir())
 

@@ -94,7 +94,7 @@ def test_a_stopped_run_resumes_on_the_device_from_the_same_step(tiny_dataset, tm
 
 def test_torchrun_with_one_process_trains_through_a_process_group(tiny_dataset, tmp_path):
     backend = "nccl" if DEVICE == "cuda" else "gloo"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=1", "-m", "tinygpt_cli",
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=1", "-m", "--", "tinygpt_cli",
                "train", *tiny_cli_flags(tiny_dataset, device=DEVICE, max_iters=20), "--out", str(tmp_path / "run")]
     proc = subprocess.run(command, env=cli_env(ONE_THREAD_ENV), capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr

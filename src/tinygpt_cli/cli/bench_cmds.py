@@ -11,7 +11,7 @@ from .config_flags import CONFIG_OPTION, PRESET_OPTION, with_config_flags
 from .console import err, out, print_json
 from .options import JSON
 
-BENCH_FLAGS = [f for f in MODEL_FIELDS + TRAIN_FIELDS if f not in ("data_dir",)]
+BENCH_FLAGS = [f for f in MODEL_FIELDS + TRAIN_FIELDS if f not in ("data_dir", "init_from", "log")]  # no run: nothing to start from or log
 
 
 @with_config_flags(BENCH_FLAGS)

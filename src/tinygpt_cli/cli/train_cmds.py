@@ -51,7 +51,7 @@ def _launch_torchrun(nproc: int, out_dir: Path) -> None:
             break
     if "--out" not in args and not any(a.startswith("--out=") for a in args):
         args += ["--out", str(out_dir)]
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "tinygpt_cli", *args]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "--", "tinygpt_cli", *args]
     if os.environ.get("RANK") is not None:
         raise UsageError("--nproc is for a plain launch; under torchrun, leave it out")
     out.print(f"launching {nproc} processes: {' '.join(command[2:])}")
