@@ -15,10 +15,11 @@ from conftest import TINY_MODEL, assert_error_output, hint
 
 from tinygpt_cli.checkpoint import Checkpoint, model_weights
 from tinygpt_cli.config import MODEL_FIELDS, PRESETS, ModelConfig
-from tinygpt_cli.errors import UsageError
+from tinygpt_cli.errors import TinyGPTError, UsageError
 from tinygpt_cli.export import EXPORT_FILES, export_hf
-from tinygpt_cli.hf import read_hf_folder
+from tinygpt_cli.hf import hf_config, model_config_from_hf, read_hf_folder
 from tinygpt_cli.model import GPT
+from tinygpt_cli.prepare import TokenizerChoice
 from tinygpt_cli.sampling import generate
 from tinygpt_cli.tokenizer import BPETokenizer
 from tinygpt_cli.vocab import Vocabulary
@@ -100,10 +101,32 @@ def test_an_export_reads_back_as_the_same_model(options, char_vocab, tmp_path):
     export(model, char_vocab, tmp_path)
     back = read_hf_folder(tmp_path)
     assert back.config == model.config and back.tokenizer == char_vocab
+    assert TokenizerChoice.parse(str(tmp_path / "tokenizer.json"), None).given == char_vocab  # prepare --tokenizer
     weights = model_weights(model)
     assert back.weights.keys() == weights.keys()
     for name, t in weights.items():
         assert torch.equal(back.weights[name], t), name
+
+
+@pytest.mark.parametrize("change, problem", [
+    (dict(model_type="gpt2", scale_attn_weights=False), "attention scaled otherwise"),
+    (dict(model_type="gpt2", activation_function="silu"), "activation 'silu'"),
+    (dict(model_type="gpt2", layer_norm_epsilon=None), "LayerNorm epsilon None"),
+    (dict(model_type="gpt_neox", use_parallel_residual=True), "parallel residuals"),
+    (dict(model_type="gpt_neox", rope_scaling={"rope_type": "linear", "factor": 2.0}), "scaled rotary embeddings"),
+    (dict(model_type="gpt_neox", rope_theta=500000.0), "another base"),
+    (dict(model_type="llama"), "tinygpt reads gpt2 and gpt_neox models"),
+])
+def test_a_transformers_config_tinygpt_cannot_compute_is_one_line(change, problem, char_vocab, tmp_path):
+    model = tiny_model(char_vocab.size, pos_embedding="rope" if change["model_type"] == "gpt_neox" else "learned")
+    config = {**hf_config(model.config, char_vocab), **change}
+    if change["model_type"] == "gpt_neox":
+        config.pop("rope_parameters")  # as transformers before 5 wrote it, so that the flat keys count
+    with pytest.raises(TinyGPTError) as e:
+        model_config_from_hf(config, "folder")
+    assert problem in e.value.message and "\n" not in e.value.message
+    with pytest.raises(TinyGPTError):
+        model_config_from_hf(["not", "an", "object"], "folder")
 
 
 def test_the_model_card_says_what_the_model_is(char_vocab, tmp_path):

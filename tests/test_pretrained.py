@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -111,7 +112,8 @@ def test_a_dataset_with_another_tokenizer_is_one_error(tiny_gpt2, tiny_dataset, 
 @pytest.mark.parametrize("flags, message", [
     (["--n-layer", "3"], "--n-layer: the model's shape comes from --init-from"),
     (["--block-size", "128"], "--block-size 128"),
-    (["--init-from", "../no/such/run"], "not a hub id"),
+    (["--init-from", "../no/such/run"], "--init-from ../no/such/run: no run, checkpoint or transformers folder there"),
+    (["--init-from", "no such/id"], "not a hub id"),
 ])
 def test_shape_flags_and_bad_sources_are_refused(flags, message, tiny_gpt2, tiny_dataset, run_cli, tmp_path):
     args = tiny_cli_flags(tiny_dataset, **{k: None for k in TINY_MODEL if k != "dropout"}) + ["--init-from", str(tiny_gpt2)]
@@ -129,11 +131,34 @@ def test_a_hub_id_offline_and_not_cached_is_one_error(tiny_dataset, run_cli, tmp
     assert_error_output(done.stderr, "gpt2 is not in the local Hugging Face cache", hint="--local-dir")
 
 
+def test_openai_gpt2s_tensor_names_without_the_transformer_prefix_load_too(tiny_gpt2, tmp_path):
+    """The hub's own gpt2 stores "h.0.attn.c_attn.weight", where save_pretrained writes
+    "transformer.h.0.attn.c_attn.weight"."""
+    from safetensors.torch import load_file, save_file
+
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_gpt2, bare)
+    tensors = load_file(bare / "model.safetensors")
+    save_file({k.removeprefix("transformer."): v for k, v in tensors.items()}, bare / "model.safetensors")
+    saved, read = load_pretrained(str(tiny_gpt2)), load_pretrained(str(bare))
+    assert saved.weights.keys() == read.weights.keys()
+    assert all(torch.equal(saved.weights[k], read.weights[k]) for k in saved.weights)
+
+
+def test_a_mistyped_local_path_is_not_sent_to_the_hub(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(UsageError) as e:
+        load_pretrained("runs/cpu2")
+    assert e.value.message == "--init-from runs/cpu2: no run, checkpoint or transformers folder there"
+
+
 def test_a_hub_id_reads_the_folder_the_hub_gives(tiny_gpt2, monkeypatch):
     import huggingface_hub
 
     asked = []
     monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo, allow_patterns: asked.append(repo) or str(tiny_gpt2))
     assert load_pretrained("someone/tiny-gpt2").config.n_layer == 2 and asked == ["someone/tiny-gpt2"]
+    assert TokenizerChoice.parse("someone/tiny-gpt2", None).given == load_pretrained(str(tiny_gpt2)).tokenizer
     with pytest.raises(UsageError):
         load_pretrained("no such/id")

@@ -117,6 +117,12 @@ def mtimes(folder: Path) -> dict[str, int]:
 
 
 @pytest.mark.slow
+def test_init_from_is_refused_with_the_train_command_to_use(tmp_path):
+    with pytest.raises(UsageError) as e:
+        plan_sweep(["--learning-rate", "1e-3,3e-3", "--init-from", "runs/cpu"], out=tmp_path / "sw")
+    assert "--init-from is for train" in e.value.message and "train --init-from runs/cpu" in hint(e.value)
+
+
 def test_sweep_2x2_end_to_end_and_rerun_skips(run_cli, tmp_path, data_dir):
     args = ["sweep", *GRID, *tiny_cells(data_dir), "--log", "tensorboard", "--out", "sw"]
     proc = run_cli(*args, timeout=180)

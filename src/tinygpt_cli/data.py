@@ -139,7 +139,7 @@ class DatasetInfo:
     train_sha256: str
     val_sha256: str
     tokenizer: str = "char"  # "char" or "bpe"
-    tokenizer_spec: str = "char"  # how it was asked for: char, bpe:SIZE or the SHA-256 of a tokenizer file
+    tokenizer_spec: str = "char"  # how it was asked for: char, bpe:SIZE or file: and the SHA-256 of a given tokenizer's JSON
     token_dtype: str = "uint16"
     val_split: str = "end"  # "spread" through the corpus, its "end", or a separate "file"
     documents: int = 1

@@ -20,6 +20,11 @@ from .model import GPT
 SAMPLE_WINDOWS = 128  # evenly spaced windows: a cheap, repeatable look at a split (eval's train sample)
 
 
+def bits_per_byte(loss: float, bytes_per_token: float) -> float:
+    """A loss in nats per token as bits per byte of text: the unit that compares tokenizers."""
+    return loss / math.log(2) / bytes_per_token
+
+
 @dataclass(frozen=True)
 class SplitScore:
     loss: float  # mean cross-entropy per predicted token, in nats
@@ -36,7 +41,7 @@ class SplitScore:
 
     @property
     def bits_per_byte(self) -> float:
-        return self.loss * self.tokens / self.bytes / math.log(2)
+        return bits_per_byte(self.loss, self.bytes / self.tokens)
 
     def to_dict(self) -> dict:
         return {"loss": self.loss, "perplexity": self.perplexity, "bits_per_token": self.bits_per_token,

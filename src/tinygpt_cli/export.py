@@ -8,7 +8,6 @@ holding anything else is never touched.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -19,6 +18,7 @@ from safetensors.torch import save_file
 
 from .checkpoint import Checkpoint
 from .errors import TinyGPTError, UsageError
+from .evaluate import bits_per_byte
 from .fsutil import entries_except, short_list
 from .hf import ARCHITECTURES, CLASS_NAMES, WEIGHTS_FILE, hf_config, hf_tensors, tokenizer_files
 
@@ -33,18 +33,12 @@ class ExportResult:
     files: list[str]
 
 
-def bits_per_byte(ckpt: Checkpoint) -> float | None:
-    per_token = ckpt.progress.get("val_bytes_per_token")
-    if ckpt.val_loss is None or not per_token:
-        return None
-    return ckpt.val_loss / math.log(2) / per_token
-
-
 def model_card(ckpt: Checkpoint, checkpoint_path: Path, folder: Path, train_command: str, architecture: str) -> str:
     """README.md: what the model is, what it learned from, how well, and how it was trained."""
     m, t = ckpt.model_config, ckpt.train_config or {}
     tokenizer = f"{'characters' if ckpt.tokenizer.kind == 'char' else 'byte-level BPE'}, {ckpt.tokenizer.size:,} tokens"
-    bpb = bits_per_byte(ckpt)
+    per_token = ckpt.progress.get("val_bytes_per_token")
+    bpb = bits_per_byte(ckpt.val_loss, per_token) if ckpt.val_loss is not None and per_token else None
     quality = "not evaluated" if ckpt.val_loss is None else f"val loss {ckpt.val_loss:.4f}" + (
         f", {bpb:.4f} bits per byte" if bpb is not None else "")
     rows = [("architecture", f"{architecture} ({m.n_layer} layers, {m.n_head} heads, width {m.n_embd}, context {m.block_size})"),
@@ -56,7 +50,7 @@ def model_card(ckpt: Checkpoint, checkpoint_path: Path, folder: Path, train_comm
     return "\n".join([
         "---", "library_name: transformers", "pipeline_tag: text-generation", "tags: [tinygpt]", "---", "",
         "# A tinygpt model", "",
-        "Trained from scratch with tinygpt and exported for Hugging Face transformers.", "",
+        f"{'Fine-tuned' if t.get('init_from') else 'Trained from scratch'} with tinygpt and exported for Hugging Face transformers.", "",
         "| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows), "",
         "## Use it", "", "```python", "from transformers import pipeline", "",
         f'generate = pipeline("text-generation", model={json.dumps(str(folder))})',

@@ -170,10 +170,9 @@ def tokenizer_files(tokenizer: Tokenizer, block_size: int) -> dict[str, str]:
 
 
 # --- reading -----------------------------------------------------------------------------
-def read_hf_tokenizer(folder: Path) -> Tokenizer:
-    """The tokenizer.json of a transformers folder: a byte-level BPE, or a character vocabulary
-    as char_tokenizer_json writes one."""
-    path = folder / "tokenizer.json"
+def read_tokenizer_json(path: Path) -> Tokenizer:
+    """A tokenizer.json: a byte-level BPE, or a character vocabulary as char_tokenizer_json
+    writes one."""
     raw = read_user_file(path, MAX_TOKENIZER_FILE_BYTES, "tokenizer file")
     try:
         spec = json.loads(raw)
@@ -194,8 +193,10 @@ def _value(hf: dict, key: str, kind: type, source: str) -> Any:
     return value
 
 
-def model_config_from_hf(hf: dict, source: str) -> ModelConfig:
+def model_config_from_hf(hf: Any, source: str) -> ModelConfig:
     """Our ModelConfig for a GPT-2 or GPT-NeoX config.json, or one line on what does not fit."""
+    if not isinstance(hf, dict):
+        raise TinyGPTError(f"{source}: config.json is not a JSON object")
     model_type = hf.get("model_type")
     if model_type not in CLASS_NAMES:
         raise TinyGPTError(f"{source} holds a {model_type or 'unknown'} model; tinygpt reads gpt2 and gpt_neox models")
@@ -210,26 +211,32 @@ def model_config_from_hf(hf: dict, source: str) -> ModelConfig:
         problems.append(f"activation {hf.get(keys[4])!r}")
     if inner not in (None, 4 * width):
         problems.append(f"an MLP of {inner} (tinygpt's is 4 x {width})")
-    if abs(float(hf.get(keys[5], LAYER_NORM_EPS)) - LAYER_NORM_EPS) > 1e-12:
-        problems.append(f"LayerNorm epsilon {hf.get(keys[5])}")
+    eps = hf.get(keys[5], LAYER_NORM_EPS)
+    if not isinstance(eps, (int, float)) or abs(eps - LAYER_NORM_EPS) > 1e-12:
+        problems.append(f"LayerNorm epsilon {eps!r}")
     if not hf.get("tie_word_embeddings", True):
         problems.append("an output layer apart from the token embedding")
-    if gpt2 and (hf.get("scale_attn_by_inverse_layer_idx") or hf.get("add_cross_attention")):
-        problems.append("attention scaled by layer or cross-attention")
+    if gpt2 and (hf.get("scale_attn_by_inverse_layer_idx") or hf.get("add_cross_attention")
+                 or not hf.get("scale_attn_weights", True)):
+        problems.append("attention scaled otherwise or cross-attention")
     if not gpt2:
-        rope = hf.get("rope_parameters") or {}
+        rope = hf.get("rope_parameters") if isinstance(hf.get("rope_parameters"), dict) else {}
+        theta = rope.get("rope_theta", hf.get("rope_theta", hf.get("rotary_emb_base", ROPE_BASE)))
         if hf.get("use_parallel_residual", True):
             problems.append("parallel residuals")
-        if rope.get("partial_rotary_factor", hf.get("rotary_pct", 0.25)) != 1.0 or rope.get("rope_theta", hf.get("rotary_emb_base", ROPE_BASE)) != ROPE_BASE:
+        if rope.get("partial_rotary_factor", hf.get("rotary_pct", 0.25)) != 1.0 or theta != ROPE_BASE:
             problems.append("rotary embeddings on part of each head or another base")
+        if rope.get("rope_type", "default") != "default" or hf.get("rope_scaling"):
+            problems.append("scaled rotary embeddings")
     if problems:
         raise TinyGPTError(f"{source} is a {model_type} model that tinygpt's GPT cannot compute: {', '.join(problems)}")
     try:
         return ModelConfig(vocab_size=_value(hf, "vocab_size", int, source), block_size=positions, n_layer=layers,
                            n_head=heads, n_embd=width, dropout=0.0, bias=True, activation=activation,
                            pos_embedding="learned" if gpt2 else "rope")
-    except ValueError as e:
-        raise TinyGPTError(f"{source}: config.json describes a model tinygpt cannot build: {e}") from e
+    except ValueError as e:  # pydantic's report: the first problem, on one line
+        first = e.errors()[0]["msg"] if hasattr(e, "errors") else str(e)
+        raise TinyGPTError(f"{source}: config.json describes a model tinygpt cannot build: {first}") from e
 
 
 def read_hf_folder(folder: Path) -> HFModel:
@@ -247,7 +254,7 @@ def read_hf_folder(folder: Path) -> HFModel:
     if not weights_path.is_file():
         raise TinyGPTError(f"{folder} has no {WEIGHTS_FILE} (tinygpt reads no pickled pytorch_model.bin)",
                            "convert it to safetensors with transformers: model.save_pretrained(folder)")
-    tokenizer = read_hf_tokenizer(folder)
+    tokenizer = read_tokenizer_json(folder / "tokenizer.json")
     if tokenizer.size != config.vocab_size:
         raise TinyGPTError(f"{folder}: its tokenizer has {tokenizer.size:,} tokens for a model of {config.vocab_size:,}")
     weights = {}
@@ -257,9 +264,10 @@ def read_hf_folder(folder: Path) -> HFModel:
             stored = set(f.keys())
             for ours, shape in weight_shapes(config).items():
                 name, layout = _hf_name(model_type, ours)
-                if name not in stored:
+                bare = name.split(".", 1)[1]  # OpenAI's GPT-2 on the hub: "h.0...", not "transformer.h.0..."
+                if name not in stored and bare not in stored:
                     raise TinyGPTError(f"{weights_path} has no tensor {name}")
-                t = f.get_tensor(name).float()
+                t = f.get_tensor(name if name in stored else bare).float()
                 if layout == "transposed":
                     t = t.t()
                 elif layout == "heads":

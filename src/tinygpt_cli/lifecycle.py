@@ -219,8 +219,14 @@ class TrainingRun:
         """Train to max_iters (or a stop signal). A run-folder write that fails (a full disk) is one
         line: checkpoints are atomic, so the run resumes from its last save. However the run
         ends, run.json says so: never "running" once the process has left."""
+        failed = True
         try:
-            return self._fit()
+            result = self._fit()
+            failed = False
+            return result
+        except TrainingStopped:  # a clean stop: saved, and the tracker's run continues on resume
+            failed = False
+            raise
         except OSError as e:
             self._record_end("failed", e)
             raise TinyGPTError(f"cannot write to the run folder {self.run.path}: {e.strerror or e}",
@@ -232,7 +238,8 @@ class TrainingRun:
             self._record_end("failed", e)
             raise
         finally:
-            self.tracker.close()
+            with suppress(Exception):  # the run is saved: a tracker that fails to close must not hide how it ended
+                self.tracker.close(failed)
 
     def _fit(self) -> TrainResult:
         self.reporter.on_start(self.start_info())
@@ -307,29 +314,42 @@ def train_new(config: RunConfig, run_path: Path, reporter: TrainingReporter | No
               overwrite: bool = False, dist: DistContext = DistContext()) -> TrainResult:
     """Start a run in `run_path`, from random weights or from config.train.init_from's. Under
     torchrun only rank 0 touches the folder."""
+    run = RunDir(run_path)
+    if dist.is_main:
+        _check_new_run_folder(run, overwrite)
+    # Everything that can be refused (the source, the data, the model's memory) comes before the
+    # folder is made or changed: an earlier run is cleared only for a run that can start.
+    trainer = _new_trainer(config, dist)
+    with run.locked() if dist.is_main else nullcontext():
+        if dist.is_main:
+            _check_new_run_folder(run, overwrite)  # again with the lock held: another train may have been first
+            run.clear()
+            tracker = open_tracker(trainer.config.train.log, run, trainer.config, 0)
+            write_json_atomic(run.config_path, trainer.config.model_dump())
+        return TrainingRun(trainer, run, reporter or TrainingReporter(), tracker if dist.is_main else Tracker()).fit()
+
+
+def _check_new_run_folder(run: RunDir, overwrite: bool) -> None:
+    foreign = run.foreign_files()
+    if foreign:
+        raise UsageError(f"{run.path} holds files that are not a tinygpt run's ({short_list(foreign)}): a run folder holds only its own files",
+                         "train into a new or empty folder with --out runs/NAME")
+    if (run.has_checkpoint() or run.metrics_path.exists()) and not overwrite:
+        raise UsageError(f"{run.path} already holds a run", Command("resume", (str(run.path),), why="or pass --overwrite to start it again"))
+
+
+def _new_trainer(config: RunConfig, dist: DistContext) -> Trainer:
+    """The Trainer of a new run: random weights, or config.train.init_from's."""
     pretrained = load_pretrained(config.train.init_from) if config.train.init_from else None
     if pretrained is not None:
         config = fit_config(config, pretrained)
     config, dataset = prepare_training(config)
     if pretrained is not None:
         check_tokenizer(dataset.tokenizer, pretrained, config.train.data_dir)
-    run = RunDir(run_path)
-    foreign = run.foreign_files() if dist.is_main else []
-    if foreign:
-        raise UsageError(f"{run.path} holds files that are not a tinygpt run's ({short_list(foreign)}): a run folder holds only its own files",
-                         "train into a new or empty folder with --out runs/NAME")
-    with run.locked() if dist.is_main else nullcontext():
-        if dist.is_main:
-            if run.has_checkpoint() or run.metrics_path.exists():
-                if not overwrite:
-                    raise UsageError(f"{run.path} already holds a run", Command("resume", (str(run.path),), why="or pass --overwrite to start it again"))
-                run.clear()
-            write_json_atomic(run.config_path, config.model_dump())
-        trainer = Trainer(config, dataset, dist)
-        if pretrained is not None:
-            trainer.start_from(initial_weights(pretrained, config.model), pretrained.source)
-        tracker = open_tracker(config.train.log, run, config, 0) if dist.is_main else Tracker()
-        return TrainingRun(trainer, run, reporter or TrainingReporter(), tracker).fit()
+    trainer = Trainer(config, dataset, dist)
+    if pretrained is not None:
+        trainer.start_from(initial_weights(pretrained, config.model), pretrained.source)
+    return trainer  # the source's own copy of the weights is freed here
 
 
 def read_run_config(run: RunDir) -> RunConfig:
@@ -374,7 +394,7 @@ def resume(run_path: Path, overrides: dict[str, Any] | None = None, reporter: Tr
         training.restore(ckpt)  # checks the whole state: nothing in the folder has changed yet
         training.keep_best_saved_after_last()
         if dist.is_main:
+            training.tracker = open_tracker(config.train.log, run, config, ckpt.iteration)  # may be refused: before any write
             write_json_atomic(run.config_path, config.model_dump())
             run.truncate_metrics(ckpt.iteration)
-            training.tracker = open_tracker(config.train.log, run, config, ckpt.iteration)
         return training.fit()

@@ -33,7 +33,6 @@ from .data import (MIN_SPLIT_TOKENS, OWNER_MARK, SHAKESPEARE_BYTES, SHAKESPEARE_
                    intact_dataset, owned_folder, read_source, sha256_hex)
 from .errors import Command, TinyGPTError, UsageError
 from .fsutil import atomic_path, file_sha256, write_json_atomic
-from .pretrained import source_tokenizer
 from .tokenizer import TOKENIZER_FILES, BPETokenizer, Tokenizer, byte_lengths, check_bpe_vocab_size, token_dtype
 from .vocab import Vocabulary
 
@@ -67,6 +66,8 @@ class TokenizerChoice:
             return cls("bpe", vocab_size=size, sample_chars=sample_chars)
         if vocab_size is not None:
             raise UsageError("--vocab-size is for --tokenizer bpe: a given tokenizer has its own size")
+        from .pretrained import source_tokenizer  # reads runs and checkpoints: torch, only when asked
+
         return cls("given", given=source_tokenizer(value))
 
     def spec(self) -> str:

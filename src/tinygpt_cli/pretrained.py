@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -34,75 +35,86 @@ class Pretrained:
 
 
 def _is_hf_folder(path: Path) -> bool:
-    """A transformers folder has its weights beside config.json; a run folder has checkpoints."""
-    return path.is_dir() and (path / "config.json").is_file() and not (path / "run.json").exists() \
-        and not (path / "last.safetensors").exists() and not (path / "best.safetensors").exists()
+    """A transformers folder holds config.json or tokenizer.json; a run folder has checkpoints."""
+    return path.is_dir() and any((path / name).is_file() for name in ("config.json", "tokenizer.json")) \
+        and not any((path / name).exists() for name in ("run.json", "last.safetensors", "best.safetensors"))
+
+
+def _one_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def download_from_hub(hub_id: str, files: list[str] = HUB_FILES) -> Path:
     """The folder of `hub_id` in the local hub cache, its `files` downloaded first when online."""
     try:
         from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+        from huggingface_hub.errors import LocalEntryNotFoundError
     except ImportError as e:
-        raise TinyGPTError("--init-from with a hub id needs huggingface_hub", "pip install 'tinygpt[hf]'") from e
+        raise TinyGPTError(f"{hub_id}: a hub id needs huggingface_hub", "pip install 'tinygpt[hf]'") from e
     try:
         return Path(snapshot_download(hub_id, allow_patterns=files))
     except LocalEntryNotFoundError as e:
         raise TinyGPTError(f"{hub_id} is not in the local Hugging Face cache and cannot be downloaded now (offline?)",
                            f"on a machine online, run: hf download {hub_id} --local-dir FOLDER, copy FOLDER here "
                            f"and pass it instead of {hub_id}") from e
-    except (HfHubHTTPError, OSError, ValueError) as e:
-        raise TinyGPTError(f"cannot download {hub_id} from the Hugging Face hub: {e}",
+    except Exception as e:  # HTTP errors, timeouts, proxies: the library's and httpx's own types
+        raise TinyGPTError(f"cannot download {hub_id} from the Hugging Face hub: {_one_line(e)}",
                            "check the id (https://huggingface.co/models), or pass a local folder") from e
 
 
-def _check_hub_id(source: str, what: str) -> None:
-    if source.startswith((".", "/", "~")) or not HUB_ID.fullmatch(source):
-        raise UsageError(f"{source}: no {what} there, and not a hub id",
+def locate(source: str, flag: str, what: str) -> tuple[str, Any]:
+    """What `source` names, as `--init-from` and `--tokenizer` read it: ("transformers", folder),
+    ("checkpoint", file: a run's best, else its last), ("tokenizer", file) or ("hub", id)."""
+    from .runs import resolve_checkpoint
+
+    path = Path(source)
+    if _is_hf_folder(path):
+        return "transformers", path
+    if path.is_dir():
+        return "checkpoint", resolve_checkpoint(run=path)
+    if path.is_file():
+        return ("checkpoint" if path.suffix == ".safetensors" else "tokenizer"), path
+    # "runs/cpu2" where runs/ exists is a mistyped path, not a hub id.
+    local = source.startswith((".", "/", "~")) or ("/" in source and Path(source.split("/")[0]).is_dir())
+    if local or not HUB_ID.fullmatch(source):
+        raise UsageError(f"{flag} {source}: no {what} there{'' if local else ', and not a hub id'}",
                          "pass a run folder, a .safetensors checkpoint, a transformers folder or a hub id such as gpt2")
+    return "hub", source
 
 
 def source_tokenizer(source: str) -> Tokenizer:
     """The tokenizer of a tokenizer.json, a run, a checkpoint, a transformers folder or a hub
     model (`prepare text --tokenizer SOURCE`), without reading any weights."""
     from .checkpoint import read_metadata
-    from .hf import read_hf_tokenizer
-    from .runs import resolve_checkpoint
-    from .tokenizer import BPETokenizer, tokenizer_from_dict
+    from .hf import read_tokenizer_json
+    from .tokenizer import tokenizer_from_dict
 
-    path = Path(source)
-    if path.is_file() and path.suffix != ".safetensors":
-        return BPETokenizer.from_file(path)
-    if path.is_dir() and (path / "tokenizer.json").is_file():
-        return read_hf_tokenizer(path)
-    if path.exists():
-        checkpoint = resolve_checkpoint(run=path) if path.is_dir() else path
-        return tokenizer_from_dict(read_metadata(checkpoint)["vocab"], str(checkpoint))
-    _check_hub_id(source, "tokenizer file, run, checkpoint or transformers folder")
-    try:
-        folder = download_from_hub(source, ["tokenizer.json", "tokenizer_config.json"])
-    except TinyGPTError as e:  # most often a typo of char or bpe
-        raise UsageError(f"--tokenizer {source}: not char, not bpe, no file or folder there, and no hub model: {e.message}",
-                         "pass --tokenizer char, --tokenizer bpe, a tokenizer.json, a run, or a transformers folder") from e
-    return read_hf_tokenizer(folder)
+    kind, where = locate(source, "--tokenizer", "tokenizer file, run, checkpoint or transformers folder")
+    if kind == "checkpoint":
+        return tokenizer_from_dict(read_metadata(where)["vocab"], str(where))
+    if kind == "tokenizer":
+        return read_tokenizer_json(where)
+    if kind == "hub":
+        try:
+            where = download_from_hub(source, ["tokenizer.json", "tokenizer_config.json"])
+        except TinyGPTError as e:  # most often a typo of char or bpe
+            raise UsageError(f"--tokenizer {source}: not char, not bpe, no file or folder there, and no hub model: {e.message}",
+                             "pass --tokenizer char, --tokenizer bpe, a tokenizer.json, a run, or a transformers folder") from e
+    return read_tokenizer_json(where / "tokenizer.json")
 
 
 def load_pretrained(source: str) -> Pretrained:
     """Read `source` (see the module docstring) as our config, weights and tokenizer."""
     from .checkpoint import load_checkpoint
     from .hf import read_hf_folder
-    from .runs import resolve_checkpoint
 
-    path = Path(source)
-    if _is_hf_folder(path):
-        hf = read_hf_folder(path)
-        return Pretrained(source, hf.config, hf.weights, hf.tokenizer)
-    if path.is_dir() or path.is_file():
-        ckpt = load_checkpoint(resolve_checkpoint(run=path) if path.is_dir() else path)
+    kind, where = locate(source, "--init-from", "run, checkpoint or transformers folder")
+    if kind == "checkpoint":
+        ckpt = load_checkpoint(where)
         return Pretrained(source, ckpt.model_config, ckpt.weights, ckpt.tokenizer)
-    _check_hub_id(source, "run, checkpoint or transformers folder")
-    hf = read_hf_folder(download_from_hub(source))
+    if kind == "tokenizer":
+        raise UsageError(f"--init-from {source}: a tokenizer file holds no weights", "pass a run, a checkpoint or a transformers folder")
+    hf = read_hf_folder(download_from_hub(where) if kind == "hub" else where)
     return Pretrained(source, hf.config, hf.weights, hf.tokenizer)
 
 

@@ -155,6 +155,9 @@ def plan_sweep(args: list[str], preset: str | None = None, config_file: Path | N
             config = resolve_config(preset, config_file, {**fixed, **values})
         except ConfigError as e:
             raise ConfigError([f"{p}  (cell {name})" for p in e.problems], e.hint) from None
+        if config.train.init_from is not None:  # its cells would need the source's shape (pretrained.fit_config)
+            raise UsageError("sweep does not fine-tune yet: --init-from is for train",
+                             Command("train", options={"init_from": config.train.init_from}, why="one run at a time"))
         cells.append(Cell(name, values, config, out / name))
     return SweepPlan(out, preset, axes, fixed, cells, weak_axes(axes, cells))
 

@@ -7,8 +7,9 @@ A resumed run continues the same curves without a step twice:
 - TensorBoard: the writer purges the events logged after the checkpoint resumed from
   (`purge_step`), as metrics.jsonl drops its records past it;
 - Weights & Biases keeps every step it was sent: the resumed run joins the same W&B run (its
-  id is in tracking.json) and skips the steps it logged already. Resuming is bit-exact, so the
-  steps skipped are the steps it would have logged.
+  id is in tracking.json) and skips the steps logged already (as of the last checkpoint, or of
+  a clean stop). Resuming is bit-exact, so with the same settings the steps skipped are the
+  ones it would have logged; a resume that changes a setting keeps the earlier values there.
 
 Both libraries are optional extras, imported only here.
 """
@@ -29,7 +30,6 @@ from .runs import RunDir
 # metrics.jsonl keys -> tracker names, grouped as the trackers show them.
 STEP_METRICS = {"loss": "train/loss", "lr": "train/lr", "tokens_per_s": "train/tokens_per_s", "grad_norm": "train/grad_norm"}
 EVAL_METRICS = {"train_loss": "eval/train_loss", "val_loss": "eval/val_loss", "val_bits_per_byte": "eval/val_bits_per_byte"}
-TRACKERS = ("tensorboard", "wandb")
 
 
 def tracker_scalars(record: dict[str, Any]) -> dict[str, float]:
@@ -45,11 +45,12 @@ def _missing_extra(tracker: str, package: str) -> TinyGPTError:
 
 
 class Tracker:
-    """Receives each metrics record; `close` once, however the run ends."""
+    """Receives each metrics record; `close` once, however the run ends (`failed` unless it
+    finished or stopped cleanly)."""
 
     def log(self, record: dict[str, Any]) -> None: ...
     def checkpoint_saved(self) -> None: ...
-    def close(self) -> None: ...
+    def close(self, failed: bool = False) -> None: ...
 
 
 class TensorBoardTracker(Tracker):
@@ -70,7 +71,7 @@ class TensorBoardTracker(Tracker):
     def checkpoint_saved(self) -> None:
         self.writer.flush()  # a curve as fresh as the checkpoint, for a TensorBoard watching live
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
         self.writer.close()
 
 
@@ -113,9 +114,9 @@ class WandbTracker(Tracker):
     def checkpoint_saved(self) -> None:
         self._save_state()
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
         self._save_state()
-        self.wandb.finish()
+        self.wandb.finish(exit_code=1 if failed else 0)
 
 
 def open_tracker(kind: str, run: RunDir, config: RunConfig, resumed_at: int) -> Tracker:

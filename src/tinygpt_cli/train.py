@@ -27,6 +27,7 @@ from .config import RunConfig, TrainConfig
 from .data import Dataset
 from .devices import autocast_for, build_model, setup_training_device
 from .distributed import DistContext, all_reduce_sum
+from .evaluate import bits_per_byte
 from .optim import make_optimizer, restore_groups
 from .rng import capture_rng, restore_rng, seed_all
 
@@ -224,7 +225,13 @@ class Trainer:
                         "lr": learning_rate_at(max(0, self.step - 1), cfg), "elapsed": self.elapsed()}, improved)
 
     def bits_per_byte(self, loss: float) -> float:
-        return loss / math.log(2) / self.val_bytes_per_token
+        return bits_per_byte(loss, self.val_bytes_per_token)
+
+    def finite_grad_norm(self) -> float | None:
+        """The last step's gradient norm; None when float16's loss scaling overflowed it (the
+        scaler then skips that step), as JSON has no inf."""
+        norm = self.grad_norm.item()
+        return norm if math.isfinite(norm) else None
 
     def tokens_per_iter(self) -> int:
         cfg = self.config.train
@@ -256,7 +263,7 @@ class Trainer:
                 now = time.perf_counter()
                 events.on_step({"iter": self.step, "loss": loss, "lr": learning_rate_at(self.step - 1, cfg),
                                 "tokens_per_s": window_steps * self.tokens_per_iter() / (now - window_start),
-                                "grad_norm": self.grad_norm.item(), "elapsed": self.elapsed()})
+                                "grad_norm": self.finite_grad_norm(), "elapsed": self.elapsed()})
                 window_start, window_steps = now, 0
             if stopping:
                 return False
