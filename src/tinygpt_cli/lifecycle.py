@@ -316,6 +316,7 @@ def train_new(config: RunConfig, run_path: Path, reporter: TrainingReporter | No
     torchrun only rank 0 touches the folder."""
     run = RunDir(run_path)
     if dist.is_main:
+        run.check_not_in_use()
         _check_new_run_folder(run, overwrite)
     # Everything that can be refused (the source, the data, the model's memory) comes before the
     # folder is made or changed: an earlier run is cleared only for a run that can start.

@@ -80,20 +80,34 @@ class RunDir:
         except OSError as e:
             raise TinyGPTError(f"cannot create run folder {self.path}: {e.strerror or e}", "pass a writable folder with --out") from e
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-                raise TinyGPTError(
-                    f"{self.path} is in use by another training (pid {holder})",
-                    "wait for it to finish, or train into another folder with --out runs/NAME",
-                ) from None
+            self._take_lock(fd)
             os.ftruncate(fd, 0)
             os.pwrite(fd, str(os.getpid()).encode(), 0)
             self._remove_stale_temp_files()
             yield
         finally:
             os.close(fd)  # closing releases the lock
+
+    def _take_lock(self, fd: int) -> None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise TinyGPTError(
+                f"{self.path} is in use by another training (pid {holder})",
+                "wait for it to finish, or train into another folder with --out runs/NAME",
+            ) from None
+
+    def check_not_in_use(self) -> None:
+        """Refuse, as `locked` would, a folder that a training holds, without making anything."""
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR)
+        except OSError:  # no lock file: nobody trains here
+            return
+        try:
+            self._take_lock(fd)
+        finally:
+            os.close(fd)  # releases the lock just taken
 
     def _remove_stale_temp_files(self) -> None:
         """Half-written files of a training killed mid-save (SIGKILL, power loss): never read,
