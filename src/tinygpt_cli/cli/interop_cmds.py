@@ -7,7 +7,6 @@ from pathlib import Path
 import typer
 
 from .console import out, print_json
-from .options import JSON
 
 EXPORT_FORMATS = ("hf",)
 
@@ -26,11 +25,11 @@ def _train_command(ckpt) -> str:
 
 
 def export(
-    source: Path = typer.Argument(..., help="A run folder (its best checkpoint, else its last) or a checkpoint file."),
+    run: Path = typer.Argument(..., help="A run folder (its best checkpoint, else its last) or a checkpoint file."),
     folder: Path = typer.Argument(..., help="Folder to write (new, empty, or an earlier export with --overwrite)."),
     to: str = typer.Option(..., "--to", help="Format: hf (a Hugging Face transformers folder: model, tokenizer, model card)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier export in FOLDER."),
-    as_json: bool = JSON,
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object: the folder, the checkpoint, the architecture, the parameters, the files."),
 ) -> None:
     """Write a trained model in another tool's format.
 
@@ -43,7 +42,7 @@ def export(
 
     if to not in EXPORT_FORMATS:
         raise UsageError(f"--to {to}: the formats are {', '.join(EXPORT_FORMATS)}", "pass --to hf")
-    checkpoint = resolve_checkpoint(run=source) if source.is_dir() else source
+    checkpoint = resolve_checkpoint(run=run) if run.is_dir() else run
     ckpt = load_checkpoint(checkpoint)
     result = export_hf(ckpt, checkpoint, folder, _train_command(ckpt), overwrite)
     if as_json:
