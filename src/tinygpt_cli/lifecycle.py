@@ -164,8 +164,7 @@ class TrainingRun:
             self.save("best")
         self.save("last")
         self._write_running()
-        if self.is_main:
-            self.tracker.checkpoint_saved()
+        self.tracker.checkpoint_saved()  # a do-nothing Tracker off rank 0
         self.reporter.on_eval({**record, "best_val_loss": self.trainer.best_val, "improved": improved})
 
     # --- the run folder ----------------------------------------------------------------------
@@ -322,12 +321,13 @@ def train_new(config: RunConfig, run_path: Path, reporter: TrainingReporter | No
     # folder is made or changed: an earlier run is cleared only for a run that can start.
     trainer = _new_trainer(config, dist)
     with run.locked() if dist.is_main else nullcontext():
+        tracker = Tracker()  # rank 0 alone logs
         if dist.is_main:
             _check_new_run_folder(run, overwrite)  # again with the lock held: another train may have been first
             run.clear()
             tracker = open_tracker(trainer.config.train.log, run, trainer.config, 0)
             write_json_atomic(run.config_path, trainer.config.model_dump())
-        return TrainingRun(trainer, run, reporter or TrainingReporter(), tracker if dist.is_main else Tracker()).fit()
+        return TrainingRun(trainer, run, reporter or TrainingReporter(), tracker).fit()
 
 
 def _check_new_run_folder(run: RunDir, overwrite: bool) -> None:
