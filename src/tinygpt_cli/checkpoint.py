@@ -32,7 +32,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save_file
 
 from . import __version__
-from .config import ModelConfig, TrainConfig
+from .config import ModelConfig, TrainConfig, first_problem
 from .devices import device_memory_bytes
 from .errors import Command, CheckpointError, TinyGPTError
 from .fsutil import atomic_path, open_for_reading
@@ -56,6 +56,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+class LossScale(_Strict):
+    """float16's GradScaler where the run stood: its scale and the steps since it last grew."""
+
+    scale: float = Field(gt=0)
+    growth_tracker: int = Field(ge=0)
+
+
 class Progress(_Strict):
     """Where a run stood when it saved: for the start line and the elapsed time of a resume."""
 
@@ -63,6 +70,8 @@ class Progress(_Strict):
     evaluated_at: int = Field(-1, ge=-1)
     dtype: _PRECISIONS | None = None
     val_bytes_per_token: float | None = Field(None, gt=0)  # val loss / ln 2 / this = bits per byte
+    data_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")  # DatasetInfo.digest of the data trained on
+    loss_scale: LossScale | None = None  # float16 training only
 
 
 class CheckpointMeta(BaseModel):
@@ -265,14 +274,6 @@ def _tensor_table(header: dict, data_bytes: int, path: Path) -> dict[str, tuple[
     return table
 
 
-def _validation_problem(error: ValidationError) -> str:
-    """The first broken rule of a pydantic error, as one short phrase."""
-    first = error.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "metadata"
-    more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
-    return f"{where}: {first['msg'].removeprefix('Value error, ')}{more}"
-
-
 def _checked_metadata(header: _Header, path: Path) -> tuple[dict[str, Any], CheckpointMeta]:
     """The metadata, refused unless it is a tinygpt checkpoint's, complete, typed, in range and
     (format 2 on) matching its digest."""
@@ -291,7 +292,7 @@ def _checked_metadata(header: _Header, path: Path) -> tuple[dict[str, Any], Chec
     try:
         checked = CheckpointMeta.model_validate(meta)
     except ValidationError as e:
-        raise CheckpointError(f"{path} has invalid metadata: {_validation_problem(e)}") from e
+        raise CheckpointError(f"{path} has invalid metadata: {first_problem(e, 'metadata')}") from e
     return meta, checked
 
 

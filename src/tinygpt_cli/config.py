@@ -179,6 +179,15 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return values
 
 
+def first_problem(error: ValidationError, whole: str = "settings") -> str:
+    """The first broken rule of a pydantic error, as one short phrase (`whole`: what the
+    location is when the error is about the whole object)."""
+    first = error.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or whole
+    more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
+    return f"{where}: {first['msg'].removeprefix('Value error, ')}{more}"
+
+
 def _format_errors(error: ValidationError) -> list[str]:
     lines = []
     for e in error.errors():

@@ -17,7 +17,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from .errors import TinyGPTError, UsageError
 from .fsutil import open_for_reading
@@ -28,6 +28,8 @@ SNIFF_BYTES = 8192
 # Text with no safe cut (corpus.next_safe_cut) for this many pieces is cut anyway: a BPE may then
 # split one word differently there, instead of holding a whole one-line file in memory.
 FORCED_CUT = 8  # a file of a folder whose first bytes are not UTF-8 text is skipped as binary
+# Standard input and pipes are copied to a temporary file (read twice): at most this much.
+MAX_SPOOL_BYTES = 2**30
 
 
 @dataclass(frozen=True)
@@ -42,16 +44,21 @@ class Source:
 class Corpus:
     sources: list[Source]
     skipped_binary: int  # files of a folder that are not UTF-8 text
+    skipped_links: int = 0  # symbolic links of a folder that lead out of it (read only with follow_symlinks)
 
     @property
     def bytes(self) -> int:
         return sum(s.bytes for s in self.sources)
 
 
-def collect_sources(inputs: list[str], glob: str = "*", spool_dir: Path | None = None) -> Corpus:
+def collect_sources(inputs: list[str], glob: str = "*", spool_dir: Path | None = None, output: Path | None = None,
+                    follow_symlinks: bool = False) -> Corpus:
     """The files `inputs` name, in order: files as given, folders walked (sorted) for files
-    matching `glob`, "-" for standard input."""
-    sources, skipped = [], 0
+    matching `glob`, "-" for standard input. `output`, the folder being written, is never read:
+    an input inside it is refused, and a folder walk passes over it. A symbolic link in a folder
+    that leads out of it is skipped and counted, unless `follow_symlinks`."""
+    check_glob(glob)
+    sources, skipped, links = [], 0, 0
     for given in inputs:
         if given == "-":
             sources.append(_spool(sys.stdin.buffer, "standard input", spool_dir))
@@ -63,29 +70,98 @@ def collect_sources(inputs: list[str], glob: str = "*", spool_dir: Path | None =
             raise UsageError(f"no such file or folder: {path}") from e
         except OSError as e:
             raise TinyGPTError(f"cannot read {path}: {e.strerror or e}") from e
+        if output is not None and _is_within(path, output):
+            raise UsageError(f"{path} is in the dataset folder being written ({output}): its outputs are never read as text",
+                             "pass your text files, or another --data-dir")
         if stat.S_ISDIR(mode):
-            found, binary = _folder_files(path, glob)
+            walk = FolderWalk(path, glob, output, follow_symlinks)
+            found = walk.sources()
             if not found:
-                raise UsageError(f"no text file matching {glob!r} in {path}" + (f" ({binary} binary files skipped)" if binary else ""),
+                raise UsageError(f"no text file matching {glob!r} in {path}" + walk.skipped_note(),
                                  "pass another folder, or another pattern with --glob")
             sources += found
-            skipped += binary
+            skipped += walk.binary
+            links += walk.links_out
         elif stat.S_ISREG(mode):
             sources.append(Source(path, os.stat(path).st_size, given))
         else:  # a pipe or a device: read once, into a file that can be read twice
             with open_for_reading(path) as stream:
                 sources.append(_spool(stream, given, spool_dir))
-    return Corpus(sources, skipped)
+    return Corpus(sources, skipped, links)
 
 
-def _folder_files(folder: Path, glob: str) -> tuple[list[Source], int]:
-    found, binary = [], 0
-    for path in sorted(p for p in folder.rglob(glob) if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)):
-        if _looks_binary(path):
-            binary += 1
-        else:
-            found.append(Source(path, path.stat().st_size, str(path)))
-    return found, binary
+def check_glob(glob: str) -> None:
+    """A --glob is matched against the files inside each folder: a pattern that starts at the
+    root or climbs out (..) could name nothing there."""
+    parts = PurePath(glob).parts
+    if not glob or PurePath(glob).is_absolute() or ".." in parts:
+        raise UsageError(f"--glob {glob!r}: a pattern is matched inside each folder given, so it cannot be empty, "
+                         "start at the root or climb out with ..", "pass a pattern such as '*.txt' or 'notes/*.md'")
+
+
+def _is_within(path: Path, folder: Path) -> bool:
+    real, root = os.path.realpath(path), os.path.realpath(folder)
+    return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
+
+
+class FolderWalk:
+    """The text files of a folder, recursively, sorted: hidden names, the `output` folder and
+    binary files are passed over; a symbolic link is read when it stays inside the folder (a
+    link to a folder inside is not walked twice) and otherwise only with `follow_symlinks`."""
+
+    def __init__(self, folder: Path, glob: str, output: Path | None, follow_symlinks: bool):
+        self.folder, self.output, self.follow = folder, output, follow_symlinks
+        while glob.startswith("**/"):  # rglob's spelling of "at any depth", which every pattern here is
+            glob = glob[3:]
+        self.glob = glob
+        self.binary = self.links_out = 0
+
+    def sources(self) -> list[Source]:
+        found, read = [], set()
+        for path in sorted(self._files(), key=lambda p: p.relative_to(self.folder).parts):
+            if (real := os.path.realpath(path)) in read:  # a link to a file already taken
+                continue
+            read.add(real)
+            if _looks_binary(path):
+                self.binary += 1
+            else:
+                found.append(Source(path, path.stat().st_size, str(path)))
+        return found
+
+    def skipped_note(self) -> str:
+        notes = ([f"{self.binary} binary files skipped"] if self.binary else []) + (
+            [f"{self.links_out} links out of the folder skipped: --follow-symlinks reads them"] if self.links_out else [])
+        return f" ({'; '.join(notes)})" if notes else ""
+
+    def _files(self) -> Iterator[Path]:
+        seen = {os.path.realpath(self.folder)}  # folders walked, against link loops
+        pending = [self.folder]
+        while pending:
+            current = pending.pop()
+            try:
+                entries = sorted(os.scandir(current), key=lambda e: e.name)
+            except OSError as e:
+                raise TinyGPTError(f"cannot read folder {current}: {e.strerror or e}") from e
+            for entry in entries:
+                path = Path(entry.path)
+                if entry.name.startswith(".") or (self.output is not None and _is_within(path, self.output)):
+                    continue
+                if entry.is_symlink() and not self._take_link(path):
+                    continue
+                if entry.is_dir():
+                    real = os.path.realpath(path)
+                    if entry.is_symlink() and _is_within(path, self.folder) or real in seen:
+                        continue  # its files are read where they are
+                    seen.add(real)
+                    pending.append(path)
+                elif entry.is_file() and PurePath(path.relative_to(self.folder)).match(self.glob):
+                    yield path
+
+    def _take_link(self, path: Path) -> bool:
+        if _is_within(path, self.folder) or self.follow:
+            return True
+        self.links_out += 1
+        return False
 
 
 def _looks_binary(path: Path) -> bool:
@@ -107,12 +183,21 @@ def _spool(stream, name: str, spool_dir: Path | None) -> Source:
     """Copy a stream that can be read only once into a temporary file (removed by `cleanup`);
     a NUL byte stops it at once: that is no text, and /dev/zero would never end."""
     fd, tmp = tempfile.mkstemp(prefix=".spool.", suffix=".tmp", dir=spool_dir)
+    total = 0
     try:
         with os.fdopen(fd, "wb") as out:
             while chunk := stream.read(READ_BYTES):
                 if b"\x00" in chunk:
                     raise TinyGPTError(f"{name} looks binary: it holds NUL bytes")
+                total += len(chunk)
+                if total > MAX_SPOOL_BYTES:
+                    raise TinyGPTError(f"{name} is over the {MAX_SPOOL_BYTES:,}-byte limit for text read from a stream",
+                                       "save it to a file and pass the file: a file of any size is read where it is")
                 out.write(chunk)
+    except OSError as e:
+        os.unlink(tmp)
+        raise TinyGPTError(f"cannot keep a copy of {name} in {Path(tmp).parent}: {e.strerror or e}",
+                           "free some disk space, or save the text to a file and pass the file") from e
     except BaseException:
         os.unlink(tmp)
         raise

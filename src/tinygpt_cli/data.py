@@ -148,6 +148,12 @@ class DatasetInfo:
     val_bytes: int = 0
     sources: list = field(default_factory=list)  # name, bytes and sha256 of each source
 
+    @property
+    def digest(self) -> str:
+        """One SHA-256 for the token ids of both splits: what a checkpoint records of the data it
+        trained on, so that a resume can tell a dataset that was prepared again from another text."""
+        return sha256_hex(f"{self.train_sha256} {self.val_sha256}".encode())
+
     def to_dict(self) -> dict:
         d = {k: v for k, v in self.__dict__.items() if k != "path"}
         return {"format": META_FORMAT, "version": META_VERSION, **d}

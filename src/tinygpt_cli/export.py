@@ -19,10 +19,14 @@ from safetensors.torch import save_file
 from .checkpoint import Checkpoint
 from .errors import TinyGPTError, UsageError
 from .evaluate import bits_per_byte
-from .fsutil import entries_except, short_list
+from .fsutil import entries_except, read_limited, short_list
 from .hf import ARCHITECTURES, CLASS_NAMES, WEIGHTS_FILE, hf_config, hf_tensors, tokenizer_files
 
 EXPORT_FILES = ("config.json", WEIGHTS_FILE, "tokenizer.json", "tokenizer_config.json", "README.md")
+CARD_FILE = "README.md"
+# The model card's first lines: what proves a folder is an earlier export of tinygpt's (a folder
+# that merely holds files of an export's names may be the user's own).
+CARD_HEADER = "---\nlibrary_name: transformers\npipeline_tag: text-generation\ntags: [tinygpt]\n---\n\n# A tinygpt model\n"
 
 
 @dataclass
@@ -47,9 +51,8 @@ def model_card(ckpt: Checkpoint, checkpoint_path: Path, folder: Path, train_comm
     if t.get("init_from"):
         rows.append(("fine-tuned from", t["init_from"]))
     settings = json.dumps({"model": m.model_dump(), "train": t}, indent=2)
-    return "\n".join([
-        "---", "library_name: transformers", "pipeline_tag: text-generation", "tags: [tinygpt]", "---", "",
-        "# A tinygpt model", "",
+    return CARD_HEADER + "\n".join([
+        "",
         f"{'Fine-tuned' if t.get('init_from') else 'Trained from scratch'} with tinygpt and exported for Hugging Face transformers.", "",
         "| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows), "",
         "## Use it", "", "```python", "from transformers import pipeline", "",
@@ -59,17 +62,34 @@ def model_card(ckpt: Checkpoint, checkpoint_path: Path, folder: Path, train_comm
     ])
 
 
-def _check_destination(folder: Path, overwrite: bool) -> bool:
-    """Whether `folder` holds an earlier export to replace; refuses anything else in it."""
-    if not folder.exists():
+def is_tinygpt_export(folder: Path) -> bool:
+    """Whether `folder` holds our model card (a file, not a link to one): an export that tinygpt wrote."""
+    card = folder / CARD_FILE
+    if card.is_symlink() or not card.is_file():
         return False
-    if not folder.is_dir():
-        raise UsageError(f"{folder} is a file, not a folder", "pass a new folder to export to")
+    try:
+        return read_limited(card, 1 << 20).startswith(CARD_HEADER.encode())
+    except (OSError, ValueError):  # unreadable, or far larger than a card of ours
+        return False
+
+
+def _check_destination(folder: Path, overwrite: bool) -> bool:
+    """Whether `folder` is there to be replaced (empty, or an earlier export); refuses anything else."""
+    if not folder.exists() and not folder.is_symlink():
+        return False
+    if folder.is_symlink() or not folder.is_dir():
+        raise UsageError(f"{folder} is {'a symbolic link' if folder.is_symlink() else 'a file'}, not a folder",
+                         "pass a new folder to export to")
+    if not any(folder.iterdir()):
+        return True
     foreign = entries_except(folder, lambda name: name in EXPORT_FILES)
     if foreign:
         raise UsageError(f"{folder} holds files that are not an export's ({short_list(foreign)}): exporting would mix with them",
                          "pass a new or empty folder to export to")
-    if any(folder.iterdir()) and not overwrite:
+    if not is_tinygpt_export(folder):
+        raise UsageError(f"{folder} holds files but no model card of a tinygpt export ({CARD_FILE}): they may be yours",
+                         "pass a new or empty folder to export to")
+    if not overwrite:
         raise UsageError(f"{folder} already holds an export", "pass --overwrite to replace it, or another folder")
     return True
 

@@ -58,6 +58,15 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def check_writable(folder: Path, what: str, hint: Hint) -> None:
+    """Refuse, before anything is written, a folder where no new file can be made (read-only,
+    another owner's, a full disk): a file is created there and removed."""
+    try:
+        _new_temp_file(folder / "write-check").unlink()
+    except OSError as e:
+        raise TinyGPTError(f"cannot write to {what} {folder}: {e.strerror or e}", hint) from e
+
+
 def is_temp_file_of(name: str, files: tuple[str, ...]) -> bool:
     """Whether `name` is a half-written `.<file>.<random>.tmp` of one of `files` (atomic_path)."""
     return name.startswith(".") and name.endswith(".tmp") and name[1:].rsplit(".", 2)[0] in files
@@ -160,9 +169,17 @@ def read_limited(path: str | os.PathLike, limit: int) -> bytes:
     return data
 
 
+def parse_json(text: str | bytes, source: str | os.PathLike) -> Any:
+    """JSON from a file the user gave: anything that does not parse, nesting too deep for the
+    parser included, is a ValueError that names `source`."""
+    try:
+        return json.loads(text)
+    except RecursionError as e:
+        raise ValueError(f"{source} is nested too deeply") from e
+    except ValueError as e:
+        raise ValueError(f"{source} is not JSON ({e})") from e
+
+
 def read_json(path: str | os.PathLike, limit: int = 64 * 2**20) -> Any:
     """A JSON file of at most `limit` bytes; any unreadable content (too deep too) is a ValueError."""
-    try:
-        return json.loads(read_limited(path, limit))
-    except RecursionError as e:
-        raise ValueError(f"{path} is nested too deeply") from e
+    return parse_json(read_limited(path, limit), path)

@@ -24,11 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
-from .config import ModelConfig
+from .config import ModelConfig, first_problem
 from .errors import TinyGPTError, UsageError
 from .model import weight_shapes
-from .fsutil import read_user_file
+from .fsutil import parse_json, read_user_file
 from .tokenizer import EOT, MAX_TOKENIZER_FILE_BYTES, BPETokenizer, Tokenizer
 from .vocab import Vocabulary
 
@@ -41,6 +42,7 @@ ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "relu2": "relu2
 # ... and back; gelu_new is GPT-2's own spelling of the tanh approximation.
 ACTIVATIONS_FROM_HF = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu2": "relu2"}
 WEIGHTS_FILE = "model.safetensors"
+MAX_CONFIG_BYTES = 2**20  # a config.json is a few hundred bytes
 
 
 @dataclass
@@ -175,15 +177,26 @@ def read_tokenizer_json(path: Path) -> Tokenizer:
     writes one."""
     raw = read_user_file(path, MAX_TOKENIZER_FILE_BYTES, "tokenizer file")
     try:
-        spec = json.loads(raw)
+        spec = parse_json(raw, path)
     except ValueError as e:
-        raise UsageError(f"{path} is not a tokenizer file: not JSON ({e})") from e
+        raise UsageError(str(e), "pass a tokenizer.json: a Hugging Face tokenizer file") from e
     model = spec.get("model") if isinstance(spec, dict) else None
-    if isinstance(model, dict) and model.get("merges") == [] and (spec.get("decoder") or {}).get("type") == "Fuse":
-        vocab = model.get("vocab")
-        if isinstance(vocab, dict) and all(isinstance(i, int) for i in vocab.values()):
-            return Vocabulary(tuple(sorted(vocab, key=vocab.__getitem__)))
+    decoder = spec.get("decoder") if isinstance(spec, dict) else None
+    if isinstance(model, dict) and model.get("merges") == [] and isinstance(decoder, dict) and decoder.get("type") == "Fuse":
+        return _char_vocabulary(model.get("vocab"), path)
     return BPETokenizer.from_json(raw.decode("utf-8", errors="replace"), str(path))
+
+
+def _char_vocabulary(vocab: Any, path: Path) -> Vocabulary:
+    """The vocabulary of a tokenizer.json as char_tokenizer_json writes one: single characters,
+    their ids 0 to N-1 in code-point order (the ids tinygpt's Vocabulary gives them)."""
+    ok = (isinstance(vocab, dict) and vocab and all(type(i) is int for i in vocab.values())
+          and all(len(ch) == 1 for ch in vocab) and sorted(vocab.values()) == list(range(len(vocab))))
+    chars = tuple(sorted(vocab, key=vocab.__getitem__)) if ok else ()
+    if not ok or list(chars) != sorted(chars):
+        raise UsageError(f"{path} is not a character tokenizer tinygpt reads: its vocabulary must map single characters to "
+                         "the ids 0 to N-1 in code-point order", "pass a byte-level BPE tokenizer.json, or the export tinygpt wrote")
+    return Vocabulary(chars)
 
 
 def _value(hf: dict, key: str, kind: type, source: str) -> Any:
@@ -234,9 +247,8 @@ def model_config_from_hf(hf: Any, source: str) -> ModelConfig:
         return ModelConfig(vocab_size=_value(hf, "vocab_size", int, source), block_size=positions, n_layer=layers,
                            n_head=heads, n_embd=width, dropout=0.0, bias=True, activation=activation,
                            pos_embedding="learned" if gpt2 else "rope")
-    except ValueError as e:  # pydantic's report: the first problem, on one line
-        first = e.errors()[0]["msg"] if hasattr(e, "errors") else str(e)
-        raise TinyGPTError(f"{source}: config.json describes a model tinygpt cannot build: {first}") from e
+    except ValidationError as e:
+        raise TinyGPTError(f"{source}: config.json describes a model tinygpt cannot build: {first_problem(e, 'config')}") from e
 
 
 def read_hf_folder(folder: Path) -> HFModel:
@@ -245,10 +257,11 @@ def read_hf_folder(folder: Path) -> HFModel:
     from safetensors import safe_open
 
     source = str(folder)
+    raw = read_user_file(folder / "config.json", MAX_CONFIG_BYTES, "transformers config.json")
     try:
-        hf = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise TinyGPTError(f"{folder / 'config.json'} is unreadable: {e}") from e
+        hf = parse_json(raw, folder / "config.json")
+    except ValueError as e:
+        raise TinyGPTError(str(e), "pass a transformers folder with the config.json that save_pretrained writes") from e
     config = model_config_from_hf(hf, source)
     weights_path = folder / WEIGHTS_FILE
     if not weights_path.is_file():

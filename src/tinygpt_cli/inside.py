@@ -15,11 +15,18 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .errors import UsageError
+from .errors import Command, TinyGPTError, UsageError
 from .evaluate import token_losses
 from .model import GPT
 from .sampling import next_token_probs
 from .tokenizer import Tokenizer, byte_lengths
+
+
+# surprise shows each token of a text: up to a megabyte of it (a page of that is already long).
+MAX_SURPRISE_BYTES = 2**20
+SURPRISE_TOO_LARGE = Command("eval", options={"run": "RUN", "data_dir": "DIR"},
+                             before="score a part of it; for a whole large text, prepare it with the run's tokenizer "
+                                    "(tinygpt prepare text FILE --tokenizer RUN --data-dir DIR), then:")
 
 
 def prompt_ids(tokenizer: Tokenizer, text: str, block_size: int) -> tuple[list[int], int]:
@@ -82,8 +89,11 @@ class Surprise:
 
 
 def surprise(model: GPT, tokenizer: Tokenizer, text: str) -> Surprise:
-    """How surprised the model is by each token of `text`: its loss there, scored in the windows
-    `eval` uses, so the losses average to eval's loss on the same text."""
+    """How surprised the model is by each token of `text` (at most MAX_SURPRISE_BYTES): its loss
+    there, scored in the windows `eval` uses, so the losses average to eval's loss on the same text."""
+    if len(text) > MAX_SURPRISE_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_SURPRISE_BYTES:
+        raise TinyGPTError(f"the text is over the {MAX_SURPRISE_BYTES:,}-byte limit for surprise, which shows every token",
+                           SURPRISE_TOO_LARGE)
     ids = tokenizer.encode(text)
     if len(ids) < 2:
         raise UsageError("the text needs at least two tokens: the first is only context")

@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from .config import SHAPE_FIELDS, RunConfig, build_config, check_against_data, flag_name
+from .config import SHAPE_FIELDS, RunConfig, build_config, check_against_data, first_problem, flag_name
 from .data import Dataset, load_dataset
 from .distributed import DistContext, barrier
 from .errors import CheckpointError, Command, TinyGPTError, TrainingStopped, UsageError
-from .fsutil import read_json, short_list, write_json_atomic
+from .fsutil import check_writable, read_json, short_list, write_json_atomic
 from .optim import state_problems
 from .params import param_report
 from .pretrained import check_tokenizer, fit_config, initial_weights, load_pretrained
@@ -115,6 +116,7 @@ class TrainingRun:
         self.saved_at = -1  # the iteration of the last `last` checkpoint
         self.saved_dtype: str | None = None  # the precision of the checkpoint resumed from
         self.best_saved_after_last: int | None = None
+        self.data_changes: list[dict[str, Any]] = []  # resumes onto another dataset (--allow-data-change), for run.json
         self.signals: StopSignals | None = None  # set while fit() runs
 
     # --- resuming --------------------------------------------------------------------------
@@ -188,7 +190,8 @@ class TrainingRun:
     def _write_status(self, status: str, **fields: Any) -> None:
         """run.json, with the CPU threads in use (they change with the machine's load)."""
         threads = self.trainer.threads
-        self.run.write_status(status, **fields, **({"threads": threads.describe()} if threads is not None else {}))
+        self.run.write_status(status, **fields, **({"threads": threads.describe()} if threads is not None else {}),
+                              **({"data_changes": self.data_changes} if self.data_changes else {}))
 
     def _write_running(self) -> None:
         if self.is_main:
@@ -353,21 +356,44 @@ def _new_trainer(config: RunConfig, dist: DistContext) -> Trainer:
     return trainer  # the source's own copy of the weights is freed here
 
 
+def _data_change(ckpt: Checkpoint, dataset: Dataset, run: RunDir, allowed: bool) -> dict[str, Any] | None:
+    """What changed when the dataset is not the one `ckpt` trained on (None when it is, or when
+    an older checkpoint did not record it); refused unless `allowed`."""
+    trained_on = ckpt.progress.get("data_sha256")
+    if trained_on is None or trained_on == dataset.info.digest:
+        return None
+    if not allowed:
+        raise TinyGPTError(f"the dataset in {dataset.info.path} is not the one {run.path} trained on: it was prepared again "
+                           f"since iteration {ckpt.iteration} (its token ids changed)",
+                           Command("resume", (str(run.path),), {"allow_data_change": True},
+                                   why="goes on with the new data knowingly; run.json records the change"))
+    return {"iteration": ckpt.iteration, "from_sha256": trained_on, "to_sha256": dataset.info.digest}
+
+
 def read_run_config(run: RunDir) -> RunConfig:
     try:
-        return RunConfig(**read_json(run.config_path))
+        saved = read_json(run.config_path)
     except FileNotFoundError as e:
         raise TinyGPTError(f"{run.path} is not a run folder (no config.json)", Command("train", options={"out": "RUN"}, why="starts one")) from e
-    except Exception as e:
+    except (OSError, ValueError) as e:
         raise TinyGPTError(f"{run.config_path} is unreadable: {e}") from e
+    if not isinstance(saved, dict):
+        raise TinyGPTError(f"{run.config_path} is not a run's settings: not a JSON object")
+    try:
+        return RunConfig(**saved)
+    except ValidationError as e:
+        raise TinyGPTError(f"{run.config_path} holds invalid settings: {first_problem(e)}",
+                           "restore the file, or start the run again with train --overwrite") from e
 
 
 def resume(run_path: Path, overrides: dict[str, Any] | None = None, reporter: TrainingReporter | None = None,
-           dist: DistContext = DistContext()) -> TrainResult:
+           dist: DistContext = DistContext(), allow_data_change: bool = False) -> TrainResult:
     """Continue a run from its `last` checkpoint; `overrides` may change non-shape settings.
 
     The number of processes may differ from the first launch; the data order then follows the
-    new global batch size from the resumed iteration on.
+    new global batch size from the resumed iteration on. A dataset that is not the one the
+    checkpoint trained on (prepared again from another text) is refused unless
+    `allow_data_change`; run.json then records the change.
     """
     run = RunDir(run_path)
     if not run.path.is_dir():
@@ -391,10 +417,14 @@ def resume(run_path: Path, overrides: dict[str, Any] | None = None, reporter: Tr
         if ckpt.tokenizer != dataset.tokenizer:
             raise TinyGPTError(f"the dataset in {config.train.data_dir} has a different tokenizer from the checkpoint",
                                f"rebuild the dataset this run trained on, with the same prepare command, into {config.train.data_dir}")
+        change = _data_change(ckpt, dataset, run, allow_data_change)
         training = TrainingRun(Trainer(config, dataset, dist), run, reporter or TrainingReporter())
         training.restore(ckpt)  # checks the whole state: nothing in the folder has changed yet
         training.keep_best_saved_after_last()
+        earlier = run.read_status().get("data_changes")
+        training.data_changes = (earlier if isinstance(earlier, list) else []) + ([change] if change else [])
         if dist.is_main:
+            check_writable(run.path, "the run folder", "make it writable, or copy the run elsewhere and resume the copy")
             training.tracker = open_tracker(config.train.log, run, config, ckpt.iteration)  # may be refused: before any write
             write_json_atomic(run.config_path, config.model_dump())
             run.truncate_metrics(ckpt.iteration)

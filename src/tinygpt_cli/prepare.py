@@ -123,17 +123,23 @@ def make_tokenizer(choice: TokenizerChoice, found: Scan) -> Tokenizer:
     return choice.given
 
 
-def encoded(corpus: Corpus, tokenizer: Tokenizer, progress: Progress, done: int = 0, total: int | None = None) -> Iterator[np.ndarray]:
-    """The corpus as arrays of token ids, the end-of-text token between its documents."""
+def encoded(corpus: Corpus, found: Scan, tokenizer: Tokenizer, progress: Progress, done: int = 0,
+            total: int | None = None) -> Iterator[np.ndarray]:
+    """The corpus as arrays of token ids, the end-of-text token between its documents. Each
+    source must read as the scan `found` read it: a file rewritten in between is refused."""
     total = corpus.bytes if total is None else total
     dtype = token_dtype(tokenizer.size)
     for n, source in enumerate(corpus.sources):
         if n and tokenizer.eot_id is not None:
             yield np.array([tokenizer.eot_id], dtype=dtype)
-        for piece in read_pieces(source, PIECE_CHARS):
+        digest = hashlib.sha256()
+        for piece in read_pieces(source, PIECE_CHARS, digest):
             yield tokenizer.encode_array(piece).astype(dtype, copy=False)
             done += len(piece.encode("utf-8"))
             progress("encode", done, total)
+        if digest.hexdigest() != found.digests[n]["sha256"]:
+            raise TinyGPTError(f"{source.name} changed while it was being prepared: its bytes differ between the scan and the "
+                               "encoding, so the dataset would not be the text it records", "prepare again once nothing is writing to it")
 
 
 def split_sizes(n_tokens: int, val_fraction: float) -> tuple[int, int]:
@@ -223,10 +229,10 @@ def write_dataset(corpus: Corpus, folder: Path, name: str, val_fraction: float, 
                 files = {split: stack.enter_context(atomic_path(folder / f"{split}.bin")) for split in ("train", "val")}
                 writer = SplitWriter(files, val_split if val_corpus is None else "file", val_fraction, block, lengths)
                 total = corpus.bytes + (val_corpus.bytes if val_corpus else 0)
-                for ids in encoded(corpus, tokenizer, progress, 0, total):
+                for ids in encoded(corpus, found, tokenizer, progress, 0, total):
                     writer.write(ids, "train" if val_corpus is not None else None)
                 if val_corpus is not None:
-                    for ids in encoded(val_corpus, tokenizer, progress, corpus.bytes, total):
+                    for ids in encoded(val_corpus, found_val, tokenizer, progress, corpus.bytes, total):
                         writer.write(ids, "val")
                 digests = writer.finish(dtype)
                 _check_sizes(writer.tokens, corpus, val_corpus)  # refused: the old files stay
@@ -302,27 +308,30 @@ class PrepareResult:
     info: DatasetInfo
     reused: bool
     skipped_binary: int = 0  # files of a folder that were not text
+    skipped_links: int = 0  # symbolic links that lead out of a folder given (follow_symlinks reads them)
 
 
 def prepare_text(inputs: list[str] | Path, folder: Path, name: str, val_fraction: float,
                  choice: TokenizerChoice = TokenizerChoice(), glob: str = "*", val: str | None = None,
-                 val_split: str = "spread", progress: Progress | None = None) -> PrepareResult:
+                 val_split: str = "spread", progress: Progress | None = None, follow_symlinks: bool = False) -> PrepareResult:
     """Your own corpus: files, folders (every file matching `glob`, recursively) or standard
-    input ("-"), each a document; `val` a separate validation file."""
+    input ("-"), each a document; `val` a separate validation file. Nothing inside `folder` is
+    read as text (a second prepare into a folder of the corpus reads no earlier output), and a
+    folder's symbolic links that lead out of it are skipped unless `follow_symlinks`."""
     if val_split not in VAL_SPLITS:
         raise UsageError(f"--val-split {val_split!r}: choose from {', '.join(VAL_SPLITS)}")
     inputs = [str(inputs)] if isinstance(inputs, Path) else inputs
     with tempfile.TemporaryDirectory(prefix="tinygpt-") as spool:
-        corpus = collect_sources(inputs, glob, Path(spool))
-        val_corpus = collect_sources([val], "*", Path(spool)) if val is not None else None
+        corpus = collect_sources(inputs, glob, Path(spool), folder, follow_symlinks)
+        val_corpus = collect_sources([val], "*", Path(spool), folder) if val is not None else None
         try:
             found = scan(corpus, choice, progress or (lambda *a: None))
             existing = intact_dataset(folder)
             wanted = (found.sha256, val_fraction if val is None else 0.0, choice.spec(), val_split if val is None else "file")
             if existing and val is None and (existing.sha256, existing.val_fraction, existing.tokenizer_spec, existing.val_split) == wanted:
-                return PrepareResult(existing, reused=True, skipped_binary=corpus.skipped_binary)
+                return PrepareResult(existing, reused=True, skipped_binary=corpus.skipped_binary, skipped_links=corpus.skipped_links)
             info = write_dataset(corpus, folder, name, val_fraction, choice, val_split, val_corpus, progress, found)
-            return PrepareResult(info, reused=False, skipped_binary=corpus.skipped_binary)
+            return PrepareResult(info, reused=False, skipped_binary=corpus.skipped_binary, skipped_links=corpus.skipped_links)
         finally:
             cleanup(corpus)
             if val_corpus is not None:

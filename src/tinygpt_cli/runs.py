@@ -136,7 +136,11 @@ class RunDir:
 
     def remove(self) -> None:
         """Delete the run and its folder. Refused, with nothing deleted, while a training holds
-        the lock or when the folder holds anything that is not the run's."""
+        the lock, when the folder holds anything that is not the run's, or when `path` is a
+        symbolic link (a run is deleted only where it is, never through a link)."""
+        if self.path.is_symlink():
+            raise UsageError(f"{self.path} was not deleted: it is a symbolic link to {os.path.realpath(self.path)}",
+                             "delete the link itself with rm, or pass the run's own folder")
         foreign = self.foreign_files()
         if not self.is_trained_run() or foreign:
             why = f"it holds files that are not the run's ({short_list(foreign)})" if foreign else "it is not a run folder"

@@ -25,7 +25,7 @@ from typing import Any, Union
 import numpy as np
 
 from .errors import TinyGPTError, UsageError
-from .fsutil import read_user_file, write_text_atomic
+from .fsutil import parse_json, read_user_file, write_text_atomic
 from .vocab import VOCAB_FORMAT, Vocabulary
 
 EOT = "<|endoftext|>"  # separates documents; GPT-2's spelling
@@ -99,6 +99,8 @@ class BPETokenizer:
         self.size = hf.get_vocab_size(with_added_tokens=True)
         if not 0 < self.size <= MAX_VOCAB:
             raise TinyGPTError(f"{source} has {self.size:,} tokens; tinygpt takes 1 to {MAX_VOCAB:,}")
+        if sorted(hf.get_vocab(with_added_tokens=True).values()) != list(range(self.size)):  # ids index the embedding
+            raise UsageError(f"{source}: its token ids are not 0 to {self.size - 1:,}, each once", "pass a tokenizer.json whose ids are contiguous")
         self.eot_id: int | None = hf.token_to_id(EOT)
 
     # --- making one ----------------------------------------------------------------------
@@ -122,17 +124,18 @@ class BPETokenizer:
         from tokenizers import Tokenizer
 
         try:
-            spec = json.loads(text)
+            spec = parse_json(text, source)
         except ValueError as e:
-            raise UsageError(f"{source} is not a tokenizer file: not JSON ({e})") from e
+            raise UsageError(str(e), "pass a tokenizer.json: a Hugging Face tokenizer file") from e
         if not isinstance(spec, dict) or not isinstance(spec.get("model"), dict) or spec["model"].get("type") != "BPE":
             raise UsageError(f"{source} is not a BPE tokenizer.json (a Hugging Face tokenizer file with a BPE model)")
         if "ByteLevel" not in json.dumps(spec.get("pre_tokenizer")) or "ByteLevel" not in json.dumps(spec.get("decoder")):
             raise UsageError(f"{source} is a BPE tokenizer but not a byte-level one (as GPT-2's): tinygpt needs every text to encode")
         try:
-            return cls(Tokenizer.from_str(text), source)
+            hf = Tokenizer.from_str(text)
         except Exception as e:  # the library's own parse error
             raise UsageError(f"{source} is not a tokenizer file the tokenizers library reads: {e}") from e
+        return cls(hf, source)
 
     @classmethod
     def from_file(cls, path: Path) -> BPETokenizer:

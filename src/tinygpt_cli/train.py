@@ -115,7 +115,8 @@ class Trainer:
             optimizer=self.optimizer.state_dict() if full else None,
             rng=capture_rng(self.data_gen, self.device) if full else None,
             progress={"elapsed": self.elapsed(), "evaluated_at": self.evaluated_at, "dtype": self.compute.dtype_name,
-                      "val_bytes_per_token": self.val_bytes_per_token},
+                      "val_bytes_per_token": self.val_bytes_per_token, "data_sha256": self.dataset.info.digest,
+                      "loss_scale": self._loss_scale()},
         )
 
     def load_state(self, ckpt: Checkpoint, source: Path) -> None:
@@ -130,6 +131,16 @@ class Trainer:
         self.best_val, self.last_val = ckpt.best_val_loss, ckpt.val_loss
         self.evaluated_at = ckpt.progress.get("evaluated_at", -1)
         self.elapsed_before = ckpt.progress.get("elapsed", 0.0)
+        if self.scaler.is_enabled() and ckpt.progress.get("loss_scale"):
+            saved = ckpt.progress["loss_scale"]
+            self.scaler.load_state_dict({**self.scaler.state_dict(), "scale": saved["scale"], "_growth_tracker": saved["growth_tracker"]})
+
+    def _loss_scale(self) -> dict | None:
+        """float16's loss scale, which a bit-exact resume needs (it decides which steps are skipped)."""
+        if not self.scaler.is_enabled():
+            return None
+        state = self.scaler.state_dict()
+        return {"scale": float(state["scale"]), "growth_tracker": int(state["_growth_tracker"])}
 
     def start_from(self, weights: dict[str, torch.Tensor], source: str) -> None:
         """Fine-tuning: pretrained weights in place of the random ones, before the first step

@@ -112,6 +112,7 @@ def prepare_text(
     tokenizer: str = TOKENIZER,
     vocab_size: int = VOCAB_SIZE,
     bpe_sample_mb: int = typer.Option(100, "--bpe-sample-mb", min=1, help="The most text (MB) a BPE learns its merges from: evenly spaced pieces of a larger corpus."),
+    follow_symlinks: bool = typer.Option(False, "--follow-symlinks", help="Also read a folder's symbolic links that lead out of it (skipped and counted otherwise)."),
     as_json: bool = JSON,
 ) -> None:
     """Turn your own text, of any size, into a dataset folder: files, folders or standard input.
@@ -126,9 +127,13 @@ def prepare_text(
     name = check_name(name or ("stdin" if inputs[0] == "-" else (first.stem or first.name).replace(" ", "_")), "dataset name")
     choice = TokenizerChoice.parse(tokenizer, vocab_size, bpe_sample_mb * 2**20)
     with _progress() as progress:
-        result = run(inputs, data_dir or Path("data") / name, name, val_fraction, choice, glob, val, val_split, progress)
+        result = run(inputs, data_dir or Path("data") / name, name, val_fraction, choice, glob, val, val_split, progress,
+                     follow_symlinks)
     if result.skipped_binary:
         err.print(f"[yellow]note:[/] skipped {result.skipped_binary} binary file(s) (not UTF-8 text)")
+    if result.skipped_links:
+        err.print(f"[yellow]note:[/] skipped {result.skipped_links} symbolic link(s) that lead out of the folder "
+                  "(--follow-symlinks reads them)")
     _summary(result, name, as_json)
 
 

@@ -165,7 +165,9 @@ def surprise(
 
     Example: tinygpt surprise --run runs/cpu "ROMEO: What, ho! apothecary!"
     """
-    from ..data import decode_text, read_source
+    from ..data import decode_text
+    from ..fsutil import read_user_file
+    from ..inside import MAX_SURPRISE_BYTES, SURPRISE_TOO_LARGE
     from ..inside import surprise as score
     from ..tokenizer import token_texts
 
@@ -175,7 +177,7 @@ def surprise(
     except OSError:  # a text too long to be a file name
         is_file = False
     if is_file:
-        text = decode_text(read_source(str(path)), str(path))
+        text = decode_text(read_user_file(path, MAX_SURPRISE_BYTES, "text to score", SURPRISE_TOO_LARGE), str(path))
     model, tokenizer = _load(run, checkpoint, device)
     result = score(model, tokenizer, text)
     labels = list(token_texts(tokenizer, result.ids))  # a character split over tokens shows with its last

@@ -13,6 +13,11 @@ from .console import out, print_json
 from .options import CHECKPOINT, DEVICE, JSON, RUN
 
 
+# generate's loops are the user's to size, within these (a typo of a few zeros is no hour-long run).
+MAX_SAMPLES = 1000
+MAX_NEW_TOKENS = 1_000_000
+
+
 def _read_prompt(prompt: str | None, prompt_file: Path | None) -> str:
     from ..data import decode_text, read_source
     from ..errors import UsageError
@@ -47,11 +52,11 @@ def generate(
     prompt_file: Path = typer.Option(None, "--prompt-file", help="Read the prompt from a UTF-8 file."),
     run: Path = RUN,
     checkpoint: Path = CHECKPOINT,
-    max_new_tokens: int = typer.Option(500, "--max-new-tokens", min=0, help="Tokens to generate per sample (characters for a character vocabulary)."),
+    max_new_tokens: int = typer.Option(500, "--max-new-tokens", min=0, max=MAX_NEW_TOKENS, help=f"Tokens to generate per sample (characters for a character vocabulary; at most {MAX_NEW_TOKENS:,})."),
     temperature: float = typer.Option(0.8, "--temperature", min=0.0, help="Randomness: below 1 safer, above 1 wilder, 0 greedy."),
     top_k: int = typer.Option(None, "--top-k", min=1, help="Sample only among the k most likely tokens."),
     top_p: float = typer.Option(None, "--top-p", min=0.0, max=1.0, help="Sample from the smallest set of tokens whose probability reaches p."),
-    num_samples: int = typer.Option(1, "--num-samples", min=1, help="How many independent samples."),
+    num_samples: int = typer.Option(1, "--num-samples", min=1, max=MAX_SAMPLES, help=f"How many independent samples (at most {MAX_SAMPLES:,})."),
     seed: int = typer.Option(None, "--seed", min=0, max=2**32 - 1, help="Same seed and options give the same text (0 to 4294967295)."),
     device: str = DEVICE,
     kv_cache: bool = typer.Option(True, "--kv-cache/--no-kv-cache", help="Reuse past keys/values (fast); off recomputes each window."),

@@ -142,6 +142,7 @@ def train(
 def resume(
     flags: dict,
     run: Path = typer.Argument(..., help="The run folder to continue (runs/NAME)."),
+    allow_data_change: bool = typer.Option(False, "--allow-data-change", help="Go on although the dataset was prepared again since the checkpoint (other text); run.json records the change.", rich_help_panel="Run"),
     as_json: bool = JSON_SUMMARY,
 ) -> None:
     """Continue a stopped run exactly where it left off (--max-iters may extend it).
@@ -154,7 +155,7 @@ def resume(
     dist = context_from_env()
     try:
         with _quiet_unless_main(dist):
-            result = resume_run(run, flags, _reporter_for(dist, as_json), dist=dist)
+            result = resume_run(run, flags, _reporter_for(dist, as_json), dist=dist, allow_data_change=allow_data_change)
         _print_summary(result, dist, as_json)
     finally:
         destroy_process_group()
