@@ -6,6 +6,7 @@ import http.server
 import math
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -61,6 +62,41 @@ def run_cli(tmp_path):
         )
 
     return run
+
+
+@pytest.fixture
+def tinygpt(capsys, monkeypatch):
+    """Run the real entry point (`tinygpt_cli.cli.app.main`) in this process: (exit code, stdout, stderr)."""
+    from tinygpt_cli.cli.app import main
+
+    monkeypatch.delenv("TINYGPT_DEBUG", raising=False)
+
+    def run(*args) -> tuple[int, str, str]:
+        capsys.readouterr()
+        monkeypatch.setattr(sys, "argv", ["tinygpt", *map(str, args)])
+        sigint = signal.getsignal(signal.SIGINT)  # main() leaves the default for a process that exits
+        try:
+            main()
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        finally:
+            signal.signal(signal.SIGINT, sigint)
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
+
+
+def assert_one_error(code: int, stderr: str, expected_code: int, *in_message: str) -> None:
+    """Exit `expected_code`, an `Error:` line holding each of `in_message`, no traceback, no internal error."""
+    detail = f"exit {code}\n{stderr}"
+    assert code == expected_code, detail
+    assert stderr.startswith("Error:"), detail
+    assert "Traceback" not in stderr and "internal error" not in stderr, detail
+    message = stderr.split("\nTry:")[0]
+    for text in in_message:
+        assert text in message, detail
 
 
 @pytest.fixture(scope="session")

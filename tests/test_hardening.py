@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import (ONE_THREAD_ENV, TINY_MODEL, TINY_TEXT_CHARS, TINY_TRAIN, assert_same_tensors, cli_env, hint, make_text,
-                      stream_of, tiny_cli_flags, tiny_config, wait_for)
+from conftest import (ONE_THREAD_ENV, TINY_MODEL, TINY_TEXT_CHARS, TINY_TRAIN, assert_one_error, assert_same_tensors, cli_env, hint,
+                      make_text, stream_of, tiny_cli_flags, tiny_config, wait_for)
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -53,41 +53,6 @@ LONG = 100_000  # max_iters of subprocess runs that are killed long before the e
 
 
 # --- helpers ---------------------------------------------------------------------------------
-
-@pytest.fixture
-def tinygpt(capsys, monkeypatch):
-    """Run the real entry point (`tinygpt_cli.cli.app.main`) in this process: (exit code, stdout, stderr)."""
-    from tinygpt_cli.cli.app import main
-
-    monkeypatch.delenv("TINYGPT_DEBUG", raising=False)
-
-    def run(*args) -> tuple[int, str, str]:
-        capsys.readouterr()
-        monkeypatch.setattr(sys, "argv", ["tinygpt", *map(str, args)])
-        sigint = signal.getsignal(signal.SIGINT)  # main() leaves the default for a process that exits
-        try:
-            main()
-            code = 0
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-        finally:
-            signal.signal(signal.SIGINT, sigint)
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-
-    return run
-
-
-def assert_one_error(code: int, stderr: str, expected_code: int, *in_message: str) -> None:
-    """Exit `expected_code`, an `Error:` line holding each of `in_message`, no traceback, no internal error."""
-    detail = f"exit {code}\n{stderr}"
-    assert code == expected_code, detail
-    assert stderr.startswith("Error:"), detail
-    assert "Traceback" not in stderr and "internal error" not in stderr, detail
-    message = stderr.split("\nTry:")[0]
-    for text in in_message:
-        assert text in message, detail
-
 
 def tmp_leftovers(folder: Path) -> list[Path]:
     return sorted(folder.glob(".*.tmp"))

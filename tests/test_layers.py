@@ -102,3 +102,56 @@ def test_every_name_the_package_exports_exists():
 
     missing = [name for name in tinygpt_cli.__all__ if not hasattr(tinygpt_cli, name)]
     assert missing == []
+
+
+# --- reads of files ------------------------------------------------------------------------
+
+# The calls that open or read a file. A path the user names (a text, a tokenizer, a transformers
+# folder, a run, a dataset) is read only through fsutil's readers, which never block on a FIFO
+# and never read past a limit; what is left are these, each on a path that is not the user's to
+# name, or one being written.
+FILE_CALLS = {"open", "fdopen", "read_text", "read_bytes", "fromfile", "memmap", "load", "safe_open", "urlopen"}
+AUDITED_FILE_CALLS = {
+    ("tinygpt_cli.threads", "open"): "/proc/stat",
+    ("tinygpt_cli.devices", "read_text"): "the CPU cache sizes under /sys",
+    ("tinygpt_cli.runs", "open"): "the run's lock file, made by os.open with O_CREAT, never read",
+    ("tinygpt_cli.lifecycle", "open"): "metrics.jsonl, appended to under the run's lock",
+    ("tinygpt_cli.data", "urlopen"): "a download, read up to MAX_DOWNLOAD_BYTES",
+    ("tinygpt_cli.data", "open"): "the folder's owner mark, made by os.open with O_CREAT",
+    ("tinygpt_cli.data", "memmap"): "a split whose SHA-256 intact_dataset has just checked",
+    ("tinygpt_cli.data", "fromfile"): "a split whose SHA-256 intact_dataset has just checked",
+    ("tinygpt_cli.prepare", "open"): "the temporary split files prepare writes",
+    ("tinygpt_cli.prepare", "memmap"): "the temporary train split prepare has just written",
+    ("tinygpt_cli.corpus", "fdopen"): "the temporary copy of standard input, written",
+    ("tinygpt_cli.hf", "safe_open"): "model.safetensors, a regular file (is_file) that safetensors maps and checks",
+    ("tinygpt_cli.tokenizer", "load"): "Vocabulary.load, which reads with fsutil.read_json",
+}
+
+
+def file_calls(path: Path) -> set[str]:
+    """The names of the calls in FILE_CALLS that `path` makes (`open(...)`, `x.read_text()`, `os.open(...)`)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Call):
+            name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
+            if name in FILE_CALLS:
+                found.add(name)
+    return found
+
+
+@pytest.mark.parametrize("name", [n for n in CORE if n != "tinygpt_cli.fsutil"])
+def test_files_are_read_through_fsutil_or_on_an_audited_path(name):
+    unaudited = {call for call in file_calls(MODULES[name]) if (name, call) not in AUDITED_FILE_CALLS}
+    assert not unaudited, f"{name} calls {sorted(unaudited)}: read a user's path with fsutil.read_user_file, read_json or open_for_reading"
+
+
+def test_the_file_read_check_sees_a_plain_read(tmp_path):
+    reader = tmp_path / "reader.py"
+    reader.write_text("from pathlib import Path\ndef f(p):\n    return Path(p).read_text(), open(p).read()\n")
+    assert file_calls(reader) == {"read_text", "open"}
+
+
+def test_every_audited_file_call_is_still_made():
+    """An entry that no longer matches a call is stale: the list shows what is really there."""
+    stale = [key for key in AUDITED_FILE_CALLS if key[1] not in file_calls(MODULES[key[0]])]
+    assert stale == []

@@ -166,7 +166,7 @@ class FolderWalk:
 
 def _looks_binary(path: Path) -> bool:
     try:
-        with open(path, "rb") as f:
+        with open_for_reading(path) as f:
             head = f.read(SNIFF_BYTES)
     except OSError:
         return True

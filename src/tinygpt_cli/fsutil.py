@@ -85,7 +85,7 @@ def short_list(names: list[str], shown: int = 5) -> str:
 def file_sha256(path: str | os.PathLike) -> str:
     """SHA-256 of a file of any size, read in pieces."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_for_reading(path) as f:
         while chunk := f.read(1 << 22):
             digest.update(chunk)
     return digest.hexdigest()

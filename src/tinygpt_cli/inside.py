@@ -24,9 +24,9 @@ from .tokenizer import Tokenizer, byte_lengths
 
 # surprise shows each token of a text: up to a megabyte of it (a page of that is already long).
 MAX_SURPRISE_BYTES = 2**20
-SURPRISE_TOO_LARGE = Command("eval", options={"run": "RUN", "data_dir": "DIR"},
-                             before="score a part of it; for a whole large text, prepare it with the run's tokenizer "
-                                    "(tinygpt prepare text FILE --tokenizer RUN --data-dir DIR), then:")
+SURPRISE_TOO_LARGE = Command("prepare text", ("FILE",), {"tokenizer": "RUN", "data_dir": "DIR"},
+                             before="score a part of it, or the whole with eval: prepare it with the run's tokenizer",
+                             why="then eval --run RUN --data-dir DIR scores it")
 
 
 def prompt_ids(tokenizer: Tokenizer, text: str, block_size: int) -> tuple[list[int], int]:

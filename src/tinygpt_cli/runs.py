@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import Command, TinyGPTError, UsageError
-from .fsutil import entries_except, is_temp_file_of, short_list, read_json, write_json_atomic, write_text_atomic
+from .fsutil import entries_except, is_temp_file_of, open_for_reading, read_json, short_list, write_json_atomic, write_text_atomic
 
 RUNS_DIR = Path("runs")
 # Every file a run folder can hold: tinygpt writes these and nothing else there (loss.png by
@@ -166,14 +166,14 @@ class RunDir:
         """Metric records in order; a torn last line (a crash mid-write) is skipped."""
         records = []
         try:
-            lines = self.metrics_path.read_text(encoding="utf-8").splitlines()
+            with open_for_reading(self.metrics_path) as f:  # a line at a time: a FIFO put there reads as empty
+                for line in f:
+                    try:
+                        records.append(json.loads(line))
+                    except (ValueError, RecursionError):
+                        continue
         except FileNotFoundError:
             return []
-        for line in lines:
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                continue
         return records
 
     def truncate_metrics(self, iteration: int) -> None:

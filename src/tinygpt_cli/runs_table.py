@@ -13,8 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import ALL_FIELDS, ModelConfig, RunConfig
+from pydantic import ValidationError
+
+from .config import ALL_FIELDS, ModelConfig, RunConfig, first_problem
 from .errors import UsageError
+from .fsutil import read_json
 from .params import param_report
 from .runs import RunDir, finite_number
 
@@ -87,15 +90,19 @@ def read_summary(path: Path, name: str | None = None) -> RunSummary:
     run = RunDir(path)
     summary = RunSummary(name=name or path.name, path=path, status="unreadable")
     try:
-        summary.config = RunConfig(**json.loads(run.config_path.read_text(encoding="utf-8"))).flat()
+        saved = read_json(run.config_path)
+        summary.config = RunConfig(**saved).flat()
     except FileNotFoundError:
         summary.error = "no config.json"
         return summary
-    except Exception as e:  # invalid JSON, wrong fields, unreadable file
-        summary.error = f"config.json: {str(e).splitlines()[0]}"
+    except ValidationError as e:
+        summary.error = f"config.json: {first_problem(e)}"
+        return summary
+    except Exception as e:  # invalid JSON, not an object, unreadable file
+        summary.error = f"config.json: {(str(e).splitlines() or [type(e).__name__])[0]}"
         return summary
     try:
-        status = json.loads(run.status_path.read_text(encoding="utf-8"))
+        status = read_json(run.status_path)
         if not isinstance(status, dict):
             raise ValueError("not a JSON object")
     except FileNotFoundError:

@@ -21,7 +21,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from .config import ALL_FIELDS, FIELD_INFO, SHAPE_FIELDS, RunConfig, flag_name, resolve_config
 from .errors import Command, ConfigError, TinyGPTError, TrainingStopped, UsageError
-from .fsutil import write_json_atomic
+from .fsutil import read_json, write_json_atomic
 from .runs import RUNS_DIR, RunDir, default_run_name
 from .runs_table import format_value, is_run_folder
 
@@ -275,7 +275,7 @@ def write_manifest(plan: SweepPlan) -> None:
     path = plan.out / "sweep.json"
     created = time.time()
     try:
-        created = json.loads(path.read_text(encoding="utf-8")).get("created", created)
+        created = read_json(path).get("created", created)
     except (OSError, ValueError, AttributeError):
         pass
     try:
