@@ -88,6 +88,28 @@ def tinygpt(capsys, monkeypatch):
     return run
 
 
+ALARM_SECONDS = 30  # far past what a case of the hostile sweeps needs: only a hang reaches it
+
+
+class Hang(BaseException):
+    """Raised by the `alarm` fixture: not an Exception, so nothing under test can catch it as one."""
+
+
+@pytest.fixture
+def alarm():
+    """A test that hangs (a read that blocks, a loop without end) fails after ALARM_SECONDS."""
+    def ring(signum, frame):
+        raise Hang()
+
+    previous = signal.signal(signal.SIGALRM, ring)
+    signal.alarm(ALARM_SECONDS)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def assert_one_error(code: int, stderr: str, expected_code: int, *in_message: str) -> None:
     """Exit `expected_code`, an `Error:` line holding each of `in_message`, no traceback, no internal error."""
     detail = f"exit {code}\n{stderr}"
@@ -316,10 +338,10 @@ def tiny_config(data_dir: str | os.PathLike, **overrides):
 
 def tiny_cli_flags(data_dir: str | os.PathLike, preset: bool = True, **overrides) -> list[str]:
     """The same settings as `tiny_config`, as `tinygpt train` flags; an override of None leaves
-    its flag out (for a sweep's grid to set), and preset=False leaves out `--preset cpu`."""
+    its flag out (for a sweep's grid to set; data_dir None: no --data-dir), and preset=False leaves out `--preset cpu`."""
     from tinygpt_cli.config import flag_name
 
-    values = {**TINY_MODEL, **TINY_TRAIN, "data_dir": str(data_dir), **overrides}
+    values = {**TINY_MODEL, **TINY_TRAIN, "data_dir": None if data_dir is None else str(data_dir), **overrides}
     args = ["--preset", "cpu"] if preset else []
     for key, value in values.items():
         if value is None:

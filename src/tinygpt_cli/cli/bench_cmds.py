@@ -19,8 +19,8 @@ def bench(
     flags: dict,
     preset: str = PRESET_OPTION,
     config: Path = CONFIG_OPTION,
-    steps: int = typer.Option(10, "--steps", min=1, help="Timed training steps per repeat."),
-    repeats: int = typer.Option(3, "--repeats", min=1, help="Repeats; the median is reported."),
+    steps: int = typer.Option(10, "--steps", min=1, max=1000, help="Timed training steps per repeat (at most 1,000)."),
+    repeats: int = typer.Option(3, "--repeats", min=1, max=100, help="Repeats; the median is reported (at most 100)."),
     as_json: bool = JSON,
 ) -> None:
     """Time real training steps on synthetic data and project the run's duration.
