@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from common import report
-from tinygpt_cli.devices import pick_dtype
+from tinygpt_cli.system.devices import pick_dtype
 
 WORKLOADS = {
     "cpu preset": dict(vocab_size=65),
@@ -46,7 +46,7 @@ HOG_SECONDS = 900
 _CHILD = r"""
 import json, sys
 import torch
-from tinygpt_cli.bench import time_training_steps
+from tinygpt_cli.runs.bench import time_training_steps
 from tinygpt_cli.config import resolve_config
 flags, steps = json.loads(sys.argv[1]), int(sys.argv[2])
 timing = time_training_steps(resolve_config("cpu", None, {**flags, "device": "cpu"}), steps=steps, warmup=3, repeats=1)

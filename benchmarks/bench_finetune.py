@@ -16,9 +16,9 @@ import os
 import resource
 
 from common import report
-from tinygpt_cli.bench import time_training_steps
+from tinygpt_cli.runs.bench import time_training_steps
 from tinygpt_cli.config import resolve_config
-from tinygpt_cli.devices import pick_dtype
+from tinygpt_cli.system.devices import pick_dtype
 
 GPT2_SHAPE = dict(vocab_size=50257, n_layer=12, n_head=12, n_embd=768, bias=True, activation="gelu_tanh", dropout=0.0)
 NANOGPT_FINETUNE_TOKENS = 20 * 32 * 1024  # max_iters x gradient_accumulation_steps x block_size

@@ -25,7 +25,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=30)
     args = parser.parse_args()
-    from tinygpt_cli.bench import synthetic_dataset, time_steps, training_step_fn
+    from tinygpt_cli.runs.bench import synthetic_dataset, time_steps, training_step_fn
     from tinygpt_cli.config import resolve_config
 
     config = resolve_config("cpu", None, {"vocab_size": 65})

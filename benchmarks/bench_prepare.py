@@ -37,7 +37,7 @@ def make_corpus(source: Path, path: Path, megabytes: int) -> int:
 
 
 def library_speeds(source: Path) -> dict:
-    from tinygpt_cli.tokenizer import BPETokenizer, split_for_encoding
+    from tinygpt_cli.data.tokenizer import BPETokenizer, split_for_encoding
 
     text = source.read_text(encoding="utf-8")
     tokenizer = BPETokenizer.train([text], 4096)

@@ -23,7 +23,7 @@ from tinygpt_cli.checkpoint import Checkpoint, model_weights, save_checkpoint
 from tinygpt_cli.config import PRESETS, ModelConfig
 from tinygpt_cli.model import GPT
 from tinygpt_cli.sampling import generate, set_sampling_precision
-from tinygpt_cli.vocab import Vocabulary
+from tinygpt_cli.data.vocab import Vocabulary
 
 NANOGPT_WHOLE_PROCESS_S = 69.0
 

@@ -27,9 +27,9 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=1200, help="iterations of the char model (the cpu preset's)")
     parser.add_argument("--sizes", default="257,512,1024,4096")
     args = parser.parse_args()
-    from tinygpt_cli.bench import time_training_steps
+    from tinygpt_cli.runs.bench import time_training_steps
     from tinygpt_cli.config import resolve_config
-    from tinygpt_cli.data import load_dataset
+    from tinygpt_cli.data.dataset import load_dataset
 
     tokenizers = [("char", None)] + [("bpe", int(n)) for n in args.sizes.split(",")]
     rows, char_ms = [], None

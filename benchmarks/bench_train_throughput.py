@@ -33,9 +33,9 @@ import numpy as np
 import torch
 
 from common import TINYGPT, report
-from tinygpt_cli.bench import matmul_peak_gflops, synthetic_dataset, time_steps, time_training_steps, training_step_fn
+from tinygpt_cli.runs.bench import matmul_peak_gflops, synthetic_dataset, time_steps, time_training_steps, training_step_fn
 from tinygpt_cli.config import resolve_config
-from tinygpt_cli.devices import pick_dtype
+from tinygpt_cli.system.devices import pick_dtype
 from tinygpt_cli.model import GPT
 from tinygpt_cli.params import param_report
 

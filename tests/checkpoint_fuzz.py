@@ -151,7 +151,7 @@ def random_mutation(rng: random.Random, original: Path, target: Path) -> bool:
         key = rng.choice(sorted(meta))
         meta[key] = DEEP if rng.random() < 0.05 else json.dumps(rng.choice(ODD_VALUES))
     elif kind == "nested_value":
-        key = rng.choice(["model_config_json", "train_config", "progress", "vocab", "rng_numpy", "rng_python", "optimizer_param_groups"])
+        key = rng.choice([k for k in ("model_config_json", "train_config", "progress", "vocab", "optimizer_param_groups") if k in meta])
         obj = json.loads(meta[key])
         path: list = []
         while isinstance(obj, (dict, list)) and obj:

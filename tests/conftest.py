@@ -72,9 +72,12 @@ def tinygpt(capsys, monkeypatch):
     monkeypatch.delenv("TINYGPT_DEBUG", raising=False)
 
     def run(*args) -> tuple[int, str, str]:
+        import torch
+
         capsys.readouterr()
         monkeypatch.setattr(sys, "argv", ["tinygpt", *map(str, args)])
         sigint = signal.getsignal(signal.SIGINT)  # main() leaves the default for a process that exits
+        threads = torch.get_num_threads()  # init_process sets them for the process: this one goes on after
         try:
             main()
             code = 0
@@ -82,6 +85,7 @@ def tinygpt(capsys, monkeypatch):
             code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
         finally:
             signal.signal(signal.SIGINT, sigint)
+            torch.set_num_threads(threads)
         captured = capsys.readouterr()
         return code, captured.out, captured.err
 
@@ -367,7 +371,7 @@ def torch_one_thread():
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
     """A prepared dataset folder (about 18,000 train and 2,000 val tokens) from `make_text`."""
-    from tinygpt_cli.prepare import prepare_text
+    from tinygpt_cli.data.prepare import prepare_text
 
     root = tmp_path_factory.mktemp("tiny_dataset")
     source = root / "tiny.txt"

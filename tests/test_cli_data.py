@@ -11,8 +11,8 @@ import pytest
 from conftest import assert_error_output, cli_env, tmp_files
 
 import tinygpt_cli
-from tinygpt_cli.data import dataset_files
-from tinygpt_cli.data import OWNER_MARK, SHAKESPEARE_SHA256
+from tinygpt_cli.data.dataset import dataset_files
+from tinygpt_cli.data.dataset import OWNER_MARK, SHAKESPEARE_SHA256
 
 SHAKESPEARE_NUMBERS = ("65", "1,003,854", "111,540")
 
@@ -127,7 +127,7 @@ def test_vocab_of_nothing(run_cli, tmp_path):
 
 
 def test_vocab_of_damaged_dataset(run_cli, tmp_path, small_text):
-    from tinygpt_cli.prepare import prepare_text
+    from tinygpt_cli.data.prepare import prepare_text
 
     folder = tmp_path / "data" / "small"
     prepare_text(small_text, folder, "small", 0.1)
@@ -196,7 +196,7 @@ def test_prepare_shakespeare_then_nothing_to_do(run_cli, tmp_path, shakespeare_p
 
 @pytest.fixture(scope="module")
 def shakespeare_dir(tmp_path_factory, shakespeare_path):
-    from tinygpt_cli.prepare import prepare_shakespeare
+    from tinygpt_cli.data.prepare import prepare_shakespeare
 
     folder = tmp_path_factory.mktemp("prepared") / "shakespeare"
     prepare_shakespeare(folder, str(shakespeare_path), True, 0.1)

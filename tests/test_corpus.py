@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from conftest import ONE_THREAD_ENV, assert_error_output, assert_same_tensors, cli_env, make_text, stream_of, tiny_config
 
-import tinygpt_cli.data as data_module
-from tinygpt_cli.data import load_dataset
+import tinygpt_cli.data.dataset as data_module
+from tinygpt_cli.data.dataset import load_dataset
 from tinygpt_cli.lifecycle import train_new
-from tinygpt_cli.prepare import TokenizerChoice, prepare_text
+from tinygpt_cli.data.prepare import prepare_text
+from tinygpt_cli.interop.pretrained import tokenizer_choice
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -42,7 +43,7 @@ def test_a_folder_is_read_recursively_with_a_glob_and_binary_files_skipped(corpu
 
 
 def test_documents_are_separated_by_the_end_of_text_token(corpus_folder, tmp_path):
-    prepare_text([str(corpus_folder)], tmp_path / "d", "d", 0.1, TokenizerChoice.parse("bpe", 300), glob="*.txt", val_split="end")
+    prepare_text([str(corpus_folder)], tmp_path / "d", "d", 0.1, tokenizer_choice("bpe", 300), glob="*.txt", val_split="end")
     dataset = load_dataset(tmp_path / "d")
     stream = np.concatenate([dataset.train, dataset.val])
     assert (stream == dataset.tokenizer.eot_id).sum() == 1  # between the two documents
@@ -80,7 +81,7 @@ def test_a_validation_file_is_kept_whatever_the_split_asked_for(tmp_path):
 
 
 def test_a_text_without_line_breaks_is_read_in_bounded_pieces(tmp_path):
-    from tinygpt_cli.corpus import FORCED_CUT, Source, read_pieces
+    from tinygpt_cli.data.corpus import FORCED_CUT, Source, read_pieces
 
     path = tmp_path / "one-line.txt"
     path.write_text("word " * 40_000, encoding="utf-8")

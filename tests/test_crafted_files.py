@@ -16,10 +16,10 @@ import pytest
 from conftest import assert_one_error, make_text
 
 from tinygpt_cli.checkpoint import load_checkpoint
-from tinygpt_cli.export import export_hf
-from tinygpt_cli.hf import char_tokenizer_json
-from tinygpt_cli.tokenizer import BPETokenizer
-from tinygpt_cli.vocab import Vocabulary
+from tinygpt_cli.interop.export import export_hf
+from tinygpt_cli.interop.hf import char_tokenizer_json
+from tinygpt_cli.data.tokenizer import BPETokenizer
+from tinygpt_cli.data.vocab import Vocabulary
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread", "alarm")
 
@@ -137,7 +137,7 @@ def test_a_crafted_tokenizer_file_prepares_or_fails_in_one_line(tinygpt, tokeniz
     code, _, err = tinygpt("prepare", "text", corpus, "--tokenizer", path, "--data-dir", tmp_path / "data")
     assert_result_or_one_error(code, err)
     if code == 0:  # it loaded: the dataset it made decodes back to the text
-        from tinygpt_cli.data import load_dataset
+        from tinygpt_cli.data.dataset import load_dataset
 
         dataset = load_dataset(tmp_path / "data")
         assert dataset.tokenizer.decode(dataset.train[:50].tolist())
@@ -157,15 +157,20 @@ def exported(tiny_run, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def exported_dataset(exported, corpus, tmp_path_factory) -> Path:
     """The corpus prepared with the export's own tokenizer, so that an intact export trains on it."""
-    from tinygpt_cli.prepare import TokenizerChoice, prepare_text
+    from tinygpt_cli.data.prepare import prepare_text
+    from tinygpt_cli.interop.pretrained import tokenizer_choice
 
     folder = tmp_path_factory.mktemp("exported_data") / "data"
-    prepare_text(corpus, folder, "text", 0.1, TokenizerChoice.parse(str(exported), None))
+    prepare_text(corpus, folder, "text", 0.1, tokenizer_choice(str(exported), None))
     return folder
 
 
 FOLDER_FILES = ["config.json", "tokenizer.json", "model.safetensors"]
+# Each hostile JSON value in each key of config.json that tinygpt reads: on top of the random mutations.
+CONFIG_KEYS = ["model_type", "hidden_act", "hidden_size", "num_attention_heads", "max_position_embeddings", "rope_parameters",
+               "use_parallel_residual", "tie_word_embeddings", "vocab_size", "layer_norm_eps", "intermediate_size"]
 FOLDER_CASES = [(name, f"json-{i}") for name in FOLDER_FILES[:2] for i in range(MUTATIONS_PER_FILE)] + \
+               [("config.json", f"key-{key}-{i}") for key in CONFIG_KEYS for i in range(len(HOSTILE_JSON))] + \
                [(name, how) for name in FOLDER_FILES for how in FILE_KINDS] + [(name, "missing") for name in FOLDER_FILES]
 
 
@@ -177,6 +182,9 @@ def test_a_crafted_transformers_folder_fine_tunes_or_fails_in_one_line(tinygpt, 
         path.unlink()
     elif how.startswith("json-"):
         path.write_text(json.dumps(mutate(json.loads(path.read_text()), random.Random(f"{name}{how}"))))
+    elif how.startswith("key-"):
+        key, index = how.removeprefix("key-").rsplit("-", 1)
+        path.write_text(json.dumps({**json.loads(path.read_text()), key: HOSTILE_JSON[int(index)]}))
     else:
         write_crafted(path, how, path.read_bytes())
     code, _, err = tinygpt("train", "--init-from", folder, "--data-dir", exported_dataset, "--max-iters", "2", "--warmup-iters", "0",

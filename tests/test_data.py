@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from conftest import hint, make_text, stream_of, tmp_files
 
-from tinygpt_cli import data
-from tinygpt_cli.data import (
+from tinygpt_cli.data import dataset as data
+from tinygpt_cli.data.dataset import (
     OWNER_MARK,
     DatasetInfo,
     check_name,
@@ -19,9 +19,9 @@ from tinygpt_cli.data import (
     intact_dataset,
     load_dataset,
 )
-from tinygpt_cli.prepare import prepare_text, split_sizes
+from tinygpt_cli.data.prepare import prepare_text, split_sizes
 from tinygpt_cli.errors import TinyGPTError, UsageError
-from tinygpt_cli.vocab import Vocabulary
+from tinygpt_cli.data.vocab import Vocabulary
 
 
 def _decode_splits(folder):

@@ -10,8 +10,8 @@ import sys
 import pytest
 import torch
 
-from tinygpt_cli import devices
-from tinygpt_cli.devices import autocast_for, pick_device, pick_dtype
+from tinygpt_cli.system import devices
+from tinygpt_cli.system.devices import autocast_for, pick_device, pick_dtype
 from tinygpt_cli.errors import UsageError
 
 
@@ -52,7 +52,7 @@ def test_autocast_only_for_lower_precision():
 
 CHURN_PAGE_FAULTS = """
 import resource, torch
-from tinygpt_cli.devices import keep_freed_cpu_memory
+from tinygpt_cli.system.devices import keep_freed_cpu_memory
 
 def faults_per_step():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -79,14 +79,18 @@ def test_freed_cpu_memory_is_reused_instead_of_faulted_in_again():
     assert float(kept) < float(default) / 10
 
 
-def test_training_on_a_cpu_keeps_freed_memory(monkeypatch, tmp_path):
-    from tinygpt_cli import devices
-    from tinygpt_cli.bench import synthetic_dataset
+def test_init_process_keeps_freed_memory_and_a_trainer_alone_does_not(monkeypatch, tmp_path):
+    """malloc's setting holds for the whole process: the entry points ask for it (init_process),
+    a library's Trainer leaves it alone."""
+    from tinygpt_cli.system import process
+    from tinygpt_cli.runs.bench import synthetic_dataset
     from tinygpt_cli.config import resolve_config
     from tinygpt_cli.train import Trainer
 
     calls = []
-    monkeypatch.setattr(devices, "keep_freed_cpu_memory", lambda: calls.append(True))
+    monkeypatch.setattr(process, "keep_freed_cpu_memory", lambda: calls.append(True))
     config = resolve_config(None, None, {"n_layer": 1, "n_head": 1, "n_embd": 8, "block_size": 8, "vocab_size": 8, "device": "cpu"})
     Trainer(config, synthetic_dataset(8))
+    assert calls == []
+    process.init_process()
     assert calls == [True]

@@ -14,8 +14,8 @@ import torch
 
 from conftest import cli_env, make_text, tiny_cli_flags
 from tinygpt_cli.checkpoint import load_checkpoint
-from tinygpt_cli.prepare import prepare_text
-from tinygpt_cli.runs import RunDir
+from tinygpt_cli.data.prepare import prepare_text
+from tinygpt_cli.rundir import RunDir
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:

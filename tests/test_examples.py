@@ -11,7 +11,7 @@ import pytest
 
 from conftest import ONE_THREAD_ENV, REPO, cli_env
 from tinygpt_cli.config import resolve_config
-from tinygpt_cli.sweep import plan_sweep
+from tinygpt_cli.runs.sweep import plan_sweep
 
 EXAMPLES = REPO / "examples"
 TOMLS = sorted(EXAMPLES.glob("*.toml"))
@@ -41,6 +41,14 @@ def test_library_example_runs(tiny_run, tiny_dataset, tmp_path):
                             env=cli_env(ONE_THREAD_ENV), capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "validation loss" in result.stdout and "parameter model" in result.stdout
+
+
+def test_the_library_example_without_a_run_prints_its_usage(tmp_path):
+    result = subprocess.run([sys.executable, str(EXAMPLES / "library.py")], env=cli_env(), capture_output=True, text=True,
+                            timeout=60, cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.startswith("tinygpt as a library") and "Usage: python examples/library.py RUN" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -126,17 +134,20 @@ def test_user_facing_text_speaks_of_the_users_paths_only():
     assert [name for name, text in texts.items() if "shared/data" in text] == []
 
 
+SYMBOL = r"`([\w/]+)\.py:([\w.]+)`"  # `data/vocab.py:Vocabulary`, under src/tinygpt_cli/
+
+
 def test_every_symbol_the_readme_points_to_exists():
     """The README's where-each-idea-lives table and each tutorial lesson's "Read next" line."""
     import importlib
 
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     table = readme.split("## Where each idea lives", 1)[1].split("\n## ", 1)[0]
-    assert len(re.findall(r"`(\w+)\.py:([\w.]+)`", table)) >= 15
+    assert len(re.findall(SYMBOL, table)) >= 15
     assert TUTORIAL.read_text(encoding="utf-8").count("\nRead next: ") == 10
-    symbols = re.findall(r"`(\w+)\.py:([\w.]+)`", docs_text())
+    symbols = re.findall(SYMBOL, docs_text())
     for module, dotted in symbols:
-        obj = importlib.import_module(f"tinygpt_cli.{module}")
+        obj = importlib.import_module(f"tinygpt_cli.{module.replace('/', '.')}")
         for part in dotted.split("."):
             assert hasattr(obj, part), f"{module}.py:{dotted}"
             obj = getattr(obj, part)

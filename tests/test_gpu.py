@@ -18,10 +18,10 @@ import torch
 
 from conftest import ONE_THREAD_ENV, cli_env, signal_at_step, tiny_cli_flags, tiny_config
 from tinygpt_cli.checkpoint import load_model
-from tinygpt_cli.data import load_dataset
+from tinygpt_cli.data.dataset import load_dataset
 from tinygpt_cli.errors import TrainingStopped
 from tinygpt_cli.lifecycle import resume, train_new
-from tinygpt_cli.runs import RunDir
+from tinygpt_cli.rundir import RunDir
 from tinygpt_cli.sampling import generate
 from tinygpt_cli.train import Trainer
 

@@ -29,20 +29,20 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import tinygpt_cli.checkpoint as checkpoint_module
-import tinygpt_cli.data as data_module
-import tinygpt_cli.fsutil as fsutil_module
+import tinygpt_cli.data.dataset as data_module
+import tinygpt_cli.system.fsutil as fsutil_module
 from tinygpt_cli.checkpoint import load_checkpoint, read_metadata
 from tinygpt_cli.config import ALL_FIELDS, flag_name, resolve_config
-from tinygpt_cli.data import load_dataset
-from tinygpt_cli.prepare import prepare_text
+from tinygpt_cli.data.dataset import load_dataset
+from tinygpt_cli.data.prepare import prepare_text
 from tinygpt_cli.errors import CheckpointError, ConfigError, TinyGPTError, TrainingStopped, UsageError
 from tinygpt_cli.model import GPT
 from tinygpt_cli.params import param_report
-from tinygpt_cli.runs import RunDir
-from tinygpt_cli.runs_table import read_summary
+from tinygpt_cli.rundir import RunDir
+from tinygpt_cli.runs.table import read_summary
 from tinygpt_cli.lifecycle import TrainingReporter, resume, train_new
 from tinygpt_cli.train import Trainer, learning_rate_at
-from tinygpt_cli.vocab import UnknownCharactersError, Vocabulary
+from tinygpt_cli.data.vocab import UnknownCharactersError, Vocabulary
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -107,7 +107,7 @@ import os, resource, signal, sys, time
 from pathlib import Path
 
 import tinygpt_cli.checkpoint as checkpoint
-import tinygpt_cli.fsutil as fsutil
+import tinygpt_cli.system.fsutil as fsutil
 from tinygpt_cli.cli.app import main
 
 mode, marker, at = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
@@ -669,7 +669,7 @@ def test_a_model_too_big_for_memory_is_one_error_line_before_any_allocation():
     import torch
 
     from tinygpt_cli.config import resolve_config
-    from tinygpt_cli.devices import build_model
+    from tinygpt_cli.train import build_model
 
     huge = resolve_config("baby", None, {"n_layer": 1000, "n_embd": 16384, "n_head": 128})
     with pytest.raises(TinyGPTError) as info:
@@ -707,7 +707,7 @@ def test_a_full_disk_while_logging_metrics_is_one_error_line(tiny_dataset, tmp_p
 
 
 def test_a_stop_during_a_long_evaluation_is_acknowledged_at_once_and_cuts_it_short(tiny_dataset, tmp_path, monkeypatch):
-    from tinygpt_cli.batches import Batches
+    from tinygpt_cli.data.batches import Batches
 
     run, calls = tmp_path / "run", {"eval_batches_after_signal": 0, "acknowledged": 0}
     real_sample = Batches.sample

@@ -16,13 +16,13 @@ from conftest import TINY_MODEL, assert_error_output, hint
 from tinygpt_cli.checkpoint import Checkpoint, model_weights
 from tinygpt_cli.config import MODEL_FIELDS, PRESETS, ModelConfig
 from tinygpt_cli.errors import TinyGPTError, UsageError
-from tinygpt_cli.export import EXPORT_FILES, export_hf
-from tinygpt_cli.hf import hf_config, model_config_from_hf, read_hf_folder
+from tinygpt_cli.interop.export import EXPORT_FILES, export_hf
+from tinygpt_cli.interop.hf import hf_config, model_config_from_hf, read_hf_folder
 from tinygpt_cli.model import GPT
-from tinygpt_cli.prepare import TokenizerChoice
+from tinygpt_cli.interop.pretrained import tokenizer_choice
 from tinygpt_cli.sampling import generate
-from tinygpt_cli.tokenizer import BPETokenizer
-from tinygpt_cli.vocab import Vocabulary
+from tinygpt_cli.data.tokenizer import BPETokenizer
+from tinygpt_cli.data.vocab import Vocabulary
 
 transformers = pytest.importorskip("transformers", reason="the hf extra is not installed (pip install -e '.[hf]')")
 
@@ -101,7 +101,7 @@ def test_an_export_reads_back_as_the_same_model(options, char_vocab, tmp_path):
     export(model, char_vocab, tmp_path)
     back = read_hf_folder(tmp_path)
     assert back.config == model.config and back.tokenizer == char_vocab
-    assert TokenizerChoice.parse(str(tmp_path / "tokenizer.json"), None).given == char_vocab  # prepare --tokenizer
+    assert tokenizer_choice(str(tmp_path / "tokenizer.json"), None).given == char_vocab  # prepare --tokenizer
     weights = model_weights(model)
     assert back.weights.keys() == weights.keys()
     for name, t in weights.items():

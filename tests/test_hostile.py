@@ -16,16 +16,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ONE_THREAD_ENV, assert_error_output, assert_one_error, assert_same_tensors, cli_env, make_text, tiny_cli_flags, tiny_config
+from conftest import assert_error_output, assert_one_error, assert_same_tensors, make_text, rewrite_checkpoint, tiny_cli_flags, tiny_config
 
-import tinygpt_cli.corpus as corpus_module
-import tinygpt_cli.prepare as prepare_module
+import tinygpt_cli.data.corpus as corpus_module
+import tinygpt_cli.data.prepare as prepare_module
 from tinygpt_cli.checkpoint import load_checkpoint
 from tinygpt_cli.errors import TinyGPTError
-from tinygpt_cli.export import CARD_HEADER
+from tinygpt_cli.interop.export import CARD_HEADER
 from tinygpt_cli.lifecycle import resume, train_new
-from tinygpt_cli.prepare import prepare_text
-from tinygpt_cli.runs import RunDir
+from tinygpt_cli.data.prepare import prepare_text
+from tinygpt_cli.rundir import RunDir
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -57,6 +57,24 @@ def test_export_overwrite_replaces_only_an_export_tinygpt_wrote(tinygpt, tiny_ru
     assert snapshot(tmp_path) == before  # and no staging folder is left beside it
 
 
+def test_a_file_put_in_an_export_while_it_is_replaced_is_kept(tinygpt, tiny_run, tmp_path, monkeypatch):
+    import tinygpt_cli.interop.export as export_module
+
+    folder = tmp_path / "hf"
+    assert tinygpt("export", tiny_run, folder, "--to", "hf")[0] == 0
+    real_save = export_module.save_file
+
+    def save_then_the_user_writes(*args, **kwargs):
+        real_save(*args, **kwargs)
+        (folder / "notes.txt").write_text("mine")  # between the check and the swap
+
+    monkeypatch.setattr(export_module, "save_file", save_then_the_user_writes)
+    code, _, err = tinygpt("export", tiny_run, folder, "--to", "hf", "--overwrite")
+    assert_one_error(code, err, 2, "notes.txt")
+    assert (folder / "notes.txt").read_text() == "mine" and (folder / "README.md").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
+
+
 def test_an_export_tinygpt_wrote_is_replaced_and_an_empty_folder_filled(tinygpt, tiny_run, tmp_path):
     (tmp_path / "empty").mkdir()
     assert tinygpt("export", tiny_run, tmp_path / "empty", "--to", "hf")[0] == 0
@@ -76,6 +94,10 @@ def test_runs_rm_never_deletes_through_a_symbolic_link(tinygpt, tiny_run, tmp_pa
     code, _, err = tinygpt("runs", "--rm", "link", "--yes")
     assert_one_error(code, err, 2, "symbolic link", str(real))
     assert snapshot(real) == before and (tmp_path / "runs" / "link").is_symlink()
+    shutil.copytree(tiny_run, tmp_path / "runs" / "plain")
+    code, _, err = tinygpt("runs", "--rm", "plain", "--rm", "link", "--yes")  # one refused: none deleted
+    assert_one_error(code, err, 2, "symbolic link")
+    assert (tmp_path / "runs" / "plain" / "best.safetensors").exists()
     assert tinygpt("runs", "--rm", real, "--yes")[0] == 0 and not real.exists()  # the folder itself is deleted
 
 
@@ -162,19 +184,23 @@ def test_links_that_leave_an_input_folder_are_skipped_unless_followed(tinygpt, t
     assert [s["name"] for s in json.loads(out)["sources"]] == [str(corpus / "a.txt"), str(corpus / "b-out.txt")]
 
 
-@pytest.mark.parametrize("glob", ["/etc/*", "../*", "sub/../../*", ""])
+@pytest.mark.parametrize("glob", ["/etc/*", "../*", "sub/../../*", "", ".", "./", "**/", "sub/**"])
 def test_a_glob_that_would_leave_the_folder_is_one_usage_error(tinygpt, small_text, glob):
     code, _, err = tinygpt("prepare", "text", small_text.parent, "--glob", glob)
     assert_one_error(code, err, 2, "--glob")
 
 
-def test_a_glob_matches_at_any_depth_as_rglob_did(tmp_path):
-    (tmp_path / "c" / "sub").mkdir(parents=True)
-    for name in ("a.txt", "sub/b.txt", "sub/c.md"):
-        (tmp_path / "c" / name).write_text(make_text(3000, seed=len(name)))
-    for glob in ("*.txt", "**/*.txt"):
-        found = corpus_module.collect_sources([str(tmp_path / "c")], glob)
-        assert [s.path.name for s in found.sources] == ["a.txt", "b.txt"]
+@pytest.mark.parametrize("glob, names", [("*.txt", ["a.txt", "sub/b.txt", "sub/x/y/d.txt"]), ("**/*.txt", ["a.txt", "sub/b.txt", "sub/x/y/d.txt"]),
+                                         ("sub/*.txt", ["sub/b.txt"]), ("sub/**/*.txt", ["sub/b.txt", "sub/x/y/d.txt"]),
+                                         ("y/*", ["sub/x/y/d.txt"]), ("./*.md", ["sub/c.md"])])
+def test_a_glob_matches_as_rglob_does(tmp_path, glob, names):
+    folder = tmp_path / "c"
+    (folder / "sub" / "x" / "y").mkdir(parents=True)
+    for name in ("a.txt", "sub/b.txt", "sub/c.md", "sub/x/y/d.txt"):
+        (folder / name).write_text(make_text(3000, seed=len(name)))
+    found = corpus_module.collect_sources([str(folder)], glob)
+    assert [str(s.path.relative_to(folder)) for s in found.sources] == names
+    assert names == sorted(str(p.relative_to(folder)) for p in folder.rglob(glob.removeprefix("./")) if p.is_file())
 
 
 # --- bounds --------------------------------------------------------------------------------
@@ -200,16 +226,18 @@ def test_standard_input_is_spooled_up_to_a_limit_that_the_error_names(tinygpt, t
 
 
 @pytest.mark.parametrize("args, words", [
-    (["generate", "--num-samples", "1000000", "--max-new-tokens", "5"], "--num-samples"),
-    (["generate", "--max-new-tokens", str(10**9)], "--max-new-tokens"),
+    (["generate", "--num-samples", "1000000", "--max-new-tokens", "5", "--run", "RUN"], "--num-samples"),
+    (["generate", "--max-new-tokens", str(10**9), "--run", "RUN"], "--max-new-tokens"),
+    (["bench", "--preset", "cpu", "--steps", str(10**9)], "--steps"),
+    (["bench", "--preset", "cpu", "--repeats", str(10**9)], "--repeats"),
 ])
-def test_generate_loops_have_a_limit_that_the_error_names(tinygpt, tiny_run, args, words):
-    code, _, err = tinygpt(*args, "--run", tiny_run)
+def test_user_sized_loops_have_a_limit_that_the_error_names(tinygpt, tiny_run, args, words):
+    code, _, err = tinygpt(*[tiny_run if a == "RUN" else a for a in args])
     assert_one_error(code, err, 2, words)
 
 
 def test_surprise_refuses_a_text_past_its_limit_before_reading_it(tinygpt, tiny_run, tmp_path, monkeypatch):
-    import tinygpt_cli.inside as inside_module
+    import tinygpt_cli.inside.measure as inside_module
 
     big = tmp_path / "big.txt"
     big.write_text("To be, or not to be\n" * 5000)  # 100,000 bytes
@@ -269,6 +297,12 @@ def test_a_float16_run_resumes_bit_for_bit_with_its_loss_scale(tiny_dataset, tmp
     train_new(config, whole)
     train_new(tiny_config(tiny_dataset, max_iters=20, dtype="float16", lr_decay="constant"), part)
     saved = load_checkpoint(part / "last.safetensors").progress["loss_scale"]
-    assert saved["scale"] != 2.0**16 or saved["growth_tracker"] != 0  # it moved: a fresh scaler would differ
+    assert saved["scale"] != 2.0**16 or saved["growth_tracker"] != 0  # it moved
+    forgetful = Path(shutil.copytree(part, tmp_path / "forgetful"))
+    rewrite_checkpoint(forgetful / "last.safetensors", change_meta=lambda meta: meta.update(
+        progress=json.dumps({**json.loads(meta["progress"]), "loss_scale": None})))
     resume(part, {"max_iters": 40})
     assert_same_tensors(whole / "last.safetensors", part / "last.safetensors")
+    resume(forgetful, {"max_iters": 40})  # a fresh scaler from there on: the weights come out otherwise
+    with pytest.raises(AssertionError, match="tensors differ"):
+        assert_same_tensors(whole / "last.safetensors", forgetful / "last.safetensors")

@@ -13,13 +13,13 @@ from conftest import ONE_THREAD_ENV, SWITCHES, TINY_MODEL, assert_error_output, 
 
 from tinygpt_cli.checkpoint import load_model
 from tinygpt_cli.config import ModelConfig
-from tinygpt_cli.data import load_dataset
+from tinygpt_cli.data.dataset import load_dataset
 from tinygpt_cli.evaluate import score_split
-from tinygpt_cli.inside import attention, pca, predict, surprise
+from tinygpt_cli.inside.measure import attention, pca, predict, surprise
 from tinygpt_cli.lifecycle import train_new
 from tinygpt_cli.model import GPT
 from tinygpt_cli.sampling import generate
-from tinygpt_cli.tokenizer import byte_lengths
+from tinygpt_cli.data.tokenizer import byte_lengths
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -159,11 +159,12 @@ def test_without_matplotlib_a_png_is_one_error_line_and_the_terminal_still_works
 def test_the_commands_read_a_bpe_run(run_cli, tmp_path):
     from conftest import make_text
 
-    from tinygpt_cli.prepare import TokenizerChoice, prepare_text
+    from tinygpt_cli.data.prepare import prepare_text
+    from tinygpt_cli.interop.pretrained import tokenizer_choice
 
     source = tmp_path / "corpus.txt"
     source.write_text(make_text(20_000, seed=4), encoding="utf-8")
-    prepare_text(source, tmp_path / "data", "c", 0.1, TokenizerChoice.parse("bpe", 300))
+    prepare_text(source, tmp_path / "data", "c", 0.1, tokenizer_choice("bpe", 300))
     train_new(tiny_config(tmp_path / "data", max_iters=10), tmp_path / "run")
     for args in (["attention", "--prompt", "The king"], ["predict", "--prompt", "The king"], ["surprise", "The king is dead."],
                  ["embeddings"]):

@@ -17,12 +17,12 @@ from typer.testing import CliRunner
 from tinygpt_cli.checkpoint import Checkpoint, load_model, model_weights, save_checkpoint
 from tinygpt_cli.cli.app import app
 from tinygpt_cli.config import PRESETS, ModelConfig, resolve_config
-from tinygpt_cli.data import load_dataset
-from tinygpt_cli.prepare import prepare_text
+from tinygpt_cli.data.dataset import load_dataset
+from tinygpt_cli.data.prepare import prepare_text
 from tinygpt_cli.evaluate import score_split, score_sample, score_windows
 from tinygpt_cli.model import GPT
 from tinygpt_cli.params import param_report
-from tinygpt_cli.tokenizer import byte_lengths
+from tinygpt_cli.data.tokenizer import byte_lengths
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 

@@ -40,6 +40,37 @@ CORE = [name for name in MODULES if not name.startswith("tinygpt_cli.cli")]
 COMMANDS = [name for name in MODULES if name.endswith("_cmds")]
 
 
+# The package's layers, lowest first (the README's file tree follows them): a module imports from
+# its own layer and the ones below, never from one above. The flat core is split by the wing it
+# needs (interop) between its two parts.
+LAYERS = [
+    {"errors"},
+    {"system"},  # process plumbing: files, devices, threads, torchrun, random generators
+    {"data"},  # text to token ids
+    {"config", "model", "params", "optim", "evaluate", "sampling", "checkpoint", "rundir", "train", "tracking"},
+    {"interop"},  # transformers folders, export, pretrained weights
+    {"lifecycle"},  # a run's life: it starts from pretrained weights too
+    {"runs"},  # many runs: the table, sweeps, benchmarks, plots
+    {"inside"},  # looking inside a model (its pictures use the plots' writer)
+    {"cli", "__main__"},
+]
+
+
+def layer_of(name: str) -> int:
+    part = name.split(".")[1]
+    return next(i for i, layer in enumerate(LAYERS) if part in layer)
+
+
+@pytest.mark.parametrize("name", [n for n in MODULES if n != "tinygpt_cli"])
+def test_a_module_imports_only_from_its_layer_or_below(name):
+    upward = sorted(m for m in GRAPH[name] if m != "tinygpt_cli" and layer_of(m) > layer_of(name))
+    assert not upward, f"{name} (layer {layer_of(name)}) imports from a layer above it: {upward}"
+
+
+def test_every_module_has_a_layer():
+    assert all(layer_of(n) >= 0 for n in MODULES if n != "tinygpt_cli")
+
+
 @pytest.mark.parametrize("name", CORE)
 def test_the_core_imports_neither_typer_nor_rich(name):
     assert not {m for m in imports_of(MODULES[name]) if m.split(".")[0] in ("typer", "rich", "click")}
@@ -106,52 +137,88 @@ def test_every_name_the_package_exports_exists():
 
 # --- reads of files ------------------------------------------------------------------------
 
-# The calls that open or read a file. A path the user names (a text, a tokenizer, a transformers
-# folder, a run, a dataset) is read only through fsutil's readers, which never block on a FIFO
-# and never read past a limit; what is left are these, each on a path that is not the user's to
-# name, or one being written.
-FILE_CALLS = {"open", "fdopen", "read_text", "read_bytes", "fromfile", "memmap", "load", "safe_open", "urlopen"}
+# The calls that open, map, copy or read a file. A path the user names (a text, a tokenizer, a
+# transformers folder, a run, a dataset) is read only through fsutil's readers, which never block
+# on a FIFO and never read past a limit; what is left are these, each in the one function named,
+# on a path that is not the user's to name or on a file being written.
+FILE_CALLS = {"open", "fdopen", "read_text", "read_bytes", "fromfile", "memmap", "mmap", "load", "load_file", "from_file",
+              "safe_open", "urlopen", "copyfile", "copy", "copy2", "copytree"}
 AUDITED_FILE_CALLS = {
-    ("tinygpt_cli.threads", "open"): "/proc/stat",
-    ("tinygpt_cli.devices", "read_text"): "the CPU cache sizes under /sys",
-    ("tinygpt_cli.runs", "open"): "the run's lock file, made by os.open with O_CREAT, never read",
-    ("tinygpt_cli.lifecycle", "open"): "metrics.jsonl, appended to under the run's lock",
-    ("tinygpt_cli.data", "urlopen"): "a download, read up to MAX_DOWNLOAD_BYTES",
-    ("tinygpt_cli.data", "open"): "the folder's owner mark, made by os.open with O_CREAT",
-    ("tinygpt_cli.data", "memmap"): "a split whose SHA-256 intact_dataset has just checked",
-    ("tinygpt_cli.data", "fromfile"): "a split whose SHA-256 intact_dataset has just checked",
-    ("tinygpt_cli.prepare", "open"): "the temporary split files prepare writes",
-    ("tinygpt_cli.prepare", "memmap"): "the temporary train split prepare has just written",
-    ("tinygpt_cli.corpus", "fdopen"): "the temporary copy of standard input, written",
-    ("tinygpt_cli.hf", "safe_open"): "model.safetensors, a regular file (is_file) that safetensors maps and checks",
-    ("tinygpt_cli.tokenizer", "load"): "Vocabulary.load, which reads with fsutil.read_json",
+    ("tinygpt_cli.system.threads", "_busy_seconds", "open"): "/proc/stat",
+    ("tinygpt_cli.system.devices", "last_level_cache_bytes", "read_text"): "the CPU cache sizes under /sys",
+    ("tinygpt_cli.rundir", "locked", "open"): "the run's lock file, made by os.open with O_CREAT",
+    ("tinygpt_cli.rundir", "check_not_in_use", "open"): "the run's lock file, opened only to take the lock",
+    ("tinygpt_cli.lifecycle", "_log", "open"): "metrics.jsonl, appended to under the run's lock",
+    ("tinygpt_cli.data.dataset", "download", "urlopen"): "a download, read up to MAX_DOWNLOAD_BYTES",
+    ("tinygpt_cli.data.dataset", "owned_folder", "open"): "the folder's owner mark, made by os.open with O_CREAT",
+    ("tinygpt_cli.data.dataset", "_read_split", "memmap"): "a split whose SHA-256 intact_dataset has just checked",
+    ("tinygpt_cli.data.dataset", "_read_split", "fromfile"): "a split whose SHA-256 intact_dataset has just checked",
+    ("tinygpt_cli.data.prepare", "__init__", "open"): "SplitWriter's temporary split files, written",
+    ("tinygpt_cli.data.prepare", "_move_tail", "memmap"): "the temporary train split prepare has just written",
+    ("tinygpt_cli.data.prepare", "_move_tail", "open"): "the temporary split files prepare writes",
+    ("tinygpt_cli.data.corpus", "_spool", "fdopen"): "the temporary copy of standard input, written",
+    ("tinygpt_cli.data.tokenizer", "load_tokenizer", "load"): "Vocabulary.load, which reads with fsutil.read_json",
+    ("tinygpt_cli.data.tokenizer", "load_tokenizer", "from_file"): "BPETokenizer.from_file, which reads with fsutil.read_user_file",
+    ("tinygpt_cli.interop.hf", "read_hf_folder", "safe_open"): "model.safetensors, a regular file (is_file) that safetensors maps and checks",
 }
 
 
-def file_calls(path: Path) -> set[str]:
-    """The names of the calls in FILE_CALLS that `path` makes (`open(...)`, `x.read_text()`, `os.open(...)`)."""
+def file_calls(path: Path) -> set[tuple[str, str]]:
+    """(function, call) for each call in FILE_CALLS that `path` makes (`open(...)`, `x.read_text()`,
+    `os.open(...)`), named after the function it is made in ("<module>" at the top level)."""
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Call):
-            name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
-            if name in FILE_CALLS:
-                found.add(name)
+
+    def visit(node: ast.AST, function: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            inner = child.name if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) else function
+            if isinstance(child, ast.Call):
+                name = child.func.attr if isinstance(child.func, ast.Attribute) else getattr(child.func, "id", None)
+                if name in FILE_CALLS:
+                    found.add((function, name))
+            visit(child, inner)
+
+    visit(ast.parse(path.read_text(encoding="utf-8")), "<module>")
     return found
 
 
-@pytest.mark.parametrize("name", [n for n in CORE if n != "tinygpt_cli.fsutil"])
+@pytest.mark.parametrize("name", [n for n in MODULES if n != "tinygpt_cli.system.fsutil"])
 def test_files_are_read_through_fsutil_or_on_an_audited_path(name):
-    unaudited = {call for call in file_calls(MODULES[name]) if (name, call) not in AUDITED_FILE_CALLS}
-    assert not unaudited, f"{name} calls {sorted(unaudited)}: read a user's path with fsutil.read_user_file, read_json or open_for_reading"
+    unaudited = sorted(call for call in file_calls(MODULES[name]) if (name, *call) not in AUDITED_FILE_CALLS)
+    assert not unaudited, f"{name} calls {unaudited}: read a user's path with fsutil.read_user_file, read_json or open_for_reading"
 
 
 def test_the_file_read_check_sees_a_plain_read(tmp_path):
     reader = tmp_path / "reader.py"
     reader.write_text("from pathlib import Path\ndef f(p):\n    return Path(p).read_text(), open(p).read()\n")
-    assert file_calls(reader) == {"read_text", "open"}
+    assert file_calls(reader) == {("f", "read_text"), ("f", "open")}
 
 
 def test_every_audited_file_call_is_still_made():
     """An entry that no longer matches a call is stale: the list shows what is really there."""
-    stale = [key for key in AUDITED_FILE_CALLS if key[1] not in file_calls(MODULES[key[0]])]
+    stale = [key for key in AUDITED_FILE_CALLS if key[1:] not in file_calls(MODULES[key[0]])]
     assert stale == []
+
+
+# --- the README's map of the code ------------------------------------------------------------
+
+def readme_tree() -> set[str]:
+    """The paths the README's file tree names, relative to src/tinygpt_cli/ ("data/vocab.py")."""
+    readme = (PACKAGE.parent.parent / "README.md").read_text(encoding="utf-8")
+    block = readme.split("## The code, file by file", 1)[1].split("```text\n", 1)[1].split("```", 1)[0]
+    paths, folders = set(), []
+    for line in block.splitlines()[1:]:  # the first line is src/tinygpt_cli/ itself
+        branch = line.find("── ")
+        depth, name = (branch - 1) // 4, line[branch + 3:].split()[0]
+        folders = folders[:depth]
+        if name.endswith("/"):
+            folders.append(name.rstrip("/"))
+        else:
+            paths.add("/".join([*folders, name]))
+    return paths
+
+
+def test_the_readme_tree_names_every_module_and_nothing_else():
+    modules = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if p.name not in ("__init__.py", "__main__.py")}
+    tree = readme_tree()
+    assert sorted(modules - tree) == [], "modules missing from the README's file tree"
+    assert sorted(tree - modules) == [], "the README's file tree names files that do not exist"

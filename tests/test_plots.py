@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from tinygpt_cli.config import build_config
 from tinygpt_cli.errors import TinyGPTError
-from tinygpt_cli.plots import in_bits_per_byte, loss_series, plot_runs, require_matplotlib, save_png, terminal_curve
+from tinygpt_cli.runs.plots import in_bits_per_byte, loss_series, plot_runs, require_matplotlib, save_png, terminal_curve
 
 pytest.importorskip("matplotlib")
 from matplotlib.lines import Line2D  # noqa: E402

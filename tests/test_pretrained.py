@@ -18,10 +18,10 @@ from tinygpt_cli.checkpoint import load_model
 from tinygpt_cli.errors import TinyGPTError, UsageError
 from tinygpt_cli.lifecycle import train_new
 from tinygpt_cli.model import GPT
-from tinygpt_cli.prepare import TokenizerChoice, prepare_text
-from tinygpt_cli.pretrained import load_pretrained
-from tinygpt_cli.runs import RunDir
-from tinygpt_cli.tokenizer import BPETokenizer
+from tinygpt_cli.data.prepare import prepare_text
+from tinygpt_cli.interop.pretrained import load_pretrained, tokenizer_choice
+from tinygpt_cli.rundir import RunDir
+from tinygpt_cli.data.tokenizer import BPETokenizer
 
 transformers = pytest.importorskip("transformers", reason="the hf extra is not installed (pip install -e '.[hf]')")
 
@@ -51,7 +51,7 @@ def fine_tune_config(data_dir, source, **overrides):
 
 
 def prepare_with(source, text_path, data_dir):
-    prepare_text(text_path, data_dir, "ft", 0.1, TokenizerChoice.parse(str(source), None))
+    prepare_text(text_path, data_dir, "ft", 0.1, tokenizer_choice(str(source), None))
     return data_dir
 
 
@@ -159,6 +159,6 @@ def test_a_hub_id_reads_the_folder_the_hub_gives(tiny_gpt2, monkeypatch):
     asked = []
     monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo, allow_patterns: asked.append(repo) or str(tiny_gpt2))
     assert load_pretrained("someone/tiny-gpt2").config.n_layer == 2 and asked == ["someone/tiny-gpt2"]
-    assert TokenizerChoice.parse("someone/tiny-gpt2", None).given == load_pretrained(str(tiny_gpt2)).tokenizer
+    assert tokenizer_choice("someone/tiny-gpt2", None).given == load_pretrained(str(tiny_gpt2)).tokenizer
     with pytest.raises(UsageError):
         load_pretrained("no such/id")

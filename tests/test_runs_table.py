@@ -14,7 +14,7 @@ from conftest import cli_env
 from tinygpt_cli.config import build_config
 from tinygpt_cli.errors import UsageError
 from tinygpt_cli.params import param_report
-from tinygpt_cli.runs_table import (
+from tinygpt_cli.runs.table import (
     RunSummary,
     differing_fields,
     discover_runs,
@@ -183,7 +183,7 @@ def test_a_narrow_terminal_never_cuts_a_run_name_or_its_best_val(run_cli, tmp_pa
 
 
 def test_runs_rm_deletes_a_run_and_nothing_else_and_refuses_a_run_in_use(run_cli, tmp_path):
-    from tinygpt_cli.runs import RunDir
+    from tinygpt_cli.rundir import RunDir
 
     root = tmp_path / "runs"
     done = make_run(root, "done", {"status": "finished", "iteration": 100, "max_iters": 100})

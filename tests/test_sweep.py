@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from conftest import hint, make_text, signal_at_step, tiny_cli_flags
 
-from tinygpt_cli.prepare import prepare_text
+from tinygpt_cli.data.prepare import prepare_text
 from tinygpt_cli.errors import ConfigError, TrainingStopped, UsageError
 from tinygpt_cli.params import param_report
-from tinygpt_cli.sweep import cell_name, parse_grid_args, plan_sweep
+from tinygpt_cli.runs.sweep import cell_name, parse_grid_args, plan_sweep
 
 GRID = ["--n-layer", "1,2", "--learning-rate", "1e-3,3e-3"]
 
@@ -88,7 +88,7 @@ def test_cell_names_are_safe():
 
 
 def test_a_failing_cell_does_not_stop_the_sweep(tmp_path, monkeypatch):
-    import tinygpt_cli.sweep as sweep_mod
+    import tinygpt_cli.runs.sweep as sweep_mod
     import tinygpt_cli.lifecycle as lifecycle
     from tinygpt_cli.errors import TinyGPTError
 
@@ -96,7 +96,7 @@ def test_a_failing_cell_does_not_stop_the_sweep(tmp_path, monkeypatch):
     monkeypatch.setattr(sweep_mod, "prepared_configs", lambda plan: [c.config for c in plan.cells])  # no dataset needed
     trained = []
 
-    def fake_train_new(config, path, reporter=None, overwrite=False):
+    def fake_train_new(config, path, reporter=None, overwrite=False, threads=None):
         if config.model.n_layer == 2:
             raise TinyGPTError("the loss became nan at iteration 7")
         trained.append(config.model.n_layer)
@@ -151,7 +151,7 @@ def test_sweep_2x2_end_to_end_and_rerun_skips(run_cli, tmp_path, data_dir):
 
 @pytest.mark.slow
 def test_stopped_sweep_resumes_where_it_left_off(tmp_path, data_dir):
-    from tinygpt_cli.sweep import project, run_sweep
+    from tinygpt_cli.runs.sweep import project, run_sweep
     from tinygpt_cli.lifecycle import TrainingReporter
 
     args = [*GRID, *tiny_cells(data_dir, preset=False)]

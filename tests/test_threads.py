@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import tinygpt_cli.threads as threads
+import tinygpt_cli.system.threads as threads
 
 
 @pytest.fixture

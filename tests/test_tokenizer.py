@@ -14,11 +14,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tinygpt_cli.checkpoint import load_model
-from tinygpt_cli.data import dataset_files, load_dataset
-from tinygpt_cli.prepare import Scan, TokenizerChoice, make_tokenizer, prepare_text
+from tinygpt_cli.data.dataset import dataset_files, load_dataset
+from tinygpt_cli.data.prepare import Scan, make_tokenizer, prepare_text
+from tinygpt_cli.interop.pretrained import tokenizer_choice
 from tinygpt_cli.errors import TinyGPTError, TrainingStopped, UsageError
 from tinygpt_cli.lifecycle import resume, train_new
-from tinygpt_cli.tokenizer import EOT, BPETokenizer, byte_lengths, split_for_encoding, stream_text, token_dtype
+from tinygpt_cli.data.tokenizer import EOT, BPETokenizer, byte_lengths, split_for_encoding, stream_text, token_dtype
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -33,7 +34,7 @@ def bpe_dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("bpe")
     source = root / "corpus.txt"
     source.write_text(make_text(30_000, seed=11) + "Ünïcödé, 東京 and 🌸.\n" * 20, encoding="utf-8")
-    prepare_text(source, root / "data", "corpus", 0.1, TokenizerChoice.parse("bpe", 300))
+    prepare_text(source, root / "data", "corpus", 0.1, tokenizer_choice("bpe", 300))
     return root / "data"
 
 
@@ -90,7 +91,7 @@ def test_the_end_of_text_token_and_the_byte_alphabet_come_first(bpe):
 ])
 def test_impossible_vocabulary_sizes_are_usage_errors(value, size, words):
     with pytest.raises(UsageError) as info:
-        TokenizerChoice.parse(value, size)
+        tokenizer_choice(value, size)
     assert words in info.value.message
 
 
@@ -108,13 +109,13 @@ def test_a_file_that_is_not_a_byte_level_bpe_is_refused_in_one_line(tmp_path, co
     path = tmp_path / "tokenizer.json"
     path.write_text(content)
     with pytest.raises(UsageError) as info:
-        make_tokenizer(TokenizerChoice.parse(str(path), None), Scan())
+        make_tokenizer(tokenizer_choice(str(path), None), Scan())
     assert words in info.value.message and "\n" not in info.value.message
 
 
 def test_a_tokenizer_file_prepares_the_same_dataset_as_the_tokenizer_it_holds(bpe_dataset, tmp_path):
     source = source_of(bpe_dataset)
-    result = prepare_text(source, tmp_path / "again", "again", 0.1, TokenizerChoice.parse(str(bpe_dataset / "tokenizer.json"), None))
+    result = prepare_text(source, tmp_path / "again", "again", 0.1, tokenizer_choice(str(bpe_dataset / "tokenizer.json"), None))
     assert (tmp_path / "again" / "train.bin").read_bytes() == (bpe_dataset / "train.bin").read_bytes()
     assert result.info.tokenizer == "bpe" and result.info.tokenizer_spec.startswith("file:")
     assert load_dataset(tmp_path / "again").tokenizer == load_dataset(bpe_dataset).tokenizer
@@ -134,7 +135,7 @@ def test_preparing_again_with_another_tokenizer_rebuilds_and_leaves_no_stale_fil
     source = source_of(bpe_dataset)
     char = prepare_text(source, tmp_path / "d", "d", 0.1)
     assert prepare_text(source, tmp_path / "d", "d", 0.1).reused
-    bpe = prepare_text(source, tmp_path / "d", "d", 0.1, TokenizerChoice.parse("bpe", 300))
+    bpe = prepare_text(source, tmp_path / "d", "d", 0.1, tokenizer_choice("bpe", 300))
     assert not bpe.reused and char.info.vocab_size != bpe.info.vocab_size
     assert not (tmp_path / "d" / "vocab.json").exists() and load_dataset(tmp_path / "d").tokenizer.kind == "bpe"
 
@@ -150,7 +151,7 @@ def test_a_large_vocabulary_is_stored_as_uint32(tmp_path):
     hf.save(str(tmp_path / "big.json"))
     source = tmp_path / "text.txt"
     source.write_text(make_text(3_000), encoding="utf-8")
-    info = prepare_text(source, tmp_path / "d", "d", 0.1, TokenizerChoice.parse(str(tmp_path / "big.json"), None)).info
+    info = prepare_text(source, tmp_path / "d", "d", 0.1, tokenizer_choice(str(tmp_path / "big.json"), None)).info
     dataset = load_dataset(tmp_path / "d")
     assert info.token_dtype == "uint32" and dataset.train.dtype == np.uint32
     assert dataset.tokenizer.decode(dataset.train[:50].tolist()) == source.read_text(encoding="utf-8")[:50]

@@ -12,7 +12,7 @@ from conftest import hint, tiny_config
 
 from tinygpt_cli.errors import TinyGPTError
 from tinygpt_cli.lifecycle import TrainingReporter, resume, train_new
-from tinygpt_cli.runs import RunDir
+from tinygpt_cli.rundir import RunDir
 from tinygpt_cli.tracking import STEP_METRICS, open_tracker
 
 ROLLBACK_AT = 20  # the checkpoint a resume starts from, 20 steps before the end

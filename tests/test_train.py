@@ -22,9 +22,9 @@ from safetensors.torch import load_file
 
 from tinygpt_cli.checkpoint import load_checkpoint, load_model, read_metadata, tensor_digest
 from tinygpt_cli.config import RunConfig
-from tinygpt_cli.prepare import prepare_text
+from tinygpt_cli.data.prepare import prepare_text
 from tinygpt_cli.errors import CheckpointError, TinyGPTError, TrainingStopped, UsageError
-from tinygpt_cli.runs import RunDir
+from tinygpt_cli.rundir import RunDir
 from tinygpt_cli.lifecycle import TrainingReporter, prepare_training, resume, train_new
 from tinygpt_cli.train import Trainer
 

@@ -19,9 +19,9 @@ from conftest import ONE_THREAD_ENV, as_format_1, assert_error_output, cli_env, 
 from safetensors import safe_open
 
 from tinygpt_cli.checkpoint import load_checkpoint, read_metadata
-import tinygpt_cli.data as data_module
-from tinygpt_cli.data import load_dataset
-from tinygpt_cli.prepare import prepare_text
+import tinygpt_cli.data.dataset as data_module
+from tinygpt_cli.data.dataset import load_dataset
+from tinygpt_cli.data.prepare import prepare_text
 from tinygpt_cli.errors import CheckpointError, TinyGPTError
 from tinygpt_cli.lifecycle import resume, train_new
 
@@ -219,7 +219,7 @@ def test_a_dataset_that_cannot_be_read_says_permission_denied(small_text, tmp_pa
 # --- memory and the status a run leaves --------------------------------------------------------
 
 def test_a_batch_whose_activations_cannot_fit_is_refused_before_training(tiny_dataset, tmp_path):
-    from tinygpt_cli.devices import build_model
+    from tinygpt_cli.train import build_model
 
     config = tiny_config(tiny_dataset, batch_size=4096, block_size=4096)
     with pytest.raises(TinyGPTError) as info:
@@ -231,7 +231,7 @@ def test_a_batch_whose_activations_cannot_fit_is_refused_before_training(tiny_da
 @pytest.mark.parametrize("error, status", [(RuntimeError("a bug deep in a step"), "failed"), (KeyboardInterrupt(), "aborted")])
 def test_any_exit_from_training_leaves_a_status_that_tells_the_truth(tiny_dataset, tmp_path, monkeypatch, torch_one_thread,
                                                                       error, status):
-    from tinygpt_cli.runs import RunDir
+    from tinygpt_cli.rundir import RunDir
     from tinygpt_cli.train import Trainer
 
     real_step = Trainer.train_step
@@ -336,7 +336,7 @@ def test_written_files_get_the_mode_of_any_new_file(small_text, tmp_path):
 
 
 def test_a_save_in_progress_is_a_runs_own_file_not_the_users(tmp_path):
-    from tinygpt_cli.runs import RunDir
+    from tinygpt_cli.rundir import RunDir
 
     run = tmp_path / "run"
     run.mkdir()

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tinygpt_cli.errors import TinyGPTError, UsageError
-from tinygpt_cli.vocab import MAX_VOCAB_SIZE, UnknownCharactersError, Vocabulary
+from tinygpt_cli.data.vocab import MAX_VOCAB_SIZE, UnknownCharactersError, Vocabulary
 
 # Any character a UTF-8 text can hold: no lone surrogates. Whitespace, non-ASCII and emoji included.
 CHARS = st.characters(blacklist_categories=("Cs",))

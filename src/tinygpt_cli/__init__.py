@@ -3,7 +3,8 @@
 The names a Python user needs, importable from here (loaded lazily, so that the command line's
 `--help` does not pay for importing torch):
 
-    from tinygpt_cli import load_model, generate, score_split, load_dataset
+    from tinygpt_cli import init_process, load_model, generate
+    init_process()  # the command line's thread and memory settings: as fast as `tinygpt generate`
     model, ckpt = load_model("runs/demo/best.safetensors")
     ids = generate(model, ckpt.tokenizer.encode("ROMEO:"), 200, temperature=0.8, seed=1)
     print(ckpt.tokenizer.decode(ids))
@@ -23,17 +24,20 @@ _EXPORTS = {
     "ModelConfig": "config", "TrainConfig": "config", "RunConfig": "config", "resolve_config": "config",
     "PRESETS": "config",
     # data
-    "Vocabulary": "vocab", "BPETokenizer": "tokenizer", "byte_lengths": "tokenizer", "TokenizerChoice": "prepare",
-    "prepare_shakespeare": "prepare", "prepare_text": "prepare", "load_dataset": "data",
+    "Vocabulary": "data.vocab", "BPETokenizer": "data.tokenizer", "byte_lengths": "data.tokenizer",
+    "TokenizerChoice": "data.prepare", "prepare_shakespeare": "data.prepare", "prepare_text": "data.prepare",
+    "load_dataset": "data.dataset",
     # model and checkpoints
     "GPT": "model", "KVCache": "model",
     "Checkpoint": "checkpoint", "save_checkpoint": "checkpoint", "load_checkpoint": "checkpoint", "load_model": "checkpoint",
     # training, sampling, inspection
     "train_new": "lifecycle", "resume": "lifecycle", "TrainingReporter": "lifecycle",
     "generate": "sampling", "set_sampling_precision": "sampling",
-    "param_report": "params", "score_split": "evaluate",
+    "param_report": "params", "score_split": "evaluate", "eval_dataset": "evaluate",
+    # the settings of the whole process, as the command line sets them
+    "init_process": "system.process",
     # other tools: transformers folders, pretrained weights
-    "export_hf": "export", "read_hf_folder": "hf", "load_pretrained": "pretrained",
+    "export_hf": "interop.export", "read_hf_folder": "interop.hf", "load_pretrained": "interop.pretrained",
     "TinyGPTError": "errors",
 }
 

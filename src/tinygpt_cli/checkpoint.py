@@ -33,11 +33,11 @@ from safetensors.torch import save_file
 
 from . import __version__
 from .config import ModelConfig, TrainConfig, first_problem
-from .devices import device_memory_bytes
+from .system.devices import device_memory_bytes
 from .errors import Command, CheckpointError, TinyGPTError
-from .fsutil import atomic_path, open_for_reading
+from .system.fsutil import atomic_path, open_for_reading
 from .model import GPT, weight_shapes
-from .tokenizer import Tokenizer, tokenizer_from_dict
+from .data.tokenizer import Tokenizer, tokenizer_from_dict
 
 CHECKPOINT_FORMAT = "tinygpt-checkpoint"
 # 2: `metadata_digest` covers every metadata value too. Format 1 files still load, with a note.
@@ -63,7 +63,7 @@ class LossScale(_Strict):
     growth_tracker: int = Field(ge=0)
 
 
-class Progress(_Strict):
+class SavedProgress(_Strict):
     """Where a run stood when it saved: for the start line and the elapsed time of a resume."""
 
     elapsed: float = Field(0.0, ge=0)
@@ -89,8 +89,9 @@ class CheckpointMeta(BaseModel):
     best_val_loss: float | None = Field(ge=0)
     val_loss: float | None = Field(ge=0)
     train_config: TrainConfig | None = None
-    progress: Progress | None = None
+    progress: SavedProgress | None = None
     optimizer_param_groups: list[dict] | None = None
+    # Checkpoints written before tinygpt kept its own generators (system/rng.py) also hold these; read, not used.
     # random.getstate(): version 3, 624 words and the position, the cached Gaussian
     rng_python: tuple[Literal[3], Annotated[list[Annotated[int, Field(ge=0, lt=2**32)]], Field(min_length=625, max_length=625)], float | None] | None = None
     # np.random.get_state(): name, 624 words, position, has a cached Gaussian, the Gaussian
@@ -123,7 +124,7 @@ class Checkpoint:
     val_loss: float | None = None
     train_config: dict[str, Any] | None = None
     optimizer: dict[str, Any] | None = None  # torch optimizer state_dict
-    rng: dict[str, Any] | None = None  # torch / data / cuda tensors, python / numpy JSON
+    rng: dict[str, Any] | None = None  # torch / data / cuda tensors (system/rng.py:TrainingRNG)
     progress: dict[str, Any] = field(default_factory=dict)  # elapsed seconds, last evaluated step, precision
     # False for format 1 files (older tinygpt): their digest covers the tensors, not the metadata.
     metadata_covered: bool = True
@@ -191,8 +192,6 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> None:
             tensors[f"rng.{key}"] = ckpt.rng[key]
         for i, state in enumerate(ckpt.rng.get("cuda", [])):
             tensors[f"rng.cuda.{i}"] = state
-        meta["rng_python"] = ckpt.rng["python"]
-        meta["rng_numpy"] = ckpt.rng["numpy"]
     meta["digest"] = tensor_digest(tensors)
     # safetensors metadata is str -> str: every value is stored as JSON text.
     str_meta = {k: json.dumps(v) for k, v in meta.items()}
@@ -317,7 +316,8 @@ def _check_table(header: _Header, checked: CheckpointMeta, path: Path) -> None:
     cuda = [n for n in rng if n.startswith("rng.cuda.")]
     if rng and ("rng.torch" not in rng or "rng.data" not in rng or cuda != sorted(f"rng.cuda.{i}" for i in range(len(cuda)))):
         problems.append(f"incomplete RNG state ({', '.join(rng)})")
-    if bool(rng) != (checked.rng_python is not None and checked.rng_numpy is not None):
+    older_rng = (checked.rng_python is not None, checked.rng_numpy is not None)  # written before tinygpt kept its own
+    if older_rng[0] != older_rng[1] or (any(older_rng) and not rng):
         problems.append("RNG state in the tensors and in the metadata do not go together")
     if any(n.startswith("optim.") for n in header.table) and checked.optimizer_param_groups is None:
         problems.append("optimiser state without its parameter groups")
@@ -412,8 +412,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     rng = None
     if "rng.torch" in tensors:
         cuda = [tensors[f"rng.cuda.{i}"] for i in range(sum(k.startswith("rng.cuda.") for k in tensors))]
-        rng = {"torch": tensors["rng.torch"], "data": tensors["rng.data"], "cuda": cuda,
-               "python": meta["rng_python"], "numpy": meta["rng_numpy"]}
+        rng = {"torch": tensors["rng.torch"], "data": tensors["rng.data"], "cuda": cuda}
     return Checkpoint(
         kind=checked.kind,
         model_config=model_config,

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import Command, ConfigError, UsageError
-from .fsutil import FileTooLarge, read_limited
+from .system.fsutil import FileTooLarge, read_limited
 
 if sys.version_info >= (3, 11):
     import tomllib

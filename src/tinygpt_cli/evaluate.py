@@ -10,12 +10,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .model import GPT
+from .checkpoint import Checkpoint
+from .data.dataset import Dataset, load_dataset
+from .errors import TinyGPTError
+from .model import GPT, eval_mode
 
 SAMPLE_WINDOWS = 128  # evenly spaced windows: a cheap, repeatable look at a split (eval's train sample)
 
@@ -48,21 +52,21 @@ class SplitScore:
                 "bits_per_byte": self.bits_per_byte, "tokens": self.tokens, "bytes": self.bytes}
 
 
-Progress = Callable[[int], None]  # called with the number of windows just scored
+WindowsScored = Callable[[int], None]  # called with the number of windows just scored
 
 
 @torch.no_grad()
 def window_losses(model: GPT, tokens: np.ndarray, starts: np.ndarray, length: int, batch_size: int = 32,
-                  progress: Progress | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+                  progress: WindowsScored | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """For each batch of windows tokens[s : s+length], the targets tokens[s+1 : s+length+1] and
     the loss of predicting each of them, in nats: (b, length) arrays."""
-    model.eval()
     device = next(model.parameters()).device
     offsets = np.arange(length + 1)
     for i in range(0, len(starts), batch_size):
         windows = tokens[starts[i : i + batch_size].astype(np.int64)[:, None] + offsets].astype(np.int64)  # (b, T+1), from a memmap too
         x, y = torch.from_numpy(windows[:, :-1]).to(device), torch.from_numpy(windows[:, 1:]).to(device)
-        logits, _ = model(x, y)
+        with eval_mode(model):
+            logits, _ = model(x, y)
         losses = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="none").view(y.shape)
         if progress is not None:
             progress(len(windows))
@@ -71,7 +75,7 @@ def window_losses(model: GPT, tokens: np.ndarray, starts: np.ndarray, length: in
 
 @torch.no_grad()
 def score_windows(model: GPT, tokens: np.ndarray, token_bytes: np.ndarray, starts: np.ndarray, length: int,
-                  batch_size: int = 32, progress: Progress | None = None) -> SplitScore:
+                  batch_size: int = 32, progress: WindowsScored | None = None) -> SplitScore:
     """Mean loss over windows tokens[s : s+length] predicting tokens[s+1 : s+length+1];
     `token_bytes` holds each id's length in bytes (tokenizer.byte_lengths)."""
     total, count, n_bytes = 0.0, 0, 0
@@ -107,7 +111,7 @@ def split_windows(model: GPT, tokens: np.ndarray) -> int:
     return sum(len(starts) for starts, _ in split_starts(len(tokens), model.config.block_size))
 
 
-def score_split(model: GPT, tokens: np.ndarray, token_bytes: np.ndarray, progress: Progress | None = None) -> SplitScore:
+def score_split(model: GPT, tokens: np.ndarray, token_bytes: np.ndarray, progress: WindowsScored | None = None) -> SplitScore:
     """Every prediction of a split exactly once: non-overlapping windows, then the remainder."""
     scores = [score_windows(model, tokens, token_bytes, starts, length, progress=progress)
               for starts, length in split_starts(len(tokens), model.config.block_size)]
@@ -116,7 +120,7 @@ def score_split(model: GPT, tokens: np.ndarray, token_bytes: np.ndarray, progres
 
 
 def score_sample(model: GPT, tokens: np.ndarray, token_bytes: np.ndarray, windows: int = SAMPLE_WINDOWS,
-                       progress: Progress | None = None) -> SplitScore:
+                       progress: WindowsScored | None = None) -> SplitScore:
     """The loss over `windows` windows spread evenly through `tokens`: a repeatable look at a split
     too large to score whole."""
     T = model.config.block_size
@@ -124,3 +128,17 @@ def score_sample(model: GPT, tokens: np.ndarray, token_bytes: np.ndarray, window
         return score_split(model, tokens, token_bytes)
     starts = np.linspace(0, len(tokens) - T - 1, num=min(windows, len(tokens) - T)).astype(np.int64)
     return score_windows(model, tokens, token_bytes, starts, T, progress=progress)
+
+
+def eval_dataset(ckpt: Checkpoint, path: Path, data_dir: str | Path | None = None) -> Dataset:
+    """The dataset `tinygpt eval` scores the checkpoint `ckpt` (read from `path`) on: `data_dir`,
+    else the one it trained on. Refused when its tokenizer is not the checkpoint's (the scores
+    would be meaningless) or when its validation split is empty."""
+    folder = Path(data_dir) if data_dir is not None else Path((ckpt.train_config or {}).get("data_dir", "data/shakespeare"))
+    dataset = load_dataset(folder)
+    if dataset.tokenizer != ckpt.tokenizer:
+        raise TinyGPTError(f"the vocabulary of {folder} differs from the one {path} was trained on: scores would be meaningless",
+                           "pass the dataset the model was trained on with --data-dir")
+    if len(dataset.val) <= 1:
+        raise TinyGPTError(f"the validation split of {folder} is empty")
+    return dataset

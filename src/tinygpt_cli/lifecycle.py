@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 from contextlib import nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,15 +21,16 @@ from pydantic import ValidationError
 
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .config import SHAPE_FIELDS, RunConfig, build_config, check_against_data, first_problem, flag_name
-from .data import Dataset, load_dataset
-from .distributed import DistContext, barrier
+from .data.dataset import Dataset, load_dataset
+from .system.distributed import DistContext, barrier
 from .errors import CheckpointError, Command, TinyGPTError, TrainingStopped, UsageError
-from .fsutil import check_writable, read_json, short_list, write_json_atomic
+from .system.fsutil import check_writable, read_json, short_list, write_json_atomic
 from .optim import state_problems
 from .params import param_report
-from .pretrained import check_tokenizer, fit_config, initial_weights, load_pretrained
-from .rng import rng_problems
-from .runs import RunDir
+from .interop.pretrained import check_tokenizer, fit_config, initial_weights, load_pretrained
+from .system.rng import rng_problems
+from .system.threads import ThreadPolicy
+from .rundir import RunDir
 from .tracking import Tracker, open_tracker
 from .train import NonFiniteLoss, Trainer
 
@@ -40,7 +42,8 @@ FREE_DISK = "free some disk space, then:"
 
 class StopSignals:
     """First SIGINT/SIGTERM: remember it, say so (`on_first`, called inside the signal handler),
-    let the loop save and stop. Second: abort at once."""
+    let the loop save and stop. Second: abort at once. Only the main thread can take signals:
+    a training run from another thread leaves the handlers alone and takes none."""
 
     def __init__(self, on_first: Any = None) -> None:
         self.signum: int | None = None
@@ -55,8 +58,9 @@ class StopSignals:
             self._on_first(signum)
 
     def __enter__(self) -> StopSignals:
-        for sig in SIGNAL_EXIT:
-            self._previous[sig] = signal.signal(sig, self._handle)
+        if threading.current_thread() is threading.main_thread():
+            for sig in SIGNAL_EXIT:
+                self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -211,7 +215,7 @@ class TrainingRun:
         per_iter = param_report(t.config.model).flops_per_token() * t.tokens_per_iter()
         speed = ASSUMED_FLOPS[device.type] * (torch.get_num_threads() / 2 if device.type == "cpu" else 1)
         projected = per_iter * (cfg.max_iters - t.step) / speed / t.world_size
-        dtype = t.compute.dtype_name
+        dtype = t.dtype_name
         previous = self.saved_dtype if self.saved_dtype not in (None, dtype) else None
         threads = t.threads.describe() if t.threads is not None else None
         return StartInfo(self.run.path, t.config, str(device), dtype, threads, t.model.num_params(), t.tokens_per_iter(),
@@ -313,16 +317,17 @@ def prepare_training(config: RunConfig) -> tuple[RunConfig, Dataset]:
 
 
 def train_new(config: RunConfig, run_path: Path, reporter: TrainingReporter | None = None,
-              overwrite: bool = False, dist: DistContext = DistContext()) -> TrainResult:
+              overwrite: bool = False, dist: DistContext = DistContext(), threads: ThreadPolicy | None = None) -> TrainResult:
     """Start a run in `run_path`, from random weights or from config.train.init_from's. Under
-    torchrun only rank 0 touches the folder."""
+    torchrun only rank 0 touches the folder. `threads`: the process's CPU thread policy
+    (system/process.py:init_process), which the training then keeps fitted to the load."""
     run = RunDir(run_path)
     if dist.is_main:
         run.check_not_in_use()
         _check_new_run_folder(run, overwrite)
     # Everything that can be refused (the source, the data, the model's memory) comes before the
     # folder is made or changed: an earlier run is cleared only for a run that can start.
-    trainer = _new_trainer(config, dist)
+    trainer = _new_trainer(config, dist, threads)
     with run.locked() if dist.is_main else nullcontext():
         tracker = Tracker()  # rank 0 alone logs
         if dist.is_main:
@@ -342,7 +347,7 @@ def _check_new_run_folder(run: RunDir, overwrite: bool) -> None:
         raise UsageError(f"{run.path} already holds a run", Command("resume", (str(run.path),), why="or pass --overwrite to start it again"))
 
 
-def _new_trainer(config: RunConfig, dist: DistContext) -> Trainer:
+def _new_trainer(config: RunConfig, dist: DistContext, threads: ThreadPolicy | None) -> Trainer:
     """The Trainer of a new run: random weights, or config.train.init_from's."""
     pretrained = load_pretrained(config.train.init_from) if config.train.init_from else None
     if pretrained is not None:
@@ -350,7 +355,7 @@ def _new_trainer(config: RunConfig, dist: DistContext) -> Trainer:
     config, dataset = prepare_training(config)
     if pretrained is not None:
         check_tokenizer(dataset.tokenizer, pretrained, config.train.data_dir)
-    trainer = Trainer(config, dataset, dist)
+    trainer = Trainer(config, dataset, dist, threads)
     if pretrained is not None:
         trainer.start_from(initial_weights(pretrained, config.model), pretrained.source)
     return trainer  # the source's own copy of the weights is freed here
@@ -387,7 +392,7 @@ def read_run_config(run: RunDir) -> RunConfig:
 
 
 def resume(run_path: Path, overrides: dict[str, Any] | None = None, reporter: TrainingReporter | None = None,
-           dist: DistContext = DistContext(), allow_data_change: bool = False) -> TrainResult:
+           dist: DistContext = DistContext(), allow_data_change: bool = False, threads: ThreadPolicy | None = None) -> TrainResult:
     """Continue a run from its `last` checkpoint; `overrides` may change non-shape settings.
 
     The number of processes may differ from the first launch; the data order then follows the
@@ -418,13 +423,13 @@ def resume(run_path: Path, overrides: dict[str, Any] | None = None, reporter: Tr
             raise TinyGPTError(f"the dataset in {config.train.data_dir} has a different tokenizer from the checkpoint",
                                f"rebuild the dataset this run trained on, with the same prepare command, into {config.train.data_dir}")
         change = _data_change(ckpt, dataset, run, allow_data_change)
-        training = TrainingRun(Trainer(config, dataset, dist), run, reporter or TrainingReporter())
+        training = TrainingRun(Trainer(config, dataset, dist, threads), run, reporter or TrainingReporter())
         training.restore(ckpt)  # checks the whole state: nothing in the folder has changed yet
         training.keep_best_saved_after_last()
         earlier = run.read_status().get("data_changes")
         training.data_changes = (earlier if isinstance(earlier, list) else []) + ([change] if change else [])
         if dist.is_main:
-            check_writable(run.path, "the run folder", "make it writable, or copy the run elsewhere and resume the copy")
+            check_writable(run.path, "the run folder", "make it writable, or copy the run elsewhere and resume the copy", "run.json")
             training.tracker = open_tracker(config.train.log, run, config, ckpt.iteration)  # may be refused: before any write
             write_json_atomic(run.config_path, config.model_dump())
             run.truncate_metrics(ckpt.iteration)

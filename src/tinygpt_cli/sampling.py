@@ -18,15 +18,16 @@ round differently. On a GPU a 16-bit type, when asked for, moves the whole model
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .devices import DEFAULT_CACHE_BYTES, last_level_cache_bytes, pick_dtype
+from .system.devices import DEFAULT_CACHE_BYTES, last_level_cache_bytes, pick_dtype
 from .errors import Command, TinyGPTError
-from .model import GPT, KVCache
+from .model import GPT, KVCache, eval_mode
 
 
 class HalfWeightLinear(nn.Module):
@@ -164,11 +165,17 @@ def generate(model: GPT, prompt: list[int], max_new_tokens: int, *, temperature:
     """Yield `max_new_tokens` token ids continuing `prompt` (a non-empty list of ids)."""
     if not prompt:
         raise ValueError("generate needs at least one prompt token")
-    model.eval()
+    with eval_mode(model):
+        yield from _generate(model, prompt, max_new_tokens, temperature, top_k, top_p, seed, kv_cache)
+
+
+def _generate(model: GPT, prompt: list[int], max_new_tokens: int, temperature: float, top_k: int | None,
+              top_p: float | None, seed: int | None, kv_cache: bool) -> Iterator[int]:
     device = next(model.parameters()).device
     block = model.config.block_size
+    # Its own generator: torch's global one (a training's dropout, say) is neither read nor moved.
     generator = torch.Generator(device=device)
-    generator.manual_seed(seed if seed is not None else torch.seed())
+    generator.manual_seed(seed if seed is not None else secrets.randbits(63))
     context = torch.tensor(prompt, dtype=torch.long, device=device)[None, :]  # (1, T)
     start = max(0, context.size(1) - block)
     activations = model.tok_emb.weight.dtype  # float32 unless the whole model moved to another type

@@ -24,8 +24,8 @@ from typing import Any
 
 from .config import RunConfig
 from .errors import TinyGPTError
-from .fsutil import read_json, write_json_atomic
-from .runs import RunDir
+from .system.fsutil import read_json, write_json_atomic
+from .rundir import RunDir
 
 # metrics.jsonl keys -> tracker names, grouped as the trackers show them.
 STEP_METRICS = {"loss": "train/loss", "lr": "train/lr", "tokens_per_s": "train/tokens_per_s", "grad_norm": "train/grad_norm"}

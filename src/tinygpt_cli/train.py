@@ -3,9 +3,10 @@
 Read it the way nanoGPT's train.py reads: `learning_rate_at`, then `Trainer.train_step` (forward,
 backward, clip, step), `Trainer.evaluate` (nanoGPT's estimate_loss) and `Trainer.fit`, the loop.
 What surrounds the loop lives elsewhere:
-- batches.py draws the batches; optim.py builds AdamW or Muon; rng.py seeds and captures the
-  random generators; devices.py picks the device and precision and builds the model there;
-  distributed.py holds the torchrun plumbing;
+- data/batches.py draws the batches; optim.py builds AdamW or Muon; system/rng.py keeps the
+  training's random generators as its own; system/devices.py picks the device and precision
+  (the model is built there at the end of this file); system/distributed.py holds the torchrun
+  plumbing;
 - lifecycle.py starts and resumes runs, saves checkpoints, stops cleanly on Ctrl-C and keeps
   run.json true. The Trainer reads and writes no file.
 """
@@ -21,15 +22,19 @@ from typing import Any, Protocol
 
 import torch
 
-from .batches import Batches
+from .data.batches import Batches
 from .checkpoint import Checkpoint, load_model_weights, model_weights
 from .config import RunConfig, TrainConfig
-from .data import Dataset
-from .devices import autocast_for, build_model, setup_training_device
-from .distributed import DistContext, all_reduce_sum
+from .data.dataset import Dataset
+from .errors import Command, TinyGPTError
 from .evaluate import bits_per_byte
+from .model import GPT
 from .optim import make_optimizer, restore_groups
-from .rng import capture_rng, restore_rng, seed_all
+from .params import activation_bytes, param_report
+from .system.devices import autocast_for, device_memory_bytes, pick_device, pick_dtype
+from .system.distributed import DistContext, all_reduce_sum, init_process_group
+from .system.rng import TrainingRNG
+from .system.threads import SMALL_STEP_FLOPS, ThreadPolicy
 
 LOG_INTERVAL = 10  # steps between step records in metrics.jsonl
 
@@ -66,16 +71,26 @@ class LoopEvents(Protocol):
 
 
 class Trainer:
-    """The model, its optimiser and its data in one training process (one rank under torchrun)."""
+    """The model, its optimiser and its data in one training process (one rank under torchrun).
 
-    def __init__(self, config: RunConfig, dataset: Dataset, dist: DistContext = DistContext()):
+    It changes nothing of the process beyond its own objects: its random numbers are its own
+    (system/rng.py), and torch's thread count changes only through a `threads` policy handed to
+    it (system/process.py:init_process)."""
+
+    def __init__(self, config: RunConfig, dataset: Dataset, dist: DistContext = DistContext(),
+                 threads: ThreadPolicy | None = None):
         self.config, self.dataset, self.dist = config, dataset, dist
         self.rank, self.world_size = dist.rank, dist.world_size
         cfg = config.train
-        self.compute = setup_training_device(config, dist)
-        self.device, self.dtype, self.threads = self.compute.device, self.compute.dtype, self.compute.threads
-        seed_all(cfg.seed)
-        self.model = build_model(config, self.device)
+        self.device = training_device(cfg.device, dist)
+        self.dtype = pick_dtype(cfg.dtype, self.device)
+        self.threads = threads if self.device.type == "cpu" else None
+        if self.threads is not None:
+            step_flops = param_report(config.model).flops_per_token() * cfg.batch_size * config.model.block_size
+            self.threads.fit(small=step_flops < SMALL_STEP_FLOPS, processes=dist.world_size)
+        self.rng = TrainingRNG(cfg.seed, self.device)
+        with self.rng.drawing():  # the first weights
+            self.model = build_model(config, self.device)
         self.optimizer = make_optimizer(self.model, cfg, self.device)
         self.forward = torch.compile(self.model) if cfg.compile else self.model
         if dist.enabled:
@@ -85,7 +100,6 @@ class Trainer:
             self.forward = DistributedDataParallel(self.forward, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         # float16 needs loss scaling (its gradients underflow); bfloat16 and float32 do not.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
-        self.data_gen = torch.Generator().manual_seed(cfg.seed)
         block = config.model.block_size
         self.splits = {"train": Batches(dataset.train, block, self.device), "val": Batches(dataset.val, block, self.device)}
         # Bits per byte = val loss / ln 2 / the val split's bytes per token: comparable across tokenizers.
@@ -113,8 +127,8 @@ class Trainer:
             val_loss=self.last_val,
             train_config=self.config.train.model_dump(),
             optimizer=self.optimizer.state_dict() if full else None,
-            rng=capture_rng(self.data_gen, self.device) if full else None,
-            progress={"elapsed": self.elapsed(), "evaluated_at": self.evaluated_at, "dtype": self.compute.dtype_name,
+            rng=self.rng.capture() if full else None,
+            progress={"elapsed": self.elapsed(), "evaluated_at": self.evaluated_at, "dtype": self.dtype_name,
                       "val_bytes_per_token": self.val_bytes_per_token, "data_sha256": self.dataset.info.digest,
                       "loss_scale": self._loss_scale()},
         )
@@ -126,7 +140,7 @@ class Trainer:
         built_groups = self.optimizer.state_dict()["param_groups"]
         self.optimizer.load_state_dict(ckpt.optimizer)
         restore_groups(self.optimizer, built_groups)  # the settings of this run's config
-        restore_rng(ckpt.rng, self.data_gen, self.device)
+        self.rng.restore(ckpt.rng)
         self.step = ckpt.iteration
         self.best_val, self.last_val = ckpt.best_val_loss, ckpt.val_loss
         self.evaluated_at = ckpt.progress.get("evaluated_at", -1)
@@ -149,6 +163,10 @@ class Trainer:
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self._t0
+
+    @property
+    def dtype_name(self) -> str:
+        return str(self.dtype).removeprefix("torch.")
 
     # --- the work ------------------------------------------------------------------------
     def _my_rows(self, micro: int) -> slice:
@@ -188,14 +206,15 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group["lr_scale"]
         B, accum = cfg.batch_size, cfg.grad_accum
-        x_all, y_all = self.splits["train"].sample(B * self.world_size * accum, self.data_gen)
+        x_all, y_all = self.splits["train"].sample(B * self.world_size * accum, self.rng.data)
         total = torch.zeros((), device=self.device)
-        for micro in range(accum):
-            rows = self._my_rows(micro)
-            with self._sync_context(micro == accum - 1), autocast_for(self.device, self.dtype):
-                _, loss = self.forward(x_all[rows], y_all[rows])
-            self.scaler.scale(loss / accum).backward()
-            total += loss.detach().float()
+        with self.rng.drawing():  # dropout
+            for micro in range(accum):
+                rows = self._my_rows(micro)
+                with self._sync_context(micro == accum - 1), autocast_for(self.device, self.dtype):
+                    _, loss = self.forward(x_all[rows], y_all[rows])
+                self.scaler.scale(loss / accum).backward()
+                total += loss.detach().float()
         # The gradient's norm, for the logs, clipped to grad_clip (0: not clipped, the norm is still measured).
         self.scaler.unscale_(self.optimizer)
         self.grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip or math.inf)
@@ -280,3 +299,45 @@ class Trainer:
                 return False
             self._maybe_evaluate(events)
         return True
+
+
+# --- the device and the model there --------------------------------------------------------
+
+def training_device(name: str, dist: DistContext) -> torch.device:
+    """The device this process trains on: its own GPU under torchrun."""
+    device = pick_device(name)
+    if device.type == "cuda" and dist.enabled:
+        device = torch.device("cuda", dist.local_rank)
+    init_process_group(dist, device.type)  # also makes this rank's GPU the current one
+    return device
+
+
+TRAINING_BYTES_PER_PARAM = 16  # fp32 weights, gradients and AdamW's two moments
+
+
+def build_model(config: RunConfig, device: torch.device) -> GPT:
+    """The model on `device`. A model, or a batch, that cannot fit is a one-line error before
+    anything is allocated (on Linux an oversized CPU allocation would not fail: the process
+    would be killed, or fail deep inside a step)."""
+    n = param_report(config.model).total
+    hint = Command("params", why="shows the count", before="lower --n-embd, --n-layer or --block-size:")
+    memory = device_memory_bytes(device)
+    state = n * TRAINING_BYTES_PER_PARAM
+    if memory is not None and state > memory:
+        raise TinyGPTError(
+            f"a model of {n:,} parameters needs about {state / 2**30:,.1f} GiB to train; "
+            f"{device} has {memory / 2**30:,.1f} GiB",
+            hint,
+        )
+    activations = activation_bytes(config.model, config.train.batch_size)
+    if memory is not None and state + activations > memory:
+        raise TinyGPTError(
+            f"a batch of {config.train.batch_size:,} x {config.model.block_size:,} tokens needs about "
+            f"{activations / 2**30:,.1f} GiB of activations, on top of {state / 2**30:,.1f} GiB for the model; "
+            f"{device} has {memory / 2**30:,.1f} GiB",
+            "lower --batch-size (--grad-accum keeps the tokens per step) or --block-size",
+        )
+    try:
+        return GPT(config.model).to(device)
+    except (MemoryError, torch.OutOfMemoryError) as e:
+        raise TinyGPTError(f"not enough memory on {device} for a model of {n:,} parameters", hint) from e

@@ -12,11 +12,21 @@ from typer.exceptions import TyperException
 from .. import __version__
 from ..errors import TinyGPTError, TrainingStopped
 from .console import render_hint
-from . import bench_cmds, data_cmds, inside_cmds, inspect_cmds, interop_cmds, train_cmds
+from . import bench_cmds, data_cmds, generate_cmds, inside_cmds, interop_cmds, model_cmds, train_cmds
 from . import runs_cmds
+
+class JourneyOrder(typer.core.TyperGroup):
+    """`tinygpt --help` lists the commands in the order a user meets them: prepare comes first
+    (a sub-app, which typer would list last)."""
+
+    def list_commands(self, ctx) -> list[str]:
+        names = super().list_commands(ctx)
+        return sorted(names, key=lambda name: name != "prepare")
+
 
 app = typer.Typer(
     name="tinygpt",
+    cls=JourneyOrder,
     help="Build a small GPT language model from scratch.\n\nExample: tinygpt prepare shakespeare",
     no_args_is_help=True,
     add_completion=True,
@@ -43,7 +53,8 @@ def _root(
 
 data_cmds.register(app)
 train_cmds.register(app)
-inspect_cmds.register(app)
+generate_cmds.register(app)
+model_cmds.register(app)
 inside_cmds.register(app)
 interop_cmds.register(app)
 bench_cmds.register(app)

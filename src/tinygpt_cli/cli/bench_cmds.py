@@ -29,14 +29,15 @@ def bench(
     """
     import torch
 
-    from ..bench import matmul_peak_gflops, time_training_steps
+    from ..runs.bench import matmul_peak_gflops, time_training_steps
     from ..config import resolve_config
-    from ..threads import BUSY_CORES, OtherLoad
+    from ..system.process import init_process
+    from ..system.threads import BUSY_CORES, OtherLoad
 
     run_config = resolve_config(preset, config, flags)
     load = OtherLoad()
     with err.status(f"timing {repeats} x {steps} training steps…"):
-        timing = time_training_steps(run_config, steps=steps, repeats=repeats)
+        timing = time_training_steps(run_config, steps=steps, repeats=repeats, threads=init_process())
         others = load.since_last_look()
         peak = matmul_peak_gflops() if run_config.train.device in ("auto", "cpu") and not torch.cuda.is_available() else None
     max_iters = run_config.train.max_iters

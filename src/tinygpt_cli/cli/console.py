@@ -6,6 +6,7 @@ import json
 import math
 import shlex
 import sys
+from pathlib import Path
 
 from rich.console import Console
 
@@ -60,3 +61,12 @@ def render_hint(hint: Hint | None) -> str | None:
     if hint.before:
         line = f"{hint.before} {line}"
     return f"{line}  ({hint.why})" if hint.why else line
+
+
+def say_loaded(path: Path, ckpt) -> None:
+    """One dim line on stderr naming the checkpoint read (so a default pick is never a surprise),
+    and a note when its metadata has no digest (a file saved by an older tinygpt)."""
+    err.print(f"[dim]loaded {path} (iteration {ckpt.iteration:,})[/]", soft_wrap=True)
+    if not ckpt.metadata_covered:
+        err.print(f"[yellow]note:[/] {path} uses checkpoint format 1: its settings are not covered by its digest, "
+                  "only its tensors are", soft_wrap=True)

@@ -91,10 +91,10 @@ def prepare_shakespeare(
 
     Example: tinygpt prepare shakespeare --source path/to/input.txt
     """
-    from ..prepare import TokenizerChoice
-    from ..prepare import prepare_shakespeare as run
+    from ..interop.pretrained import tokenizer_choice
+    from ..data.prepare import prepare_shakespeare as run
 
-    choice = TokenizerChoice.parse(tokenizer, vocab_size)
+    choice = tokenizer_choice(tokenizer, vocab_size)
     with _progress() as progress:
         result = run(data_dir, source, verify, val_fraction, choice, progress)
     _summary(result, "tiny Shakespeare", as_json)
@@ -119,13 +119,13 @@ def prepare_text(
 
     Example: tinygpt prepare text my_poems.txt --name poems --tokenizer bpe --vocab-size 1024
     """
-    from ..data import check_name
-    from ..prepare import TokenizerChoice
-    from ..prepare import prepare_text as run
+    from ..data.dataset import check_name
+    from ..interop.pretrained import tokenizer_choice
+    from ..data.prepare import prepare_text as run
 
     first = Path(inputs[0])
     name = check_name(name or ("stdin" if inputs[0] == "-" else (first.stem or first.name).replace(" ", "_")), "dataset name")
-    choice = TokenizerChoice.parse(tokenizer, vocab_size, bpe_sample_mb * 2**20)
+    choice = tokenizer_choice(tokenizer, vocab_size, bpe_sample_mb * 2**20)
     with _progress() as progress:
         result = run(inputs, data_dir or Path("data") / name, name, val_fraction, choice, glob, val, val_split, progress,
                      follow_symlinks)
@@ -146,10 +146,10 @@ def vocab(
 
     Example: tinygpt vocab data/shakespeare
     """
-    from ..data import DATA_DIR, decode_text, latest_dataset, load_dataset, read_source
+    from ..data.dataset import DATA_DIR, decode_text, latest_dataset, load_dataset, read_source
     from ..errors import UsageError
-    from ..tokenizer import token_counts
-    from ..vocab import Vocabulary
+    from ..data.tokenizer import token_counts
+    from ..data.vocab import Vocabulary
 
     if path is None:
         path = latest_dataset()
@@ -175,7 +175,7 @@ def vocab(
 def _char_table(path: Path, vocab, counts, as_json: bool, limit: int | None) -> None:
     from rich.table import Table
 
-    from ..vocab import escape_char
+    from ..data.vocab import escape_char
 
     if as_json:
         print_json({**vocab.to_dict(), "counts": counts.tolist()})
@@ -199,7 +199,7 @@ def _bpe_tables(path: Path, tokenizer, counts, as_json: bool, limit: int | None)
 
     from rich.table import Table
 
-    from ..tokenizer import byte_lengths, token_label
+    from ..data.tokenizer import byte_lengths, token_label
 
     n_bytes = int((counts * byte_lengths(tokenizer)).sum())
     total = int(counts.sum())

@@ -15,16 +15,18 @@ BAR = 20  # characters of a probability bar at 100%
 
 def _load(run: Path | None, checkpoint: Path | None, device: str = "cpu"):
     from ..checkpoint import load_model
-    from ..devices import pick_device
-    from ..runs import resolve_checkpoint
+    from ..system.devices import pick_device
+    from ..rundir import resolve_checkpoint
+    from ..system.process import init_process
 
     path = resolve_checkpoint(run, checkpoint)
     model, ckpt = load_model(path, pick_device(device))
+    init_process()
     return model, ckpt.tokenizer
 
 
 def _prompt(tokenizer, text: str, block_size: int) -> list[int]:
-    from ..inside import prompt_ids
+    from ..inside.measure import prompt_ids
     from .console import err
 
     ids, dropped = prompt_ids(tokenizer, text, block_size)
@@ -34,7 +36,7 @@ def _prompt(tokenizer, text: str, block_size: int) -> list[int]:
 
 
 def _labels(tokenizer, ids: list[int]) -> list[str]:
-    from ..tokenizer import token_label
+    from ..data.tokenizer import token_label
 
     return [token_label(tokenizer, i) for i in ids]
 
@@ -88,7 +90,7 @@ def attention(
     Example: tinygpt attention --run runs/cpu --prompt "ROMEO: I" --layer 3 --head 1
     """
     from ..errors import UsageError
-    from ..inside import attention as weights_of
+    from ..inside.measure import attention as weights_of
 
     model, tokenizer = _load(run, checkpoint, device)
     ids = _prompt(tokenizer, prompt, model.config.block_size)
@@ -99,7 +101,7 @@ def attention(
     if layer >= n_layer or head >= n_head:
         raise UsageError(f"--layer {layer} --head {head}: the model has {n_layer} layers of {n_head} heads (numbered from 0)")
     if png is not None:
-        from ..inside_plots import attention_grid
+        from ..inside.pictures import attention_grid
 
         attention_grid(weights, labels, png)
     if as_json:
@@ -126,8 +128,8 @@ def predict(
 
     Example: tinygpt predict --run runs/cpu --prompt "ROMEO:" --temperature 0.5 --top-k 5
     """
-    from ..inside import predict as distribution
-    from ..inside import top_candidates
+    from ..inside.measure import predict as distribution
+    from ..inside.measure import top_candidates
 
     model, tokenizer = _load(run, checkpoint, device)
     ids = _prompt(tokenizer, prompt, model.config.block_size)
@@ -165,11 +167,11 @@ def surprise(
 
     Example: tinygpt surprise --run runs/cpu "ROMEO: What, ho! apothecary!"
     """
-    from ..data import decode_text
-    from ..fsutil import read_user_file
-    from ..inside import MAX_SURPRISE_BYTES, SURPRISE_TOO_LARGE
-    from ..inside import surprise as score
-    from ..tokenizer import token_texts
+    from ..data.dataset import decode_text
+    from ..system.fsutil import read_user_file
+    from ..inside.measure import MAX_SURPRISE_BYTES, SURPRISE_TOO_LARGE
+    from ..inside.measure import surprise as score
+    from ..data.tokenizer import token_texts
 
     path = Path(text)
     try:
@@ -182,7 +184,7 @@ def surprise(
     result = score(model, tokenizer, text)
     labels = list(token_texts(tokenizer, result.ids))  # a character split over tokens shows with its last
     if html is not None:
-        from ..inside_plots import surprise_html
+        from ..inside.pictures import surprise_html
 
         surprise_html(labels, result.losses, result.loss, result.bits_per_byte, html)
     if as_json:
@@ -216,7 +218,7 @@ def embeddings(
     """
     import numpy as np
 
-    from ..inside import pca
+    from ..inside.measure import pca
 
     model, tokenizer = _load(run, checkpoint)
     tokens = model.tok_emb.weight.detach().float().numpy()
@@ -224,7 +226,7 @@ def embeddings(
     labels = _labels(tokenizer, list(range(tokenizer.size)))
     positions = model.pos_emb.weight.detach().float().numpy() if hasattr(model, "pos_emb") else None
     if png is not None:
-        from ..inside_plots import embedding_map
+        from ..inside.pictures import embedding_map
 
         embedding_map(coords, explained, labels, positions, png)
     if as_json:

@@ -37,8 +37,8 @@ def export(
     """
     from ..checkpoint import load_checkpoint
     from ..errors import UsageError
-    from ..export import export_hf
-    from ..runs import resolve_checkpoint
+    from ..interop.export import export_hf
+    from ..rundir import resolve_checkpoint
 
     if to not in EXPORT_FORMATS:
         raise UsageError(f"--to {to}: the formats are {', '.join(EXPORT_FORMATS)}", "pass --to hf")

@@ -21,7 +21,7 @@ def _ascii_only() -> bool:
 
 def print_curve(records: list[dict], title: str | None = None) -> None:
     """A compact loss curve on stdout (used at the end of `train` and by `plot --terminal`)."""
-    from ..plots import terminal_curve
+    from ..runs.plots import terminal_curve
 
     curve = terminal_curve(records, ascii=_ascii_only())
     if curve:
@@ -121,7 +121,7 @@ def make_reporter(interactive: bool):
                 reached = f" (reached --stop-at-val-loss {self.target:g})" if self.target is not None and best <= self.target else ""
                 out.print(f"done: {result['iteration']:,} iterations in {format_duration(result['elapsed'])}, "
                           f"best val loss {best:.4f}{reached}  ->  {result['run']}/best.safetensors")
-                from ..runs import RunDir
+                from ..rundir import RunDir
 
                 print_curve(RunDir(result["run"]).read_metrics())
                 prompt = f" --prompt {shlex.quote(self.sample_prompt)}" if self.sample_prompt else ""

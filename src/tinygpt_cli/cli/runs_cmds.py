@@ -32,7 +32,7 @@ def runs_table(summaries, fields: list[str], title: str | None = None, skip: tup
     from rich.table import Table
     from rich.text import Text
 
-    from ..runs_table import format_value
+    from ..runs.table import format_value
 
     columns = [c for c in ("name", "updated", "status", "params", *fields, "iters", "best val", "bits/byte", "time", "tok/s") if c not in skip]
     rows = []
@@ -76,8 +76,8 @@ def runs_table(summaries, fields: list[str], title: str | None = None, skip: tup
 def _run_paths(args: list[Path]) -> list[Path]:
     """Run folders named on the command line: a path, a name under runs/, or a sweep folder (its runs)."""
     from ..errors import UsageError
-    from ..runs import RUNS_DIR
-    from ..runs_table import discover_runs, is_run_folder
+    from ..rundir import RUNS_DIR
+    from ..runs.table import discover_runs, is_run_folder
 
     paths: list[Path] = []
     for arg in args:
@@ -92,8 +92,8 @@ def _run_paths(args: list[Path]) -> list[Path]:
 
 
 def _labelled(summaries, fields: list[str]) -> list[tuple[str, list[dict]]]:
-    from ..runs import RunDir
-    from ..runs_table import label_for
+    from ..rundir import RunDir
+    from ..runs.table import label_for
 
     labels = [label_for(s, fields) for s in summaries]
     if len(set(labels)) < len(labels):
@@ -114,8 +114,8 @@ def plot(
     Example: tinygpt plot runs/a runs/b --x time
     """
     from ..errors import TinyGPTError
-    from ..plots import check_x_axis, in_bits_per_byte, plot_runs, require_matplotlib, save_png
-    from ..runs_table import summarize_runs
+    from ..runs.plots import check_x_axis, in_bits_per_byte, plot_runs, require_matplotlib, save_png
+    from ..runs.table import summarize_runs
 
     check_x_axis(x)  # before reading any run
     if not terminal:
@@ -152,8 +152,8 @@ def list_runs(
 
     Example: tinygpt runs --sort val_loss      (and: tinygpt runs --rm NAME)
     """
-    from ..runs import RUNS_DIR
-    from ..runs_table import discover_runs, sort_runs, summarize_runs
+    from ..rundir import RUNS_DIR
+    from ..runs.table import discover_runs, sort_runs, summarize_runs
 
     if remove:
         _remove_runs(remove, yes)
@@ -171,10 +171,12 @@ def list_runs(
 
 def _remove_runs(names: list[Path], yes: bool) -> None:
     from ..errors import UsageError
-    from ..runs import RUNS_DIR, RunDir
+    from ..rundir import RUNS_DIR, RunDir
 
     # A name is a run under runs/ first; only run folders, never a folder searched for runs.
     runs = [RUNS_DIR / name if (RUNS_DIR / name).is_dir() else name for name in names]
+    for path in runs:  # every one can go, before any does
+        RunDir(path).check_removable()
     listed = ", ".join(str(p.resolve()) for p in runs)
     if not yes:
         if not sys.stdin.isatty():
@@ -229,14 +231,15 @@ def sweep(
     Example: tinygpt sweep --preset cpu --n-layer 2,4 --muon-lr 0.01,0.02 --max-iters 500
     """
     from ..errors import TinyGPTError, TrainingStopped
-    from ..sweep import plan_sweep, project, run_sweep
+    from ..runs.sweep import plan_sweep, project, run_sweep
+    from ..system.process import init_process
 
     plan = plan_sweep(list(ctx.args), preset, config, out_dir)
     for warning in plan.warnings:
         err.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
     axes = "  x  ".join(f"{k} {{{', '.join(map(str, v))}}}" for k, v in plan.axes.items())
     if dry_run:
-        rows = project(plan)
+        rows = project(plan, threads=init_process())
         total = sum(r["projected_seconds"] for r in rows)
         if as_json:
             print_json({**plan.to_dict(), "cells": rows, "projected_seconds": total})
@@ -264,7 +267,8 @@ def sweep(
 
     interactive = sys.stdout.isatty() and not as_json
     try:
-        result = run_sweep(plan, (lambda cell: TrainingReporter()) if as_json else (lambda cell: _cell_reporter(interactive)), on_cell)
+        result = run_sweep(plan, (lambda cell: TrainingReporter()) if as_json else (lambda cell: _cell_reporter(interactive)), on_cell,
+                           init_process())
     except TrainingStopped as e:
         raise TrainingStopped(e.message, _sweep_command(plan.out), e.exit_code) from None
     _sweep_summary(plan, result, as_json)
@@ -277,8 +281,8 @@ def sweep(
 def _sweep_summary(plan, result, as_json: bool) -> None:
     """The comparison table (best first) and sweep.png in the sweep folder."""
     from ..errors import TinyGPTError
-    from ..plots import plot_runs, save_png
-    from ..runs_table import sort_runs, summarize_runs
+    from ..runs.plots import plot_runs, save_png
+    from ..runs.table import sort_runs, summarize_runs
 
     summaries, fields = summarize_runs([c.path for c in plan.cells], plan.out)
     png: Path | None = plan.out / "sweep.png"

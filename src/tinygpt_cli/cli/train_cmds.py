@@ -108,10 +108,11 @@ def train(
     import time
 
     from ..config import resolve_config
-    from ..distributed import backend_name, broadcast_int, context_from_env, destroy_process_group, init_process_group
-    from ..runs import RUNS_DIR, default_run_name
-    from ..devices import pick_device
+    from ..system.distributed import backend_name, broadcast_int, context_from_env, destroy_process_group, init_process_group
+    from ..rundir import RUNS_DIR, default_run_name
+    from ..system.devices import pick_device
     from ..lifecycle import train_new
+    from ..system.process import init_process
 
     notes: list[str] = []
     run_config = resolve_config(preset, config, flags, notes)
@@ -132,7 +133,8 @@ def train(
                       f"{run_config.train.batch_size * run_config.train.grad_accum * dist.world_size} sequences "
                       f"({run_config.train.batch_size} per process x {run_config.train.grad_accum} accumulation steps)")
         with _quiet_unless_main(dist):
-            result = train_new(run_config, run_path, _reporter_for(dist, as_json), overwrite=overwrite, dist=dist)
+            result = train_new(run_config, run_path, _reporter_for(dist, as_json), overwrite=overwrite, dist=dist,
+                               threads=init_process())
         _print_summary(result, dist, as_json)
     finally:
         destroy_process_group()
@@ -149,13 +151,15 @@ def resume(
 
     Example: tinygpt resume runs/20261127-181500 --max-iters 4000
     """
-    from ..distributed import context_from_env, destroy_process_group
+    from ..system.distributed import context_from_env, destroy_process_group
     from ..lifecycle import resume as resume_run
+    from ..system.process import init_process
 
     dist = context_from_env()
     try:
         with _quiet_unless_main(dist):
-            result = resume_run(run, flags, _reporter_for(dist, as_json), dist=dist, allow_data_change=allow_data_change)
+            result = resume_run(run, flags, _reporter_for(dist, as_json), dist=dist, allow_data_change=allow_data_change,
+                                threads=init_process())
         _print_summary(result, dist, as_json)
     finally:
         destroy_process_group()

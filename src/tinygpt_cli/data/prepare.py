@@ -29,46 +29,30 @@ from pathlib import Path
 import numpy as np
 
 from .corpus import Corpus, Source, cleanup, collect_sources, read_pieces
-from .data import (MIN_SPLIT_TOKENS, OWNER_MARK, SHAKESPEARE_BYTES, SHAKESPEARE_SHA256, SHAKESPEARE_URL, DatasetInfo, claim_folder,
+from .dataset import (MIN_SPLIT_TOKENS, OWNER_MARK, SHAKESPEARE_BYTES, SHAKESPEARE_SHA256, SHAKESPEARE_URL, DatasetInfo, claim_folder,
                    intact_dataset, owned_folder, read_source, sha256_hex)
-from .errors import Command, TinyGPTError, UsageError
-from .fsutil import atomic_path, file_sha256, write_json_atomic
-from .tokenizer import TOKENIZER_FILES, BPETokenizer, Tokenizer, byte_lengths, check_bpe_vocab_size, token_dtype
+from ..errors import Command, TinyGPTError, UsageError
+from ..system.fsutil import atomic_path, file_sha256, write_json_atomic
+from .tokenizer import TOKENIZER_FILES, BPETokenizer, Tokenizer, byte_lengths, token_dtype
 from .vocab import Vocabulary
 
 PIECE_CHARS = 1 << 20  # text encoded at a time: about 30 MB of transient ids at most
 BPE_SAMPLE_CHARS = 100 * 2**20  # a BPE learns its merges from this much text at most
 VAL_BLOCKS = 100  # blocks of the token stream per split share ("spread")
 VAL_SPLITS = ("spread", "end")
-Progress = Callable[[str, int, int], None]  # (phase, bytes done, bytes in all)
+PhaseProgress = Callable[[str, int, int], None]  # (phase, bytes done, bytes in all)
 
 
 @dataclass(frozen=True)
 class TokenizerChoice:
     """How prepare makes the tokenizer: characters, a BPE trained on the text, or one given
-    (a tokenizer.json, or the tokenizer of a run, checkpoint, transformers folder or hub model)."""
+    (a tokenizer.json, or the tokenizer of a run, checkpoint, transformers folder or hub model:
+    interop/pretrained.py:tokenizer_choice reads `--tokenizer` into one of these)."""
 
     kind: str = "char"  # "char", "bpe" or "given"
     vocab_size: int | None = None  # bpe
     given: Tokenizer | None = None  # given
     sample_chars: int = BPE_SAMPLE_CHARS  # bpe: the most text its merges are learned from
-
-    @classmethod
-    def parse(cls, value: str, vocab_size: int | None, sample_chars: int = BPE_SAMPLE_CHARS) -> TokenizerChoice:
-        """`--tokenizer char|bpe|SOURCE` and `--vocab-size N` (BPE only)."""
-        if value == "char":
-            if vocab_size is not None:
-                raise UsageError("--vocab-size is for --tokenizer bpe: a character vocabulary is every character of the text")
-            return cls()
-        if value == "bpe":
-            size = 4096 if vocab_size is None else vocab_size
-            check_bpe_vocab_size(size)
-            return cls("bpe", vocab_size=size, sample_chars=sample_chars)
-        if vocab_size is not None:
-            raise UsageError("--vocab-size is for --tokenizer bpe: a given tokenizer has its own size")
-        from .pretrained import source_tokenizer  # reads runs and checkpoints: torch, only when asked
-
-        return cls("given", given=source_tokenizer(value))
 
     def spec(self) -> str:
         """What a prepared folder records, so that asking for the same tokenizer reuses it."""
@@ -94,7 +78,7 @@ class Scan:
         return sha256_hex("\n".join(f"{d['sha256']} {d['bytes']}" for d in self.digests).encode())
 
 
-def scan(corpus: Corpus, choice: TokenizerChoice, progress: Progress) -> Scan:
+def scan(corpus: Corpus, choice: TokenizerChoice, progress: PhaseProgress) -> Scan:
     result, done = Scan(), 0
     every = max(1, math.ceil(corpus.bytes / choice.sample_chars)) if choice.kind == "bpe" else 0
     index = 0
@@ -123,7 +107,7 @@ def make_tokenizer(choice: TokenizerChoice, found: Scan) -> Tokenizer:
     return choice.given
 
 
-def encoded(corpus: Corpus, found: Scan, tokenizer: Tokenizer, progress: Progress, done: int = 0,
+def encoded(corpus: Corpus, found: Scan, tokenizer: Tokenizer, progress: PhaseProgress, done: int = 0,
             total: int | None = None) -> Iterator[np.ndarray]:
     """The corpus as arrays of token ids, the end-of-text token between its documents. Each
     source must read as the scan `found` read it: a file rewritten in between is refused."""
@@ -204,7 +188,7 @@ class SplitWriter:
 
 
 def write_dataset(corpus: Corpus, folder: Path, name: str, val_fraction: float, choice: TokenizerChoice = TokenizerChoice(),
-                  val_split: str = "spread", val_corpus: Corpus | None = None, progress: Progress | None = None,
+                  val_split: str = "spread", val_corpus: Corpus | None = None, progress: PhaseProgress | None = None,
                   found: Scan | None = None) -> DatasetInfo:
     """Scan, make the tokenizer, encode, split and write every file of a dataset folder."""
     progress = progress or (lambda phase, done, total: None)
@@ -313,7 +297,7 @@ class PrepareResult:
 
 def prepare_text(inputs: list[str] | Path, folder: Path, name: str, val_fraction: float,
                  choice: TokenizerChoice = TokenizerChoice(), glob: str = "*", val: str | None = None,
-                 val_split: str = "spread", progress: Progress | None = None, follow_symlinks: bool = False) -> PrepareResult:
+                 val_split: str = "spread", progress: PhaseProgress | None = None, follow_symlinks: bool = False) -> PrepareResult:
     """Your own corpus: files, folders (every file matching `glob`, recursively) or standard
     input ("-"), each a document; `val` a separate validation file. Nothing inside `folder` is
     read as text (a second prepare into a folder of the corpus reads no earlier output), and a
@@ -323,7 +307,7 @@ def prepare_text(inputs: list[str] | Path, folder: Path, name: str, val_fraction
     inputs = [str(inputs)] if isinstance(inputs, Path) else inputs
     with tempfile.TemporaryDirectory(prefix="tinygpt-") as spool:
         corpus = collect_sources(inputs, glob, Path(spool), folder, follow_symlinks)
-        val_corpus = collect_sources([val], "*", Path(spool), folder) if val is not None else None
+        val_corpus = collect_sources([val], "*", Path(spool), folder, follow_symlinks) if val is not None else None
         try:
             found = scan(corpus, choice, progress or (lambda *a: None))
             existing = intact_dataset(folder)
@@ -339,7 +323,7 @@ def prepare_text(inputs: list[str] | Path, folder: Path, name: str, val_fraction
 
 
 def prepare_shakespeare(folder: Path, source: str | None, verify: bool, val_fraction: float,
-                        choice: TokenizerChoice = TokenizerChoice(), progress: Progress | None = None) -> PrepareResult:
+                        choice: TokenizerChoice = TokenizerChoice(), progress: PhaseProgress | None = None) -> PrepareResult:
     """Tiny Shakespeare from its canonical URL (or `source`), checked against its SHA-256; its
     last 10% validates, as nanoGPT's split does."""
     existing = intact_dataset(folder)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import Command, TinyGPTError, UsageError
-from .fsutil import read_json, write_json_atomic
+from ..errors import Command, TinyGPTError, UsageError
+from ..system.fsutil import read_json, write_json_atomic
 
 VOCAB_FORMAT = "tinygpt-vocab"
 VOCAB_VERSION = 1

@@ -24,8 +24,8 @@ from typing import Any, Union
 
 import numpy as np
 
-from .errors import TinyGPTError, UsageError
-from .fsutil import parse_json, read_user_file, write_text_atomic
+from ..errors import TinyGPTError, UsageError
+from ..system.fsutil import parse_json, read_user_file, write_text_atomic
 from .vocab import VOCAB_FORMAT, Vocabulary
 
 EOT = "<|endoftext|>"  # separates documents; GPT-2's spelling

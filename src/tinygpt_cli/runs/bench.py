@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import RunConfig
-from .data import Dataset, DatasetInfo
-from .params import param_report
-from .train import Trainer
-from .vocab import Vocabulary
+from ..config import RunConfig
+from ..data.dataset import Dataset, DatasetInfo
+from ..params import param_report
+from ..train import Trainer
+from ..system.threads import ThreadPolicy
+from ..data.vocab import Vocabulary
 
 SYNTHETIC_TOKENS = 200_000
 
@@ -51,9 +52,10 @@ class StepTiming:
         return iters * self.ms_per_iter / 1000
 
 
-def training_step_fn(config: RunConfig, dataset: Dataset | None = None):
-    """The real training step (Trainer.train_step) for `config`, on `dataset` or synthetic data."""
-    trainer = Trainer(config, dataset or synthetic_dataset(config.model.vocab_size))
+def training_step_fn(config: RunConfig, dataset: Dataset | None = None, threads: ThreadPolicy | None = None):
+    """The real training step (Trainer.train_step) for `config`, on `dataset` or synthetic data,
+    with the thread policy of a real run when one is given (system/process.py:init_process)."""
+    trainer = Trainer(config, dataset or synthetic_dataset(config.model.vocab_size), threads=threads)
 
     def step() -> None:
         if trainer.threads is not None:
@@ -74,9 +76,9 @@ def time_steps(step, steps: int) -> float:
 
 
 def time_training_steps(config: RunConfig, steps: int = 20, warmup: int = 3, repeats: int = 3,
-                        dataset: Dataset | None = None) -> StepTiming:
+                        dataset: Dataset | None = None, threads: ThreadPolicy | None = None) -> StepTiming:
     """Median milliseconds per optimiser step of the real training step for `config`."""
-    step = training_step_fn(config, dataset)
+    step = training_step_fn(config, dataset, threads)
     time_steps(step, warmup)
     samples = [time_steps(step, steps) for _ in range(repeats)]
     c = config

@@ -11,9 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import TinyGPTError, UsageError
-from .fsutil import atomic_path
-from .runs import finite_number
+from ..errors import TinyGPTError, UsageError
+from ..system.fsutil import atomic_path
+from ..rundir import finite_number
 
 X_AXES = ("iter", "time")
 PLOT_HINT = "pip install 'tinygpt[plot]'"

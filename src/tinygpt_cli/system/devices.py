@@ -1,21 +1,15 @@
-"""Where and in which precision to compute, and the model built there for training."""
+"""Where and in which precision to compute, and what the machine has there (memory, cache)."""
 
 from __future__ import annotations
 
 import ctypes
 import os
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .config import RunConfig
-from .distributed import DistContext, init_process_group
-from .errors import Command, TinyGPTError, UsageError
-from .model import GPT
-from .params import activation_bytes, param_report
-from .threads import SMALL_STEP_FLOPS, ThreadPolicy
+from ..errors import UsageError
 
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -122,64 +116,3 @@ def keep_freed_cpu_memory() -> bool:
     mmap_set = mallopt(M_MMAP_THRESHOLD, GLIBC_MMAP_THRESHOLD_MAX) == 1
     trim_set = mallopt(M_TRIM_THRESHOLD, FREED_BYTES_KEPT) == 1
     return mmap_set and trim_set
-
-
-@dataclass
-class TrainingDevice:
-    device: torch.device
-    dtype: torch.dtype
-    threads: ThreadPolicy | None  # CPU threads that follow the machine's load; None off a CPU
-
-    @property
-    def dtype_name(self) -> str:
-        return str(self.dtype).removeprefix("torch.")
-
-
-def setup_training_device(config: RunConfig, dist: DistContext) -> TrainingDevice:
-    """The device this process trains on (its own GPU under torchrun), the precision, and the
-    settings that make steps fast there."""
-    cfg = config.train
-    device = pick_device(cfg.device)
-    if device.type == "cuda" and dist.enabled:
-        device = torch.device("cuda", dist.local_rank)
-    init_process_group(dist, device.type)  # also makes this rank's GPU the current one
-    threads = None
-    if device.type == "cpu":
-        keep_freed_cpu_memory()  # each step then reuses the last one's pages
-        step_flops = param_report(config.model).flops_per_token() * cfg.batch_size * config.model.block_size
-        threads = ThreadPolicy(step_flops < SMALL_STEP_FLOPS, dist.world_size)
-    if device.type == "cuda":  # TF32 matmuls: float32 weights at close to bfloat16 speed
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    return TrainingDevice(device, pick_dtype(cfg.dtype, device), threads)
-
-
-TRAINING_BYTES_PER_PARAM = 16  # fp32 weights, gradients and AdamW's two moments
-
-
-def build_model(config: RunConfig, device: torch.device) -> GPT:
-    """The model on `device`. A model, or a batch, that cannot fit is a one-line error before
-    anything is allocated (on Linux an oversized CPU allocation would not fail: the process
-    would be killed, or fail deep inside a step)."""
-    n = param_report(config.model).total
-    hint = Command("params", why="shows the count", before="lower --n-embd, --n-layer or --block-size:")
-    memory = device_memory_bytes(device)
-    state = n * TRAINING_BYTES_PER_PARAM
-    if memory is not None and state > memory:
-        raise TinyGPTError(
-            f"a model of {n:,} parameters needs about {state / 2**30:,.1f} GiB to train; "
-            f"{device} has {memory / 2**30:,.1f} GiB",
-            hint,
-        )
-    activations = activation_bytes(config.model, config.train.batch_size)
-    if memory is not None and state + activations > memory:
-        raise TinyGPTError(
-            f"a batch of {config.train.batch_size:,} x {config.model.block_size:,} tokens needs about "
-            f"{activations / 2**30:,.1f} GiB of activations, on top of {state / 2**30:,.1f} GiB for the model; "
-            f"{device} has {memory / 2**30:,.1f} GiB",
-            "lower --batch-size (--grad-accum keeps the tokens per step) or --block-size",
-        )
-    try:
-        return GPT(config.model).to(device)
-    except (MemoryError, torch.OutOfMemoryError) as e:
-        raise TinyGPTError(f"not enough memory on {device} for a model of {n:,} parameters", hint) from e

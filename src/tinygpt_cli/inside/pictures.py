@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .plots import require_matplotlib, save_png, write_output
+from ..runs.plots import require_matplotlib, save_png, write_output
 
 
 def attention_grid(weights: np.ndarray, labels: list[str], path: Path) -> None:
@@ -38,7 +38,7 @@ def embedding_map(coords: np.ndarray, explained: np.ndarray, labels: list[str], 
     require_matplotlib()
     from matplotlib.figure import Figure
 
-    from .inside import cosine_similarity
+    from .measure import cosine_similarity
 
     fig = Figure(figsize=(14 if positions is not None else 8, 7), layout="constrained")
     axes = fig.subplots(1, 2 if positions is not None else 1, squeeze=False)[0]

@@ -15,11 +15,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .config import ALL_FIELDS, ModelConfig, RunConfig, first_problem
-from .errors import UsageError
-from .fsutil import read_json
-from .params import param_report
-from .runs import RunDir, finite_number
+from ..config import ALL_FIELDS, ModelConfig, RunConfig, first_problem
+from ..errors import TinyGPTError, UsageError
+from ..system.fsutil import read_json
+from ..params import param_report
+from ..rundir import RunDir, finite_number
 
 # Files whose presence makes a folder a run folder (a plot or a lock alone does not).
 RUN_MARKERS = ("config.json", "run.json", "metrics.jsonl", "last.safetensors", "best.safetensors")
@@ -112,7 +112,11 @@ def read_summary(path: Path, name: str | None = None) -> RunSummary:
         return summary
 
     summary.n_params = param_report(ModelConfig(**{k: summary.config[k] for k in ModelConfig.model_fields})).total
-    records = run.read_metrics()
+    try:
+        records = run.read_metrics()
+    except TinyGPTError as e:
+        summary.error = e.message
+        return summary
     evals = [r for r in records if "val_loss" in r]
     steps = [r for r in records if "tokens_per_s" in r]
     if status is None:

@@ -16,10 +16,10 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from .checkpoint import Checkpoint
-from .errors import TinyGPTError, UsageError
-from .evaluate import bits_per_byte
-from .fsutil import entries_except, read_limited, short_list
+from ..checkpoint import Checkpoint
+from ..errors import TinyGPTError, UsageError
+from ..evaluate import bits_per_byte
+from ..system.fsutil import entries_except, read_limited, short_list
 from .hf import ARCHITECTURES, CLASS_NAMES, WEIGHTS_FILE, hf_config, hf_tensors, tokenizer_files
 
 EXPORT_FILES = ("config.json", WEIGHTS_FILE, "tokenizer.json", "tokenizer_config.json", "README.md")
@@ -73,6 +73,20 @@ def is_tinygpt_export(folder: Path) -> bool:
         return False
 
 
+def _foreign_contents(folder: Path, named: Path) -> UsageError | None:
+    """Why the folder `folder` (the user's `named`) is not ours to replace (None: it is empty, or an earlier export)."""
+    if not any(folder.iterdir()):
+        return None
+    foreign = entries_except(folder, lambda name: name in EXPORT_FILES)
+    if foreign:
+        return UsageError(f"{named} holds files that are not an export's ({short_list(foreign)}): exporting would mix with them",
+                          "pass a new or empty folder to export to")
+    if not is_tinygpt_export(folder):
+        return UsageError(f"{named} holds files but no model card of a tinygpt export ({CARD_FILE}): they may be yours",
+                          "pass a new or empty folder to export to")
+    return None
+
+
 def _check_destination(folder: Path, overwrite: bool) -> bool:
     """Whether `folder` is there to be replaced (empty, or an earlier export); refuses anything else."""
     if not folder.exists() and not folder.is_symlink():
@@ -80,16 +94,9 @@ def _check_destination(folder: Path, overwrite: bool) -> bool:
     if folder.is_symlink() or not folder.is_dir():
         raise UsageError(f"{folder} is {'a symbolic link' if folder.is_symlink() else 'a file'}, not a folder",
                          "pass a new folder to export to")
-    if not any(folder.iterdir()):
-        return True
-    foreign = entries_except(folder, lambda name: name in EXPORT_FILES)
-    if foreign:
-        raise UsageError(f"{folder} holds files that are not an export's ({short_list(foreign)}): exporting would mix with them",
-                         "pass a new or empty folder to export to")
-    if not is_tinygpt_export(folder):
-        raise UsageError(f"{folder} holds files but no model card of a tinygpt export ({CARD_FILE}): they may be yours",
-                         "pass a new or empty folder to export to")
-    if not overwrite:
+    if (problem := _foreign_contents(folder, folder)) is not None:
+        raise problem
+    if any(folder.iterdir()) and not overwrite:
         raise UsageError(f"{folder} already holds an export", "pass --overwrite to replace it, or another folder")
     return True
 
@@ -133,6 +140,9 @@ def _move_into_place(staging: Path, folder: Path, replace: bool) -> None:
         return
     old = staging.with_name(staging.name + ".old")
     os.replace(folder, old)
+    if (problem := _foreign_contents(old, folder)) is not None:  # something came in while the export was written
+        os.replace(old, folder)
+        raise problem
     try:
         os.replace(staging, folder)
     except OSError:

@@ -1,118 +1,16 @@
-"""`tinygpt generate`, `tinygpt params` and `tinygpt eval`: use and inspect a trained model."""
+"""`tinygpt params` and `tinygpt eval`: what a model costs (its parameters, memory and FLOPs)
+and how good it is (its loss over a whole validation split)."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import typer
 
 from ..config import MODEL_FIELDS
 from .config_flags import CONFIG_OPTION, PRESET_OPTION, with_config_flags
-from .console import out, print_json
+from .console import out, print_json, say_loaded
 from .options import CHECKPOINT, DEVICE, JSON, RUN
-
-
-# generate's loops are the user's to size, within these (a typo of a few zeros is no hour-long run).
-MAX_SAMPLES = 1000
-MAX_NEW_TOKENS = 1_000_000
-
-
-def _read_prompt(prompt: str | None, prompt_file: Path | None) -> str:
-    from ..data import decode_text, read_source
-    from ..errors import UsageError
-
-    if prompt is not None and prompt_file is not None:
-        raise UsageError("pass either --prompt or --prompt-file, not both")
-    if prompt_file is not None:
-        return decode_text(read_source(str(prompt_file)), str(prompt_file))
-    return prompt or ""
-
-
-def _thread_policy(model):
-    """On a CPU, the threads the load leaves us (threads.py); None elsewhere."""
-    from ..threads import ThreadPolicy
-
-    return ThreadPolicy() if next(model.parameters()).device.type == "cpu" else None
-
-
-def _say_loaded(path: Path, ckpt) -> None:
-    """One dim line on stderr naming the checkpoint read (so a default pick is never a surprise),
-    and a note when its metadata has no digest (a file saved by an older tinygpt)."""
-    from .console import err
-
-    err.print(f"[dim]loaded {path} (iteration {ckpt.iteration:,})[/]", soft_wrap=True)
-    if not ckpt.metadata_covered:
-        err.print(f"[yellow]note:[/] {path} uses checkpoint format 1: its settings are not covered by its digest, "
-                  "only its tensors are", soft_wrap=True)
-
-
-def generate(
-    prompt: str = typer.Option(None, "--prompt", help="Text to continue (empty: start from a newline)."),
-    prompt_file: Path = typer.Option(None, "--prompt-file", help="Read the prompt from a UTF-8 file."),
-    run: Path = RUN,
-    checkpoint: Path = CHECKPOINT,
-    max_new_tokens: int = typer.Option(500, "--max-new-tokens", min=0, max=MAX_NEW_TOKENS, help=f"Tokens to generate per sample (characters for a character vocabulary; at most {MAX_NEW_TOKENS:,})."),
-    temperature: float = typer.Option(0.8, "--temperature", min=0.0, help="Randomness: below 1 safer, above 1 wilder, 0 greedy."),
-    top_k: int = typer.Option(None, "--top-k", min=1, help="Sample only among the k most likely tokens."),
-    top_p: float = typer.Option(None, "--top-p", min=0.0, max=1.0, help="Sample from the smallest set of tokens whose probability reaches p."),
-    num_samples: int = typer.Option(1, "--num-samples", min=1, max=MAX_SAMPLES, help=f"How many independent samples (at most {MAX_SAMPLES:,})."),
-    seed: int = typer.Option(None, "--seed", min=0, max=2**32 - 1, help="Same seed and options give the same text (0 to 4294967295)."),
-    device: str = DEVICE,
-    kv_cache: bool = typer.Option(True, "--kv-cache/--no-kv-cache", help="Reuse past keys/values (fast); off recomputes each window."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (prompt, samples, settings) instead of streaming."),
-    dtype: str = typer.Option("auto", "--dtype", help="Weights for sampling: auto (on a CPU, float16 when the model outgrows the CPU's cache: about twice as fast, text may differ slightly; float32 otherwise), float32 (exactly the checkpoint), float16 or bfloat16."),
-) -> None:
-    """Write text with a trained model, streamed as it is produced.
-
-    Example: tinygpt generate --prompt "ROMEO:" --max-new-tokens 300 --seed 1
-    """
-    from ..checkpoint import load_model
-    from ..devices import pick_device
-    from ..runs import resolve_checkpoint
-    from ..sampling import generate as generate_ids
-    from ..sampling import set_sampling_precision
-    from ..tokenizer import stream_text
-
-    text = _read_prompt(prompt, prompt_file) or "\n"
-    path = resolve_checkpoint(run, checkpoint)
-    model, ckpt = load_model(path, pick_device(device))
-    chosen = set_sampling_precision(model, dtype)
-    prompt_ids = ckpt.tokenizer.encode(text)  # unknown characters: a one-line error, exit 2
-    _say_loaded(path, ckpt)
-    threads = _thread_policy(model)
-
-    def sample(i: int):
-        """The text of sample i (seed + i), as its tokens come: whole characters only."""
-        def tokens():
-            for token in generate_ids(model, prompt_ids, max_new_tokens, temperature=temperature, top_k=top_k,
-                                      top_p=top_p, seed=None if seed is None else seed + i, kv_cache=kv_cache):
-                if threads is not None:
-                    threads.adjust()
-                yield token
-
-        return stream_text(ckpt.tokenizer, tokens())
-
-    if as_json:  # whole samples, then one JSON object: the text and what made it
-        samples = ["".join(sample(i)) for i in range(num_samples)]
-        print_json({"checkpoint": str(path), "iteration": ckpt.iteration, "prompt": text, "samples": samples,
-                    "settings": {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p,
-                                 "seed": seed, "kv_cache": kv_cache, "dtype": str(chosen).removeprefix("torch.")}})
-        return
-    interactive = sys.stdout.isatty()
-    for i in range(num_samples):
-        if i:
-            if interactive:
-                out.rule(f"sample {i + 1}")
-            else:
-                sys.stdout.write(f"\n---------- sample {i + 1} ----------\n")
-        sys.stdout.write(text)
-        for char in sample(i):
-            sys.stdout.write(char)
-            if interactive:
-                sys.stdout.flush()
-        sys.stdout.write("\n")
-        sys.stdout.flush()
 
 
 MIN_NOTE_WIDTH = 16  # narrower than this, the notes column is left out
@@ -192,7 +90,7 @@ def params(
         from ..checkpoint import read_metadata
         from ..config import flag_name
         from ..errors import UsageError
-        from ..runs import resolve_checkpoint
+        from ..rundir import resolve_checkpoint
 
         given = [flag_name(k) for k, v in flags.items() if v is not None] + [f for f, v in (("--preset", preset), ("--config", config)) if v]
         if given:
@@ -224,24 +122,18 @@ def evaluate(
     Example: tinygpt eval --run runs/demo
     """
     from ..checkpoint import load_model
-    from ..data import load_dataset
-    from ..devices import pick_device
-    from ..errors import TinyGPTError
-    from ..evaluate import score_split, score_sample, split_windows
-    from ..runs import resolve_checkpoint
-    from ..tokenizer import byte_lengths
+    from ..system.devices import pick_device
+    from ..evaluate import eval_dataset, score_split, score_sample, split_windows
+    from ..system.process import init_process
+    from ..rundir import resolve_checkpoint
+    from ..data.tokenizer import byte_lengths
 
     path = resolve_checkpoint(run, checkpoint)
     model, ckpt = load_model(path, pick_device(device))
-    folder = data_dir or Path((ckpt.train_config or {}).get("data_dir", "data/shakespeare"))
-    dataset = load_dataset(folder)
-    if dataset.tokenizer != ckpt.tokenizer:
-        raise TinyGPTError(f"the vocabulary of {folder} differs from the one {path} was trained on: scores would be meaningless",
-                           "pass the dataset the model was trained on with --data-dir")
-    if len(dataset.val) <= 1:
-        raise TinyGPTError(f"the validation split of {folder} is empty")
-    _say_loaded(path, ckpt)
-    _thread_policy(model)  # chosen once, from the load at the start
+    dataset = eval_dataset(ckpt, path, data_dir)
+    folder = dataset.info.path
+    say_loaded(path, ckpt)
+    init_process()  # the threads, chosen once from the load at the start
     token_bytes = byte_lengths(dataset.tokenizer)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -276,6 +168,5 @@ def evaluate(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("generate")(generate)
     app.command("params")(params)
     app.command("eval")(evaluate)

@@ -19,11 +19,12 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from .config import ALL_FIELDS, FIELD_INFO, SHAPE_FIELDS, RunConfig, flag_name, resolve_config
-from .errors import Command, ConfigError, TinyGPTError, TrainingStopped, UsageError
-from .fsutil import read_json, write_json_atomic
-from .runs import RUNS_DIR, RunDir, default_run_name
-from .runs_table import format_value, is_run_folder
+from ..config import ALL_FIELDS, FIELD_INFO, SHAPE_FIELDS, RunConfig, flag_name, resolve_config
+from ..errors import Command, ConfigError, TinyGPTError, TrainingStopped, UsageError
+from ..system.fsutil import read_json, write_json_atomic
+from ..rundir import RUNS_DIR, RunDir, default_run_name
+from ..system.threads import ThreadPolicy
+from .table import format_value, is_run_folder
 
 # vocab_size follows from the dataset; it is not a flag of train either.
 SWEEP_FIELDS = tuple(f for f in ALL_FIELDS if f != "vocab_size")
@@ -167,7 +168,7 @@ def plan_sweep(args: list[str], preset: str | None = None, config_file: Path | N
 
 def _saved_changes(cell: Cell) -> dict[str, Any]:
     """Settings of the cell that differ from what its folder was trained with."""
-    from .lifecycle import read_run_config
+    from ..lifecycle import read_run_config
 
     saved = read_run_config(RunDir(cell.path)).flat()
     wanted = cell.config.flat()
@@ -202,7 +203,7 @@ def cell_action(cell: Cell) -> tuple[str, dict[str, Any]]:
 
 def prepared_configs(plan: SweepPlan) -> list[RunConfig]:
     """Each cell's configuration fitted to its dataset (vocabulary size), checked against it."""
-    from .lifecycle import prepare_training
+    from ..lifecycle import prepare_training
 
     return [prepare_training(cell.config)[0] for cell in plan.cells]
 
@@ -225,15 +226,15 @@ def projected_seconds(ms_per_iter: float, config: RunConfig, iters: int) -> floa
     return (iters * ms_per_iter + evals * 2 * t.eval_iters * forward_ms) / 1000
 
 
-def project(plan: SweepPlan, time_steps: Callable | None = None) -> list[dict[str, Any]]:
-    """Per cell: what a run would do, parameters, measured ms per step, projected seconds.
-    Cells that share a model shape and batch are timed once."""
-    from .params import param_report
+def project(plan: SweepPlan, time_steps: Callable | None = None, threads: ThreadPolicy | None = None) -> list[dict[str, Any]]:
+    """Per cell: what a run would do, parameters, measured ms per step (under `threads`, the
+    process's thread policy), projected seconds. Cells that share a model shape and batch are timed once."""
+    from ..params import param_report
 
     if time_steps is None:
         from .bench import time_training_steps
 
-        time_steps = lambda c: time_training_steps(c, steps=3, warmup=2, repeats=1).ms_per_iter  # noqa: E731
+        time_steps = lambda c: time_training_steps(c, steps=3, warmup=2, repeats=1, threads=threads).ms_per_iter  # noqa: E731
     timings: dict[str, float] = {}
     rows = []
     for cell, config in zip(plan.cells, prepared_configs(plan)):
@@ -286,10 +287,11 @@ def write_manifest(plan: SweepPlan) -> None:
 
 
 def run_sweep(plan: SweepPlan, reporter_for: Callable[[Cell], Any] | None = None,
-              on_cell: Callable[[int, Cell, str], None] | None = None) -> SweepResult:
-    """Run every cell in turn. A cell that fails (e.g. its loss diverges) is recorded and the
-    sweep goes on; bad flags and a stop signal end the sweep (a rerun picks it up)."""
-    from .lifecycle import resume, train_new
+              on_cell: Callable[[int, Cell, str], None] | None = None, threads: ThreadPolicy | None = None) -> SweepResult:
+    """Run every cell in turn (under `threads`, the process's thread policy). A cell that fails
+    (e.g. its loss diverges) is recorded and the sweep goes on; bad flags and a stop signal end
+    the sweep (a rerun picks it up)."""
+    from ..lifecycle import resume, train_new
 
     prepared_configs(plan)  # every cell's data and block size are fine before any training starts
     actions = [cell_action(cell) for cell in plan.cells]
@@ -304,10 +306,10 @@ def run_sweep(plan: SweepPlan, reporter_for: Callable[[Cell], Any] | None = None
         reporter = reporter_for(cell) if reporter_for is not None else None
         try:
             if action == "resume":
-                resume(cell.path, overrides, reporter)
+                resume(cell.path, overrides, reporter, threads=threads)
                 result.cells.append(CellResult(cell, "resumed"))
             else:
-                train_new(cell.config, cell.path, reporter, overwrite=action == "restart")
+                train_new(cell.config, cell.path, reporter, overwrite=action == "restart", threads=threads)
                 result.cells.append(CellResult(cell, "trained"))
         except (TrainingStopped, UsageError):
             raise

@@ -10,6 +10,7 @@ the whole text, and memory stays bounded whatever the corpus size.
 from __future__ import annotations
 
 import codecs
+import fnmatch
 import hashlib
 import os
 import stat
@@ -17,10 +18,10 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path, PurePath
+from pathlib import Path
 
-from .errors import TinyGPTError, UsageError
-from .fsutil import open_for_reading
+from ..errors import TinyGPTError, UsageError
+from ..system.fsutil import open_for_reading
 from .tokenizer import next_safe_cut
 
 READ_BYTES = 1 << 22  # 4 MiB read at a time
@@ -57,7 +58,7 @@ def collect_sources(inputs: list[str], glob: str = "*", spool_dir: Path | None =
     matching `glob`, "-" for standard input. `output`, the folder being written, is never read:
     an input inside it is refused, and a folder walk passes over it. A symbolic link in a folder
     that leads out of it is skipped and counted, unless `follow_symlinks`."""
-    check_glob(glob)
+    parts = glob_parts(glob)
     sources, skipped, links = [], 0, 0
     for given in inputs:
         if given == "-":
@@ -74,7 +75,7 @@ def collect_sources(inputs: list[str], glob: str = "*", spool_dir: Path | None =
             raise UsageError(f"{path} is in the dataset folder being written ({output}): its outputs are never read as text",
                              "pass your text files, or another --data-dir")
         if stat.S_ISDIR(mode):
-            walk = FolderWalk(path, glob, output, follow_symlinks)
+            walk = FolderWalk(path, parts, output, follow_symlinks)
             found = walk.sources()
             if not found:
                 raise UsageError(f"no text file matching {glob!r} in {path}" + walk.skipped_note(),
@@ -90,13 +91,29 @@ def collect_sources(inputs: list[str], glob: str = "*", spool_dir: Path | None =
     return Corpus(sources, skipped, links)
 
 
-def check_glob(glob: str) -> None:
-    """A --glob is matched against the files inside each folder: a pattern that starts at the
-    root or climbs out (..) could name nothing there."""
-    parts = PurePath(glob).parts
-    if not glob or PurePath(glob).is_absolute() or ".." in parts:
-        raise UsageError(f"--glob {glob!r}: a pattern is matched inside each folder given, so it cannot be empty, "
-                         "start at the root or climb out with ..", "pass a pattern such as '*.txt' or 'notes/*.md'")
+def glob_parts(glob: str) -> list[str]:
+    """A --glob as the parts it matches inside each folder given, at any depth (rglob's rule:
+    `*.txt` and `**/*.txt` are the same pattern); a pattern that names nothing there (empty, from
+    the root, climbing out with ..) is a usage error."""
+    parts = [p for p in glob.split("/") if p not in ("", ".")]
+    while parts and parts[0] == "**":
+        parts.pop(0)
+    if not parts or glob.startswith("/") or ".." in parts or parts[-1] == "**":
+        raise UsageError(f"--glob {glob!r}: a pattern is matched against the files inside each folder given, so it must name "
+                         "files, and cannot start at the root or climb out with ..", "pass a pattern such as '*.txt' or 'notes/**/*.md'")
+    return parts
+
+
+def glob_matches(parts: list[str], relative: tuple[str, ...]) -> bool:
+    """Whether a file's path inside its folder ends with what `parts` match ('**': any number of folders)."""
+    def match(p: int, r: int) -> bool:
+        if p == len(parts):
+            return r == len(relative)
+        if parts[p] == "**":
+            return any(match(p + 1, k) for k in range(r, len(relative) + 1))
+        return r < len(relative) and fnmatch.fnmatchcase(relative[r], parts[p]) and match(p + 1, r + 1)
+
+    return any(match(0, start) for start in range(len(relative)))
 
 
 def _is_within(path: Path, folder: Path) -> bool:
@@ -109,11 +126,8 @@ class FolderWalk:
     binary files are passed over; a symbolic link is read when it stays inside the folder (a
     link to a folder inside is not walked twice) and otherwise only with `follow_symlinks`."""
 
-    def __init__(self, folder: Path, glob: str, output: Path | None, follow_symlinks: bool):
-        self.folder, self.output, self.follow = folder, output, follow_symlinks
-        while glob.startswith("**/"):  # rglob's spelling of "at any depth", which every pattern here is
-            glob = glob[3:]
-        self.glob = glob
+    def __init__(self, folder: Path, glob: list[str], output: Path | None, follow_symlinks: bool):
+        self.folder, self.glob, self.output, self.follow = folder, glob, output, follow_symlinks
         self.binary = self.links_out = 0
 
     def sources(self) -> list[Source]:
@@ -154,7 +168,7 @@ class FolderWalk:
                         continue  # its files are read where they are
                     seen.add(real)
                     pending.append(path)
-                elif entry.is_file() and PurePath(path.relative_to(self.folder)).match(self.glob):
+                elif entry.is_file() and glob_matches(self.glob, path.relative_to(self.folder).parts):
                     yield path
 
     def _take_link(self, path: Path) -> bool:
@@ -186,7 +200,7 @@ def _spool(stream, name: str, spool_dir: Path | None) -> Source:
     total = 0
     try:
         with os.fdopen(fd, "wb") as out:
-            while chunk := stream.read(READ_BYTES):
+            while chunk := _read_stream(stream, name):
                 if b"\x00" in chunk:
                     raise TinyGPTError(f"{name} looks binary: it holds NUL bytes")
                 total += len(chunk)
@@ -194,7 +208,7 @@ def _spool(stream, name: str, spool_dir: Path | None) -> Source:
                     raise TinyGPTError(f"{name} is over the {MAX_SPOOL_BYTES:,}-byte limit for text read from a stream",
                                        "save it to a file and pass the file: a file of any size is read where it is")
                 out.write(chunk)
-    except OSError as e:
+    except OSError as e:  # a write (reads are TinyGPTErrors already): a full disk, say
         os.unlink(tmp)
         raise TinyGPTError(f"cannot keep a copy of {name} in {Path(tmp).parent}: {e.strerror or e}",
                            "free some disk space, or save the text to a file and pass the file") from e
@@ -202,6 +216,13 @@ def _spool(stream, name: str, spool_dir: Path | None) -> Source:
         os.unlink(tmp)
         raise
     return Source(Path(tmp), os.stat(tmp).st_size, name, spooled=True)
+
+
+def _read_stream(stream, name: str) -> bytes:
+    try:
+        return stream.read(READ_BYTES)
+    except OSError as e:
+        raise TinyGPTError(f"cannot read {name}: {e.strerror or e}") from e
 
 
 def cleanup(corpus: Corpus) -> None:

@@ -17,9 +17,10 @@ from typing import Any
 
 import torch
 
-from .config import SHAPE_FIELDS, ModelConfig, RunConfig, flag_name
-from .errors import Command, TinyGPTError, UsageError
-from .tokenizer import Tokenizer
+from ..config import SHAPE_FIELDS, ModelConfig, RunConfig, flag_name
+from ..errors import Command, TinyGPTError, UsageError
+from ..data.prepare import BPE_SAMPLE_CHARS, TokenizerChoice
+from ..data.tokenizer import Tokenizer, check_bpe_vocab_size
 
 # A hub id: a name, or owner/name (letters, digits, '-', '_', '.').
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
@@ -65,7 +66,7 @@ def download_from_hub(hub_id: str, files: list[str] = HUB_FILES) -> Path:
 def locate(source: str, flag: str, what: str) -> tuple[str, Any]:
     """What `source` names, as `--init-from` and `--tokenizer` read it: ("transformers", folder),
     ("checkpoint", file: a run's best, else its last), ("tokenizer", file) or ("hub", id)."""
-    from .runs import resolve_checkpoint
+    from ..rundir import resolve_checkpoint
 
     path = Path(source)
     if _is_hf_folder(path):
@@ -85,9 +86,9 @@ def locate(source: str, flag: str, what: str) -> tuple[str, Any]:
 def source_tokenizer(source: str) -> Tokenizer:
     """The tokenizer of a tokenizer.json, a run, a checkpoint, a transformers folder or a hub
     model (`prepare text --tokenizer SOURCE`), without reading any weights."""
-    from .checkpoint import read_metadata
+    from ..checkpoint import read_metadata
     from .hf import read_tokenizer_json
-    from .tokenizer import tokenizer_from_dict
+    from ..data.tokenizer import tokenizer_from_dict
 
     kind, where = locate(source, "--tokenizer", "tokenizer file, run, checkpoint or transformers folder")
     if kind == "checkpoint":
@@ -103,9 +104,25 @@ def source_tokenizer(source: str) -> Tokenizer:
     return read_tokenizer_json(where / "tokenizer.json")
 
 
+def tokenizer_choice(value: str, vocab_size: int | None, sample_chars: int = BPE_SAMPLE_CHARS) -> TokenizerChoice:
+    """How `--tokenizer char|bpe|SOURCE` and `--vocab-size N` (BPE only) ask prepare to make the
+    tokenizer; a SOURCE is read here, without any weights (source_tokenizer)."""
+    if value == "char":
+        if vocab_size is not None:
+            raise UsageError("--vocab-size is for --tokenizer bpe: a character vocabulary is every character of the text")
+        return TokenizerChoice()
+    if value == "bpe":
+        size = 4096 if vocab_size is None else vocab_size
+        check_bpe_vocab_size(size)
+        return TokenizerChoice("bpe", vocab_size=size, sample_chars=sample_chars)
+    if vocab_size is not None:
+        raise UsageError("--vocab-size is for --tokenizer bpe: a given tokenizer has its own size")
+    return TokenizerChoice("given", given=source_tokenizer(value))
+
+
 def load_pretrained(source: str) -> Pretrained:
     """Read `source` (see the module docstring) as our config, weights and tokenizer."""
-    from .checkpoint import load_checkpoint
+    from ..checkpoint import load_checkpoint
     from .hf import read_hf_folder
 
     kind, where = locate(source, "--init-from", "run, checkpoint or transformers folder")

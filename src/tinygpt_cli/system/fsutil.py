@@ -13,7 +13,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .errors import Hint, TinyGPTError, UsageError
+from ..errors import Hint, TinyGPTError, UsageError
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -58,11 +58,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def check_writable(folder: Path, what: str, hint: Hint) -> None:
+def check_writable(folder: Path, what: str, hint: Hint, temp_of: str) -> None:
     """Refuse, before anything is written, a folder where no new file can be made (read-only,
-    another owner's, a full disk): a file is created there and removed."""
+    another owner's, a full disk): a file is created there and removed. It is named as a
+    temporary of the folder's file `temp_of`, so that a kill in between leaves nothing foreign."""
     try:
-        _new_temp_file(folder / "write-check").unlink()
+        _new_temp_file(folder / temp_of).unlink()
     except OSError as e:
         raise TinyGPTError(f"cannot write to {what} {folder}: {e.strerror or e}", hint) from e
 

@@ -26,12 +26,12 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
-from .config import ModelConfig, first_problem
-from .errors import TinyGPTError, UsageError
-from .model import weight_shapes
-from .fsutil import parse_json, read_user_file
-from .tokenizer import EOT, MAX_TOKENIZER_FILE_BYTES, BPETokenizer, Tokenizer
-from .vocab import Vocabulary
+from ..config import ModelConfig, first_problem
+from ..errors import TinyGPTError, UsageError
+from ..model import weight_shapes
+from ..system.fsutil import parse_json, read_user_file
+from ..data.tokenizer import EOT, MAX_TOKENIZER_FILE_BYTES, BPETokenizer, Tokenizer
+from ..data.vocab import Vocabulary
 
 LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default, which our model uses
 ROPE_BASE = 10000.0  # model.rope_tables' default
@@ -190,13 +190,14 @@ def read_tokenizer_json(path: Path) -> Tokenizer:
 def _char_vocabulary(vocab: Any, path: Path) -> Vocabulary:
     """The vocabulary of a tokenizer.json as char_tokenizer_json writes one: single characters,
     their ids 0 to N-1 in code-point order (the ids tinygpt's Vocabulary gives them)."""
-    ok = (isinstance(vocab, dict) and vocab and all(type(i) is int for i in vocab.values())
-          and all(len(ch) == 1 for ch in vocab) and sorted(vocab.values()) == list(range(len(vocab))))
-    chars = tuple(sorted(vocab, key=vocab.__getitem__)) if ok else ()
-    if not ok or list(chars) != sorted(chars):
-        raise UsageError(f"{path} is not a character tokenizer tinygpt reads: its vocabulary must map single characters to "
+    problem = UsageError(f"{path} is not a character tokenizer tinygpt reads: its vocabulary must map single characters to "
                          "the ids 0 to N-1 in code-point order", "pass a byte-level BPE tokenizer.json, or the export tinygpt wrote")
-    return Vocabulary(chars)
+    if not isinstance(vocab, dict) or any(type(i) is not int for i in vocab.values()) or sorted(vocab.values()) != list(range(len(vocab))):
+        raise problem
+    try:
+        return Vocabulary(tuple(sorted(vocab, key=vocab.__getitem__)))  # refuses characters out of order or not single
+    except (ValueError, TinyGPTError) as e:
+        raise problem from e
 
 
 def _value(hf: dict, key: str, kind: type, source: str) -> Any:
@@ -211,13 +212,14 @@ def model_config_from_hf(hf: Any, source: str) -> ModelConfig:
     if not isinstance(hf, dict):
         raise TinyGPTError(f"{source}: config.json is not a JSON object")
     model_type = hf.get("model_type")
-    if model_type not in CLASS_NAMES:
-        raise TinyGPTError(f"{source} holds a {model_type or 'unknown'} model; tinygpt reads gpt2 and gpt_neox models")
+    if not isinstance(model_type, str) or model_type not in CLASS_NAMES:
+        raise TinyGPTError(f"{source} holds a {model_type if isinstance(model_type, str) and model_type else 'unknown'} model; "
+                           "tinygpt reads gpt2 and gpt_neox models")
     gpt2 = model_type == "gpt2"
     keys = (("n_embd", "n_layer", "n_head", "n_positions", "activation_function", "layer_norm_epsilon") if gpt2 else
             ("hidden_size", "num_hidden_layers", "num_attention_heads", "max_position_embeddings", "hidden_act", "layer_norm_eps"))
     width, layers, heads, positions = (_value(hf, k, int, source) for k in keys[:4])
-    activation = ACTIVATIONS_FROM_HF.get(hf.get(keys[4]))
+    activation = ACTIVATIONS_FROM_HF.get(hf[keys[4]]) if isinstance(hf.get(keys[4]), str) else None
     inner = hf.get("n_inner") if gpt2 else hf.get("intermediate_size")
     problems = []
     if activation is None:

@@ -118,6 +118,15 @@ class ThreadPolicy:
             time.sleep(0.05)  # a first look at the load before the first step
         self.adjust()
 
+    def fit(self, small: bool, processes: int = 1) -> None:
+        """Fit the policy to a piece of work: too small to split, or one of `processes` that
+        share the cores (torchrun's ranks)."""
+        self.small = small
+        self.max_threads = max(1, usable_cores() // processes)
+        self._judged = False
+        self._next_look = time.monotonic()
+        self.adjust()
+
     @property
     def adapts(self) -> bool:
         return self.fixed is None and not self.small and self.max_threads > 1

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import Command, TinyGPTError, UsageError
-from .fsutil import entries_except, file_sha256, is_temp_file_of, read_json, read_user_file, short_list
+from ..errors import Command, TinyGPTError, UsageError
+from ..system.fsutil import entries_except, file_sha256, is_temp_file_of, read_json, read_user_file, short_list
 from .tokenizer import TOKENIZER_FILES, Tokenizer, byte_lengths, load_tokenizer, token_counts
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"

@@ -11,6 +11,7 @@ import math
 import os
 import re
 import shutil
+import stat
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from .errors import Command, TinyGPTError, UsageError
-from .fsutil import entries_except, is_temp_file_of, open_for_reading, read_json, short_list, write_json_atomic, write_text_atomic
+from .system.fsutil import entries_except, is_temp_file_of, open_for_reading, read_json, short_list, write_json_atomic, write_text_atomic
 
 RUNS_DIR = Path("runs")
+MAX_METRICS_BYTES = 2**30  # a record is about 200 bytes: millions of steps
 # Every file a run folder can hold: tinygpt writes these and nothing else there (loss.png by
 # `tinygpt runs plot`, tracking.json and the trackers' outputs with --log), and --overwrite
 # removes these and nothing else.
@@ -134,10 +136,10 @@ class RunDir:
         alone could be anybody's)."""
         return self.config_path.is_file() and (self.status_path.is_file() or self.has_checkpoint())
 
-    def remove(self) -> None:
-        """Delete the run and its folder. Refused, with nothing deleted, while a training holds
-        the lock, when the folder holds anything that is not the run's, or when `path` is a
-        symbolic link (a run is deleted only where it is, never through a link)."""
+    def check_removable(self) -> None:
+        """Refuse, with nothing deleted, a folder that `remove` must not delete: one that holds
+        anything that is not the run's, one that is no run, or a symbolic link (a run is deleted
+        only where it is, never through a link)."""
         if self.path.is_symlink():
             raise UsageError(f"{self.path} was not deleted: it is a symbolic link to {os.path.realpath(self.path)}",
                              "delete the link itself with rm, or pass the run's own folder")
@@ -145,6 +147,10 @@ class RunDir:
         if not self.is_trained_run() or foreign:
             why = f"it holds files that are not the run's ({short_list(foreign)})" if foreign else "it is not a run folder"
             raise UsageError(f"{self.path.resolve()} was not deleted: {why}", "delete it yourself if you mean to")
+
+    def remove(self) -> None:
+        """Delete the run and its folder (check_removable first); refused while a training holds the lock."""
+        self.check_removable()
         with self.locked():
             self.clear()
             self.lock_path.unlink(missing_ok=True)
@@ -157,29 +163,42 @@ class RunDir:
         write_json_atomic(self.status_path, {"status": status, "pid": os.getpid(), "updated": time.time(), **fields})
 
     def read_status(self) -> dict[str, Any]:
+        """run.json's fields; {} when it is missing, unreadable or not a JSON object."""
         try:
-            return read_json(self.status_path)
+            status = read_json(self.status_path)
         except (OSError, ValueError):
             return {}
+        return status if isinstance(status, dict) else {}
 
     def read_metrics(self) -> list[dict[str, Any]]:
-        """Metric records in order; a torn last line (a crash mid-write) is skipped."""
-        records = []
+        """Metric records in order, each an object with a whole `iter`; a torn last line (a
+        crash mid-write), or any line that is not such a record, is skipped. A file that is
+        not a regular one (a FIFO, a device) reads as empty, and one past MAX_METRICS_BYTES is
+        refused."""
         try:
-            with open_for_reading(self.metrics_path) as f:  # a line at a time: a FIFO put there reads as empty
-                for line in f:
-                    try:
-                        records.append(json.loads(line))
-                    except (ValueError, RecursionError):
-                        continue
+            with open_for_reading(self.metrics_path) as f:
+                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                    return []
+                if os.fstat(f.fileno()).st_size > MAX_METRICS_BYTES:
+                    raise TinyGPTError(f"{self.metrics_path} is over the {MAX_METRICS_BYTES:,}-byte limit for a run's metrics")
+                return [r for r in map(_metric_record, f) if r is not None]
         except FileNotFoundError:
             return []
-        return records
 
     def truncate_metrics(self, iteration: int) -> None:
         """Drop records past `iteration`: a resumed run logs them again."""
         kept = [r for r in self.read_metrics() if r.get("iter", 0) <= iteration]
         write_text_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+def _metric_record(line: bytes) -> dict[str, Any] | None:
+    try:
+        record = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(record, dict) or type(record.get("iter")) is not int:
+        return None
+    return record
 
 
 def finite_number(value: Any) -> float | None:

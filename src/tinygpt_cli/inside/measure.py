@@ -15,11 +15,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .errors import Command, TinyGPTError, UsageError
-from .evaluate import token_losses
-from .model import GPT
-from .sampling import next_token_probs
-from .tokenizer import Tokenizer, byte_lengths
+from ..errors import Command, TinyGPTError, UsageError
+from ..evaluate import token_losses
+from ..model import GPT, eval_mode
+from ..sampling import next_token_probs
+from ..data.tokenizer import Tokenizer, byte_lengths
 
 
 # surprise shows each token of a text: up to a megabyte of it (a page of that is already long).
@@ -42,9 +42,8 @@ def prompt_ids(tokenizer: Tokenizer, text: str, block_size: int) -> tuple[list[i
 def attention(model: GPT, ids: list[int]) -> np.ndarray:
     """Attention weights of every layer and head for `ids`: (layers, heads, T, T), rows sum to 1,
     zero above the diagonal (a position sees only its past)."""
-    model.eval()
     idx = torch.tensor([ids], device=next(model.parameters()).device)
-    with model.attention_maps() as maps:
+    with eval_mode(model), model.attention_maps() as maps:
         model(idx, idx)  # targets: every position's output, not only the last one's
     return torch.stack([m[0] for m in maps]).float().cpu().numpy()
 
@@ -59,9 +58,9 @@ class Candidate:
 @torch.no_grad()
 def predict(model: GPT, ids: list[int], temperature: float, top_k: int | None, top_p: float | None) -> tuple[np.ndarray, np.ndarray]:
     """The next token's distribution after `ids`, as `generate` samples it, and the model's own."""
-    model.eval()
     idx = torch.tensor([ids], device=next(model.parameters()).device)
-    logits, _ = model(idx)
+    with eval_mode(model):
+        logits, _ = model(idx)
     last = logits[:, -1, :]  # (1, vocab)
     shaped = next_token_probs(last, temperature, top_k, top_p)[0]
     raw = next_token_probs(last, 1.0, None, None)[0]

@@ -1,0 +1,1 @@
+"""Text to token ids: vocabularies, tokenizers, corpora, prepared datasets, batches."""

@@ -1,0 +1,1 @@
+"""Other tools' formats: Hugging Face transformers folders, export, pretrained weights."""

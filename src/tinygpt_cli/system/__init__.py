@@ -1,0 +1,1 @@
+"""Process plumbing: files, devices, threads, processes, random generators."""
