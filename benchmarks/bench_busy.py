@@ -27,12 +27,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-from common import report
+from common import clean_env, report, start_hogs, stop_hogs
 from tinygpt_cli.system.devices import pick_dtype
 
 WORKLOADS = {
@@ -41,22 +40,18 @@ WORKLOADS = {
 }
 STEPS = {"cpu preset": 60, "tiny": 400}
 VARIANTS = {"tinygpt": {}, "fixed 2 threads": {"OMP_NUM_THREADS": "2"}}
-HOG_SECONDS = 900
 
 _CHILD = r"""
 import json, sys
 import torch
 from tinygpt_cli.runs.bench import time_training_steps
 from tinygpt_cli.config import resolve_config
+from tinygpt_cli.system.process import init_process
 flags, steps = json.loads(sys.argv[1]), int(sys.argv[2])
-timing = time_training_steps(resolve_config("cpu", None, {**flags, "device": "cpu"}), steps=steps, warmup=3, repeats=1)
+timing = time_training_steps(resolve_config("cpu", None, {**flags, "device": "cpu"}), steps=steps, warmup=3, repeats=1,
+                             threads=init_process())
 print(json.dumps({"ms": timing.ms_per_iter, "tokens_per_iter": timing.tokens_per_iter, "threads_at_end": torch.get_num_threads()}))
 """
-
-
-def clean_env(extra: dict[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "MKL_", "GOMP_"))}
-    return {**env, **extra}
 
 
 def time_tinygpt(workload: str, variant: str) -> dict:
@@ -81,13 +76,6 @@ def time_nanogpt(nanogpt_dir: Path, iters: int) -> dict:
     return {"ms": statistics.median(times), "tokens_per_iter": 16 * 64, "threads_at_end": None}
 
 
-def start_hogs(n: int) -> list[subprocess.Popen]:
-    spin = f"import time\nend = time.time() + {HOG_SECONDS}\nwhile time.time() < end: pass"
-    hogs = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(n)]
-    time.sleep(1.0)  # let the scheduler see them
-    return hogs
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
@@ -108,10 +96,7 @@ def main() -> None:
                         samples.setdefault((load, workload, "nanoGPT train.py"), []).append(time_nanogpt(args.nanogpt_dir, 60))
                     load_avg.setdefault(load, []).append(os.getloadavg()[0])
         finally:
-            for hog in hogs:
-                hog.kill()
-            for hog in hogs:
-                hog.wait()
+            stop_hogs(hogs)
         print(f"load {load}: done", flush=True)
     rows = []
     for (load, workload, variant), runs in samples.items():

@@ -29,6 +29,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    from tinygpt_cli.system.process import init_process
+
+    threads = init_process()  # a real run's thread policy and memory settings, as the CLI's
     rows = []
     default = pick_dtype("auto", __import__("torch").device("cpu"))
     for block, batch in ((256, 4), (1024, 1)):
@@ -36,7 +39,7 @@ def main() -> None:
             config = resolve_config(None, None, {**GPT2_SHAPE, "block_size": block, "batch_size": batch, "dtype": dtype,
                                                   "device": "cpu", "data_dir": "."})
             load_before = os.getloadavg()[0]
-            timing = time_training_steps(config, steps=args.steps, warmup=1, repeats=args.repeats)
+            timing = time_training_steps(config, steps=args.steps, warmup=1, repeats=args.repeats, threads=threads)
             seconds = timing.ms_per_iter / 1000
             rows.append({"block": block, "batch": batch, "dtype": dtype, "s_per_step": seconds,
                          "tokens_per_s": timing.tokens_per_iter / seconds,

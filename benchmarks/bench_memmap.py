@@ -25,6 +25,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=30)
     args = parser.parse_args()
+    from tinygpt_cli.system.process import init_process
+
+    threads = init_process()  # a real run's thread policy and memory settings, as the CLI's
     from tinygpt_cli.runs.bench import synthetic_dataset, time_steps, training_step_fn
     from tinygpt_cli.config import resolve_config
 
@@ -34,7 +37,7 @@ def main() -> None:
         path = Path(tmp) / "train.bin"
         in_memory.train.tofile(path)
         mapped = replace(in_memory, train=np.memmap(path, dtype=in_memory.train.dtype, mode="r"))
-        steps = {"in memory": training_step_fn(config, in_memory), "np.memmap": training_step_fn(config, mapped)}
+        steps = {"in memory": training_step_fn(config, in_memory, threads), "np.memmap": training_step_fn(config, mapped, threads)}
         samples: dict[str, list[float]] = {name: [] for name in steps}
         for step in steps.values():
             time_steps(step, 5)  # warm-up

@@ -27,6 +27,9 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=1200, help="iterations of the char model (the cpu preset's)")
     parser.add_argument("--sizes", default="257,512,1024,4096")
     args = parser.parse_args()
+    from tinygpt_cli.system.process import init_process
+
+    threads = init_process()  # a real run's thread policy and memory settings, as the CLI's
     from tinygpt_cli.runs.bench import time_training_steps
     from tinygpt_cli.config import resolve_config
     from tinygpt_cli.data.dataset import load_dataset
@@ -41,7 +44,7 @@ def main() -> None:
             run_process(TINYGPT + ["prepare", "shakespeare", "--source", args.source, "--data-dir", str(data), *flags])
             dataset = load_dataset(data)
             config = resolve_config("cpu", None, {"vocab_size": dataset.tokenizer.size})
-            ms = time_training_steps(config, steps=20, repeats=3).ms_per_iter
+            ms = time_training_steps(config, steps=20, repeats=3, threads=threads).ms_per_iter
             char_ms = char_ms or ms
             iters = round(args.iters * char_ms / ms)
             run = Path(tmp) / f"run-{label.replace(' ', '')}"

@@ -109,16 +109,19 @@ def main() -> None:
     parser.add_argument("--nanogpt-dir", type=Path, default=None, help="a nanoGPT checkout to run as the real baseline")
     parser.add_argument("--data-dir", default="data/shakespeare", help="prepared data for the tinygpt loop (with --nanogpt-dir)")
     args = parser.parse_args()
+    from tinygpt_cli.system.process import init_process
+
+    threads = init_process()  # a real run's thread policy and memory settings, as the CLI's
     peak = matmul_peak_gflops(n=2048)
     config = resolve_config("cpu", None, NANOGPT_RECIPE)
     flops = param_report(config.model).flops_per_token()
     tokens = config.train.batch_size * config.model.block_size
     with tempfile.TemporaryDirectory() as tmp:
         auto = str(pick_dtype("auto", torch.device("cpu"))).removeprefix("torch.")
-        steps = {"nanoGPT-style step": nanogpt_style_step(config, tmp), f"tinygpt step ({auto})": training_step_fn(config)}
+        steps = {"nanoGPT-style step": nanogpt_style_step(config, tmp), f"tinygpt step ({auto})": training_step_fn(config, threads=threads)}
         if auto != "float32":  # this CPU multiplies bfloat16 in hardware: float32 too, for comparison
             float32 = resolve_config("cpu", None, {**NANOGPT_RECIPE, "dtype": "float32"})
-            steps["tinygpt step (float32)"] = training_step_fn(float32)
+            steps["tinygpt step (float32)"] = training_step_fn(float32, threads=threads)
         for step in steps.values():
             time_steps(step, 3)
         # Alternate them, so that the machine's drifts hit both alike.
@@ -146,7 +149,7 @@ def main() -> None:
                      "vs_nanogpt_60ms_reference": 60.0 / ms})
     if args.preset:
         preset = resolve_config(args.preset, None, {})
-        timing = time_training_steps(preset, steps=args.steps, repeats=args.repeats)
+        timing = time_training_steps(preset, steps=args.steps, repeats=args.repeats, threads=threads)
         rows.append({"shape": f"preset {args.preset}", "step": "tinygpt step", "ms_per_iter": timing.ms_per_iter,
                      "tokens_per_s": timing.tokens_per_s, "gflops": timing.gflops, "of_peak": timing.gflops / peak,
                      "speedup": float("nan"), "vs_nanogpt_60ms_reference": float("nan")})

@@ -67,3 +67,30 @@ def _fmt(value) -> str:
     if isinstance(value, float):
         return f"{value:,.3f}" if abs(value) < 100 else f"{value:,.1f}"
     return str(value)
+
+
+# --- a busy machine --------------------------------------------------------------------------
+
+HOG_SECONDS = 900  # a background process never outlives a benchmark by more than this
+
+
+def start_hogs(n: int) -> list[subprocess.Popen]:
+    """`n` CPU-bound background processes (pure Python spinning), each ending by itself at the latest
+    after HOG_SECONDS: the caller kills them when done."""
+    spin = f"import time\nend = time.time() + {HOG_SECONDS}\nwhile time.time() < end: pass"
+    hogs = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(n)]
+    time.sleep(1.0)  # let the scheduler see them
+    return hogs
+
+
+def stop_hogs(hogs: list[subprocess.Popen]) -> None:
+    for hog in hogs:
+        hog.kill()
+    for hog in hogs:
+        hog.wait()
+
+
+def clean_env(extra: dict[str, str]) -> dict[str, str]:
+    """This environment without thread settings (OMP_*, MKL_*, GOMP_*), plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "MKL_", "GOMP_"))}
+    return {**env, **extra}

@@ -114,15 +114,39 @@ def alarm():
         signal.signal(signal.SIGALRM, previous)
 
 
-def assert_one_error(code: int, stderr: str, expected_code: int, *in_message: str) -> None:
-    """Exit `expected_code`, an `Error:` line holding each of `in_message`, no traceback, no internal error."""
-    detail = f"exit {code}\n{stderr}"
-    assert code == expected_code, detail
-    assert stderr.startswith("Error:"), detail
-    assert "Traceback" not in stderr and "internal error" not in stderr, detail
-    message = stderr.split("\nTry:")[0]
-    for text in in_message:
-        assert text in message, detail
+def dataset_files(tokenizer_kind: str) -> tuple[str, ...]:
+    """The files of a complete dataset folder with a tokenizer of this kind (its mark aside)."""
+    return ({"char": "vocab.json", "bpe": "tokenizer.json"}[tokenizer_kind], "train.bin", "val.bin", "meta.json")
+
+
+def app_commands(group=None, path=()) -> dict[tuple[str, ...], object]:
+    """Every leaf command of the tinygpt app, by its words (("prepare", "text"), ("train",), ...)."""
+    import typer
+
+    from tinygpt_cli.cli.app import app
+
+    group = group or typer.main.get_command(app)
+    found = {}
+    for name, command in group.commands.items():
+        if getattr(command, "commands", None) is not None:
+            found |= app_commands(command, (*path, name))
+        else:
+            found[(*path, name)] = command
+    return found
+
+
+def assert_one_error(code: int, stderr: str, expected_code: int, *in_message: str, hint: str | None = None) -> None:
+    """Exit `expected_code` and one error line holding each of `in_message` (assert_error_output)."""
+    assert code == expected_code, f"exit {code}\n{stderr}"
+    assert_error_output(stderr, *in_message, hint=hint, context=f"exit {code}\n{stderr}")
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_run):
+    """The tiny run's best checkpoint, loaded: (model, checkpoint). Copy the model to change it."""
+    from tinygpt_cli.checkpoint import load_model
+
+    return load_model(tiny_run / "best.safetensors")
 
 
 @pytest.fixture(scope="session")
@@ -149,16 +173,21 @@ def hint(error) -> str:
 
 
 def assert_error_output(stderr: str, *in_message: str, hint: str | None = None, context: str | None = None) -> None:
-    """stderr is one `Error:` line (holding each of `in_message`), at most one `Try:` line (holding
-    `hint`), and nothing else: no traceback, no internal error."""
+    """stderr is one `Error:` line (a ConfigError's indented rule lines may follow it), holding
+    each of `in_message`, then at most one `Try:` line (holding `hint`), and nothing else: no
+    traceback, no internal error."""
     context = stderr if context is None else context
     lines = stderr.strip().splitlines()
     assert lines and lines[0].startswith("Error:"), context
     assert "internal error" not in stderr and "Traceback" not in stderr, context
-    assert len(lines) == 1 or (len(lines) == 2 and lines[1].startswith("Try:")), context
-    assert all(text in lines[0] for text in in_message), context
+    rules = 1
+    while rules < len(lines) and lines[rules].startswith("  "):
+        rules += 1
+    message, rest = "\n".join(lines[:rules]), lines[rules:]
+    assert rest == [] or (len(rest) == 1 and rest[0].startswith("Try:")), context
+    assert all(text in message for text in in_message), context
     if hint is not None:
-        assert len(lines) == 2 and hint in lines[1], context
+        assert rest and hint in rest[0], context
 
 
 def assert_same_tensors(a: Path, b: Path) -> None:
@@ -355,6 +384,17 @@ def tiny_cli_flags(data_dir: str | os.PathLike, preset: bool = True, **overrides
         else:
             args += [flag_name(key), str(value)]
     return args
+
+
+@pytest.fixture(autouse=True)
+def torch_threads_as_found():
+    """Each test leaves torch's thread count as it found it: a thread policy (init_process, a
+    ThreadPolicy) sets it for the whole process, and a later test's numbers depend on it."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -8,20 +8,12 @@ import subprocess
 import sys
 
 import pytest
-from conftest import assert_error_output, cli_env, tmp_files
+from conftest import assert_error_output, assert_one_error, cli_env, dataset_files, tmp_files
 
 import tinygpt_cli
-from tinygpt_cli.data.dataset import dataset_files
 from tinygpt_cli.data.dataset import OWNER_MARK, SHAKESPEARE_SHA256
 
 SHAKESPEARE_NUMBERS = ("65", "1,003,854", "111,540")
-
-
-def assert_error(proc: subprocess.CompletedProcess, code: int, *in_message: str, hint: str | None = None) -> None:
-    """Exit `code`, and one `Error:` line holding each of `in_message` (see assert_error_output)."""
-    detail = f"rc={proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    assert proc.returncode == code, detail
-    assert_error_output(proc.stderr, *in_message, hint=hint, context=detail)
 
 
 def assert_nothing_written(root, folder) -> None:
@@ -35,7 +27,7 @@ def assert_nothing_written(root, folder) -> None:
 
 def test_missing_file(run_cli, tmp_path):
     proc = run_cli("prepare", "text", "nothere.txt")
-    assert_error(proc, 2, "no such file", "nothere.txt")
+    assert_one_error(proc.returncode, proc.stderr, 2, "no such file", "nothere.txt")
     assert not (tmp_path / "data").exists()
     assert_nothing_written(tmp_path, tmp_path / "data" / "nothere")
 
@@ -43,7 +35,7 @@ def test_missing_file(run_cli, tmp_path):
 def test_empty_file(run_cli, tmp_path):
     (tmp_path / "empty.txt").write_bytes(b"")
     proc = run_cli("prepare", "text", "empty.txt")
-    assert_error(proc, 1, "empty.txt is empty")
+    assert_one_error(proc.returncode, proc.stderr, 1, "empty.txt is empty")
     assert not (tmp_path / "data").exists()
     assert_nothing_written(tmp_path, tmp_path / "data" / "empty")
 
@@ -51,21 +43,21 @@ def test_empty_file(run_cli, tmp_path):
 def test_non_utf8_file_names_the_byte_offset(run_cli, tmp_path):
     (tmp_path / "latin1.txt").write_bytes(("hello world\n" * 50).encode() + "café".encode("latin-1") + b"\n" * 300)
     proc = run_cli("prepare", "text", "latin1.txt")
-    assert_error(proc, 1, "not UTF-8", "0xe9", "byte offset 603")
+    assert_one_error(proc.returncode, proc.stderr, 1, "not UTF-8", "0xe9", "byte offset 603")
     assert not (tmp_path / "data").exists()
 
 
 def test_text_too_short(run_cli, tmp_path):
     (tmp_path / "short.txt").write_text("To be, or not to be.\n" * 5)
     proc = run_cli("prepare", "text", "short.txt")
-    assert_error(proc, 1, "too short", "at least 256", hint="--val-fraction")
+    assert_one_error(proc.returncode, proc.stderr, 1, "too short", "at least 256", hint="--val-fraction")
     assert not (tmp_path / "data").exists()
     assert_nothing_written(tmp_path, tmp_path / "data" / "short")
 
 
 def test_checksum_mismatch_then_no_verify(run_cli, tmp_path, small_text):
     proc = run_cli("prepare", "shakespeare", "--source", small_text)
-    assert_error(proc, 1, "checksum mismatch", str(small_text), hint="--no-verify")
+    assert_one_error(proc.returncode, proc.stderr, 1, "checksum mismatch", str(small_text), hint="--no-verify")
     assert f"--source {small_text}" in proc.stderr
     folder = tmp_path / "data" / "shakespeare"
     assert not folder.exists()
@@ -81,12 +73,12 @@ def test_checksum_mismatch_then_no_verify(run_cli, tmp_path, small_text):
 
     # with verification back on, the edited copy in the folder is not taken for tiny Shakespeare
     proc = run_cli("prepare", "shakespeare", "--source", small_text)
-    assert_error(proc, 1, "checksum mismatch", hint="--no-verify")
+    assert_one_error(proc.returncode, proc.stderr, 1, "checksum mismatch", hint="--no-verify")
 
 
 def test_source_from_environment(run_cli, tmp_path, small_text):
     proc = run_cli("prepare", "shakespeare", env={"TINYGPT_SHAKESPEARE_SOURCE": str(small_text)})
-    assert_error(proc, 1, "checksum mismatch", str(small_text), hint="--no-verify")
+    assert_one_error(proc.returncode, proc.stderr, 1, "checksum mismatch", str(small_text), hint="--no-verify")
     assert not (tmp_path / "data").exists()
 
 
@@ -94,7 +86,7 @@ def test_unwritable_data_dir(run_cli, tmp_path, small_text):
     # tests run as root, so permissions do not stop a write: route the folder through a regular file
     (tmp_path / "afile").write_text("in the way\n")
     proc = run_cli("prepare", "text", small_text, "--data-dir", "afile/sub")
-    assert_error(proc, 1, "cannot create data folder", "afile/sub", hint="--data-dir")
+    assert_one_error(proc.returncode, proc.stderr, 1, "cannot create data folder", "afile/sub", hint="--data-dir")
     assert (tmp_path / "afile").read_text() == "in the way\n"
     assert not tmp_files(tmp_path)
     assert not (tmp_path / "data").exists()
@@ -103,27 +95,27 @@ def test_unwritable_data_dir(run_cli, tmp_path, small_text):
 def test_data_dir_is_a_file(run_cli, tmp_path, small_text):
     (tmp_path / "afile").write_text("in the way\n")
     proc = run_cli("prepare", "text", small_text, "--data-dir", "afile")
-    assert_error(proc, 1, "cannot create data folder", "a file is in the way")
+    assert_one_error(proc.returncode, proc.stderr, 1, "cannot create data folder", "a file is in the way")
     assert (tmp_path / "afile").read_text() == "in the way\n"
     assert not tmp_files(tmp_path)
 
 
 def test_unsupported_url_scheme(run_cli, tmp_path):
     proc = run_cli("prepare", "shakespeare", "--source", "ftp://example.com/input.txt")
-    assert_error(proc, 2, "unsupported URL scheme 'ftp'", hint="--source")
+    assert_one_error(proc.returncode, proc.stderr, 2, "unsupported URL scheme 'ftp'", hint="--source")
     assert not (tmp_path / "data").exists()
 
 
 def test_name_with_path_is_refused(run_cli, tmp_path, small_text):
     proc = run_cli("prepare", "text", small_text, "--name", "../evil")
-    assert_error(proc, 2, "invalid dataset name", "'../evil'")
+    assert_one_error(proc.returncode, proc.stderr, 2, "invalid dataset name", "'../evil'")
     assert not (tmp_path / "data").exists()
     assert not (tmp_path / "evil").exists()
 
 
 def test_vocab_of_nothing(run_cli, tmp_path):
     proc = run_cli("vocab", "nowhere")
-    assert_error(proc, 2, "no dataset folder or text file at nowhere", hint="tinygpt prepare")
+    assert_one_error(proc.returncode, proc.stderr, 2, "no dataset folder or text file at nowhere", hint="tinygpt prepare")
 
 
 def test_vocab_of_damaged_dataset(run_cli, tmp_path, small_text):
@@ -135,7 +127,7 @@ def test_vocab_of_damaged_dataset(run_cli, tmp_path, small_text):
     raw[0] ^= 0xFF
     (folder / "val.bin").write_bytes(bytes(raw))
     proc = run_cli("vocab", folder)
-    assert_error(proc, 1, "damaged or incomplete", hint="tinygpt prepare")
+    assert_one_error(proc.returncode, proc.stderr, 1, "damaged or incomplete", hint="tinygpt prepare")
 
 
 # --- downloads from a local server ----------------------------------------------------------------
@@ -156,19 +148,19 @@ def test_download_success(run_cli, tmp_path, http_server, shakespeare_path):
 def test_download_checksum_mismatch(run_cli, tmp_path, http_server, small_text):
     url = http_server.serve("/input.txt", small_text.read_bytes())
     proc = run_cli("prepare", "shakespeare", "--source", url)
-    assert_error(proc, 1, "checksum mismatch", url, f"{small_text.stat().st_size:,} bytes", hint="--no-verify")
+    assert_one_error(proc.returncode, proc.stderr, 1, "checksum mismatch", url, f"{small_text.stat().st_size:,} bytes", hint="--no-verify")
     assert not (tmp_path / "data").exists()
 
 
 def test_download_404(run_cli, tmp_path, http_server):
     proc = run_cli("prepare", "shakespeare", "--source", http_server.url("/nope.txt"))
-    assert_error(proc, 1, "download failed", "HTTP 404", hint="--source")
+    assert_one_error(proc.returncode, proc.stderr, 1, "download failed", "HTTP 404", hint="--source")
     assert not (tmp_path / "data").exists()
 
 
 def test_download_connection_refused(run_cli, tmp_path, closed_port_url):
     proc = run_cli("prepare", "shakespeare", "--source", closed_port_url)
-    assert_error(proc, 1, "cannot reach", closed_port_url, hint="--source")
+    assert_one_error(proc.returncode, proc.stderr, 1, "cannot reach", closed_port_url, hint="--source")
     assert not (tmp_path / "data").exists()
 
 

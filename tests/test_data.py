@@ -6,14 +6,13 @@ import json
 
 import numpy as np
 import pytest
-from conftest import hint, make_text, stream_of, tmp_files
+from conftest import dataset_files, hint, make_text, stream_of, tmp_files
 
 from tinygpt_cli.data import dataset as data
 from tinygpt_cli.data.dataset import (
     OWNER_MARK,
     DatasetInfo,
     check_name,
-    dataset_files,
     decode_text,
     download,
     intact_dataset,

@@ -13,28 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import typer
-from conftest import ALARM_SECONDS, Hang, assert_one_error, tiny_cli_flags
+from conftest import ALARM_SECONDS, Hang, app_commands, assert_one_error, tiny_cli_flags
 
-from tinygpt_cli.cli.app import app
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 
-def commands(group=None, path=()) -> dict[tuple[str, ...], object]:
-    """Every leaf command of the app, by its words (("prepare", "text"), ("train",), ...)."""
-    group = group or typer.main.get_command(app)
-    found = {}
-    for name, command in group.commands.items():
-        if getattr(command, "commands", None) is not None:
-            found |= commands(command, (*path, name))
-        else:
-            found[(*path, name)] = command
-    return found
-
-
-COMMANDS = commands()
+COMMANDS = app_commands()
 
 
 @dataclass
@@ -70,7 +56,7 @@ BASES = {
     ("surprise",): lambda c: (["the king"], ["--run", c.run]),
     ("embeddings",): lambda c: ([], ["--run", c.run, "--show", "2"]),
     ("export",): lambda c: ([c.run, c.folder / "hf"], ["--to", "hf"]),
-    ("plot",): lambda c: ([c.run], ["--out", c.folder / "loss.png"]),
+    ("plot",): lambda c: ([c.run], ["--png", c.folder / "loss.png"]),
     ("runs",): lambda c: ([], ["--dir", c.run.parent]),
 }
 

@@ -11,7 +11,6 @@ import pytest
 import torch
 from conftest import ONE_THREAD_ENV, SWITCHES, TINY_MODEL, assert_error_output, switch_id, tiny_config
 
-from tinygpt_cli.checkpoint import load_model
 from tinygpt_cli.config import ModelConfig
 from tinygpt_cli.data.dataset import load_dataset
 from tinygpt_cli.evaluate import score_split
@@ -22,11 +21,6 @@ from tinygpt_cli.sampling import generate
 from tinygpt_cli.data.tokenizer import byte_lengths
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
-
-
-@pytest.fixture(scope="module")
-def trained(tiny_run):
-    return load_model(tiny_run / "best.safetensors")
 
 
 @pytest.mark.parametrize("switches", SWITCHES, ids=switch_id)
@@ -166,7 +160,16 @@ def test_the_commands_read_a_bpe_run(run_cli, tmp_path):
     source.write_text(make_text(20_000, seed=4), encoding="utf-8")
     prepare_text(source, tmp_path / "data", "c", 0.1, tokenizer_choice("bpe", 300))
     train_new(tiny_config(tmp_path / "data", max_iters=10), tmp_path / "run")
-    for args in (["attention", "--prompt", "The king"], ["predict", "--prompt", "The king"], ["surprise", "The king is dead."],
-                 ["embeddings"]):
+    shown = {}
+    for args in (["attention", "--prompt", "The king", "--json"], ["predict", "--prompt", "The king", "--json"],
+                 ["surprise", "The king is dead.", "--json"], ["embeddings", "--json"]):
         proc = run_cli(*args, "--run", tmp_path / "run", env=ONE_THREAD_ENV)
         assert proc.returncode == 0, (args, proc.stderr)
+        shown[args[0]] = json.loads(proc.stdout)
+    assert "".join(shown["attention"]["tokens"]).replace("␣", " ") == "The king"  # BPE tokens, not characters
+    assert len(shown["attention"]["tokens"]) < len("The king")
+    candidates = shown["predict"]["candidates"]
+    model_p = [c["model_probability"] for c in candidates]
+    assert len({c["id"] for c in candidates}) == 10 and model_p == sorted(model_p, reverse=True) and 0 < sum(model_p) <= 1
+    assert "".join(shown["surprise"]["tokens"]) == "The king is dead." and shown["surprise"]["bits_per_byte"] > 0
+    assert len(shown["embeddings"]["tokens"]) == len(shown["embeddings"]["coordinates"]) == 300

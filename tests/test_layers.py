@@ -97,7 +97,15 @@ def test_no_module_imports_its_way_back_to_itself():
         visit(name, [])
 
 
-COMMAND_LINE = re.compile(r"\btinygpt (prepare|vocab|train|resume|sweep|generate|eval|params|runs|bench)\b")
+def app_command_names() -> list[str]:
+    import typer
+
+    from tinygpt_cli.cli.app import app
+
+    return sorted(typer.main.get_command(app).commands)
+
+
+COMMAND_LINE = re.compile(rf"\btinygpt ({'|'.join(app_command_names())})\b")  # every command of the app
 
 
 def strings_outside_docstrings(path: Path) -> list[str]:
@@ -115,10 +123,11 @@ def test_the_core_never_spells_a_command_line(name):
     assert not [s for s in strings_outside_docstrings(MODULES[name]) if COMMAND_LINE.search(s)]
 
 
-def test_the_command_line_check_sees_a_spelled_command(tmp_path):
+@pytest.mark.parametrize("command", app_command_names())
+def test_the_command_line_check_sees_every_spelled_command(tmp_path, command):
     spelled = tmp_path / "spelled.py"
-    spelled.write_text('"""Used by `tinygpt resume`."""\nHINT = f"tinygpt resume {1}"\n')
-    assert [s for s in strings_outside_docstrings(spelled) if COMMAND_LINE.search(s)] == ["tinygpt resume "]
+    spelled.write_text(f'"""Used by `tinygpt {command}`."""\nHINT = f"tinygpt {command} {{1}}"\n')
+    assert [s for s in strings_outside_docstrings(spelled) if COMMAND_LINE.search(s)] == [f"tinygpt {command} "]
 
 
 def test_the_import_graph_sees_the_imports_inside_functions():

@@ -142,7 +142,7 @@ def write_run(root: Path, name: str, n_layer: int, start: float) -> Path:
 def test_plot_command(run_cli, tmp_path):
     write_run(tmp_path, "a", 2, 4.0)
     write_run(tmp_path, "b", 4, 3.0)
-    proc = run_cli("plot", "runs/a", "b", "--out", "cmp.png", "--x", "time")  # a path, or a name under runs/
+    proc = run_cli("plot", "runs/a", "b", "--png", "cmp.png", "--x", "time")  # a path, or a name under runs/
     assert proc.returncode == 0, proc.stderr
     assert "wrote cmp.png (4 curves, 2 runs)" in proc.stdout
     assert (tmp_path / "cmp.png").read_bytes().startswith(PNG_MAGIC)

@@ -9,7 +9,6 @@ import pytest
 import torch
 from conftest import ONE_THREAD_ENV, TINY_MODEL, hint
 
-from tinygpt_cli.checkpoint import load_model
 from tinygpt_cli.config import ModelConfig
 from tinygpt_cli.errors import UsageError
 from tinygpt_cli.model import GPT, KVCache
@@ -284,11 +283,6 @@ def test_generate_needs_a_prompt(model):
 
 
 # --- tinygpt generate -------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def trained(tiny_run):
-    return load_model(tiny_run / "best.safetensors")
-
 
 def test_cli_generate_prints_prompt_then_new_characters_reproducibly(run_cli, tiny_run, trained):
     model, ckpt = trained

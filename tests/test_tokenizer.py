@@ -9,12 +9,12 @@ import signal
 
 import numpy as np
 import pytest
-from conftest import ONE_THREAD_ENV, assert_same_tensors, hint, make_text, signal_at_step, stream_of, tiny_config
+from conftest import ONE_THREAD_ENV, assert_same_tensors, dataset_files, hint, make_text, signal_at_step, stream_of, tiny_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tinygpt_cli.checkpoint import load_model
-from tinygpt_cli.data.dataset import dataset_files, load_dataset
+from tinygpt_cli.data.dataset import load_dataset
 from tinygpt_cli.data.prepare import Scan, make_tokenizer, prepare_text
 from tinygpt_cli.interop.pretrained import tokenizer_choice
 from tinygpt_cli.errors import TinyGPTError, TrainingStopped, UsageError

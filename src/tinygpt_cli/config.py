@@ -82,7 +82,7 @@ class TrainConfig(BaseModel):
     eval_iters: int = Field(200, gt=0, le=10**6, description="Batches averaged per loss estimate.", json_schema_extra=_panel("Run"))
     stop_at_val_loss: float | None = Field(None, gt=0, description="Stop as soon as an evaluation's val loss is at or below this (a time-to-quality target).", json_schema_extra=_panel("Run"))
     seed: int = Field(1337, ge=0, le=2**32 - 1, description="Random seed: same seed, same run.", json_schema_extra=_panel("Run"))
-    device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="Where to train (auto: cuda, then mps, then cpu).", json_schema_extra=_panel("Run"))
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="Where to compute (auto: cuda, then mps, then cpu).", json_schema_extra=_panel("Run"))
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="Compute precision (auto: bfloat16 mixed precision on a CUDA GPU or a CPU that multiplies bfloat16 in hardware, else float32).", json_schema_extra=_panel("Run"))
     compile: bool = Field(False, description="Compile the model with torch.compile (slow start, faster steps).", json_schema_extra=_panel("Run"))
     init_from: str | None = Field(None, min_length=1, max_length=4096, description="Start from these weights instead of random ones, with their shape and tokenizer: a run folder or checkpoint, a transformers GPT-2 or GPT-NeoX folder, or a Hugging Face hub id such as gpt2 (downloaded once, then cached).", json_schema_extra=_panel("Run"))

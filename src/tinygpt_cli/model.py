@@ -1,4 +1,4 @@
-"""A decoder-only GPT, character level, readable top to bottom.
+"""A decoder-only GPT over token ids (characters or BPE tokens), readable top to bottom.
 
     token ids (B, T)
       -> token embedding + position embedding          (B, T, C)

@@ -14,7 +14,7 @@ prepare_app = typer.Typer(
     no_args_is_help=True,
 )
 
-VAL_FRACTION = typer.Option(0.1, "--val-fraction", min=0.0, max=1.0, help="Share of the text, taken from its end, held out for validation.")
+VAL_FRACTION = typer.Option(0.1, "--val-fraction", min=0.0, max=1.0, help="Share of the text held out for validation (prepare shakespeare: its end; prepare text: where --val-split says).")
 TOKENIZER = typer.Option("char", "--tokenizer", help="char (one token per character), bpe (a byte-level BPE trained on this text), "
                          "or the tokenizer of: a byte-level BPE tokenizer.json, a run or checkpoint, a transformers folder, "
                          "or a hub id such as gpt2 (to fine-tune it with train --init-from).")
@@ -106,7 +106,7 @@ def prepare_text(
     name: str = typer.Option(None, "--name", help="Dataset name (default: the first input's name without extension)."),
     data_dir: Path = typer.Option(None, "--data-dir", help="Folder to write the dataset to (default: data/NAME)."),
     glob: str = typer.Option("*", "--glob", help="Files of a folder to take, e.g. '*.txt' or '*.py'."),
-    val_fraction: float = typer.Option(0.1, "--val-fraction", min=0.0, max=1.0, help="Share of the corpus held out for validation."),
+    val_fraction: float = VAL_FRACTION,
     val_split: str = typer.Option("spread", "--val-split", help="Where validation comes from: spread (blocks spread through the whole corpus) or end (its last part)."),
     val: str = typer.Option(None, "--val", help="A separate validation file instead of a share of the corpus."),
     tokenizer: str = TOKENIZER,

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from .console import out, print_json, say_loaded
-from .options import CHECKPOINT, DEVICE, RUN
+from .options import CHECKPOINT, DEVICE, JSON, RUN, TEMPERATURE, TOP_K, TOP_P
 
 # generate's loops are the user's to size, within these (a typo of a few zeros is no hour-long run).
 MAX_SAMPLES = 1000
@@ -32,14 +32,14 @@ def generate(
     run: Path = RUN,
     checkpoint: Path = CHECKPOINT,
     max_new_tokens: int = typer.Option(500, "--max-new-tokens", min=0, max=MAX_NEW_TOKENS, help=f"Tokens to generate per sample (characters for a character vocabulary; at most {MAX_NEW_TOKENS:,})."),
-    temperature: float = typer.Option(0.8, "--temperature", min=0.0, help="Randomness: below 1 safer, above 1 wilder, 0 greedy."),
-    top_k: int = typer.Option(None, "--top-k", min=1, help="Sample only among the k most likely tokens."),
-    top_p: float = typer.Option(None, "--top-p", min=0.0, max=1.0, help="Sample from the smallest set of tokens whose probability reaches p."),
+    temperature: float = TEMPERATURE,
+    top_k: int = TOP_K,
+    top_p: float = TOP_P,
     num_samples: int = typer.Option(1, "--num-samples", min=1, max=MAX_SAMPLES, help=f"How many independent samples (at most {MAX_SAMPLES:,})."),
     seed: int = typer.Option(None, "--seed", min=0, max=2**32 - 1, help="Same seed and options give the same text (0 to 4294967295)."),
     device: str = DEVICE,
     kv_cache: bool = typer.Option(True, "--kv-cache/--no-kv-cache", help="Reuse past keys/values (fast); off recomputes each window."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (prompt, samples, settings) instead of streaming."),
+    as_json: bool = JSON,
     dtype: str = typer.Option("auto", "--dtype", help="Weights for sampling: auto (on a CPU, float16 when the model outgrows the CPU's cache: about twice as fast, text may differ slightly; float32 otherwise), float32 (exactly the checkpoint), float16 or bfloat16."),
 ) -> None:
     """Write text with a trained model, streamed as it is produced.

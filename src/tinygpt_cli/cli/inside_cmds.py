@@ -7,13 +7,13 @@ from pathlib import Path
 import typer
 
 from .console import out, print_json
-from .options import CHECKPOINT, DEVICE, JSON, RUN
+from .options import CHECKPOINT, DEVICE, JSON, RUN, TEMPERATURE, TOP_K, TOP_P
 
 PROMPT = typer.Option(..., "--prompt", help="The text the model reads (its last block_size tokens, when longer).")
 BAR = 20  # characters of a probability bar at 100%
 
 
-def _load(run: Path | None, checkpoint: Path | None, device: str = "cpu"):
+def _load(run: Path | None, checkpoint: Path | None, device: str):
     from ..checkpoint import load_model
     from ..system.devices import pick_device
     from ..rundir import resolve_checkpoint
@@ -116,9 +116,9 @@ def predict(
     prompt: str = PROMPT,
     run: Path = RUN,
     checkpoint: Path = CHECKPOINT,
-    temperature: float = typer.Option(1.0, "--temperature", min=0.0, help="Divides the scores before the softmax; 0 is greedy."),
-    top_k: int = typer.Option(None, "--top-k", min=1, help="Keep only the k most likely tokens."),
-    top_p: float = typer.Option(None, "--top-p", min=0.0, max=1.0, help="Keep the smallest set of tokens whose probability reaches p."),
+    temperature: float = TEMPERATURE,
+    top_k: int = TOP_K,
+    top_p: float = TOP_P,
     show: int = typer.Option(10, "--show", min=1, help="Candidates to list."),
     device: str = DEVICE,
     as_json: bool = JSON,
@@ -209,6 +209,7 @@ def embeddings(
     checkpoint: Path = CHECKPOINT,
     png: Path = typer.Option(None, "--png", help="Write the map (and, with learned positions, their similarities) to this PNG."),
     show: int = typer.Option(8, "--show", min=1, help="Tokens listed at each end of each axis."),
+    device: str = DEVICE,
     as_json: bool = JSON,
 ) -> None:
     """A 2-D map of the token embeddings (their two principal axes), each point labelled with its
@@ -220,11 +221,11 @@ def embeddings(
 
     from ..inside.measure import pca
 
-    model, tokenizer = _load(run, checkpoint)
-    tokens = model.tok_emb.weight.detach().float().numpy()
+    model, tokenizer = _load(run, checkpoint, device)
+    tokens = model.tok_emb.weight.detach().float().cpu().numpy()
     coords, explained = pca(tokens)
     labels = _labels(tokenizer, list(range(tokenizer.size)))
-    positions = model.pos_emb.weight.detach().float().numpy() if hasattr(model, "pos_emb") else None
+    positions = model.pos_emb.weight.detach().float().cpu().numpy() if hasattr(model, "pos_emb") else None
     if png is not None:
         from ..inside.pictures import embedding_map
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from .console import out, print_json
+from .options import JSON, OVERWRITE
 
 EXPORT_FORMATS = ("hf",)
 
@@ -28,8 +29,8 @@ def export(
     run: Path = typer.Argument(..., help="A run folder (its best checkpoint, else its last) or a checkpoint file."),
     folder: Path = typer.Argument(..., help="Folder to write (new, empty, or an earlier export with --overwrite)."),
     to: str = typer.Option(..., "--to", help="Format: hf (a Hugging Face transformers folder: model, tokenizer, model card)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier export in FOLDER."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object: the folder, the checkpoint, the architecture, the parameters, the files."),
+    overwrite: bool = OVERWRITE,
+    as_json: bool = JSON,
 ) -> None:
     """Write a trained model in another tool's format.
 

@@ -1,4 +1,5 @@
-"""Options that several commands share, defined once: the same flag means the same thing everywhere."""
+"""Options that several commands share, defined once: the same flag means the same thing, with
+the same default, everywhere (tests/test_cli_options.py walks every command to hold it)."""
 
 from __future__ import annotations
 
@@ -6,5 +7,10 @@ import typer
 
 RUN = typer.Option(None, "--run", help="Run folder to read (default: the most recent run in runs/).")
 CHECKPOINT = typer.Option(None, "--checkpoint", help="A checkpoint file (.safetensors) instead of a run.")
-JSON = typer.Option(False, "--json", help="Print JSON instead of a table.")
-DEVICE = typer.Option("cpu", "--device", help="auto, cpu, cuda or mps.")
+JSON = typer.Option(False, "--json", help="Print JSON for scripts instead of text for people (no progress display).")
+DEVICE = typer.Option("auto", "--device", help="Where to compute (auto: cuda, then mps, then cpu).")
+OVERWRITE = typer.Option(False, "--overwrite", help="Replace what an earlier run of this command wrote in the folder; a folder that holds anything else is refused.")
+# Sampling: what generate draws from, and what predict shows it drawing from.
+TEMPERATURE = typer.Option(0.8, "--temperature", min=0.0, help="Randomness: below 1 safer, above 1 wilder, 0 greedy (the scores are divided by it before the softmax).")
+TOP_K = typer.Option(None, "--top-k", min=1, help="Sample only among the k most likely tokens.")
+TOP_P = typer.Option(None, "--top-p", min=0.0, max=1.0, help="Sample from the smallest set of tokens whose probability reaches p.")

@@ -103,7 +103,7 @@ def _labelled(summaries, fields: list[str]) -> list[tuple[str, list[dict]]]:
 
 def plot(
     runs: list[Path] = typer.Argument(..., help="Run folders (runs/NAME, or just NAME); a sweep folder adds all its runs."),
-    out_path: Path = typer.Option(None, "--out", help="PNG file to write (default: RUN/loss.png for one run, loss.png here for several)."),
+    out_path: Path = typer.Option(None, "--png", help="PNG file to write (default: RUN/loss.png for one run, loss.png here for several)."),
     x: str = typer.Option("iter", "--x", help="Horizontal axis: iter (iterations) or time (wall-clock)."),
     terminal: bool = typer.Option(False, "--terminal", help="Draw the curves in the terminal instead (no matplotlib needed)."),
     title: str = typer.Option(None, "--title", help="Title of the plot."),

@@ -11,9 +11,9 @@ import typer
 from ..config import MODEL_FIELDS, TRAIN_FIELDS
 from .config_flags import CONFIG_OPTION, PRESET_OPTION, with_config_flags
 from .console import err, out, print_json
+from .options import JSON, OVERWRITE
 from .reporting import make_reporter
 
-JSON_SUMMARY = typer.Option(False, "--json", help="No progress: print one JSON summary at the end (for scripts).", rich_help_panel="Run")
 TRAIN_FLAGS = [f for f in MODEL_FIELDS + TRAIN_FIELDS if f != "vocab_size"]  # vocab size comes from the data
 RESUME_FLAGS = [f for f in TRAIN_FIELDS if f not in ("data_dir", "init_from")] + ["dropout"]
 
@@ -97,9 +97,9 @@ def train(
     preset: str = PRESET_OPTION,
     config: Path = CONFIG_OPTION,
     out_dir: Path = typer.Option(None, "--out", help="Run folder (default: runs/<timestamp>)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Start over in a run folder that already holds a run."),
+    overwrite: bool = OVERWRITE,
     nproc: int = typer.Option(None, "--nproc", min=1, help="Data-parallel processes on this machine (starts torchrun for you).", rich_help_panel="Run"),
-    as_json: bool = JSON_SUMMARY,
+    as_json: bool = JSON,
 ) -> None:
     """Train a GPT from scratch on a prepared dataset.
 
@@ -145,7 +145,7 @@ def resume(
     flags: dict,
     run: Path = typer.Argument(..., help="The run folder to continue (runs/NAME)."),
     allow_data_change: bool = typer.Option(False, "--allow-data-change", help="Go on although the dataset was prepared again since the checkpoint (other text); run.json records the change.", rich_help_panel="Run"),
-    as_json: bool = JSON_SUMMARY,
+    as_json: bool = JSON,
 ) -> None:
     """Continue a stopped run exactly where it left off (--max-iters may extend it).
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import Command, TinyGPTError, UsageError
 from ..system.fsutil import entries_except, file_sha256, is_temp_file_of, read_json, read_user_file, short_list
-from .tokenizer import TOKENIZER_FILES, Tokenizer, byte_lengths, load_tokenizer, token_counts
+from .tokenizer import Tokenizer, byte_lengths, load_tokenizer, token_counts
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
@@ -52,11 +52,6 @@ DOWNLOAD_TIMEOUT_S = 30
 DATASET_FILES = ("input.txt", "vocab.json", "tokenizer.json", "train.bin", "val.bin", "meta.json")
 # Splits larger than this are read through np.memmap instead of into memory.
 IN_MEMORY_BYTES = 2**28
-
-
-def dataset_files(tokenizer_kind: str) -> tuple[str, ...]:
-    """The files of a complete dataset folder whose tokenizer is of this kind."""
-    return tuple(f for f in DATASET_FILES if f != "input.txt" and (f not in TOKENIZER_FILES.values() or f == TOKENIZER_FILES[tokenizer_kind]))
 
 
 OWNER_MARK = ".tinygpt-dataset"

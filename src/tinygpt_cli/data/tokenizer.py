@@ -107,10 +107,11 @@ class BPETokenizer:
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int) -> BPETokenizer:
         """Learn `vocab_size` tokens from `texts`: the 256 bytes, the end-of-text token, merges."""
-        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import decoders, models, pre_tokenizers, trainers
 
         check_bpe_vocab_size(vocab_size)
-        hf = Tokenizer(models.BPE())
+        hf = HFTokenizer(models.BPE())
         hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         hf.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT], show_progress=False,
@@ -121,7 +122,7 @@ class BPETokenizer:
     @classmethod
     def from_json(cls, text: str, source: str) -> BPETokenizer:
         """A tokenizer.json, refused in one line unless it is a byte-level BPE."""
-        from tokenizers import Tokenizer
+        from tokenizers import Tokenizer as HFTokenizer
 
         try:
             spec = parse_json(text, source)
@@ -132,7 +133,7 @@ class BPETokenizer:
         if "ByteLevel" not in json.dumps(spec.get("pre_tokenizer")) or "ByteLevel" not in json.dumps(spec.get("decoder")):
             raise UsageError(f"{source} is a BPE tokenizer but not a byte-level one (as GPT-2's): tinygpt needs every text to encode")
         try:
-            hf = Tokenizer.from_str(text)
+            hf = HFTokenizer.from_str(text)
         except Exception as e:  # the library's own parse error
             raise UsageError(f"{source} is not a tokenizer file the tokenizers library reads: {e}") from e
         return cls(hf, source)

@@ -67,7 +67,7 @@ def surprise_html(tokens: list[str], losses: np.ndarray, loss: float, bits_per_b
         spans.append(f'<span title="{value:.3f} nats" style="background: rgba(220, 30, 30, {0.85 * value / scale:.3f})">'
                      f"{html_escape.escape(token)}</span>")
     page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>tinygpt surprise</title>
+<html><head><meta charset="utf-8"><title>surprise, by tinygpt</title>
 <style>body {{ font-family: sans-serif; max-width: 60em; margin: 2em auto; }}
 pre {{ white-space: pre-wrap; font-size: 15px; line-height: 1.5; }}</style></head>
 <body><p>{len(losses):,} tokens scored: loss {loss:.4f} nats per token, {bits_per_byte:.3f} bits per byte.

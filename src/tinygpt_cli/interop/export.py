@@ -82,7 +82,7 @@ def _foreign_contents(folder: Path, named: Path) -> UsageError | None:
         return UsageError(f"{named} holds files that are not an export's ({short_list(foreign)}): exporting would mix with them",
                           "pass a new or empty folder to export to")
     if not is_tinygpt_export(folder):
-        return UsageError(f"{named} holds files but no model card of a tinygpt export ({CARD_FILE}): they may be yours",
+        return UsageError(f"{named} holds files but not the model card ({CARD_FILE}) that tinygpt writes in an export: they may be yours",
                           "pass a new or empty folder to export to")
     return None
 

@@ -25,7 +25,6 @@ from ..rundir import RunDir, finite_number
 RUN_MARKERS = ("config.json", "run.json", "metrics.jsonl", "last.safetensors", "best.safetensors")
 # Fields that follow from others or from the machine, never worth a column of their own.
 NOT_COMPARED = ("vocab_size",)
-STATUSES = ("finished", "stopped", "running", "failed", "aborted", "crashed", "not started", "unreadable")
 
 
 @dataclass

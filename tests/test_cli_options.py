@@ -1,0 +1,72 @@
+"""One vocabulary of options: a flag's name means one thing, with one default and one help text,
+in every command. The commands and their options come from the app itself."""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+
+import pytest
+from conftest import app_commands
+
+# Names whose help and default rightly differ between commands, each with why: the same idea, told
+# as each command uses it. Everything else must read the same, with the same default, everywhere.
+SAME_IDEA_TOLD_APART = {
+    "--data-dir": "the dataset folder: prepare writes it, train and eval read it",
+    "--dtype": "the precision the model computes in: a training's mixed precision, or generate's stored weights",
+    "--out": "the folder the command writes: a run (train) or a sweep's runs (sweep)",
+    "--png": "the PNG to write: what the picture shows is the command's",
+    "--prompt": "the text the model reads: generate may start from nothing, attention and predict need a text",
+    "--run": "the run to read: params counts it instead of the flags, the others default to the latest run",
+    "--seed": "the random seed: of a training, or of the text generate draws",
+    "--show": "how many items to list: what is listed is the command's",
+    "--vocab-size": "the vocabulary's size: the BPE prepare trains, or the model params and bench size",
+}
+RESUMED = "the run's saved value"  # resume's flags default to what the run was trained with
+
+
+def effective(option) -> tuple[str, str | None]:
+    """(help without its "(default ...)" tail, the default it states or has)."""
+    text = option.help or ""
+    stated = re.search(r"\s*\(default:? ([^()]*)\)$", text)
+    default = stated.group(1) if stated else None if option.default is None else str(option.default)
+    return (text[: stated.start()] if stated else text), (None if default == RESUMED else default)
+
+
+def options_by_name() -> dict[str, list[tuple[str, str, str | None]]]:
+    found = defaultdict(list)
+    for words, command in app_commands().items():
+        for option in command.params:
+            if option.param_type_name == "option":
+                for name in option.opts:
+                    found[name].append((" ".join(words), *effective(option)))
+    return found
+
+
+OPTIONS = options_by_name()
+
+
+@pytest.mark.parametrize("name", sorted(set(OPTIONS) - set(SAME_IDEA_TOLD_APART)))
+def test_an_option_has_one_default_in_every_command(name):
+    defaults = {default for _, _, default in OPTIONS[name] if default is not None}
+    assert len(defaults) <= 1, f"{name}: {OPTIONS[name]}"
+
+
+@pytest.mark.parametrize("name", sorted(set(OPTIONS) - set(SAME_IDEA_TOLD_APART)))
+def test_an_option_has_one_help_text_in_every_command(name):
+    helps = {help_text for _, help_text, _ in OPTIONS[name]}
+    assert len(helps) == 1, f"{name}: {OPTIONS[name]}"
+
+
+def test_the_told_apart_names_are_still_used_by_several_commands():
+    assert all(len({c for c, _, _ in OPTIONS[name]}) > 1 for name in SAME_IDEA_TOLD_APART)
+
+
+def test_predict_shows_what_generate_draws():
+    """predict claims to show generate's distribution: its sampling options are generate's."""
+    commands = app_commands()
+    sampling = {"temperature", "top_k", "top_p"}
+    shown = {p.name: p for p in commands[("predict",)].params if p.name in sampling}
+    drawn = {p.name: p for p in commands[("generate",)].params if p.name in sampling}
+    assert sorted(shown) == sorted(drawn) == sorted(sampling)
+    assert all(shown[n].default == drawn[n].default and shown[n].help == drawn[n].help for n in sampling)
