@@ -203,7 +203,7 @@ def commands(checkpoint: Path, data_dir: Path, run_copy: Path) -> dict[str, list
         "params": ["params", "--checkpoint", str(checkpoint), "--json"],
         "generate": ["generate", "--checkpoint", str(checkpoint), "--max-new-tokens", "8", "--seed", "1", "--dtype", "float32"],
         "eval": ["eval", "--checkpoint", str(checkpoint), "--data-dir", str(data_dir), "--json"],
-        "resume": ["resume", str(run_copy), "--max-iters", "31"],
+        "resume": ["resume", "--run", str(run_copy), "--max-iters", "31"],
     }
 
 

@@ -70,3 +70,22 @@ def test_predict_shows_what_generate_draws():
     drawn = {p.name: p for p in commands[("generate",)].params if p.name in sampling}
     assert sorted(shown) == sorted(drawn) == sorted(sampling)
     assert all(shown[n].default == drawn[n].default and shown[n].help == drawn[n].help for n in sampling)
+
+
+@pytest.mark.parametrize("old, new", [
+    (["resume", "RUN", "--max-iters", "30"], ["resume", "--run", "RUN", "--max-iters", "30"]),
+    (["export", "RUN", "OUT", "--to", "hf"], ["export", "OUT", "--run", "RUN", "--to", "hf"]),
+    (["plot", "RUN", "--terminal"], ["plot", "--run", "RUN", "--terminal"]),  # plot overlays both when named twice
+])
+def test_a_run_named_the_old_way_still_works_and_says_the_new_way(tinygpt, tiny_run, tmp_path, old, new):
+    import shutil
+
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    fill = lambda args, out: [str(run) if a == "RUN" else str(tmp_path / out) if a == "OUT" else a for a in args]  # noqa: E731
+    code, stdout, err = tinygpt(*fill(old, "old"))
+    assert code == 0, err
+    assert err.startswith("note: naming the run as an argument is deprecated: tinygpt ") and "--run" in err
+    code, new_stdout, new_err = tinygpt(*fill(new, "new"))
+    assert code == 0 and "deprecated" not in new_err
+    twice = tinygpt(*fill(old, "twice"), "--run", str(run))
+    assert (twice[0], "named twice" in twice[2]) == ((0, False) if old[0] == "plot" else (2, True))

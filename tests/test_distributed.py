@@ -85,14 +85,14 @@ def test_sigterm_then_resume_on_another_world_size_then_generate(run_cli, datase
     stdout, stderr = proc.communicate(timeout=120)
     assert "launching 2 processes" in stdout
     assert stderr.count("SIGTERM received: saved") == 1  # rank 0 alone reports
-    assert f"Try: tinygpt resume {run}" in stderr
+    assert f"Try: tinygpt resume --run {run}" in stderr
     status = json.loads((run / "run.json").read_text())
     assert status["status"] == "stopped"
     stopped_at = load_checkpoint(run / "last.safetensors").iteration
     assert 0 < stopped_at < 5000
 
     finish = stopped_at + 20
-    resumed = run_cli("resume", str(run), "--max-iters", str(finish), timeout=300)  # one process now
+    resumed = run_cli("resume", "--run", str(run), "--max-iters", str(finish), timeout=300)  # one process now
     assert resumed.returncode == 0, resumed.stderr
     assert load_checkpoint(run / "last.safetensors").iteration == finish
     assert json.loads((run / "run.json").read_text())["status"] == "finished"

@@ -45,7 +45,7 @@ BASES = {
     ("prepare", "text"): lambda c: ([c.text], ["--data-dir", c.folder / "d"]),
     ("vocab",): lambda c: ([c.dataset], ["--limit", "3"]),
     ("train",): lambda c: ([], [*tiny_cli_flags(c.dataset, **TRAIN_BRIEFLY), "--out", c.folder / "run"]),
-    ("resume",): lambda c: ([c.copy_of_run()], []),
+    ("resume",): lambda c: ([], ["--run", c.copy_of_run()]),
     ("sweep",): lambda c: ([], [*tiny_cli_flags(c.dataset, **TRAIN_BRIEFLY, seed="1,2"), "--out", c.folder / "sweep"]),
     ("bench",): lambda c: ([], [*tiny_cli_flags(None, **TRAIN_BRIEFLY), "--vocab-size", "50", "--steps", "1", "--repeats", "1"]),
     ("generate",): lambda c: ([], ["--run", c.run, "--max-new-tokens", "3", "--prompt", "the"]),
@@ -55,8 +55,8 @@ BASES = {
     ("predict",): lambda c: ([], ["--run", c.run, "--prompt", "the king"]),
     ("surprise",): lambda c: (["the king"], ["--run", c.run]),
     ("embeddings",): lambda c: ([], ["--run", c.run, "--show", "2"]),
-    ("export",): lambda c: ([c.run, c.folder / "hf"], ["--to", "hf"]),
-    ("plot",): lambda c: ([c.run], ["--png", c.folder / "loss.png"]),
+    ("export",): lambda c: ([c.folder / "hf"], ["--run", c.run, "--to", "hf"]),
+    ("plot",): lambda c: ([], ["--run", c.run, "--png", c.folder / "loss.png"]),
     ("runs",): lambda c: ([], ["--dir", c.run.parent]),
 }
 

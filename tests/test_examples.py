@@ -89,7 +89,7 @@ def test_the_readmes_python_runs(tiny_run, tiny_dataset, tmp_path):
 
 def test_the_readmes_transformers_example_runs_on_an_export(tiny_run, run_cli, tmp_path):
     pytest.importorskip("transformers", reason="the hf extra is not installed")
-    assert run_cli("export", tiny_run, tmp_path / "hf", "--to", "hf").returncode == 0
+    assert run_cli("export", tmp_path / "hf", "--run", tiny_run, "--to", "hf").returncode == 0
     [code] = [block for block in readme_python() if "transformers" in block]
     code = code.replace("runs/cpu-hf", str(tmp_path / "hf")).replace('"ROMEO:"', '"The "')
     result = subprocess.run([sys.executable, "-c", code], env=cli_env(ONE_THREAD_ENV), capture_output=True, text=True,

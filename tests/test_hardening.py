@@ -243,7 +243,7 @@ def test_a_real_write_error_during_a_save_is_one_error_line_and_the_run_resumes(
     assert proc.returncode == 1, output
     error = output[output.index("Error:"):].splitlines()
     assert error[0] == f"Error: cannot write checkpoint {run / 'last.safetensors'}: File too large", output
-    assert error[1].startswith("Try: ") and f"tinygpt resume {run}" in error[1], output
+    assert error[1].startswith("Try: ") and f"tinygpt resume --run {run}" in error[1], output
     assert len(error) == 2 and "Traceback" not in output, output
     assert load_checkpoint(run / "last.safetensors").iteration == 5
     assert not tmp_leftovers(run)
@@ -531,7 +531,7 @@ def test_a_full_disk_during_a_save_is_a_checkpoint_error_and_keeps_the_previous_
         assert f"tinygpt train --out {run} --overwrite" in hint(e)
     else:  # the previous `last` is untouched, and the run goes on from it
         assert (run / "last.safetensors").read_bytes() == keep.copy
-        assert f"tinygpt resume {run}" in hint(e) and "iteration 5" in hint(e)
+        assert f"tinygpt resume --run {run}" in hint(e) and "iteration 5" in hint(e)
     assert assert_recoverable(run, tiny_dataset, **EVERY_5) == (5 if at else -1)
 
 
@@ -703,7 +703,7 @@ def test_a_full_disk_while_logging_metrics_is_one_error_line(tiny_dataset, tmp_p
     with pytest.raises(TinyGPTError) as info:
         train_new(tiny_config(tiny_dataset), tmp_path / "run")
     assert "No space left on device" in info.value.message
-    assert hint(info.value).endswith(f"tinygpt resume {tmp_path / 'run'}")
+    assert hint(info.value).endswith(f"tinygpt resume --run {tmp_path / 'run'}")
 
 
 def test_a_stop_during_a_long_evaluation_is_acknowledged_at_once_and_cuts_it_short(tiny_dataset, tmp_path, monkeypatch):

@@ -148,25 +148,25 @@ def test_what_transformers_cannot_express_is_refused_by_name(options, flag, char
 
 def test_export_command_writes_a_folder_and_never_touches_others(tiny_run, tmp_path, run_cli):
     out = tmp_path / "hf"
-    done = run_cli("export", tiny_run, out, "--to", "hf", "--json")
+    done = run_cli("export", out, "--run", tiny_run, "--to", "hf", "--json")
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert summary["architecture"] == "GPTNeoXForCausalLM" and summary["checkpoint"].endswith("best.safetensors")
     assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == TINY_MODEL["n_layer"]
     assert "--pos-embedding rope" in (out / "README.md").read_text(encoding="utf-8")
 
-    again = run_cli("export", tiny_run, out, "--to", "hf")
+    again = run_cli("export", out, "--run", tiny_run, "--to", "hf")
     assert again.returncode == 2
     assert_error_output(again.stderr, "already holds an export", hint="--overwrite")
-    assert run_cli("export", tiny_run / "last.safetensors", out, "--to", "hf", "--overwrite").returncode == 0
+    assert run_cli("export", out, "--checkpoint", tiny_run / "last.safetensors", "--to", "hf", "--overwrite").returncode == 0
     assert "(last)" in (out / "README.md").read_text(encoding="utf-8")
 
     (out / "notes.txt").write_text("mine")
-    refused = run_cli("export", tiny_run, out, "--to", "hf", "--overwrite")
+    refused = run_cli("export", out, "--run", tiny_run, "--to", "hf", "--overwrite")
     assert refused.returncode == 2 and (out / "notes.txt").read_text() == "mine"
     assert_error_output(refused.stderr, "not an export's", "notes.txt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]  # no staging folder left behind
 
-    wrong = run_cli("export", tiny_run, tmp_path / "x", "--to", "onnx")
+    wrong = run_cli("export", tmp_path / "x", "--run", tiny_run, "--to", "onnx")
     assert wrong.returncode == 2
     assert_error_output(wrong.stderr, "--to onnx", hint="--to hf")

@@ -52,7 +52,7 @@ def test_export_overwrite_replaces_only_an_export_tinygpt_wrote(tinygpt, tiny_ru
     if card_is_a_link:
         (folder / "README.md").symlink_to(tmp_path / "README.md")
     before = snapshot(tmp_path)
-    code, _, err = tinygpt("export", tiny_run, folder, "--to", "hf", "--overwrite")
+    code, _, err = tinygpt("export", folder, "--run", tiny_run, "--to", "hf", "--overwrite")
     assert_one_error(code, err, 2, str(folder))
     assert snapshot(tmp_path) == before  # and no staging folder is left beside it
 
@@ -61,7 +61,7 @@ def test_a_file_put_in_an_export_while_it_is_replaced_is_kept(tinygpt, tiny_run,
     import tinygpt_cli.interop.export as export_module
 
     folder = tmp_path / "hf"
-    assert tinygpt("export", tiny_run, folder, "--to", "hf")[0] == 0
+    assert tinygpt("export", folder, "--run", tiny_run, "--to", "hf")[0] == 0
     real_save = export_module.save_file
 
     def save_then_the_user_writes(*args, **kwargs):
@@ -69,7 +69,7 @@ def test_a_file_put_in_an_export_while_it_is_replaced_is_kept(tinygpt, tiny_run,
         (folder / "notes.txt").write_text("mine")  # between the check and the swap
 
     monkeypatch.setattr(export_module, "save_file", save_then_the_user_writes)
-    code, _, err = tinygpt("export", tiny_run, folder, "--to", "hf", "--overwrite")
+    code, _, err = tinygpt("export", folder, "--run", tiny_run, "--to", "hf", "--overwrite")
     assert_one_error(code, err, 2, "notes.txt")
     assert (folder / "notes.txt").read_text() == "mine" and (folder / "README.md").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
@@ -77,9 +77,9 @@ def test_a_file_put_in_an_export_while_it_is_replaced_is_kept(tinygpt, tiny_run,
 
 def test_an_export_tinygpt_wrote_is_replaced_and_an_empty_folder_filled(tinygpt, tiny_run, tmp_path):
     (tmp_path / "empty").mkdir()
-    assert tinygpt("export", tiny_run, tmp_path / "empty", "--to", "hf")[0] == 0
+    assert tinygpt("export", tmp_path / "empty", "--run", tiny_run, "--to", "hf")[0] == 0
     assert (tmp_path / "empty" / "README.md").read_text(encoding="utf-8").startswith(CARD_HEADER)
-    code, _, err = tinygpt("export", tiny_run / "last.safetensors", tmp_path / "empty", "--to", "hf", "--overwrite")
+    code, _, err = tinygpt("export", tmp_path / "empty", "--checkpoint", tiny_run / "last.safetensors", "--to", "hf", "--overwrite")
     assert code == 0, err
     assert "(last)" in (tmp_path / "empty" / "README.md").read_text(encoding="utf-8")
 
@@ -117,17 +117,17 @@ def test_resume_refuses_a_dataset_prepared_again_from_other_text(tinygpt, tmp_pa
     assert tinygpt("train", *tiny_cli_flags(data, max_iters=10), "--out", run)[0] == 0
     prepare_text(tmp_path / "b.txt", data, "a", 0.1)  # the same tokenizer, other token ids
     before = snapshot(run)
-    code, _, err = tinygpt("resume", run, "--max-iters", "20")
+    code, _, err = tinygpt("resume", "--run", run, "--max-iters", "20")
     assert_one_error(code, err, 1, "prepared again since iteration 10")
     assert "--allow-data-change" in err
     assert snapshot(run) == before
 
-    code, _, err = tinygpt("resume", run, "--max-iters", "20", "--allow-data-change")
+    code, _, err = tinygpt("resume", "--run", run, "--max-iters", "20", "--allow-data-change")
     assert code == 0, err
     status = RunDir(run).read_status()
     assert [c["iteration"] for c in status["data_changes"]] == [10]
     assert status["data_changes"][0]["from_sha256"] != status["data_changes"][0]["to_sha256"]
-    assert tinygpt("resume", run, "--max-iters", "30")[0] == 0  # the checkpoint now records the new data
+    assert tinygpt("resume", "--run", run, "--max-iters", "30")[0] == 0  # the checkpoint now records the new data
     assert [c["iteration"] for c in RunDir(run).read_status()["data_changes"]] == [10]  # and run.json keeps the note
 
 
@@ -255,7 +255,7 @@ def test_a_run_config_with_a_wrong_type_is_one_line(tinygpt, tiny_run, tmp_path)
     config = json.loads((run / "config.json").read_text())
     config["train"]["max_iters"] = "lots"
     (run / "config.json").write_text(json.dumps(config))
-    code, _, err = tinygpt("resume", run)
+    code, _, err = tinygpt("resume", "--run", run)
     assert_error_output(err, "max_iters", "valid integer")
     assert code == 1
 
@@ -280,7 +280,7 @@ def unwritable_run(tiny_run, tmp_path):
 def test_resume_into_a_folder_it_cannot_write_changes_nothing(tinygpt, unwritable_run, log):
     """A tracker would write there first: the check comes before it."""
     before = snapshot(unwritable_run)
-    code, _, err = tinygpt("resume", unwritable_run, "--max-iters", "40", "--log", log)
+    code, _, err = tinygpt("resume", "--run", unwritable_run, "--max-iters", "40", "--log", log)
     assert_one_error(code, err, 1, "cannot write to the run folder")
     assert snapshot(unwritable_run) == before
 

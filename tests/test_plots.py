@@ -142,17 +142,17 @@ def write_run(root: Path, name: str, n_layer: int, start: float) -> Path:
 def test_plot_command(run_cli, tmp_path):
     write_run(tmp_path, "a", 2, 4.0)
     write_run(tmp_path, "b", 4, 3.0)
-    proc = run_cli("plot", "runs/a", "b", "--png", "cmp.png", "--x", "time")  # a path, or a name under runs/
+    proc = run_cli("plot", "--run", "runs/a", "--run", "b", "--png", "cmp.png", "--x", "time")  # a path, or a name under runs/
     assert proc.returncode == 0, proc.stderr
     assert "wrote cmp.png (4 curves, 2 runs)" in proc.stdout
     assert (tmp_path / "cmp.png").read_bytes().startswith(PNG_MAGIC)
-    single = run_cli("plot", "a")
+    single = run_cli("plot", "--run", "a")
     assert single.returncode == 0 and (tmp_path / "runs" / "a" / "loss.png").read_bytes().startswith(PNG_MAGIC)
-    term = run_cli("plot", "a", "--terminal")
+    term = run_cli("plot", "--run", "a", "--terminal")
     assert term.returncode == 0 and term.stdout.count("●") == 4 + 1
-    missing = run_cli("plot", "nothere")
+    missing = run_cli("plot", "--run", "nothere")
     assert missing.returncode == 2 and missing.stderr.startswith("Error: no run folder at nothere")
-    bad_x = run_cli("plot", "a", "--x", "steps")
+    bad_x = run_cli("plot", "--run", "a", "--x", "steps")
     assert bad_x.returncode == 2 and "choose iter or time" in bad_x.stderr
 
 
@@ -174,8 +174,8 @@ def test_plot_command_without_matplotlib(run_cli, tmp_path):
     fake = tmp_path / "fake"
     (fake / "matplotlib").mkdir(parents=True)
     (fake / "matplotlib" / "__init__.py").write_text("raise ImportError('No module named matplotlib')\n")
-    proc = run_cli("plot", "a", env={"PYTHONPATH": str(fake)})
+    proc = run_cli("plot", "--run", "a", env={"PYTHONPATH": str(fake)})
     assert proc.returncode == 1
     assert proc.stderr.splitlines() == ["Error: matplotlib is not installed: plotting needs it", "Try: pip install 'tinygpt[plot]'"]
-    term = run_cli("plot", "a", "--terminal", env={"PYTHONPATH": str(fake)})
+    term = run_cli("plot", "--run", "a", "--terminal", env={"PYTHONPATH": str(fake)})
     assert term.returncode == 0 and "● val" in term.stdout  # the terminal curve needs no matplotlib

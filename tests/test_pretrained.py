@@ -78,7 +78,7 @@ def test_gpt2_fine_tunes_and_exports_back(tiny_gpt2, tmp_path, run_cli, torch_on
     assert saved["model"] == {**source, "block_size": 32}  # the context shortened: the first 32 learned positions
 
     exported = tmp_path / "hf"
-    done = run_cli("export", run / "last.safetensors", exported, "--to", "hf")
+    done = run_cli("export", exported, "--checkpoint", run / "last.safetensors", "--to", "hf")
     assert done.returncode == 0, done.stderr
     assert "fine-tuned from" in (exported / "README.md").read_text(encoding="utf-8")
     ours, _ = load_model(run / "last.safetensors")

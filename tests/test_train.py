@@ -71,7 +71,7 @@ def test_stopped_then_resumed_run_is_bit_identical(tiny_dataset, tmp_path, monke
     assert info.value.exit_code == code
     assert f"{signal.Signals(signum).name} received" in info.value.message
     assert f"at iteration {at}" in info.value.message
-    assert hint(info.value) == f"tinygpt resume {part}"
+    assert hint(info.value) == f"tinygpt resume --run {part}"
     status = RunDir(part).read_status()
     assert status["status"] == "stopped" and status["iteration"] == at
     assert read_metadata(part / "last.safetensors")["iteration"] == at
@@ -117,7 +117,7 @@ def test_sigint_to_a_real_training_process_then_resume_matches_uninterrupted(tin
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     assert "Stopped:" in err and "SIGINT received" in err
-    assert f"Try: tinygpt resume {run}" in err
+    assert f"Try: tinygpt resume --run {run}" in err
     stopped_at = read_metadata(run / "last.safetensors")["iteration"]
     assert 10 <= stopped_at < 300, stopped_at
     assert RunDir(run).read_status()["status"] == "stopped"
@@ -316,7 +316,7 @@ def test_non_finite_loss_fails_without_saving(tiny_dataset, tmp_path, monkeypatc
     assert info.value.exit_code == 1
     assert "nan" in info.value.message and "iteration 15" in info.value.message
     assert "(iteration 10)" in info.value.message  # names the last good checkpoint
-    assert hint(info.value).startswith(f"tinygpt resume {run}")
+    assert hint(info.value).startswith(f"tinygpt resume --run {run}")
     status = RunDir(run).read_status()
     assert status["status"] == "failed" and status["iteration"] == 15
     assert "nan" in status["reason"]
@@ -346,7 +346,7 @@ def test_a_finished_run_needs_overwrite(tiny_dataset, tmp_path):
     before = (run / "last.safetensors").read_bytes()
     with pytest.raises(UsageError, match="already holds a run") as info:
         train_new(config, run)
-    assert hint(info.value).startswith(f"tinygpt resume {run}") and "--overwrite" in hint(info.value)
+    assert hint(info.value).startswith(f"tinygpt resume --run {run}") and "--overwrite" in hint(info.value)
     assert (run / "last.safetensors").read_bytes() == before
     (run / "loss.png").write_bytes(b"the old run's plot")
     train_new(tiny_config(tiny_dataset, max_iters=5, eval_interval=5), run, overwrite=True)
@@ -387,7 +387,7 @@ def test_resume_in_another_precision_says_so(tiny_run, tmp_path, run_cli):
     changed = StartRecorder()
     resume(run, {"max_iters": 34, "dtype": "bfloat16"}, changed)
     assert (changed.info.dtype, changed.info.previous_dtype) == ("bfloat16", "float32")
-    proc = run_cli("resume", run, "--max-iters", "36", "--dtype", "float32", env=ONE_THREAD_ENV)
+    proc = run_cli("resume", "--run", run, "--max-iters", "36", "--dtype", "float32", env=ONE_THREAD_ENV)
     assert proc.returncode == 0, proc.stderr
     assert "note: iterations up to 34 ran in bfloat16, the rest run in float32" in proc.stdout
 
@@ -435,7 +435,7 @@ def test_best_saved_after_last_stays_the_best_recorded(tiny_dataset, tmp_path, m
     assert load_checkpoint(damaged / "last.safetensors").best_val_loss == recorded_best
     monkeypatch.undo()
 
-    proc = run_cli("resume", crashed, "--max-iters", "10", env=ONE_THREAD_ENV)
+    proc = run_cli("resume", "--run", crashed, "--max-iters", "10", env=ONE_THREAD_ENV)
     assert proc.returncode == 0, proc.stderr
     assert f"note: best.safetensors (iteration {ahead.iteration}) was saved after last.safetensors" in proc.stdout
     assert load_checkpoint(crashed / "last.safetensors").best_val_loss == load_checkpoint(crashed / "best.safetensors").val_loss
@@ -484,7 +484,7 @@ def test_train_and_resume_json_print_one_summary_on_stdout(tiny_dataset, tmp_pat
     summary = json.loads(first.stdout)  # nothing else on stdout
     assert summary["status"] == "finished" and summary["iterations"] == 10 and summary["run"] == str(run)
     assert summary["best_val_loss"] == load_checkpoint(run / "best.safetensors").val_loss
-    again = run_cli("resume", run, "--max-iters", "15", "--json", env=ONE_THREAD_ENV)
+    again = run_cli("resume", "--run", run, "--max-iters", "15", "--json", env=ONE_THREAD_ENV)
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["iterations"] == 15
 

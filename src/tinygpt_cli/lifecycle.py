@@ -184,7 +184,7 @@ class TrainingRun:
             with suppress(OSError):  # on a full disk the status may not be writable either
                 self._write_status("failed", iteration=self.trainer.step, reason=e.message)
             if self.saved_at >= 0:
-                hint = Command("resume", (str(self.run.path),), before=FREE_DISK, why=f"continues from iteration {self.saved_at}")
+                hint = Command("resume", options={"run": str(self.run.path)}, before=FREE_DISK, why=f"continues from iteration {self.saved_at}")
             else:
                 hint = Command("train", options={"out": str(self.run.path), "overwrite": True}, before=FREE_DISK)
             raise CheckpointError(e.message, hint) from e
@@ -236,7 +236,7 @@ class TrainingRun:
         except OSError as e:
             self._record_end("failed", e)
             raise TinyGPTError(f"cannot write to the run folder {self.run.path}: {e.strerror or e}",
-                               Command("resume", (str(self.run.path),), before=FREE_DISK)) from e
+                               Command("resume", options={"run": str(self.run.path)}, before=FREE_DISK)) from e
         except KeyboardInterrupt as e:  # a second Ctrl-C: abort without saving
             self._record_end("aborted", e)
             raise
@@ -285,7 +285,7 @@ class TrainingRun:
         self._finish("stopped")
         name = signal.Signals(signum).name
         raise TrainingStopped(f"{name} received: saved {self.run.last_path} at iteration {self.trainer.step}",
-                              Command("resume", (str(self.run.path),)), SIGNAL_EXIT[signum])
+                              Command("resume", options={"run": str(self.run.path)}), SIGNAL_EXIT[signum])
 
     def _non_finite(self, error: NonFiniteLoss) -> TinyGPTError:
         """The loss diverged: nothing is saved (the weights are broken), run.json says so."""
@@ -294,7 +294,7 @@ class TrainingRun:
         last = f"{self.run.last_path} (iteration {self.saved_at})" if self.saved_at >= 0 else "none was saved yet"
         return TinyGPTError(
             f"the loss became {error.loss} at iteration {error.iteration}; training stopped without saving. Last good checkpoint: {last}",
-            Command("resume", (str(self.run.path),), {"learning_rate": self.trainer.config.train.learning_rate / 3}),
+            Command("resume", options={"run": str(self.run.path), "learning_rate": self.trainer.config.train.learning_rate / 3}),
         )
 
 
@@ -344,7 +344,7 @@ def _check_new_run_folder(run: RunDir, overwrite: bool) -> None:
         raise UsageError(f"{run.path} holds files that are not a tinygpt run's ({short_list(foreign)}): a run folder holds only its own files",
                          "train into a new or empty folder with --out runs/NAME")
     if (run.has_checkpoint() or run.metrics_path.exists()) and not overwrite:
-        raise UsageError(f"{run.path} already holds a run", Command("resume", (str(run.path),), why="or pass --overwrite to start it again"))
+        raise UsageError(f"{run.path} already holds a run", Command("resume", options={"run": str(run.path)}, why="or pass --overwrite to start it again"))
 
 
 def _new_trainer(config: RunConfig, dist: DistContext, threads: ThreadPolicy | None) -> Trainer:
@@ -370,7 +370,7 @@ def _data_change(ckpt: Checkpoint, dataset: Dataset, run: RunDir, allowed: bool)
     if not allowed:
         raise TinyGPTError(f"the dataset in {dataset.info.path} is not the one {run.path} trained on: it was prepared again "
                            f"since iteration {ckpt.iteration} (its token ids changed)",
-                           Command("resume", (str(run.path),), {"allow_data_change": True},
+                           Command("resume", options={"run": str(run.path), "allow_data_change": True},
                                    why="goes on with the new data knowingly; run.json records the change"))
     return {"iteration": ckpt.iteration, "from_sha256": trained_on, "to_sha256": dataset.info.digest}
 
@@ -417,7 +417,7 @@ def resume(run_path: Path, overrides: dict[str, Any] | None = None, reporter: Tr
         ckpt = load_checkpoint(run.last_path)
         if config.train.max_iters < ckpt.iteration:
             raise UsageError(f"--max-iters {config.train.max_iters} is below the {ckpt.iteration} iterations already done",
-                             Command("resume", (str(run.path),), {"max_iters": ckpt.iteration * 2}))
+                             Command("resume", options={"run": str(run.path), "max_iters": ckpt.iteration * 2}))
         config, dataset = prepare_training(config)
         if ckpt.tokenizer != dataset.tokenizer:
             raise TinyGPTError(f"the dataset in {config.train.data_dir} has a different tokenizer from the checkpoint",

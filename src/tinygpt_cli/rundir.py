@@ -222,6 +222,16 @@ def latest_run(root: Path = RUNS_DIR) -> RunDir | None:
     return max(runs, key=lambda r: max(p.stat().st_mtime for p in (r.last_path, r.best_path) if p.exists()))
 
 
+def resolve_run(run: Path | None = None, root: Path = RUNS_DIR) -> Path:
+    """The run folder a command acts on: `run`, else the most recent run under `root`."""
+    if run is not None:
+        return run
+    found = latest_run(root)
+    if found is None:
+        raise TinyGPTError(f"no trained run found under {root}/", Command("train", options={"preset": "cpu"}))
+    return found.path
+
+
 def resolve_checkpoint(run: Path | None = None, checkpoint: Path | None = None, root: Path = RUNS_DIR) -> Path:
     """The checkpoint a command should read: --checkpoint, else the best (or last) of --run,
     else the best of the most recent run under `root`."""
@@ -229,15 +239,10 @@ def resolve_checkpoint(run: Path | None = None, checkpoint: Path | None = None, 
         raise UsageError("pass either --run or --checkpoint, not both")
     if checkpoint is not None:
         return checkpoint
-    if run is None:
-        found = latest_run(root)
-        if found is None:
-            raise TinyGPTError(f"no trained run found under {root}/", Command("train", options={"preset": "cpu"}))
-        run = found.path
-    chosen = RunDir(run)
+    chosen = RunDir(resolve_run(run, root))
     if not chosen.path.is_dir():
         raise UsageError(f"no run folder at {chosen.path}", f"ls {root}/  (lists run folders)")
     for path in (chosen.best_path, chosen.last_path):
         if path.exists():
             return path
-    raise TinyGPTError(f"{chosen.path} has no checkpoint yet", Command("resume", (str(chosen.path),)))
+    raise TinyGPTError(f"{chosen.path} has no checkpoint yet", Command("resume", options={"run": str(chosen.path)}))

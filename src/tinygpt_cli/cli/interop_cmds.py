@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from .console import out, print_json
-from .options import JSON, OVERWRITE
+from .options import CHECKPOINT, JSON, OVERWRITE, RUN, run_named
 
 EXPORT_FORMATS = ("hf",)
 
@@ -26,24 +26,31 @@ def _train_command(ckpt) -> str:
 
 
 def export(
-    run: Path = typer.Argument(..., help="A run folder (its best checkpoint, else its last) or a checkpoint file."),
-    folder: Path = typer.Argument(..., help="Folder to write (new, empty, or an earlier export with --overwrite)."),
+    folders: list[Path] = typer.Argument(..., metavar="FOLDER", help="Folder to write (new, empty, or an earlier export with --overwrite)."),
+    run: Path = RUN,
+    checkpoint: Path = CHECKPOINT,
     to: str = typer.Option(..., "--to", help="Format: hf (a Hugging Face transformers folder: model, tokenizer, model card)."),
     overwrite: bool = OVERWRITE,
     as_json: bool = JSON,
 ) -> None:
-    """Write a trained model in another tool's format.
+    """Write a trained model in another tool's format: its best checkpoint, else its last.
 
-    Example: tinygpt export runs/demo runs/demo-hf --to hf
+    Example: tinygpt export runs/demo-hf --run runs/demo --to hf
     """
     from ..checkpoint import load_checkpoint
     from ..errors import UsageError
     from ..interop.export import export_hf
     from ..rundir import resolve_checkpoint
 
+    if len(folders) > 2:
+        raise UsageError(f"export writes one folder; got {len(folders)}: {', '.join(map(str, folders))}", "tinygpt export FOLDER --run RUN --to hf")
+    earlier, folder = (folders[0], folders[1]) if len(folders) == 2 else (None, folders[0])  # earlier: RUN FOLDER
     if to not in EXPORT_FORMATS:
         raise UsageError(f"--to {to}: the formats are {', '.join(EXPORT_FORMATS)}", "pass --to hf")
-    checkpoint = resolve_checkpoint(run=run) if run.is_dir() else run
+    source = run_named(run, earlier, "export")
+    if source is not None and source.is_file() and checkpoint is None:  # a checkpoint file where the run goes, as export took it
+        source, checkpoint = None, source
+    checkpoint = resolve_checkpoint(source, checkpoint)
     ckpt = load_checkpoint(checkpoint)
     result = export_hf(ckpt, checkpoint, folder, _train_command(ckpt), overwrite)
     if as_json:

@@ -3,6 +3,8 @@ the same default, everywhere (tests/test_cli_options.py walks every command to h
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 RUN = typer.Option(None, "--run", help="Run folder to read (default: the most recent run in runs/).")
@@ -14,3 +16,18 @@ OVERWRITE = typer.Option(False, "--overwrite", help="Replace what an earlier run
 TEMPERATURE = typer.Option(0.8, "--temperature", min=0.0, help="Randomness: below 1 safer, above 1 wilder, 0 greedy (the scores are divided by it before the softmax).")
 TOP_K = typer.Option(None, "--top-k", min=1, help="Sample only among the k most likely tokens.")
 TOP_P = typer.Option(None, "--top-p", min=0.0, max=1.0, help="Sample from the smallest set of tokens whose probability reaches p.")
+
+
+def run_named(option: Path | None, positional: Path | None, command: str) -> Path | None:
+    """The run a command acts on: --run, or a run named as an argument, the way earlier versions
+    of resume, export and plot took it (still taken, with a note that says the new way)."""
+    from ..errors import UsageError
+    from .console import err
+
+    if positional is None:
+        return option
+    if option is not None:
+        raise UsageError(f"the run is named twice: {positional} and --run {option}", f"tinygpt {command} --run RUN")
+    err.print(f"[yellow]note:[/] naming the run as an argument is deprecated: tinygpt {command} --run {positional}",
+              soft_wrap=True, markup=True, highlight=False)
+    return positional

@@ -14,7 +14,7 @@ import typer
 
 from .config_flags import CONFIG_OPTION, PRESET_OPTION
 from .console import err, format_duration, out, print_json, render_hint
-from .options import JSON
+from .options import JSON, run_named
 from .reporting import make_reporter, print_curve
 
 STATUS_STYLE = {"finished": "green", "stopped": "yellow", "running": "cyan", "failed": "red", "aborted": "red", "crashed": "red",
@@ -102,7 +102,8 @@ def _labelled(summaries, fields: list[str]) -> list[tuple[str, list[dict]]]:
 
 
 def plot(
-    runs: list[Path] = typer.Argument(..., help="Run folders (runs/NAME, or just NAME); a sweep folder adds all its runs."),
+    run: list[Path] = typer.Option(None, "--run", help="A run folder to plot (runs/NAME, or just NAME; default: the most recent run); repeat it to overlay runs; a sweep folder adds all its runs."),
+    positional: list[Path] = typer.Argument(None, hidden=True, help="Runs, as earlier versions took them (deprecated: --run)."),
     out_path: Path = typer.Option(None, "--png", help="PNG file to write (default: RUN/loss.png for one run, loss.png here for several)."),
     x: str = typer.Option("iter", "--x", help="Horizontal axis: iter (iterations) or time (wall-clock)."),
     terminal: bool = typer.Option(False, "--terminal", help="Draw the curves in the terminal instead (no matplotlib needed)."),
@@ -111,15 +112,21 @@ def plot(
 ) -> None:
     """Plot train and validation loss of one or more runs, overlaid, labelled by what differs.
 
-    Example: tinygpt plot runs/a runs/b --x time
+    Example: tinygpt plot --run runs/a --run runs/b --x time
     """
     from ..errors import TinyGPTError
+    from ..rundir import resolve_run
     from ..runs.plots import check_x_axis, in_bits_per_byte, plot_runs, require_matplotlib, save_png
     from ..runs.table import summarize_runs
 
     check_x_axis(x)  # before reading any run
     if not terminal:
         require_matplotlib()
+    if positional:
+        named = run_named(None, positional[0], "plot")  # the note, once
+        runs = [named, *positional[1:], *(run or [])]
+    else:
+        runs = run or [resolve_run()]
     summaries, fields = summarize_runs(_run_paths(runs))
     series = []
     for label, records in _labelled(summaries, fields):

@@ -11,7 +11,7 @@ import typer
 from ..config import MODEL_FIELDS, TRAIN_FIELDS
 from .config_flags import CONFIG_OPTION, PRESET_OPTION, with_config_flags
 from .console import err, out, print_json
-from .options import JSON, OVERWRITE
+from .options import JSON, OVERWRITE, RUN, run_named
 from .reporting import make_reporter
 
 TRAIN_FLAGS = [f for f in MODEL_FIELDS + TRAIN_FIELDS if f != "vocab_size"]  # vocab size comes from the data
@@ -143,22 +143,25 @@ def train(
 @with_config_flags(RESUME_FLAGS, defaults_from_run=True)
 def resume(
     flags: dict,
-    run: Path = typer.Argument(..., help="The run folder to continue (runs/NAME)."),
+    run: Path = RUN,
+    positional: Path = typer.Argument(None, hidden=True, help="The run, as earlier versions took it (deprecated: --run)."),
     allow_data_change: bool = typer.Option(False, "--allow-data-change", help="Go on although the dataset was prepared again since the checkpoint (other text); run.json records the change.", rich_help_panel="Run"),
     as_json: bool = JSON,
 ) -> None:
     """Continue a stopped run exactly where it left off (--max-iters may extend it).
 
-    Example: tinygpt resume runs/20261127-181500 --max-iters 4000
+    Example: tinygpt resume --run runs/20261127-181500 --max-iters 4000
     """
     from ..system.distributed import context_from_env, destroy_process_group
     from ..lifecycle import resume as resume_run
+    from ..rundir import resolve_run
     from ..system.process import init_process
 
     dist = context_from_env()
     try:
         with _quiet_unless_main(dist):
-            result = resume_run(run, flags, _reporter_for(dist, as_json), dist=dist, allow_data_change=allow_data_change,
+            result = resume_run(resolve_run(run_named(run, positional, "resume")), flags, _reporter_for(dist, as_json), dist=dist,
+                                allow_data_change=allow_data_change,
                                 threads=init_process())
         _print_summary(result, dist, as_json)
     finally:
