@@ -73,9 +73,10 @@ VALUE_NAMES = ["empty", "negative", "nan", "huge", "fifo", "folder", "missing"]
 
 
 def targets(words: tuple[str, ...]) -> list[str]:
-    """The options of a command that take a value, and its arguments (as '#0', '#1', ...)."""
+    """The options of a command that take a value, and its arguments (as '#0', '#1', ...), the
+    hidden ones aside (a deprecated spelling, which adds its note before any error)."""
     params = COMMANDS[words].params
-    arguments = [p for p in params if p.param_type_name == "argument"]
+    arguments = [p for p in params if p.param_type_name == "argument" and not p.hidden]  # hidden: a deprecated spelling
     return ([p.opts[0] for p in params if p.param_type_name == "option" and not p.is_flag and p.opts[0] != "--help"]
             + [f"#{i}" for i in range(len(arguments))])
 

@@ -212,7 +212,7 @@ class GPT(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.tok_emb = nn.Embedding(config.vocab_size, config.n_embd)  # what each character is
+        self.tok_emb = nn.Embedding(config.vocab_size, config.n_embd)  # what each token is
         if config.pos_embedding == "learned":
             self.pos_emb = nn.Embedding(config.block_size, config.n_embd)  # where it stands in the window
         else:
@@ -223,7 +223,7 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = make_norm(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        # Weight tying: reading a character in and writing one out share one matrix.
+        # Weight tying: reading a token in and writing one out share one matrix.
         self.lm_head.weight = self.tok_emb.weight
         self.apply(self._init_weights)
         # GPT-2: each block adds two residual branches; shrinking their output projections by
