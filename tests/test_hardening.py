@@ -722,13 +722,23 @@ def test_a_stop_during_a_long_evaluation_is_acknowledged_at_once_and_cuts_it_sho
         return real_sample(self, n, generator)
 
     class Acknowledging(TrainingReporter):
-        def on_stop_requested(self, signum):
+        def on_stop_requested(self, signum, evaluating):
             calls["acknowledged"] += 1
+            calls["during_evaluation"] = evaluating
 
     monkeypatch.setattr(Batches, "sample", sample)
     with pytest.raises(TrainingStopped):
         train_new(tiny_config(tiny_dataset, eval_iters=100_000, max_iters=20, eval_interval=5), run, Acknowledging())
-    assert calls["acknowledged"] == 1
+    assert calls["acknowledged"] == 1 and calls["during_evaluation"]  # the message can say an evaluation is cut short
     assert calls["eval_batches_after_signal"] <= 1  # not the 100,000 batches asked for
     assert load_checkpoint(run / "last.safetensors").iteration == 0
     assert RunDir(run).read_status()["status"] == "stopped"
+
+
+@pytest.mark.parametrize("evaluating, says", [(False, "finishing this step"), (True, "cutting this evaluation short")])
+def test_the_stop_message_says_what_is_cut_short(capfd, evaluating, says):
+    from tinygpt_cli.cli.reporting import make_reporter
+
+    make_reporter(False).on_stop_requested(signal.SIGINT, evaluating)
+    said = capfd.readouterr().err
+    assert says in said and ("evaluation" in said) == evaluating

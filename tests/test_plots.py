@@ -129,12 +129,14 @@ def test_terminal_curve_any_records(recs, width, height):
 # --- the command ---------------------------------------------------------------------------------
 
 
-def write_run(root: Path, name: str, n_layer: int, start: float) -> Path:
+def write_run(root: Path, name: str, n_layer: int, start: float, vocab_size: int = 65) -> Path:
     path = root / "runs" / name
     path.mkdir(parents=True)
-    cfg = build_config(dict(n_layer=n_layer, n_head=2, n_embd=16, block_size=16, max_iters=150, warmup_iters=2))
+    cfg = build_config(dict(n_layer=n_layer, n_head=2, n_embd=16, block_size=16, max_iters=150, warmup_iters=2, vocab_size=vocab_size))
     (path / "config.json").write_text(json.dumps(cfg.model_dump()))
-    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records(start=start)))
+    logged = [{**r, "val_bits_per_byte": r["val_loss"] / math.log(2) / (1 if vocab_size < 256 else 3)} if "val_loss" in r else r
+              for r in records(start=start)]
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in logged))
     (path / "run.json").write_text(json.dumps({"status": "finished", "pid": 1, "iteration": 150, "max_iters": 150}))
     return path
 
@@ -179,3 +181,18 @@ def test_plot_command_without_matplotlib(run_cli, tmp_path):
     assert proc.stderr.splitlines() == ["Error: matplotlib is not installed: plotting needs it", "Try: pip install 'tinygpt[plot]'"]
     term = run_cli("plot", "--run", "a", "--terminal", env={"PYTHONPATH": str(fake)})
     assert term.returncode == 0 and "● val" in term.stdout  # the terminal curve needs no matplotlib
+
+
+def test_runs_with_different_vocabularies_are_plotted_in_bits_per_byte(run_cli, tmp_path):
+    """Their losses per token do not compare: the plot says so and compares them per byte,
+    unless asked for the losses per token."""
+    write_run(tmp_path, "chars", 2, 4.0)
+    write_run(tmp_path, "bpe", 2, 5.0, vocab_size=1024)
+    auto = run_cli("plot", "--run", "chars", "--run", "bpe", "--terminal")
+    assert auto.returncode == 0, auto.stderr
+    assert "different vocabularies (65, 1,024 tokens)" in " ".join(auto.stderr.split()) and "bits per byte" in auto.stderr
+    nats = run_cli("plot", "--run", "chars", "--run", "bpe", "--terminal", "--nats")
+    assert nats.returncode == 0 and "vocabularies" not in nats.stderr
+    assert auto.stdout != nats.stdout  # the curves themselves changed unit
+    same = run_cli("plot", "--run", "chars", "--terminal")
+    assert same.returncode == 0 and "vocabularies" not in same.stderr

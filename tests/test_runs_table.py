@@ -207,3 +207,48 @@ def test_runs_rm_deletes_a_run_and_nothing_else_and_refuses_a_run_in_use(run_cli
     with RunDir(busy).locked():  # a training holds it
         in_use = rm("--rm", "busy", "--yes")
     assert in_use.returncode == 1 and "in use" in in_use.stderr and (busy / "config.json").exists()
+
+
+# --- comparing runs across tokenizers, and what is no run ------------------------------------
+
+def with_bits_per_byte(path: Path, bits: list[float]) -> Path:
+    """The run's evaluations, each with its bits per byte (as training logs them)."""
+    records = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
+    evals = iter(bits)
+    records = [{**r, "val_bits_per_byte": next(evals)} if "val_loss" in r else r for r in records]
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_runs_sort_by_bits_per_byte_when_tokenizers_differ(tmp_path):
+    """A 4,096-token BPE has a higher loss per token than a 1,024-token one and can still be the
+    better model per byte: the sort the README points to compares them."""
+    finished = {"status": "finished", "iteration": 100, "max_iters": 100}
+    small = with_bits_per_byte(make_run(tmp_path / "runs", "bpe-1024", finished, val_losses=(2.5, 2.03), vocab_size=1024), [1.2, 1.063])
+    large = with_bits_per_byte(make_run(tmp_path / "runs", "bpe-4096", finished, val_losses=(2.9, 2.40), vocab_size=4096), [1.1, 0.903])
+    summaries, _ = summarize_runs([small, large])
+    assert [s.name for s in sort_runs(summaries, "val_loss")] == ["bpe-1024", "bpe-4096"]
+    assert [s.name for s in sort_runs(summaries, "bits_per_byte")] == ["bpe-4096", "bpe-1024"]
+
+
+def test_where_metrics_go_is_no_hyperparameter(tmp_path):
+    a = make_run(tmp_path, "a", None, log="tensorboard")
+    b = make_run(tmp_path, "b", None, learning_rate=3e-3)
+    summaries, fields = summarize_runs([a, b])
+    assert fields == ["learning_rate"]  # not log=tensorboard
+    assert label_for(summaries[0], fields) == "learning_rate=0.001"
+
+
+def test_an_export_in_the_runs_folder_is_no_broken_run(runs_root, tmp_path):
+    from tinygpt_cli.interop.export import CARD_HEADER
+
+    export = runs_root / "cpu-hf"
+    export.mkdir()
+    (export / "config.json").write_text('{"model_type": "gpt_neox"}')
+    (export / "README.md").write_text(CARD_HEADER + "\nA model.\n")
+    assert export not in discover_runs(runs_root)
+    proc = subprocess.run([sys.executable, "-m", "tinygpt_cli", "runs", "--runs-dir", str(runs_root)], env=cli_env(),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "cpu-hf" not in proc.stdout.split("also in")[0]  # no row (the fixture's own broken runs have theirs)
+    assert "1 transformers export (not runs): cpu-hf" in " ".join(proc.stdout.split())

@@ -205,3 +205,19 @@ def test_a_swept_setting_that_the_optimiser_ignores_is_warned_about(tmp_path, pr
         assert warnings == []
     else:
         assert len(warnings) == 1 and words in warnings[0]
+
+
+def test_the_latest_run_is_found_in_a_sweep_folder_too(tmp_path, tiny_run):
+    """`generate` without --run reads the most recent run, runs/NAME or runs/SWEEP/NAME."""
+    import os
+    import shutil
+
+    from tinygpt_cli.rundir import latest_run
+
+    runs = tmp_path / "runs"
+    older = Path(shutil.copytree(tiny_run, runs / "older"))
+    newer = Path(shutil.copytree(tiny_run, runs / "depth" / "n_layer=2"))
+    for path, when in ((older, 1_000_000_000), (newer, 1_100_000_000)):
+        for checkpoint in path.glob("*.safetensors"):
+            os.utime(checkpoint, (when, when))
+    assert latest_run(runs).path == newer

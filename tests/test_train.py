@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ONE_THREAD_ENV, SWITCHES, as_format_1, assert_same_tensors, cli_env, hint, rewrite_checkpoint, signal_at_step, switch_id, tiny_cli_flags, tiny_config, wait_for
+from conftest import ONE_THREAD_ENV, SWITCHES, TINY_MODEL, TINY_TRAIN, as_format_1, assert_same_tensors, cli_env, hint, rewrite_checkpoint, signal_at_step, switch_id, tiny_cli_flags, tiny_config, wait_for
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -467,14 +467,18 @@ def test_resume_refusals(tiny_run, tmp_path):
 
 
 def test_the_end_of_training_suggests_a_prompt_from_the_runs_own_text(tmp_path, run_cli):
+    """Its first line, white space made single spaces (a tab typed in a shell is no tab), and a
+    word on what the val losses shown are: estimates."""
     code = tmp_path / "code.py"
-    code.write_text("\n\nimport os\n\n" + "".join(f"def f{i}(x):\n    return x * {i}\n" for i in range(400)))
+    code.write_text("\n\n\timport  os\t\n\n" + "".join(f"def f{i}(x):\n    return x * {i}\n" for i in range(400)))
     data = tmp_path / "code"
     prepare_text(code, data, "code", 0.1)
     proc = run_cli("train", *tiny_cli_flags(data, max_iters=10, eval_interval=10), "--out", tmp_path / "run", env=ONE_THREAD_ENV)
     assert proc.returncode == 0, proc.stderr
     assert f"next: tinygpt generate --run {tmp_path / 'run'} --prompt 'import os'" in proc.stdout
     assert "ROMEO" not in proc.stdout
+    tokens = TINY_TRAIN["eval_iters"] * TINY_TRAIN["batch_size"] * TINY_MODEL["block_size"]
+    assert f"val losses are estimates over {tokens:,} tokens drawn from the split; tinygpt eval --run {tmp_path / 'run'}" in proc.stdout
 
 
 def test_train_and_resume_json_print_one_summary_on_stdout(tiny_dataset, tmp_path, run_cli):

@@ -96,9 +96,10 @@ class TrainingReporter:
     def on_step(self, record: dict[str, Any]) -> None: ...
     def on_eval(self, record: dict[str, Any]) -> None: ...
     def on_end(self, status: str, record: dict[str, Any]) -> None: ...
-    def on_stop_requested(self, signum: int) -> None:
-        """The first Ctrl-C or SIGTERM arrived. Called inside the signal handler, between two
-        bytecodes of anything: write without locks (os.write), never block."""
+    def on_stop_requested(self, signum: int, evaluating: bool) -> None:
+        """The first Ctrl-C or SIGTERM arrived, during an evaluation (which is then cut short) or
+        a step. Called inside the signal handler, between two bytecodes of anything: write
+        without locks (os.write), never block."""
 
 
 @dataclass
@@ -108,6 +109,9 @@ class TrainResult:
     best_val_loss: float | None
     last_val_loss: float | None
     elapsed: float
+    # The val losses above are estimates over this many tokens of windows drawn from the split
+    # (eval_iters global batches); `tinygpt eval` scores every token of it.
+    estimated_over_tokens: int = 0
 
 
 class TrainingRun:
@@ -250,7 +254,7 @@ class TrainingRun:
     def _fit(self) -> TrainResult:
         self.reporter.on_start(self.start_info())
         self._write_running()
-        with StopSignals(self.reporter.on_stop_requested) as self.signals:
+        with StopSignals(lambda signum: self.reporter.on_stop_requested(signum, self.trainer.evaluating)) as self.signals:
             try:
                 finished = self.trainer.fit(self)
             except NonFiniteLoss as e:
@@ -271,7 +275,7 @@ class TrainingRun:
 
     def _finish(self, status: str) -> TrainResult:
         t = self.trainer
-        result = TrainResult(self.run.path, t.step, t.best_val, t.last_val, t.elapsed())
+        result = TrainResult(self.run.path, t.step, t.best_val, t.last_val, t.elapsed(), t.config.train.eval_iters * t.tokens_per_iter())
         if self.is_main:
             self._write_status(status, iteration=t.step, max_iters=t.config.train.max_iters,
                                best_val_loss=t.best_val, elapsed=result.elapsed)
@@ -299,11 +303,12 @@ class TrainingRun:
 
 
 def first_line(dataset: Dataset, max_chars: int = 30) -> str:
-    """The first line of the training text that is not blank, cut to `max_chars`: a prompt the
-    model has seen the like of, whatever the corpus (a play, code, another language)."""
+    """The first line of the training text that is not blank, its white space made single
+    spaces, cut to `max_chars`: a prompt the model has seen the like of, whatever the corpus
+    (a play, code, another language)."""
     head = dataset.tokenizer.decode(dataset.train[: 20 * max_chars].tolist())
-    line = next((line.strip() for line in head.splitlines() if line.strip()), "")
-    return line[:max_chars]
+    line = next((line for line in head.splitlines() if line.strip()), "")
+    return " ".join(line.split())[:max_chars]  # tabs and runs of spaces as one space: a prompt to type
 
 
 def prepare_training(config: RunConfig) -> tuple[RunConfig, Dataset]:

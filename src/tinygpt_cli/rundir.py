@@ -211,12 +211,22 @@ def default_run_name(timestamp: float | None = None) -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.localtime(timestamp))
 
 
+def _trained_runs(root: Path, depth: int = 2) -> Iterator[RunDir]:
+    """The run folders with a checkpoint under `root`, and inside the folders that are none (a
+    sweep's), `depth` levels down."""
+    for child in root.iterdir():
+        if child.is_dir() and not child.name.startswith("."):
+            run = RunDir(child)
+            if run.has_checkpoint():
+                yield run
+            elif depth > 1:
+                yield from _trained_runs(child, depth - 1)
+
+
 def latest_run(root: Path = RUNS_DIR) -> RunDir | None:
-    """The most recently updated run folder under `root` that holds a checkpoint."""
-    if not root.is_dir():
-        return None
-    runs = [RunDir(p) for p in root.iterdir() if p.is_dir()]
-    runs = [r for r in runs if r.has_checkpoint()]
+    """The most recently updated run folder under `root` (runs/NAME, or runs/SWEEP/NAME) that
+    holds a checkpoint."""
+    runs = list(_trained_runs(root)) if root.is_dir() else []
     if not runs:
         return None
     return max(runs, key=lambda r: max(p.stat().st_mtime for p in (r.last_path, r.best_path) if p.exists()))
@@ -228,7 +238,7 @@ def resolve_run(run: Path | None = None, root: Path = RUNS_DIR) -> Path:
         return run
     found = latest_run(root)
     if found is None:
-        raise TinyGPTError(f"no trained run found under {root}/", Command("train", options={"preset": "cpu"}))
+        raise TinyGPTError(f"no trained run found under {root}/ (nor in its sweep folders)", Command("train", options={"preset": "cpu"}))
     return found.path
 
 

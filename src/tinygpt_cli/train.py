@@ -112,6 +112,7 @@ class Trainer:
         self.elapsed_before = 0.0  # training seconds of the runs this one resumes
         self._t0 = time.perf_counter()
         self.stop_requested: Callable[[], bool] = lambda: False  # fit() sets the run's
+        self.evaluating = False  # inside evaluate(): a stop then cuts the evaluation short
 
     # --- state in and out of checkpoints -------------------------------------------------
     def checkpoint(self, kind: str) -> Checkpoint:
@@ -180,13 +181,20 @@ class Trainer:
         evaluation; each rank scores its slices, as in training, and the sums are combined."""
         cfg = self.config.train
         self.model.eval()
+        self.evaluating = True
+        try:
+            return self._evaluate_splits(cfg)
+        finally:
+            self.evaluating = False
+            self.model.train()
+
+    def _evaluate_splits(self, cfg: TrainConfig) -> dict[str, float]:
         losses = {}
         for split, batches in self.splits.items():
             gen = torch.Generator().manual_seed(cfg.seed + 1)
             total = torch.zeros((), device=self.device)
             for _ in range(cfg.eval_iters):
                 if self.stop_requested() and not self.dist.enabled:  # ranks must finish it together
-                    self.model.train()
                     raise EvaluationAbandoned
                 x, y = batches.sample(cfg.batch_size * self.world_size * cfg.grad_accum, gen)
                 for micro in range(cfg.grad_accum):
@@ -196,7 +204,6 @@ class Trainer:
                     total += loss.float()
             n_batches = cfg.eval_iters * cfg.grad_accum * self.world_size
             losses[split] = all_reduce_sum(total, self.dist).item() / n_batches
-        self.model.train()
         return losses
 
     def train_step(self) -> torch.Tensor:

@@ -8,7 +8,7 @@ import typer
 
 from ..config import MODEL_FIELDS, TRAIN_FIELDS
 from .config_flags import CONFIG_OPTION, PRESET_OPTION, with_config_flags
-from .console import err, out, print_json
+from .console import err, out, print_json, rough_duration
 from .options import JSON
 
 BENCH_FLAGS = [f for f in MODEL_FIELDS + TRAIN_FIELDS if f not in ("data_dir", "init_from", "log")]  # no run: nothing to start from or log
@@ -57,7 +57,7 @@ def bench(
     out.print(f"{timing.ms_per_iter:.1f} ms/iteration  |  {timing.tokens_per_s:,.0f} tokens/s  |  {timing.gflops:.1f} GFLOP/s"
               + (f" ({100 * timing.gflops / peak:.0f}% of the {peak:.0f} GFLOP/s matmul peak)" if peak else "")
               + f"  |  {torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''}")
-    out.print(f"projected: {max_iters:,} iterations take about {timing.projected_seconds(max_iters) / 60:.1f} min of training steps "
+    out.print(f"projected: {max_iters:,} iterations take about {rough_duration(timing.projected_seconds(max_iters))} of training steps "
               "(plus evaluation)")
     if others >= BUSY_CORES:
         err.print(f"[yellow]warning:[/] other processes kept {others:.1f} of {len(load.cores)} cores busy while this ran: "

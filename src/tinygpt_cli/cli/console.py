@@ -43,6 +43,17 @@ def format_duration(seconds: float | None) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+def rough_duration(seconds: float) -> str:
+    """A duration as a person says it: "45 s", "12 min", "8.0 hours", "3.5 days"."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} hours"
+    return f"{seconds / 86400:.1f} days"
+
+
 def _option(name: str, value: object) -> str:
     flag = "--" + name.replace("_", "-")
     if isinstance(value, bool):  # a switch, on or off

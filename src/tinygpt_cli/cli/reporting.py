@@ -107,11 +107,11 @@ def make_reporter(interactive: bool):
             else:
                 out.print(line)
 
-        def on_stop_requested(self, signum: int) -> None:
+        def on_stop_requested(self, signum: int, evaluating: bool) -> None:
             # Inside the signal handler: a raw write, no console lock that the interrupted code may hold.
+            now = b"cutting this evaluation short" if evaluating else b"finishing this step"
             with suppress(OSError):  # stderr gone (a pipe whose reader died): the stop goes on regardless
-                os.write(2, b"\nstopping: finishing this step (an evaluation is cut short), then saving last.safetensors"
-                            b" -- Ctrl-C again to abort without saving\n")
+                os.write(2, b"\nstopping: " + now + b", then saving last.safetensors -- Ctrl-C again to abort without saving\n")
 
         def on_end(self, status: str, result: dict[str, Any]) -> None:
             if self.progress is not None:
@@ -121,6 +121,8 @@ def make_reporter(interactive: bool):
                 reached = f" (reached --stop-at-val-loss {self.target:g})" if self.target is not None and best <= self.target else ""
                 out.print(f"done: {result['iteration']:,} iterations in {format_duration(result['elapsed'])}, "
                           f"best val loss {best:.4f}{reached}  ->  {result['run']}/best.safetensors")
+                out.print(f"(val losses are estimates over {result['estimated_over_tokens']:,} tokens drawn from the split; "
+                          f"tinygpt eval --run {shlex.quote(str(result['run']))} scores all of it)", markup=False)
                 from ..rundir import RunDir
 
                 print_curve(RunDir(result["run"]).read_metrics())

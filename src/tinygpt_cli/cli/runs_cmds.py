@@ -108,7 +108,7 @@ def plot(
     x: str = typer.Option("iter", "--x", help="Horizontal axis: iter (iterations) or time (wall-clock)."),
     terminal: bool = typer.Option(False, "--terminal", help="Draw the curves in the terminal instead (no matplotlib needed)."),
     title: str = typer.Option(None, "--title", help="Title of the plot."),
-    bits_per_byte: bool = typer.Option(False, "--bits-per-byte", help="Losses in bits per byte, which compare across tokenizers (char and BPE runs)."),
+    bits_per_byte: bool = typer.Option(None, "--bits-per-byte/--nats", help="Losses in bits per byte, which compare across tokenizers (char and BPE runs), or in nats per token (default: bits per byte when the runs' vocabularies differ, else nats)."),
 ) -> None:
     """Plot train and validation loss of one or more runs, overlaid, labelled by what differs.
 
@@ -128,6 +128,13 @@ def plot(
     else:
         runs = run or [resolve_run()]
     summaries, fields = summarize_runs(_run_paths(runs))
+    vocabularies = sorted({s.config["vocab_size"] for s in summaries if s.config is not None})
+    if bits_per_byte is None:
+        bits_per_byte = len(vocabularies) > 1
+        if bits_per_byte:
+            err.print(f"note: these runs have different vocabularies ({', '.join(f'{v:,}' for v in vocabularies)} tokens): "
+                      "their losses per token do not compare, so they are plotted in bits per byte (--nats for the losses per token)",
+                      markup=False, soft_wrap=True)
     series = []
     for label, records in _labelled(summaries, fields):
         converted = in_bits_per_byte(records) if bits_per_byte and records else records
@@ -148,8 +155,8 @@ def plot(
 
 
 def list_runs(
-    folder: Path = typer.Option(None, "--dir", help="Folder holding run folders (default: runs/)."),
-    sort: str = typer.Option("name", "--sort", help="Sort by name, date, status, params, iters, val_loss, time, tokens_per_s or a hyperparameter."),
+    folder: Path = typer.Option(None, "--runs-dir", "--dir", help="Folder holding run folders (default: runs/)."),
+    sort: str = typer.Option("name", "--sort", help="Sort by name, date, status, params, iters, val_loss, bits_per_byte (compares runs with different tokenizers), time, tokens_per_s or a hyperparameter."),
     reverse: bool = typer.Option(False, "--reverse", help="Largest first."),
     remove: list[Path] = typer.Option(None, "--rm", help="Delete this run (a name under runs/ or a path; repeatable). Refused while it trains, or when its folder holds files that are not the run's."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Delete without asking (needed when not on a terminal)."),
@@ -160,7 +167,7 @@ def list_runs(
     Example: tinygpt runs --sort val_loss      (and: tinygpt runs --rm NAME)
     """
     from ..rundir import RUNS_DIR
-    from ..runs.table import discover_runs, sort_runs, summarize_runs
+    from ..runs.table import discover_exports, discover_runs, sort_runs, summarize_runs
 
     if remove:
         _remove_runs(remove, yes)
@@ -174,6 +181,10 @@ def list_runs(
         out.print(f"no runs under {root}/  (start one: tinygpt train --preset cpu)", markup=False)
     else:
         runs_table(summaries, fields, title=f"{len(summaries)} run{'s' * (len(summaries) > 1)} in {root}")
+    exports = discover_exports(root)
+    if exports and not as_json:
+        out.print(f"also in {root}/: {len(exports)} transformers export{'s' * (len(exports) > 1)} (not runs): "
+                  + ", ".join(p.name for p in exports), markup=False)
 
 
 def _remove_runs(names: list[Path], yes: bool) -> None:

@@ -43,8 +43,11 @@ def model_card(ckpt: Checkpoint, checkpoint_path: Path, folder: Path, train_comm
     tokenizer = f"{'characters' if ckpt.tokenizer.kind == 'char' else 'byte-level BPE'}, {ckpt.tokenizer.size:,} tokens"
     per_token = ckpt.progress.get("val_bytes_per_token")
     bpb = bits_per_byte(ckpt.val_loss, per_token) if ckpt.val_loss is not None and per_token else None
+    sampled = t.get("eval_iters", 0) * t.get("batch_size", 0) * t.get("grad_accum", 1) * m.block_size
     quality = "not evaluated" if ckpt.val_loss is None else f"val loss {ckpt.val_loss:.4f}" + (
-        f", {bpb:.4f} bits per byte" if bpb is not None else "")
+        f", {bpb:.4f} bits per byte" if bpb is not None else "") + (
+        f" (estimated during training over {sampled:,} tokens drawn from the validation split; "
+        "the eval command scores all of it)" if sampled else "")
     rows = [("architecture", f"{architecture} ({m.n_layer} layers, {m.n_head} heads, width {m.n_embd}, context {m.block_size})"),
             ("tokenizer", tokenizer), ("data", t.get("data_dir", "unknown")), ("iterations", f"{ckpt.iteration:,}"),
             ("quality", quality), ("checkpoint", f"{checkpoint_path} ({ckpt.kind})")]
@@ -57,7 +60,7 @@ def model_card(ckpt: Checkpoint, checkpoint_path: Path, folder: Path, train_comm
         "| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows), "",
         "## Use it", "", "```python", "from transformers import pipeline", "",
         f'generate = pipeline("text-generation", model={json.dumps(str(folder))})',
-        'print(generate("ROMEO:", max_new_tokens=100, do_sample=True)[0]["generated_text"])', "```", "",
+        f'print(generate("ROMEO:", max_new_tokens={max(1, m.block_size // 2)}, do_sample=True)[0]["generated_text"])', "```", "",
         "## How it was trained", "", "```", train_command, "```", "", "Every setting:", "", "```json", settings, "```", "",
     ])
 

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from ..config import ALL_FIELDS, ModelConfig, RunConfig, first_problem
 from ..errors import TinyGPTError, UsageError
+from ..interop.export import is_tinygpt_export
 from ..system.fsutil import read_json
 from ..params import param_report
 from ..rundir import RunDir, finite_number
@@ -24,7 +25,9 @@ from ..rundir import RunDir, finite_number
 # Files whose presence makes a folder a run folder (a plot or a lock alone does not).
 RUN_MARKERS = ("config.json", "run.json", "metrics.jsonl", "last.safetensors", "best.safetensors")
 # Fields that follow from others or from the machine, never worth a column of their own.
-NOT_COMPARED = ("vocab_size",)
+# Settings that are no hyperparameters (where the metrics also go), or that follow from the data:
+# never a column of `runs` nor a label of `plot`.
+NOT_COMPARED = ("vocab_size", "log")
 
 
 @dataclass
@@ -68,7 +71,13 @@ def pid_alive(pid: Any) -> bool:
 
 
 def is_run_folder(path: Path) -> bool:
-    return path.is_dir() and any((path / name).exists() for name in RUN_MARKERS)
+    """A folder holding a run's files; a transformers export (its config.json) is not one."""
+    return path.is_dir() and any((path / name).exists() for name in RUN_MARKERS) and not is_tinygpt_export(path)
+
+
+def discover_exports(root: Path) -> list[Path]:
+    """The transformers folders that `tinygpt export` wrote directly under `root`."""
+    return sorted(p for p in root.iterdir() if p.is_dir() and is_tinygpt_export(p)) if root.is_dir() else []
 
 
 def discover_runs(root: Path, depth: int = 2) -> list[Path]:
@@ -80,7 +89,7 @@ def discover_runs(root: Path, depth: int = 2) -> list[Path]:
     for child in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         if is_run_folder(child):
             found.append(child)
-        elif depth > 1:
+        elif depth > 1 and not is_tinygpt_export(child):
             found.extend(discover_runs(child, depth - 1))
     return found
 
@@ -191,6 +200,7 @@ SORT_KEYS = {
     "params": lambda s: s.n_params,
     "iters": lambda s: s.iteration,
     "val_loss": lambda s: s.best_val_loss,
+    "bits_per_byte": lambda s: s.best_val_bits_per_byte,  # the one that compares runs with different tokenizers
     "time": lambda s: s.elapsed,
     "tokens_per_s": lambda s: s.tokens_per_s,
 }
