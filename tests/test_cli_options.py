@@ -89,10 +89,3 @@ def test_a_run_named_the_old_way_still_works_and_says_the_new_way(tinygpt, tiny_
     assert code == 0 and "deprecated" not in new_err
     twice = tinygpt(*fill(old, "twice"), "--run", str(run))
     assert (twice[0], "named twice" in twice[2]) == ((0, False) if old[0] == "plot" else (2, True))
-
-
-@pytest.mark.parametrize("seconds, said", [(45, "45 s"), (720, "12 min"), (479.2 * 60, "8.0 hours"), (5 * 86400, "5.0 days")])
-def test_a_projected_duration_reads_as_a_person_says_it(seconds, said):
-    from tinygpt_cli.cli.console import rough_duration
-
-    assert rough_duration(seconds) == said

@@ -125,3 +125,13 @@ def test_preparing_a_corpus_of_hundreds_of_mb_keeps_memory_bounded(tmp_path):
     info = load_dataset(tmp_path / "data" / "big").info
     assert info.text_bytes == 300 * len(chunk) and info.train_tokens + info.val_tokens == info.text_chars
     assert peak_mib < 400, f"peak RSS {peak_mib:.0f} MiB for a {info.text_bytes / 2**20:.0f} MiB corpus"
+
+
+@pytest.mark.parametrize("tokenizer, phases", [("char", ["scan", "encode"]), ("bpe", ["scan", "merges", "encode"])])
+def test_progress_has_a_stage_for_the_bpe_merges(small_text, tmp_path, tokenizer, phases):
+    """A BPE's merges are learned between reading and encoding: without a stage of their own the
+    bar sits at 'reading 100%' for them."""
+    seen = []
+    prepare_text(small_text, tmp_path / "d", "d", 0.1, tokenizer_choice(tokenizer, 300 if tokenizer == "bpe" else None),
+                 progress=lambda phase, done, total: seen.append(phase) if not seen or seen[-1] != phase else None)
+    assert seen == phases

@@ -173,3 +173,26 @@ def test_the_commands_read_a_bpe_run(run_cli, tmp_path):
     assert len({c["id"] for c in candidates}) == 10 and model_p == sorted(model_p, reverse=True) and 0 < sum(model_p) <= 1
     assert "".join(shown["surprise"]["tokens"]) == "The king is dead." and shown["surprise"]["bits_per_byte"] > 0
     assert len(shown["embeddings"]["tokens"]) == len(shown["embeddings"]["coordinates"]) == 300
+
+
+def test_a_map_of_thousands_of_tokens_labels_the_most_frequent_and_tells_the_untrained_apart(tmp_path, monkeypatch):
+    """A 4,096-token BPE labelled token by token is one black blot; its byte tokens that the text
+    never holds form a cluster that nothing explained."""
+    pytest.importorskip("matplotlib")
+    import tinygpt_cli.inside.pictures as pictures
+
+    saved = {}
+    monkeypatch.setattr(pictures, "save_png", lambda fig, path: saved.setdefault("fig", fig))
+    rng = np.random.default_rng(0)
+    n = 4096
+    counts = rng.integers(1, 1000, n)
+    counts[:200] = 0  # never in the text
+    counts[300] = 10**6  # the most frequent of all
+    labels = [f"t{i}" for i in range(n)]
+    pictures.embedding_map(rng.normal(size=(n, 2)), np.array([0.3, 0.2]), labels, None, tmp_path / "map.png", counts)
+    ax = saved["fig"].axes[0]
+    annotated = [t.get_text() for t in ax.texts]
+    assert len(annotated) == pictures.MAP_LABELS and "t300" in annotated
+    assert not {f"t{i}" for i in range(200)} & set(annotated)  # an untrained token is never among the most frequent
+    assert "the 150 most frequent of 4,096 labelled" in ax.get_title()
+    assert any("never in the training text (200 tokens" in t.get_text() for t in ax.get_legend().get_texts())

@@ -246,6 +246,9 @@ def test_params_at_a_narrow_width_keeps_every_count_whole(run_cli, columns):
     for row in report["embedding"] + report["block"]:
         assert f"{row['count']:,}" in proc.stdout
     assert f"{report['total']:,}" in proc.stdout and "…" not in proc.stdout
+    text = " ".join(proc.stdout.split())
+    for row in report["embedding"] + report["block"] + report["head"]:  # the notes, the lesson, are never dropped
+        assert not row["note"] or row["note"] in text, row
 
 
 def test_scoring_a_split_reports_progress_window_by_window(tiny_dataset):

@@ -11,7 +11,7 @@ from .config_flags import CONFIG_OPTION, PRESET_OPTION, with_config_flags
 from .console import err, out, print_json, rough_duration
 from .options import JSON
 
-BENCH_FLAGS = [f for f in MODEL_FIELDS + TRAIN_FIELDS if f not in ("data_dir", "init_from", "log")]  # no run: nothing to start from or log
+BENCH_FLAGS = [f for f in MODEL_FIELDS + TRAIN_FIELDS if f not in ("init_from", "log")]  # no run: nothing to start from or log
 
 
 @with_config_flags(BENCH_FLAGS)
@@ -23,9 +23,10 @@ def bench(
     repeats: int = typer.Option(3, "--repeats", min=1, max=100, help="Repeats; the median is reported (at most 100)."),
     as_json: bool = JSON,
 ) -> None:
-    """Time real training steps on synthetic data and project the run's duration.
+    """Time real training steps on synthetic data and project the run's duration (--data-dir: a
+    dataset's vocabulary size, instead of typing --vocab-size).
 
-    Example: tinygpt bench --preset cpu
+    Example: tinygpt bench --preset cpu --data-dir data/shakespeare
     """
     import torch
 
@@ -34,7 +35,7 @@ def bench(
     from ..system.process import init_process
     from ..system.threads import BUSY_CORES, OtherLoad
 
-    run_config = resolve_config(preset, config, flags)
+    run_config = resolve_config(preset, config, _with_dataset_vocabulary(flags))
     load = OtherLoad()
     with err.status(f"timing {repeats} x {steps} training steps…"):
         timing = time_training_steps(run_config, steps=steps, repeats=repeats, threads=init_process())
@@ -62,6 +63,22 @@ def bench(
     if others >= BUSY_CORES:
         err.print(f"[yellow]warning:[/] other processes kept {others:.1f} of {len(load.cores)} cores busy while this ran: "
                   "on a quiet machine the steps are faster than measured here", soft_wrap=True)
+
+
+def _with_dataset_vocabulary(flags: dict) -> dict:
+    """--data-dir given: the dataset's vocabulary size (its meta.json), which --vocab-size must not contradict."""
+    from ..data.dataset import read_dataset_info
+    from ..errors import TinyGPTError, UsageError
+
+    if flags.get("data_dir") is None:
+        return flags
+    info = read_dataset_info(Path(flags["data_dir"]))
+    if info is None:
+        raise TinyGPTError(f"no prepared dataset in {flags['data_dir']}", "pass the folder that prepare wrote, or --vocab-size N")
+    if flags.get("vocab_size") not in (None, info.vocab_size):
+        raise UsageError(f"--vocab-size {flags['vocab_size']}: the dataset in {flags['data_dir']} has {info.vocab_size:,} tokens",
+                         "pass one of --vocab-size and --data-dir")
+    return {**flags, "vocab_size": info.vocab_size}
 
 
 def register(app: typer.Typer) -> None:

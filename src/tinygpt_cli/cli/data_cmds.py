@@ -21,8 +21,11 @@ TOKENIZER = typer.Option("char", "--tokenizer", help="char (one token per charac
 VOCAB_SIZE = typer.Option(None, "--vocab-size", help="Tokens of the BPE to train (with --tokenizer bpe; default 4096, at least 257).")
 
 
+PHASES = {"scan": "reading", "merges": "learning the BPE's merges", "encode": "encoding"}
+
+
 def _progress():
-    """A progress bar on stderr (only on a terminal): the scan, then the encoding, in MB/s and time left."""
+    """A progress bar on stderr (only on a terminal): the scan, a BPE's merges, then the encoding, in MB/s and time left."""
     from contextlib import contextmanager
 
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
@@ -35,8 +38,8 @@ def _progress():
 
             def update(phase: str, done: int, total: int) -> None:
                 if phase not in tasks:
-                    tasks[phase] = bar.add_task("reading" if phase == "scan" else "encoding", total=total)
-                bar.update(tasks[phase], completed=done, total=total)
+                    tasks[phase] = bar.add_task(PHASES.get(phase, phase), total=total or None)  # None: a pulse, no measure
+                bar.update(tasks[phase], completed=done, total=total or None)
 
             yield update
 

@@ -22,7 +22,7 @@ def _load(run: Path | None, checkpoint: Path | None, device: str):
     path = resolve_checkpoint(run, checkpoint)
     model, ckpt = load_model(path, pick_device(device))
     init_process()
-    return model, ckpt.tokenizer
+    return model, ckpt
 
 
 def _prompt(tokenizer, text: str, block_size: int) -> list[int]:
@@ -57,12 +57,15 @@ def _heatmap(grid, labels: list[str], title: str) -> None:
     from rich.table import Table
 
     n = len(labels)
-    rows = [f"{t} {label} " for t, label in enumerate(labels)]
+    # The position right-aligned, then the token left-aligned, each in a column of its own: the
+    # labels line up however long a BPE token is.
+    index, token = len(str(n - 1)), max(map(len, labels))
+    rows = [f"{t:>{index}} {label:<{token}} " for t, label in enumerate(labels)]
     cell = max(3, len(str(n - 1)))
     shown = max(1, min(n, (out.width - max(map(len, rows))) // cell))
     first = n - shown
     table = Table(title=title, title_justify="left", show_header=True, box=None, padding=(0, 0))
-    table.add_column("", justify="right", no_wrap=True)
+    table.add_column("", justify="left", no_wrap=True)
     for s in range(first, n):
         table.add_column(str(s), justify="center", no_wrap=True, width=cell)
     for t in range(first, n):
@@ -92,7 +95,8 @@ def attention(
     from ..errors import UsageError
     from ..inside.measure import attention as weights_of
 
-    model, tokenizer = _load(run, checkpoint, device)
+    model, ckpt = _load(run, checkpoint, device)
+    tokenizer = ckpt.tokenizer
     ids = _prompt(tokenizer, prompt, model.config.block_size)
     weights = weights_of(model, ids)  # (layers, heads, T, T)
     labels = _labels(tokenizer, ids)
@@ -131,7 +135,8 @@ def predict(
     from ..inside.measure import predict as distribution
     from ..inside.measure import top_candidates
 
-    model, tokenizer = _load(run, checkpoint, device)
+    model, ckpt = _load(run, checkpoint, device)
+    tokenizer = ckpt.tokenizer
     ids = _prompt(tokenizer, prompt, model.config.block_size)
     shaped, raw = distribution(model, ids, temperature, top_k, top_p)
     candidates = top_candidates(shaped, raw, show)
@@ -180,7 +185,8 @@ def surprise(
         is_file = False
     if is_file:
         text = decode_text(read_user_file(path, MAX_SURPRISE_BYTES, "text to score", SURPRISE_TOO_LARGE), str(path))
-    model, tokenizer = _load(run, checkpoint, device)
+    model, ckpt = _load(run, checkpoint, device)
+    tokenizer = ckpt.tokenizer
     result = score(model, tokenizer, text)
     labels = list(token_texts(tokenizer, result.ids))  # a character split over tokens shows with its last
     if html is not None:
@@ -219,9 +225,10 @@ def embeddings(
     """
     import numpy as np
 
-    from ..inside.measure import pca
+    from ..inside.measure import pca, training_counts
 
-    model, tokenizer = _load(run, checkpoint, device)
+    model, ckpt = _load(run, checkpoint, device)
+    tokenizer = ckpt.tokenizer
     tokens = model.tok_emb.weight.detach().float().cpu().numpy()
     coords, explained = pca(tokens)
     labels = _labels(tokenizer, list(range(tokenizer.size)))
@@ -229,7 +236,7 @@ def embeddings(
     if png is not None:
         from ..inside.pictures import embedding_map
 
-        embedding_map(coords, explained, labels, positions, png)
+        embedding_map(coords, explained, labels, positions, png, training_counts(ckpt))
     if as_json:
         print_json({"tokens": labels, "coordinates": coords.tolist(), "explained_variance": explained.tolist(),
                     **({"png": str(png)} if png else {})})

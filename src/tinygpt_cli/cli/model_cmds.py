@@ -31,7 +31,7 @@ def _params_table(report, optimizer: str) -> None:
     share = lambda n: f"{100 * n / report.total:.1f}%"  # noqa: E731
     rows = report.embedding + report.block + report.head
     # Names and numbers are never cut: their columns get their widest cell; the notes wrap, or
-    # are left out on a terminal too narrow for them.
+    # go under the table on a terminal too narrow for a column of them.
     part = max(len(f"  block: {r.name}") for r in rows)
     shape = max(len(r.shape) for r in rows + [ParamRow("", f"{c.n_layer} x {report.block_total:,}", 0)])
     count = len(f"{report.total:,}")
@@ -45,8 +45,12 @@ def _params_table(report, optimizer: str) -> None:
     table.add_column("share", justify="right", no_wrap=True, min_width=6)
     if with_notes:
         table.add_column("note", style="dim", overflow="fold")
+    notes_under: list[str] = []
+
     def add(name: str, shape: str, *numbers: str, note: str = "") -> None:
         table.add_row(name, *([shape] if with_shape else []), *numbers, *([note] if with_notes else []))
+        if note and not with_notes:
+            notes_under.append(f"  {name.strip()}: {note}")
 
     for row in report.embedding:
         add(row.name, row.shape, f"{row.count:,}", share(row.count), note=row.note)
@@ -62,9 +66,12 @@ def _params_table(report, optimizer: str) -> None:
     table.add_section()
     add("[bold]total[/]", "", f"[bold]{report.total:,}[/]", "100%")
     out.print(table)
+    if notes_under:
+        out.print("notes:\n" + "\n".join(notes_under), markup=False, soft_wrap=False)
     d = report.to_dict()
     mib = lambda b: f"{b / 2**20:,.1f} MiB"  # noqa: E731
-    out.print(f"without position embeddings: {d['without_position_embedding']:,}   non-embedding (blocks + final norm): {d['non_embedding']:,}")
+    out.print(f"without position embeddings: {d['without_position_embedding']:,}")
+    out.print(f"non-embedding (blocks + final norm): {d['non_embedding']:,}")
     out.print(f"memory in fp32: weights {mib(d['weights_bytes_fp32'])}, {OPTIMIZER_STATE[optimizer]} "
               f"{mib(report.optimizer_state_bytes(optimizer))} (+ gradients {mib(d['weights_bytes_fp32'])} while training)")
     out.print(f"training FLOPs per token: {d['training_flops_per_token']:,} (6N + 12·n_layer·n_embd·block_size, N = parameters without position embeddings)")

@@ -30,9 +30,34 @@ def print_curve(records: list[dict], title: str | None = None) -> None:
         out.print(curve, markup=False, highlight=False, soft_wrap=True)
 
 
+def fit_line(parts: list[str], width: int) -> str:
+    """`parts` on one line two spaces apart, one space apart when that does not fit in `width`,
+    and else folded between two parts (never inside one: a number or a time stays whole)."""
+    for gap in ("  ", " "):
+        if len(line := gap.join(parts)) <= width:
+            return line
+    lines = [parts[0]]
+    for part in parts[1:]:
+        if len(lines[-1]) + 1 + len(part) <= width:
+            lines[-1] += " " + part
+        else:
+            lines.append("  " + part)
+    return "\n".join(lines)
+
+
+def live_columns(width: int) -> list:
+    """The live training line's columns for a terminal `width` wide: the bar and the learning
+    rate go first when it is narrow, so the time left is never cut."""
+    from rich.progress import BarColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    metrics = "loss {task.fields[loss]}  val {task.fields[val]}" + ("  lr {task.fields[lr]}" if width >= 100 else "")
+    return [TextColumn("iter {task.completed:>6.0f}/{task.total:.0f}"), *([BarColumn()] if width >= 120 else []),
+            TextColumn(metrics + "  {task.fields[tps]} tok/s"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+
+
 def make_reporter(interactive: bool):
     """A TrainingReporter that draws a live progress line on a terminal and plain lines otherwise."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import Progress
 
     from ..lifecycle import TrainingReporter
 
@@ -74,16 +99,7 @@ def make_reporter(interactive: bool):
                     "for a quick CPU run try: tinygpt train --preset cpu"
                 )
             if interactive:
-                self.progress = Progress(
-                    TextColumn("iter {task.completed:>6.0f}/{task.total:.0f}"),
-                    BarColumn(),
-                    TextColumn("loss {task.fields[loss]}  val {task.fields[val]}  lr {task.fields[lr]}  {task.fields[tps]} tok/s"),
-                    TimeElapsedColumn(),
-                    TextColumn("ETA"),
-                    TimeRemainingColumn(),
-                    console=out,
-                    transient=False,
-                )
+                self.progress = Progress(*live_columns(out.width), console=out, transient=False)
                 self.progress.start()
                 self.task = self.progress.add_task("train", total=self.max_iters, completed=info.start_iter,
                                                    loss="-", val="-", lr="-", tps="-")
@@ -93,14 +109,14 @@ def make_reporter(interactive: bool):
             if self.progress is not None:
                 self.progress.update(self.task, completed=record["iter"], **fields)
             elif record["iter"] % 100 == 0 or record["iter"] == self.max_iters:
-                out.print(f"iter {record['iter']:>6}  loss {fields['loss']}  lr {fields['lr']}  {fields['tps']} tok/s  "
-                          f"elapsed {format_duration(record['elapsed'])}")
+                out.print(fit_line([f"iter {record['iter']:>6}", f"loss {fields['loss']}", f"lr {fields['lr']}",
+                                    f"{fields['tps']} tok/s", f"elapsed {format_duration(record['elapsed'])}"], out.width))
 
         def on_eval(self, record: dict[str, Any]) -> None:
             star = " *" if record["improved"] else ""
-            line = (f"eval {record['iter']:>6}  train {record['train_loss']:.4f}  val {record['val_loss']:.4f} "
-                    f"({record['val_bits_per_byte']:.3f} bits/byte)  best {record['best_val_loss']:.4f}{star}  "
-                    f"elapsed {format_duration(record['elapsed'])}")
+            line = fit_line([f"eval {record['iter']:>6}", f"train {record['train_loss']:.4f}",
+                             f"val {record['val_loss']:.4f} ({record['val_bits_per_byte']:.3f} bits/byte)",
+                             f"best {record['best_val_loss']:.4f}{star}", f"elapsed {format_duration(record['elapsed'])}"], out.width)
             if self.progress is not None:
                 self.progress.update(self.task, val=f"{record['val_loss']:.4f}")
                 self.progress.console.print(line)

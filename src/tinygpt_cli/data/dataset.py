@@ -159,6 +159,12 @@ def _permission_denied(error: PermissionError) -> TinyGPTError:
                         Command("prepare", options={"data_dir": "FOLDER"}, before="ask its owner for read access, or prepare your own copy:"))
 
 
+def read_dataset_info(folder: Path) -> DatasetInfo | None:
+    """What a dataset folder's meta.json says, without checking its splits (intact_dataset
+    does); None when there is no readable one."""
+    return _read_meta(folder)
+
+
 def _read_meta(folder: Path) -> DatasetInfo | None:
     try:
         obj = read_json(folder / "meta.json")

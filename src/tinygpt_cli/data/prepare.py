@@ -40,7 +40,7 @@ PIECE_CHARS = 1 << 20  # text encoded at a time: about 30 MB of transient ids at
 BPE_SAMPLE_CHARS = 100 * 2**20  # a BPE learns its merges from this much text at most
 VAL_BLOCKS = 100  # blocks of the token stream per split share ("spread")
 VAL_SPLITS = ("spread", "end")
-PhaseProgress = Callable[[str, int, int], None]  # (phase, bytes done, bytes in all)
+PhaseProgress = Callable[[str, int, int], None]  # (phase: scan, merges or encode; bytes done, bytes in all; 0 of 0: not measured)
 
 
 @dataclass(frozen=True)
@@ -198,7 +198,11 @@ def write_dataset(corpus: Corpus, folder: Path, name: str, val_fraction: float, 
     found_val = scan(val_corpus, TokenizerChoice(), progress) if val_corpus is not None else None
     if found_val is not None and choice.kind == "char":
         found.codepoints |= found_val.codepoints  # the validation text's characters are tokens too
+    if choice.kind == "bpe":
+        progress("merges", 0, 0)  # a stage of its own, with no measure of how far it has come
     tokenizer = make_tokenizer(choice, found)
+    if choice.kind == "bpe":
+        progress("merges", 1, 1)
     dtype = np.dtype(token_dtype(tokenizer.size))
     lengths = byte_lengths(tokenizer)
     claim_folder(folder)

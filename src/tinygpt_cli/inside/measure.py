@@ -15,11 +15,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..checkpoint import Checkpoint
+from ..data.dataset import load_dataset
 from ..errors import Command, TinyGPTError, UsageError
 from ..evaluate import token_losses
 from ..model import GPT, eval_mode
 from ..sampling import next_token_probs
-from ..data.tokenizer import Tokenizer, byte_lengths
+from ..data.tokenizer import Tokenizer, byte_lengths, token_counts
 
 
 # surprise shows each token of a text: up to a megabyte of it (a page of that is already long).
@@ -113,3 +115,16 @@ def pca(matrix: np.ndarray, k: int = 2) -> tuple[np.ndarray, np.ndarray]:
 def cosine_similarity(matrix: np.ndarray) -> np.ndarray:
     unit = matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
     return unit @ unit.T
+
+
+def training_counts(ckpt: Checkpoint) -> np.ndarray | None:
+    """How often each token occurs in the training split of the run's dataset, when it is still
+    there and holds this tokenizer; None otherwise (a checkpoint from elsewhere)."""
+    folder = (ckpt.train_config or {}).get("data_dir")
+    try:
+        dataset = load_dataset(folder) if folder else None
+    except TinyGPTError:
+        return None
+    if dataset is None or dataset.tokenizer != ckpt.tokenizer:
+        return None
+    return token_counts(dataset.train, ckpt.tokenizer.size)

@@ -32,9 +32,15 @@ def attention_grid(weights: np.ndarray, labels: list[str], path: Path) -> None:
     save_png(fig, path)
 
 
-def embedding_map(coords: np.ndarray, explained: np.ndarray, labels: list[str], positions: np.ndarray | None, path: Path) -> None:
+MAP_LABELS = 150  # tokens labelled on the map at most: more make one black blot
+
+
+def embedding_map(coords: np.ndarray, explained: np.ndarray, labels: list[str], positions: np.ndarray | None, path: Path,
+                  counts: np.ndarray | None = None) -> None:
     """The tokens on the embeddings' two principal axes; beside it, with learned positions, the
-    cosine similarity of every pair of position embeddings."""
+    cosine similarity of every pair of position embeddings. With the training text's token
+    `counts`, the MAP_LABELS most frequent tokens are labelled, and the tokens the text never
+    holds are told apart: nothing trained them, so they sit near where they started."""
     require_matplotlib()
     from matplotlib.figure import Figure
 
@@ -43,12 +49,21 @@ def embedding_map(coords: np.ndarray, explained: np.ndarray, labels: list[str], 
     fig = Figure(figsize=(14 if positions is not None else 8, 7), layout="constrained")
     axes = fig.subplots(1, 2 if positions is not None else 1, squeeze=False)[0]
     ax = axes[0]
-    ax.scatter(coords[:, 0], coords[:, 1], s=6, color="C0", alpha=0.4)
-    for (x, y), label in zip(coords, labels):
-        ax.annotate(label, (x, y), fontsize=7, ha="center", va="center")
+    unseen = counts == 0 if counts is not None else np.zeros(len(labels), dtype=bool)
+    ax.scatter(coords[~unseen, 0], coords[~unseen, 1], s=6, color="C0", alpha=0.4, label="in the training text")
+    if unseen.any():
+        ax.scatter(coords[unseen, 0], coords[unseen, 1], s=6, color="0.6", alpha=0.4,
+                   label=f"never in the training text ({int(unseen.sum()):,} tokens: untrained, near their start)")
+        ax.legend(loc="best", fontsize=8)
+    order = np.argsort(-counts, kind="stable") if counts is not None else np.arange(len(labels))
+    shown = order[:MAP_LABELS]
+    for i in shown:
+        ax.annotate(labels[i], (coords[i, 0], coords[i, 1]), fontsize=7, ha="center", va="center")
     ax.set_xlabel(f"first principal axis ({explained[0]:.0%} of the variance)")
     ax.set_ylabel(f"second principal axis ({explained[1]:.0%})")
-    ax.set_title("token embeddings")
+    every = len(shown) == len(labels)
+    ax.set_title("token embeddings" + ("" if every else f": the {len(shown):,} {'most frequent' if counts is not None else 'first'} "
+                                        f"of {len(labels):,} labelled"))
     if positions is not None:
         image = axes[1].imshow(cosine_similarity(positions), cmap="RdBu_r", vmin=-1, vmax=1)
         axes[1].set_title("position embeddings: cosine similarity")
