@@ -136,9 +136,9 @@ def make_reporter(interactive: bool):
                 best = result["best_val_loss"]
                 reached = f" (reached --stop-at-val-loss {self.target:g})" if self.target is not None and best <= self.target else ""
                 out.print(f"done: {result['iteration']:,} iterations in {format_duration(result['elapsed'])}, "
-                          f"best val loss {best:.4f}{reached}  ->  {result['run']}/best.safetensors")
+                          f"best val loss {best:.4f}{reached}  ->  {result['run']}/best.safetensors", soft_wrap=True)
                 out.print(f"(val losses are estimates over {result['estimated_over_tokens']:,} tokens drawn from the split; "
-                          f"tinygpt eval --run {shlex.quote(str(result['run']))} scores all of it)", markup=False)
+                          f"tinygpt eval --run {shlex.quote(str(result['run']))} scores all of it)", markup=False, soft_wrap=True)
                 from ..rundir import RunDir
 
                 print_curve(RunDir(result["run"]).read_metrics())
