@@ -4,6 +4,7 @@ in every command. The commands and their options come from the app itself."""
 from __future__ import annotations
 
 import re
+import shlex
 from collections import defaultdict
 
 import pytest
@@ -84,7 +85,9 @@ def test_a_run_named_the_old_way_still_works_and_says_the_new_way(tinygpt, tiny_
     fill = lambda args, out: [str(run) if a == "RUN" else str(tmp_path / out) if a == "OUT" else a for a in args]  # noqa: E731
     code, stdout, err = tinygpt(*fill(old, "old"))
     assert code == 0, err
-    assert err.startswith("note: naming the run as an argument is deprecated: tinygpt ") and "--run" in err
+    assert err.startswith("note: naming the run as an argument is deprecated: tinygpt ")
+    suggested = shlex.split(err.splitlines()[0].split("deprecated: tinygpt ", 1)[1])
+    assert suggested == [w for a in fill(old, "old") for w in (["--run", a] if a == str(run) else [a])]  # the same command, runnable
     code, new_stdout, new_err = tinygpt(*fill(new, "new"))
     assert code == 0 and "deprecated" not in new_err
     twice = tinygpt(*fill(old, "twice"), "--run", str(run))

@@ -306,3 +306,27 @@ def test_a_float16_run_resumes_bit_for_bit_with_its_loss_scale(tiny_dataset, tmp
     resume(forgetful, {"max_iters": 40})  # a fresh scaler from there on: the weights come out otherwise
     with pytest.raises(AssertionError, match="tensors differ"):
         assert_same_tensors(whole / "last.safetensors", forgetful / "last.safetensors")
+
+
+def test_a_checkpoint_of_format_3_with_pythons_and_numpys_states_still_resumes_bit_for_bit(tiny_dataset, tmp_path):
+    """Format 3 held Python's and numpy's global generators too: they are checked, then left
+    alone (tinygpt draws from neither), and the resume ends where an uninterrupted run does."""
+    import random
+
+    import numpy as np
+
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    train_new(tiny_config(tiny_dataset, max_iters=40, dropout=0.1, lr_decay="constant"), whole)
+    train_new(tiny_config(tiny_dataset, max_iters=20, dropout=0.1, lr_decay="constant"), part)
+    state = np.random.get_state()
+
+    def as_format_3(meta):
+        meta["format_version"] = "3"
+        meta["rng_python"] = json.dumps(random.getstate())
+        meta["rng_numpy"] = json.dumps([state[0], state[1].tolist(), *state[2:]])
+
+    rewrite_checkpoint(part / "last.safetensors", change_meta=as_format_3)
+    python_before = random.getstate()
+    resume(part, {"max_iters": 40})
+    assert random.getstate() == python_before  # not set from the checkpoint
+    assert_same_tensors(whole / "last.safetensors", part / "last.safetensors")

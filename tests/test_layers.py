@@ -67,8 +67,18 @@ def test_a_module_imports_only_from_its_layer_or_below(name):
     assert not upward, f"{name} (layer {layer_of(name)}) imports from a layer above it: {upward}"
 
 
-def test_every_module_has_a_layer():
-    assert all(layer_of(n) >= 0 for n in MODULES if n != "tinygpt_cli")
+def test_the_layers_name_every_part_of_the_package_and_nothing_else():
+    parts = {name.split(".")[1] for name in MODULES if name != "tinygpt_cli"}
+    assert parts == set().union(*LAYERS)
+
+
+@pytest.mark.parametrize("name", [n for n in MODULES if n != "tinygpt_cli"])
+def test_nothing_but_the_version_comes_from_the_package_root(name):
+    """`from tinygpt_cli import X` reaches any layer through the root's lazy exports: the layer
+    check above would not see it."""
+    parts = {n.split(".")[1] for n in MODULES if n != "tinygpt_cli"}
+    from_root = {m for m in imports_of(MODULES[name]) if m.startswith("tinygpt_cli.") and m.split(".")[1] not in parts}
+    assert from_root <= {"tinygpt_cli.__version__"}
 
 
 @pytest.mark.parametrize("name", CORE)
@@ -160,8 +170,8 @@ AUDITED_FILE_CALLS = {
     ("tinygpt_cli.lifecycle", "_log", "open"): "metrics.jsonl, appended to under the run's lock",
     ("tinygpt_cli.data.dataset", "download", "urlopen"): "a download, read up to MAX_DOWNLOAD_BYTES",
     ("tinygpt_cli.data.dataset", "owned_folder", "open"): "the folder's owner mark, made by os.open with O_CREAT",
-    ("tinygpt_cli.data.dataset", "_read_split", "memmap"): "a split whose SHA-256 intact_dataset has just checked",
-    ("tinygpt_cli.data.dataset", "_read_split", "fromfile"): "a split whose SHA-256 intact_dataset has just checked",
+    ("tinygpt_cli.data.dataset", "read_split", "memmap"): "a split file, a regular one (checked), whose digest load_dataset checks first",
+    ("tinygpt_cli.data.dataset", "read_split", "fromfile"): "a split file, a regular one (checked), whose digest load_dataset checks first",
     ("tinygpt_cli.data.prepare", "__init__", "open"): "SplitWriter's temporary split files, written",
     ("tinygpt_cli.data.prepare", "_move_tail", "memmap"): "the temporary train split prepare has just written",
     ("tinygpt_cli.data.prepare", "_move_tail", "open"): "the temporary split files prepare writes",

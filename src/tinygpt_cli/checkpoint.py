@@ -42,7 +42,7 @@ from .data.tokenizer import Tokenizer, tokenizer_from_dict
 CHECKPOINT_FORMAT = "tinygpt-checkpoint"
 # 2: `metadata_digest` covers every metadata value too. Format 1 files still load, with a note.
 # 3: `vocab` may hold a BPE tokenizer; format 2 files (always characters) read as they are.
-CHECKPOINT_VERSION = 3
+CHECKPOINT_VERSION = 4  # 4: the training's own RNG states, without Python's and numpy's
 MAX_HEADER_BYTES = 100 * 2**20
 TIED_WEIGHT = "lm_head.weight"  # same tensor as tok_emb.weight: stored once
 # Bytes per element of the safetensors dtypes, to check the header's table before reading data.
@@ -72,6 +72,7 @@ class SavedProgress(_Strict):
     val_bytes_per_token: float | None = Field(None, gt=0)  # val loss / ln 2 / this = bits per byte
     data_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")  # DatasetInfo.digest of the data trained on
     loss_scale: LossScale | None = None  # float16 training only
+    eval_tokens: int | None = Field(None, ge=0)  # tokens each val loss estimate is taken over (all ranks together)
 
 
 class CheckpointMeta(BaseModel):
@@ -128,6 +129,12 @@ class Checkpoint:
     progress: dict[str, Any] = field(default_factory=dict)  # elapsed seconds, last evaluated step, precision
     # False for format 1 files (older tinygpt): their digest covers the tensors, not the metadata.
     metadata_covered: bool = True
+
+    @property
+    def data_dir(self) -> Path | None:
+        """The dataset folder the checkpoint trained on, as its settings record it."""
+        folder = (self.train_config or {}).get("data_dir")
+        return Path(folder) if folder else None
 
 
 def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:

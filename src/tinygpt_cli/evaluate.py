@@ -134,7 +134,7 @@ def eval_dataset(ckpt: Checkpoint, path: Path, data_dir: str | Path | None = Non
     """The dataset `tinygpt eval` scores the checkpoint `ckpt` (read from `path`) on: `data_dir`,
     else the one it trained on. Refused when its tokenizer is not the checkpoint's (the scores
     would be meaningless) or when its validation split is empty."""
-    folder = Path(data_dir) if data_dir is not None else Path((ckpt.train_config or {}).get("data_dir", "data/shakespeare"))
+    folder = Path(data_dir) if data_dir is not None else ckpt.data_dir or Path("data/shakespeare")
     dataset = load_dataset(folder)
     if dataset.tokenizer != ckpt.tokenizer:
         raise TinyGPTError(f"the vocabulary of {folder} differs from the one {path} was trained on: scores would be meaningless",

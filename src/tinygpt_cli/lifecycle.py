@@ -254,7 +254,9 @@ class TrainingRun:
     def _fit(self) -> TrainResult:
         self.reporter.on_start(self.start_info())
         self._write_running()
-        with StopSignals(lambda signum: self.reporter.on_stop_requested(signum, self.trainer.evaluating)) as self.signals:
+        # Under torchrun an evaluation runs to its end on every rank (they finish it together).
+        cut_short = lambda: self.trainer.evaluating and not self.trainer.dist.enabled  # noqa: E731
+        with StopSignals(lambda signum: self.reporter.on_stop_requested(signum, cut_short())) as self.signals:
             try:
                 finished = self.trainer.fit(self)
             except NonFiniteLoss as e:
@@ -275,7 +277,7 @@ class TrainingRun:
 
     def _finish(self, status: str) -> TrainResult:
         t = self.trainer
-        result = TrainResult(self.run.path, t.step, t.best_val, t.last_val, t.elapsed(), t.config.train.eval_iters * t.tokens_per_iter())
+        result = TrainResult(self.run.path, t.step, t.best_val, t.last_val, t.elapsed(), t.eval_tokens())
         if self.is_main:
             self._write_status(status, iteration=t.step, max_iters=t.config.train.max_iters,
                                best_val_loss=t.best_val, elapsed=result.elapsed)

@@ -165,12 +165,6 @@ def generate(model: GPT, prompt: list[int], max_new_tokens: int, *, temperature:
     """Yield `max_new_tokens` token ids continuing `prompt` (a non-empty list of ids)."""
     if not prompt:
         raise ValueError("generate needs at least one prompt token")
-    with eval_mode(model):
-        yield from _generate(model, prompt, max_new_tokens, temperature, top_k, top_p, seed, kv_cache)
-
-
-def _generate(model: GPT, prompt: list[int], max_new_tokens: int, temperature: float, top_k: int | None,
-              top_p: float | None, seed: int | None, kv_cache: bool) -> Iterator[int]:
     device = next(model.parameters()).device
     block = model.config.block_size
     # Its own generator: torch's global one (a training's dropout, say) is neither read nor moved.
@@ -185,14 +179,15 @@ def _generate(model: GPT, prompt: list[int], max_new_tokens: int, temperature: f
     cached_from = None  # window start the cache was filled from
     for _ in range(max_new_tokens):
         start = window_start(context.size(1), start, block)
-        if cache is None:
-            logits, _ = model(context[:, start:])
-        elif cached_from != start:
-            cache.reset()
-            logits, _ = model(context[:, start:], cache=cache)  # prefill the whole window at once
-            cached_from = start
-        else:
-            logits, _ = model(context[:, -1:], cache=cache)  # only the newest position
+        with eval_mode(model):  # each forward: between two tokens the caller may train the model
+            if cache is None:
+                logits, _ = model(context[:, start:])
+            elif cached_from != start:
+                cache.reset()
+                logits, _ = model(context[:, start:], cache=cache)  # prefill the whole window at once
+                cached_from = start
+            else:
+                logits, _ = model(context[:, -1:], cache=cache)  # only the newest position
         if not torch.isfinite(logits).all():
             raise NonFiniteLogits(context.size(1), reduced_precision)
         token = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)  # (1,)

@@ -131,7 +131,7 @@ class Trainer:
             rng=self.rng.capture() if full else None,
             progress={"elapsed": self.elapsed(), "evaluated_at": self.evaluated_at, "dtype": self.dtype_name,
                       "val_bytes_per_token": self.val_bytes_per_token, "data_sha256": self.dataset.info.digest,
-                      "loss_scale": self._loss_scale()},
+                      "loss_scale": self._loss_scale(), "eval_tokens": self.eval_tokens()},
         )
 
     def load_state(self, ckpt: Checkpoint, source: Path) -> None:
@@ -269,6 +269,10 @@ class Trainer:
         scaler then skips that step), as JSON has no inf."""
         norm = self.grad_norm.item()
         return norm if math.isfinite(norm) else None
+
+    def eval_tokens(self) -> int:
+        """The tokens each loss estimate of `evaluate` is taken over: eval_iters global batches."""
+        return self.config.train.eval_iters * self.tokens_per_iter()
 
     def tokens_per_iter(self) -> int:
         cfg = self.config.train

@@ -22,12 +22,32 @@ def run_named(option: Path | None, positional: Path | None, command: str) -> Pat
     """The run a command acts on: --run, or a run named as an argument, the way earlier versions
     of resume, export and plot took it (still taken, with a note that says the new way)."""
     from ..errors import UsageError
-    from .console import err
 
     if positional is None:
         return option
     if option is not None:
         raise UsageError(f"the run is named twice: {positional} and --run {option}", f"tinygpt {command} --run RUN")
-    err.print(f"[yellow]note:[/] naming the run as an argument is deprecated: tinygpt {command} --run {positional}",
-              soft_wrap=True, markup=True, highlight=False)
+    say_deprecated([positional])
     return positional
+
+
+def say_deprecated(runs: list[Path]) -> None:
+    """The note for runs named as arguments: the same command line, written the new way (a
+    checkpoint file with --checkpoint), once under torchrun."""
+    import os
+    import shlex
+    import sys
+
+    from .console import err
+
+    if os.environ.get("RANK", "0") != "0":
+        return
+    given = {str(r) for r in runs}
+    words = []
+    for arg in sys.argv[1:]:
+        if arg in given:
+            words += ["--checkpoint" if Path(arg).is_file() else "--run", arg]
+            given.discard(arg)
+        else:
+            words.append(arg)
+    err.print(f"note: naming the run as an argument is deprecated: tinygpt {shlex.join(words)}", markup=False, soft_wrap=True)

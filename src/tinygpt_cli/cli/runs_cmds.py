@@ -14,7 +14,7 @@ import typer
 
 from .config_flags import CONFIG_OPTION, PRESET_OPTION
 from .console import err, format_duration, out, print_json, render_hint
-from .options import JSON, run_named
+from .options import JSON, say_deprecated
 from .reporting import make_reporter, print_curve
 
 STATUS_STYLE = {"finished": "green", "stopped": "yellow", "running": "cyan", "failed": "red", "aborted": "red", "crashed": "red",
@@ -105,6 +105,7 @@ def plot(
     run: list[Path] = typer.Option(None, "--run", help="A run folder to plot (runs/NAME, or just NAME; default: the most recent run); repeat it to overlay runs; a sweep folder adds all its runs."),
     positional: list[Path] = typer.Argument(None, hidden=True, help="Runs, as earlier versions took them (deprecated: --run)."),
     out_path: Path = typer.Option(None, "--png", help="PNG file to write (default: RUN/loss.png for one run, loss.png here for several)."),
+    old_out: Path = typer.Option(None, "--out", hidden=True, help="The PNG, as earlier versions named it (deprecated: --png)."),
     x: str = typer.Option("iter", "--x", help="Horizontal axis: iter (iterations) or time (wall-clock)."),
     terminal: bool = typer.Option(False, "--terminal", help="Draw the curves in the terminal instead (no matplotlib needed)."),
     title: str = typer.Option(None, "--title", help="Title of the plot."),
@@ -119,12 +120,15 @@ def plot(
     from ..runs.plots import check_x_axis, in_bits_per_byte, plot_runs, require_matplotlib, save_png
     from ..runs.table import summarize_runs
 
+    if old_out is not None:
+        err.print(f"note: --out is deprecated for plot: --png {old_out}", markup=False)
+        out_path = out_path or old_out
     check_x_axis(x)  # before reading any run
     if not terminal:
         require_matplotlib()
     if positional:
-        named = run_named(None, positional[0], "plot")  # the note, once
-        runs = [named, *positional[1:], *(run or [])]
+        say_deprecated(positional)
+        runs = [*positional, *(run or [])]
     else:
         runs = run or [resolve_run()]
     summaries, fields = summarize_runs(_run_paths(runs))

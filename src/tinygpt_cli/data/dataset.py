@@ -16,6 +16,7 @@ import hashlib
 import http.client
 import os
 import re
+import stat
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -276,13 +277,17 @@ def load_dataset(folder: str | Path) -> Dataset:
             Command("prepare", ("...",), before="rebuild it with the command that made it:"),
         )
     tokenizer = load_tokenizer(folder, info.tokenizer)
-    train, val = (_read_split(folder / f"{split}.bin", info.token_dtype) for split in ("train", "val"))
+    train, val = (read_split(folder / f"{split}.bin", info.token_dtype) for split in ("train", "val"))
     return Dataset(info=info, tokenizer=tokenizer, train=train, val=val)
 
 
-def _read_split(path: Path, dtype: str) -> np.ndarray:
-    """A split's ids: in memory, or past IN_MEMORY_BYTES mapped from the file (np.memmap), so
-    that a corpus larger than the machine's memory trains as well."""
-    if path.stat().st_size > IN_MEMORY_BYTES:
+def read_split(path: Path, dtype: str) -> np.ndarray:
+    """A split's ids, from its file as it is (load_dataset checks its digest first): in memory,
+    or past IN_MEMORY_BYTES mapped from the file (np.memmap), so that a corpus larger than the
+    machine's memory trains as well. Anything but a regular file (a FIFO) is refused unread."""
+    info = path.stat()
+    if not stat.S_ISREG(info.st_mode):
+        raise TinyGPTError(f"{path} is not a regular file")
+    if info.st_size > IN_MEMORY_BYTES:
         return np.memmap(path, dtype=dtype, mode="r")
     return np.fromfile(path, dtype=dtype)

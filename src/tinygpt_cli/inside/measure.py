@@ -16,12 +16,12 @@ import numpy as np
 import torch
 
 from ..checkpoint import Checkpoint
-from ..data.dataset import load_dataset
+from ..data.dataset import read_dataset_info, read_split
 from ..errors import Command, TinyGPTError, UsageError
 from ..evaluate import token_losses
 from ..model import GPT, eval_mode
 from ..sampling import next_token_probs
-from ..data.tokenizer import Tokenizer, byte_lengths, token_counts
+from ..data.tokenizer import Tokenizer, byte_lengths, load_tokenizer, token_counts
 
 
 # surprise shows each token of a text: up to a megabyte of it (a page of that is already long).
@@ -119,12 +119,15 @@ def cosine_similarity(matrix: np.ndarray) -> np.ndarray:
 
 def training_counts(ckpt: Checkpoint) -> np.ndarray | None:
     """How often each token occurs in the training split of the run's dataset, when it is still
-    there and holds this tokenizer; None otherwise (a checkpoint from elsewhere)."""
-    folder = (ckpt.train_config or {}).get("data_dir")
+    there with this tokenizer; None otherwise (a checkpoint from elsewhere). The split is read as
+    it is, without the digests that a training checks: counts for a picture, at any corpus size."""
+    folder = ckpt.data_dir
+    info = read_dataset_info(folder) if folder is not None else None
+    if info is None:
+        return None
     try:
-        dataset = load_dataset(folder) if folder else None
-    except TinyGPTError:
+        if load_tokenizer(folder, info.tokenizer) != ckpt.tokenizer:
+            return None
+        return token_counts(read_split(folder / "train.bin", info.token_dtype), ckpt.tokenizer.size)
+    except (TinyGPTError, OSError, ValueError):  # a folder changed or damaged since: no counts
         return None
-    if dataset is None or dataset.tokenizer != ckpt.tokenizer:
-        return None
-    return token_counts(dataset.train, ckpt.tokenizer.size)

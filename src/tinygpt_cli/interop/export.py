@@ -43,7 +43,7 @@ def model_card(ckpt: Checkpoint, checkpoint_path: Path, folder: Path, train_comm
     tokenizer = f"{'characters' if ckpt.tokenizer.kind == 'char' else 'byte-level BPE'}, {ckpt.tokenizer.size:,} tokens"
     per_token = ckpt.progress.get("val_bytes_per_token")
     bpb = bits_per_byte(ckpt.val_loss, per_token) if ckpt.val_loss is not None and per_token else None
-    sampled = t.get("eval_iters", 0) * t.get("batch_size", 0) * t.get("grad_accum", 1) * m.block_size
+    sampled = ckpt.progress.get("eval_tokens")
     quality = "not evaluated" if ckpt.val_loss is None else f"val loss {ckpt.val_loss:.4f}" + (
         f", {bpb:.4f} bits per byte" if bpb is not None else "") + (
         f" (estimated during training over {sampled:,} tokens drawn from the validation split; "

@@ -22,38 +22,49 @@ import torch
 
 class TrainingRNG:
     def __init__(self, seed: int, device: torch.device):
-        self.devices = [device] if device.type == "cuda" else []  # fork_rng saves and restores these
+        self.device = device
         self.data = torch.Generator().manual_seed(seed)  # the order of the batches
-        with torch.random.fork_rng(devices=self.devices):
-            torch.manual_seed(seed)
-            self._own = self._default_states()
+        # The states torch.manual_seed(seed) would give, from generators of our own: seeding
+        # torch's would reach every device of the process (and queue a seed for CUDA's).
+        accelerator = [torch.Generator(device).manual_seed(seed).get_state()] if device.type == "cuda" else []
+        self._own = {"torch": torch.Generator().manual_seed(seed).get_state(), "device": accelerator}
 
-    def _default_states(self) -> dict[str, Any]:
-        return {"torch": torch.get_rng_state(), "cuda": [torch.cuda.get_rng_state(d) for d in self.devices]}
+    def _fork(self):
+        """torch's default generators of the CPU and of this GPU, put back as they were on exit.
+        (On Apple's MPS the device's own generator is not kept apart: tinygpt cannot test it.)"""
+        return torch.random.fork_rng(devices=[self.device.index or 0] if self.device.type == "cuda" else [])
+
+    def _device_state(self) -> list[torch.Tensor]:
+        return [torch.cuda.get_rng_state(self.device)] if self.device.type == "cuda" else []
+
+    def _set_device_state(self, states: list[torch.Tensor]) -> None:
+        for state in states:
+            torch.cuda.set_rng_state(state, self.device)
 
     @contextmanager
     def drawing(self) -> Iterator[None]:
         """torch's default generators hold the training's state inside, the caller's again after."""
-        with torch.random.fork_rng(devices=self.devices):
+        with self._fork():
             torch.set_rng_state(self._own["torch"])
-            for device, state in zip(self.devices, self._own["cuda"]):
-                torch.cuda.set_rng_state(state, device)
+            self._set_device_state(self._own["device"])
             try:
                 yield
             finally:
-                self._own = self._default_states()
+                self._own = {"torch": torch.get_rng_state(), "device": self._device_state()}
 
     def capture(self) -> dict[str, Any]:
-        """The states, as a checkpoint stores them (uint8 tensors)."""
-        return {"torch": self._own["torch"].clone(), "data": self.data.get_state(), "cuda": list(self._own["cuda"])}
+        """The states, as a checkpoint stores them (uint8 tensors); "cuda": the GPU's, a CUDA run's only."""
+        return {"torch": self._own["torch"].clone(), "data": self.data.get_state(),
+                "cuda": list(self._own["device"]) if self.device.type == "cuda" else []}
 
     def restore(self, rng: dict[str, Any]) -> None:
-        """Take the states of `rng` (from capture, checked by rng_problems). On a GPU, the state
-        saved for this device's index, or the last one saved (a machine with fewer GPUs)."""
+        """Take the states of `rng` (from capture, checked by rng_problems). On a GPU, the first
+        state saved: this training's own (checkpoints before format 4 held every visible GPU's,
+        of which each rank had moved only its own: the first, where rank 0 saves)."""
         self.data.set_state(rng["data"])
         saved = rng.get("cuda") or []
-        cuda = [saved[min(d.index or 0, len(saved) - 1)] for d in self.devices] if saved else self._own["cuda"]
-        self._own = {"torch": rng["torch"].clone(), "cuda": cuda}
+        device = [saved[0]] if saved and self.device.type == "cuda" else self._own["device"]
+        self._own = {"torch": rng["torch"].clone(), "device": device}
 
 
 def _generator_state_problem(state: torch.Tensor) -> str | None:

@@ -108,22 +108,19 @@ class ThreadPolicy:
 
         self._torch = torch
         self.fixed = user_threads()
-        self.max_threads = max(1, usable_cores() // processes)  # processes of one run share the cores
-        self.small = small
         self.others_seen = 0.0  # cores other processes used, at the last look
         self._load = OtherLoad()
-        self._judged = False  # the first look, before the first step, always decides
-        self._next_look = time.monotonic()
+        self.small, self.max_threads = small, max(1, usable_cores() // processes)
         if self.adapts:
-            time.sleep(0.05)  # a first look at the load before the first step
-        self.adjust()
+            time.sleep(0.05)  # a first look at the load, before any work
+        self.fit(small, processes)
 
     def fit(self, small: bool, processes: int = 1) -> None:
         """Fit the policy to a piece of work: too small to split, or one of `processes` that
-        share the cores (torchrun's ranks)."""
+        share the cores (torchrun's ranks, the processes of one run); the next look decides."""
         self.small = small
         self.max_threads = max(1, usable_cores() // processes)
-        self._judged = False
+        self._judged = False  # the first look after this always decides
         self._next_look = time.monotonic()
         self.adjust()
 
