@@ -175,3 +175,27 @@ def test_every_test_the_guarantees_name_exists():
     missing = [f"{m}.py::{t}" for m, t in named
                if not re.search(rf"^def {t}", (REPO / "tests" / f"{m}.py").read_text(encoding="utf-8"), re.M)]
     assert missing == []
+
+
+def tutorial_block(command: str) -> str:
+    """The output the tutorial shows under `$ COMMAND`."""
+    text = TUTORIAL.read_text(encoding="utf-8")
+    return text.split(f"$ {command}\n", 1)[1].split("```", 1)[0]
+
+
+NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?%?")
+
+
+@pytest.mark.parametrize("command", ["tinygpt params --preset cpu", "tinygpt prepare shakespeare --source path/to/input.txt",
+                                     "tinygpt vocab --limit 8"])
+def test_the_lessons_that_need_no_training_print_what_the_tutorial_shows(command, run_cli, tmp_path, shakespeare_path):
+    """Their numbers depend on no CPU, precision or load (the tutorial says what does): each one
+    the tutorial prints comes out of the command as it runs today."""
+    if "vocab" in command:
+        assert run_cli("prepare", "shakespeare", "--source", shakespeare_path).returncode == 0
+    args = shlex.split(command.replace("path/to/input.txt", str(shakespeare_path)))[1:]
+    proc = run_cli(*args, env={"COLUMNS": "120"})
+    assert proc.returncode == 0, proc.stderr
+    shown = NUMBER.findall(tutorial_block(command))
+    assert len(shown) > 5
+    assert [n for n in shown if n not in NUMBER.findall(proc.stdout)] == []
