@@ -22,7 +22,7 @@ import tinygpt_cli.data.corpus as corpus_module
 import tinygpt_cli.data.prepare as prepare_module
 from tinygpt_cli.checkpoint import load_checkpoint
 from tinygpt_cli.errors import TinyGPTError
-from tinygpt_cli.interop.export import CARD_HEADER
+from tinygpt_cli.interop.card import CARD_HEADER
 from tinygpt_cli.lifecycle import resume, train_new
 from tinygpt_cli.data.prepare import prepare_text
 from tinygpt_cli.rundir import RunDir

@@ -149,6 +149,13 @@ def test_runs_json_and_dir(run_cli, runs_root, tmp_path):
     assert bad.returncode == 2 and bad.stderr.startswith("Error: cannot sort by 'nope'")
 
 
+def test_the_runs_table_imports_no_torch():
+    """`tinygpt runs` reads JSON files: it starts as fast as --help (it tells exports apart too)."""
+    code = "import sys, tinygpt_cli.runs.table\nprint('LOADED', 'torch' in sys.modules)\n"
+    proc = subprocess.run([sys.executable, "-c", code], env=cli_env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "LOADED False" in proc.stdout, proc.stderr
+
+
 def test_help_imports_neither_torch_nor_matplotlib(tmp_path):
     code = (
         "import runpy, sys\n"
@@ -240,7 +247,7 @@ def test_where_metrics_go_is_no_hyperparameter(tmp_path):
 
 
 def test_an_export_in_the_runs_folder_is_no_broken_run(runs_root, tmp_path):
-    from tinygpt_cli.interop.export import CARD_HEADER
+    from tinygpt_cli.interop.card import CARD_HEADER
 
     export = runs_root / "cpu-hf"
     export.mkdir()

@@ -19,14 +19,11 @@ from safetensors.torch import save_file
 from ..checkpoint import Checkpoint
 from ..errors import TinyGPTError, UsageError
 from ..evaluate import bits_per_byte
-from ..system.fsutil import entries_except, read_limited, short_list
+from ..system.fsutil import entries_except, short_list
+from .card import CARD_FILE, CARD_HEADER, is_tinygpt_export
 from .hf import ARCHITECTURES, CLASS_NAMES, WEIGHTS_FILE, hf_config, hf_tensors, tokenizer_files
 
 EXPORT_FILES = ("config.json", WEIGHTS_FILE, "tokenizer.json", "tokenizer_config.json", "README.md")
-CARD_FILE = "README.md"
-# The model card's first lines: what proves a folder is an earlier export of tinygpt's (a folder
-# that merely holds files of an export's names may be the user's own).
-CARD_HEADER = "---\nlibrary_name: transformers\npipeline_tag: text-generation\ntags: [tinygpt]\n---\n\n# A tinygpt model\n"
 
 
 @dataclass
@@ -63,17 +60,6 @@ def model_card(ckpt: Checkpoint, checkpoint_path: Path, folder: Path, train_comm
         f'print(generate("ROMEO:", max_new_tokens={max(1, m.block_size // 2)}, do_sample=True)[0]["generated_text"])', "```", "",
         "## How it was trained", "", "```", train_command, "```", "", "Every setting:", "", "```json", settings, "```", "",
     ])
-
-
-def is_tinygpt_export(folder: Path) -> bool:
-    """Whether `folder` holds our model card (a file, not a link to one): an export that tinygpt wrote."""
-    card = folder / CARD_FILE
-    if card.is_symlink() or not card.is_file():
-        return False
-    try:
-        return read_limited(card, 1 << 20).startswith(CARD_HEADER.encode())
-    except (OSError, ValueError):  # unreadable, or far larger than a card of ours
-        return False
 
 
 def _foreign_contents(folder: Path, named: Path) -> UsageError | None:

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from ..config import ALL_FIELDS, ModelConfig, RunConfig, first_problem
 from ..errors import TinyGPTError, UsageError
-from ..interop.export import is_tinygpt_export
+from ..interop.card import is_tinygpt_export
 from ..system.fsutil import read_json
 from ..params import param_report
 from ..rundir import RunDir, finite_number
