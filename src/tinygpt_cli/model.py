@@ -290,9 +290,11 @@ class GPT(nn.Module):
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """`model` in eval mode (no dropout) inside, and back in the mode it was in after: sampling
     or looking inside a model in the middle of its training leaves it training."""
-    was_training = model.training
+    if not model.training:  # the usual case, once per sampled token: nothing to switch
+        yield model
+        return
     model.eval()
     try:
         yield model
     finally:
-        model.train(was_training)
+        model.train()

@@ -177,9 +177,10 @@ class RunDir:
         refused."""
         try:
             with open_for_reading(self.metrics_path) as f:
-                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                info = os.fstat(f.fileno())
+                if not stat.S_ISREG(info.st_mode):
                     return []
-                if os.fstat(f.fileno()).st_size > MAX_METRICS_BYTES:
+                if info.st_size > MAX_METRICS_BYTES:
                     raise TinyGPTError(f"{self.metrics_path} is over the {MAX_METRICS_BYTES:,}-byte limit for a run's metrics")
                 return [r for r in map(_metric_record, f) if r is not None]
         except FileNotFoundError:

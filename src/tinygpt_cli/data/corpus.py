@@ -71,7 +71,7 @@ def collect_sources(inputs: list[str], glob: str = "*", spool_dir: Path | None =
             raise UsageError(f"no such file or folder: {path}") from e
         except OSError as e:
             raise TinyGPTError(f"cannot read {path}: {e.strerror or e}") from e
-        if output is not None and _is_within(path, output):
+        if output is not None and _within(os.path.realpath(path), os.path.realpath(output)):
             raise UsageError(f"{path} is in the dataset folder being written ({output}): its outputs are never read as text",
                              "pass your text files, or another --data-dir")
         if stat.S_ISDIR(mode):
@@ -116,8 +116,8 @@ def glob_matches(parts: list[str], relative: tuple[str, ...]) -> bool:
     return any(match(0, start) for start in range(len(relative)))
 
 
-def _is_within(path: Path, folder: Path) -> bool:
-    real, root = os.path.realpath(path), os.path.realpath(folder)
+def _within(real: str, root: str) -> bool:
+    """Whether the resolved path `real` is the resolved folder `root` or inside it."""
     return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
 
 
@@ -127,7 +127,9 @@ class FolderWalk:
     link to a folder inside is not walked twice) and otherwise only with `follow_symlinks`."""
 
     def __init__(self, folder: Path, glob: list[str], output: Path | None, follow_symlinks: bool):
-        self.folder, self.glob, self.output, self.follow = folder, glob, output, follow_symlinks
+        self.folder, self.glob, self.follow = folder, glob, follow_symlinks
+        self.root = os.path.realpath(folder)  # resolved once: every entry is compared with them
+        self.output = os.path.realpath(output) if output is not None else None
         self.binary = self.links_out = 0
 
     def sources(self) -> list[Source]:
@@ -148,7 +150,7 @@ class FolderWalk:
         return f" ({'; '.join(notes)})" if notes else ""
 
     def _files(self) -> Iterator[Path]:
-        seen = {os.path.realpath(self.folder)}  # folders walked, against link loops
+        seen = {self.root}  # folders walked, against link loops
         pending = [self.folder]
         while pending:
             current = pending.pop()
@@ -157,22 +159,23 @@ class FolderWalk:
             except OSError as e:
                 raise TinyGPTError(f"cannot read folder {current}: {e.strerror or e}") from e
             for entry in entries:
-                path = Path(entry.path)
-                if entry.name.startswith(".") or (self.output is not None and _is_within(path, self.output)):
+                if entry.name.startswith("."):
                     continue
-                if entry.is_symlink() and not self._take_link(path):
+                path, real = Path(entry.path), os.path.realpath(entry.path)
+                if self.output is not None and _within(real, self.output):
+                    continue
+                if entry.is_symlink() and not self._take_link(real):
                     continue
                 if entry.is_dir():
-                    real = os.path.realpath(path)
-                    if entry.is_symlink() and _is_within(path, self.folder) or real in seen:
+                    if entry.is_symlink() and _within(real, self.root) or real in seen:
                         continue  # its files are read where they are
                     seen.add(real)
                     pending.append(path)
                 elif entry.is_file() and glob_matches(self.glob, path.relative_to(self.folder).parts):
                     yield path
 
-    def _take_link(self, path: Path) -> bool:
-        if _is_within(path, self.folder) or self.follow:
+    def _take_link(self, real: str) -> bool:
+        if _within(real, self.root) or self.follow:
             return True
         self.links_out += 1
         return False
