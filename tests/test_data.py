@@ -293,3 +293,16 @@ def test_download_connection_refused(closed_port_url, no_proxy):
 def test_download_rejects_other_schemes(url):
     with pytest.raises(UsageError, match="unsupported URL scheme"):
         download(url)
+
+
+def test_a_spread_split_has_blocks_many_contexts_long_for_any_character_tokenizer(tmp_path):
+    """A window across a block boundary predicts from unrelated text: blocks of a twentieth of the
+    validation share, also when the character vocabulary is given (it was sized as a BPE's, a
+    third as long, and a 100,000-character corpus had blocks as short as one context of 64)."""
+    from tinygpt_cli.data.prepare import VAL_BLOCKS, TokenizerChoice
+
+    source = tmp_path / "text.txt"
+    source.write_text(make_text(200_000), encoding="utf-8")
+    own = prepare_text(source, tmp_path / "own", "own", 0.1).info
+    given = prepare_text(source, tmp_path / "given", "given", 0.1, TokenizerChoice("given", given=Vocabulary.load(own.path / "vocab.json"))).info
+    assert own.block_tokens == given.block_tokens == int(own.text_chars * 0.1 / VAL_BLOCKS) >= 8 * 64

@@ -199,3 +199,56 @@ def test_the_lessons_that_need_no_training_print_what_the_tutorial_shows(command
     shown = NUMBER.findall(tutorial_block(command))
     assert len(shown) > 5
     assert [n for n in shown if n not in NUMBER.findall(proc.stdout)] == []
+
+
+# How far a trained lesson's figures may come out from the tutorial's (it states them): the
+# run there took one CPU's path (bfloat16, its thread count), another takes another.
+LOSS_TOLERANCE = 0.1  # nats
+PROBABILITY_TOLERANCE = 10.0  # percentage points
+
+
+def loss_after(label: str, text: str) -> float:
+    return float(re.search(rf"{label} (\d+\.\d+)", text).group(1))
+
+
+def top_prediction(text: str) -> tuple[str, float]:
+    """The first row of `predict`'s table: the most likely token and the model's probability."""
+    row = next(line for line in text.splitlines() if line.startswith("│ "))
+    cells = [c.strip() for c in row.strip("│").split("│")]
+    return cells[0], float(cells[1].rstrip("%"))
+
+
+def test_the_trained_lessons_come_out_as_the_tutorial_says_within_its_tolerance(run_cli, tmp_path, shakespeare_path):
+    """Lessons 7 and 8 on a run trained here: the counts exactly, the losses within
+    LOSS_TOLERANCE, the next token's probability within PROBABILITY_TOLERANCE, the sample
+    as long as the one shown (its text differs from machine to machine, as the tutorial says)."""
+    assert run_cli("prepare", "shakespeare", "--source", shakespeare_path).returncode == 0
+    width = {"COLUMNS": "100"}
+    train = run_cli(*shlex.split("train --preset cpu --out runs/cpu"), env=width, timeout=900)
+    assert train.returncode == 0, train.stderr
+    shown = tutorial_block("tinygpt train --preset cpu --out runs/cpu")
+    for count in ("0.80M parameters", "1,024 tokens/iteration", "done: 1,200 iterations", "over the whole validation split, 111,539 tokens"):
+        assert count in shown and count in train.stdout
+    assert abs(loss_after("val loss", train.stdout) - loss_after("val loss", shown)) <= LOSS_TOLERANCE
+
+    def lesson(command: str) -> tuple[str, str]:
+        """What the command prints (the `loaded` line on stderr first, as a terminal shows it) and what the tutorial shows."""
+        proc = run_cli(*shlex.split(command)[1:], env=width)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stderr + proc.stdout, tutorial_block(command)
+
+    got, shown = lesson("tinygpt eval --run runs/cpu --data-dir data/shakespeare")
+    assert loss_after(r"val \(all\)\s+│\s+[\d,]+\s+│", got) == pytest.approx(loss_after("val loss", train.stdout), abs=1e-4)
+    assert abs(loss_after(r"val \(all\)\s+│\s+111,539\s+│", got) - loss_after(r"val \(all\)\s+│\s+111,539\s+│", shown)) <= LOSS_TOLERANCE
+
+    got, shown = lesson('tinygpt predict --run runs/cpu --prompt "JULIET: O Rome" --temperature 0.5 --top-k 5 --show 8')
+    (token, p), (shown_token, shown_p) = top_prediction(got), top_prediction(shown)
+    assert token == shown_token and abs(p - shown_p) <= PROBABILITY_TOLERANCE
+
+    got, shown = lesson('tinygpt surprise --run runs/cpu "ROMEO: What, ho! apothecary!"')
+    assert "27 tokens scored" in got and abs(loss_after("loss", got) - loss_after("loss", shown)) <= LOSS_TOLERANCE
+
+    got, shown = lesson('tinygpt generate --run runs/cpu --prompt "JULIET:" --temperature 0.5 --top-k 10 --max-new-tokens 200 --seed 7')
+    loaded, text = got.split("\n", 1)
+    assert loaded == shown.split("\n", 1)[0] == "loaded runs/cpu/best.safetensors (iteration 1,200)"
+    assert text.startswith("JULIET:") and len(text.rstrip("\n")) == len("JULIET:") + 200

@@ -42,7 +42,7 @@ def lines(fig) -> list[Line2D]:
 def test_one_run_has_a_train_and_a_val_curve():
     fig = plot_runs([("run", records())])
     curves = lines(fig)
-    assert [c.get_label() for c in curves] == ["train", "val"]
+    assert [c.get_label() for c in curves] == ["train", "val (estimates)"]
     train, val = curves
     assert list(val.get_xdata()) == [0, 50, 100, 150]
     assert list(train.get_xdata())[:2] == [10, 20] and train.get_linestyle() == "--"

@@ -30,7 +30,7 @@ from tinygpt_cli.train import Trainer
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
-METRIC_KEYS = ("iter", "loss", "train_loss", "val_loss", "lr")
+METRIC_KEYS = ("iter", "loss", "train_loss", "val_loss", "lr", "final_val_loss")
 
 
 def metrics_view(run: Path) -> list[dict]:
@@ -83,7 +83,7 @@ def test_stopped_then_resumed_run_is_bit_identical(tiny_dataset, tmp_path, monke
     assert_same_tensors(whole / "last.safetensors", part / "last.safetensors")
     assert_same_tensors(whole / "best.safetensors", part / "best.safetensors")
     assert metrics_view(whole) == metrics_view(part)
-    assert len(metrics_view(whole)) == 4 + 5  # step records at 10..40, evals at 0..40
+    assert len(metrics_view(whole)) == 4 + 5 + 1  # step records at 10..40, evals at 0..40, the final evaluation
 
 
 def _start_training(data_dir: Path, run: Path, cwd: Path, **overrides) -> subprocess.Popen:
@@ -423,7 +423,8 @@ def test_best_saved_after_last_stays_the_best_recorded(tiny_dataset, tmp_path, m
     assert best_in_status[0] == ahead.val_loss  # from the start on (`tinygpt runs` reads it)
     final = load_checkpoint(run / "last.safetensors")
     assert final.iteration == 12 and final.best_val_loss == ahead.val_loss
-    assert (run / "best.safetensors").read_bytes() == (crashed / "best.safetensors").read_bytes()
+    assert_same_tensors(run / "best.safetensors", crashed / "best.safetensors")
+    assert load_checkpoint(run / "best.safetensors").iteration == ahead.iteration
     assert RunDir(run).read_status()["best_val_loss"] == ahead.val_loss
 
     # A damaged `best` (its header intact) is not kept: the loss `last` records stays the best.
@@ -467,8 +468,8 @@ def test_resume_refusals(tiny_run, tmp_path):
 
 
 def test_the_end_of_training_suggests_a_prompt_from_the_runs_own_text(tmp_path, run_cli):
-    """Its first line, white space made single spaces (a tab typed in a shell is no tab), and a
-    word on what the val losses shown are: estimates."""
+    """Its first line, white space made single spaces (a tab typed in a shell is no tab), and the
+    best checkpoint's loss over the whole validation split, told apart from the estimates."""
     code = tmp_path / "code.py"
     code.write_text("\n\n\timport  os\t\n\n" + "".join(f"def f{i}(x):\n    return x * {i}\n" for i in range(400)))
     data = tmp_path / "code"
@@ -478,7 +479,40 @@ def test_the_end_of_training_suggests_a_prompt_from_the_runs_own_text(tmp_path, 
     assert f"next: tinygpt generate --run {tmp_path / 'run'} --prompt 'import os'" in proc.stdout
     assert "ROMEO" not in proc.stdout
     tokens = TINY_TRAIN["eval_iters"] * TINY_TRAIN["batch_size"] * TINY_MODEL["block_size"]
-    assert f"val losses are estimates over {tokens:,} tokens drawn from the split; tinygpt eval --run {tmp_path / 'run'}" in proc.stdout
+    final = load_checkpoint(tmp_path / "run" / "best.safetensors").progress["final_eval"]
+    assert (f"best.safetensors (iteration 10): val loss {final['val_loss']:.4f} ({final['val_bits_per_byte']:.3f} bits/byte) over the "
+            f"whole validation split, {final['tokens']:,} tokens (the estimates above drew {tokens:,})") in " ".join(proc.stdout.split())
+
+
+def test_a_finished_run_ends_with_the_loss_eval_gives_and_runs_plot_and_the_card_show_it(tiny_run, tmp_path, tinygpt):
+    """Training's own evaluations are estimates from sampled windows; the figure a finished run
+    keeps (run.json, `runs`, the plot's star, the model card) is `tinygpt eval`'s, of `best`."""
+    from tinygpt_cli.runs.plots import final_point
+
+    final = json.loads((tiny_run / "run.json").read_text())["final_eval"]
+    code, stdout, _ = tinygpt("eval", "--run", tiny_run, "--json")
+    scored = json.loads(stdout)["val"]
+    assert code == 0 and final["whole_split"] and final["tokens"] == scored["tokens"]
+    assert final["val_loss"] == pytest.approx(scored["loss"], rel=1e-6) and final["iteration"] == load_checkpoint(tiny_run / "best.safetensors").iteration
+    assert final["val_loss"] != load_checkpoint(tiny_run / "best.safetensors").val_loss  # not the estimate again
+    code, stdout, _ = tinygpt("runs", "--runs-dir", tiny_run.parent, "--json")
+    (listed,) = json.loads(stdout)
+    assert (listed["final_val_loss"], listed["final_val_bits_per_byte"]) == (final["val_loss"], final["val_bits_per_byte"])
+    code, stdout, _ = tinygpt("runs", "--runs-dir", tiny_run.parent)
+    assert f"{final['val_loss']:.4f}" in stdout and "~" not in stdout
+    assert final_point(RunDir(tiny_run).read_metrics()) == (final["iteration"], final["val_loss"])
+    code, _, stderr = tinygpt("export", tmp_path / "hf", "--run", tiny_run, "--to", "hf")
+    assert code == 0, stderr
+    assert f"val loss {final['val_loss']:.4f}, {final['val_bits_per_byte']:.4f} bits per byte (over every token" in (tmp_path / "hf" / "README.md").read_text()
+
+
+def test_a_resumed_run_drops_the_final_evaluation_it_no_longer_has(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    with pytest.raises(TrainingStopped):
+        resume(run, {"max_iters": 50}, reporter=signal_at_step(40, signal.SIGINT))
+    assert "final_eval" not in json.loads((run / "run.json").read_text())
+    assert not any("final_val_loss" in r for r in RunDir(run).read_metrics())
 
 
 def test_train_and_resume_json_print_one_summary_on_stdout(tiny_dataset, tmp_path, run_cli):

@@ -63,6 +63,15 @@ class LossScale(_Strict):
     growth_tracker: int = Field(ge=0)
 
 
+class FinalEval(_Strict):
+    """A finished run's best checkpoint scored as `tinygpt eval` scores it (lifecycle.py)."""
+
+    val_loss: float = Field(ge=0)
+    val_bits_per_byte: float = Field(ge=0)
+    tokens: int = Field(ge=1)  # the validation tokens predicted
+    whole_split: bool  # every one of them, or windows spread through a split larger than the cap
+
+
 class SavedProgress(_Strict):
     """Where a run stood when it saved: for the start line and the elapsed time of a resume."""
 
@@ -73,6 +82,7 @@ class SavedProgress(_Strict):
     data_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")  # DatasetInfo.digest of the data trained on
     loss_scale: LossScale | None = None  # float16 training only
     eval_tokens: int | None = Field(None, ge=0)  # tokens each val loss estimate is taken over (all ranks together)
+    final_eval: FinalEval | None = None  # `best` of a finished run: its loss over the validation split
 
 
 class CheckpointMeta(BaseModel):

@@ -130,6 +130,23 @@ def score_sample(model: GPT, tokens: np.ndarray, token_bytes: np.ndarray, window
     return score_windows(model, tokens, token_bytes, starts, T, progress=progress)
 
 
+def score_val(model: GPT, tokens: np.ndarray, token_bytes: np.ndarray, max_tokens: int | None = None,
+              progress: WindowsScored | None = None) -> SplitScore:
+    """A validation split scored whole (score_split), or past `max_tokens` over about that many
+    tokens in windows spread evenly through it (score_sample): what `tinygpt eval` reports, and
+    the final evaluation of a run."""
+    if max_tokens is not None and max_tokens < len(tokens) - 1:
+        return score_sample(model, tokens, token_bytes, max(1, max_tokens // model.config.block_size), progress)
+    return score_split(model, tokens, token_bytes, progress)
+
+
+def val_windows(model: GPT, tokens: np.ndarray, max_tokens: int | None = None) -> int:
+    """How many windows score_val scores (for a progress bar)."""
+    if max_tokens is not None and max_tokens < len(tokens) - 1:
+        return min(max(1, max_tokens // model.config.block_size), max(1, len(tokens) - model.config.block_size))
+    return split_windows(model, tokens)
+
+
 def eval_dataset(ckpt: Checkpoint, path: Path, data_dir: str | Path | None = None) -> Dataset:
     """The dataset `tinygpt eval` scores the checkpoint `ckpt` (read from `path`) on: `data_dir`,
     else the one it trained on. Refused when its tokenizer is not the checkpoint's (the scores

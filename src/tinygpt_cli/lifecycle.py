@@ -12,6 +12,7 @@ import json
 import signal
 import threading
 from contextlib import nullcontext, suppress
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,11 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
-from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import Checkpoint, load_checkpoint, load_model_weights, save_checkpoint
 from .config import SHAPE_FIELDS, RunConfig, build_config, check_against_data, first_problem, flag_name
 from .data.dataset import Dataset, load_dataset
+from .data.tokenizer import byte_lengths
+from .evaluate import score_val, val_windows
 from .system.distributed import DistContext, barrier
 from .errors import CheckpointError, Command, TinyGPTError, TrainingStopped, UsageError
 from .system.fsutil import check_writable, read_json, short_list, write_json_atomic
@@ -36,6 +39,9 @@ from .train import NonFiniteLoss, Trainer
 
 # Rough sustained throughput, for the projection printed before the first step.
 ASSUMED_FLOPS = {"cpu": 3e10, "mps": 3e12, "cuda": 5e13}
+# A finished run's best checkpoint is scored over its whole validation split up to this many
+# tokens (or the tokens of one of its own estimates, if more); a larger split over this many.
+FINAL_EVAL_TOKENS = 2**20
 SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 FREE_DISK = "free some disk space, then:"
 
@@ -95,6 +101,9 @@ class TrainingReporter:
     def on_start(self, info: StartInfo) -> None: ...
     def on_step(self, record: dict[str, Any]) -> None: ...
     def on_eval(self, record: dict[str, Any]) -> None: ...
+    def on_final_eval(self, windows: int) -> Callable[[int], None]:
+        """The final evaluation starts, over `windows` windows: a callback told of each batch scored."""
+        return lambda n: None
     def on_end(self, status: str, record: dict[str, Any]) -> None: ...
     def on_stop_requested(self, signum: int, evaluating: bool) -> None:
         """The first Ctrl-C or SIGTERM arrived, during an evaluation (which is then cut short) or
@@ -112,6 +121,9 @@ class TrainResult:
     # The val losses above are estimates over this many tokens of windows drawn from the split
     # (eval_iters global batches); `tinygpt eval` scores every token of it.
     estimated_over_tokens: int = 0
+    # A finished run: its best checkpoint scored over the validation split, as `tinygpt eval`
+    # scores it (checkpoint.FinalEval's fields, and the checkpoint's iteration).
+    final_eval: dict[str, Any] | None = None
 
 
 class TrainingRun:
@@ -181,9 +193,13 @@ class TrainingRun:
     def save(self, kind: str) -> None:
         if not self.is_main:
             return
-        path = self.run.last_path if kind == "last" else self.run.best_path
+        self._write_checkpoint(self.run.last_path if kind == "last" else self.run.best_path, self.trainer.checkpoint(kind))
+        if kind == "last":
+            self.saved_at = self.trainer.step
+
+    def _write_checkpoint(self, path: Path, ckpt: Checkpoint) -> None:
         try:
-            save_checkpoint(path, self.trainer.checkpoint(kind))
+            save_checkpoint(path, ckpt)
         except CheckpointError as e:  # the previous file is intact: the run can go on from it later
             with suppress(OSError):  # on a full disk the status may not be writable either
                 self._write_status("failed", iteration=self.trainer.step, reason=e.message)
@@ -192,8 +208,6 @@ class TrainingRun:
             else:
                 hint = Command("train", options={"out": str(self.run.path), "overwrite": True}, before=FREE_DISK)
             raise CheckpointError(e.message, hint) from e
-        if kind == "last":
-            self.saved_at = self.trainer.step
 
     def _write_status(self, status: str, **fields: Any) -> None:
         """run.json, with the CPU threads in use (they change with the machine's load)."""
@@ -279,10 +293,38 @@ class TrainingRun:
         t = self.trainer
         result = TrainResult(self.run.path, t.step, t.best_val, t.last_val, t.elapsed(), t.eval_tokens())
         if self.is_main:
-            self._write_status(status, iteration=t.step, max_iters=t.config.train.max_iters,
-                               best_val_loss=t.best_val, elapsed=result.elapsed)
+            if status == "finished":
+                result.final_eval = self._final_evaluation()
+            self._write_status(status, iteration=t.step, max_iters=t.config.train.max_iters, best_val_loss=t.best_val,
+                               elapsed=result.elapsed, **({"final_eval": result.final_eval} if result.final_eval else {}))
         self.reporter.on_end(status, result.__dict__)
         return result
+
+    def _final_evaluation(self) -> dict[str, Any] | None:
+        """The best checkpoint scored over the validation split as `tinygpt eval` scores it, so
+        that the figure the run ends with (and run.json, `runs`, `plot` and the model card) is the
+        model's loss, not an estimate from sampled windows, which on a corpus whose parts differ
+        can be several percent off (and the best of noisy estimates is biased low). A split past
+        max(FINAL_EVAL_TOKENS, the estimates' own tokens) is scored over that many tokens in
+        windows spread through it, so that this costs at most about one of the run's evaluations.
+        Recorded in `best` (progress.final_eval) and in metrics.jsonl."""
+        t = self.trainer
+        try:
+            best = load_checkpoint(self.run.best_path)
+        except CheckpointError:  # no best (nothing evaluated), or it was damaged since: no final figure
+            return None
+        model = t.model  # its training is over: it takes the best weights (a new model would draw torch's global generator)
+        load_model_weights(model, best.weights, self.run.best_path)
+        cap = max(FINAL_EVAL_TOKENS, t.eval_tokens())
+        progress = self.reporter.on_final_eval(val_windows(model, t.dataset.val, cap))
+        score = score_val(model, t.dataset.val, byte_lengths(t.dataset.tokenizer), cap, progress)
+        final = {"val_loss": score.loss, "val_bits_per_byte": score.bits_per_byte, "tokens": score.tokens,
+                 "whole_split": score.tokens == len(t.dataset.val) - 1}
+        best.progress["final_eval"] = final
+        self._write_checkpoint(self.run.best_path, best)
+        self._log({"iter": t.step, "final_val_loss": score.loss, "final_val_bits_per_byte": score.bits_per_byte,
+                   "final_eval_tokens": score.tokens, "final_eval_of_iter": best.iteration, "elapsed": t.elapsed()})
+        return {**final, "iteration": best.iteration}
 
     def _stop(self, signum: int) -> TrainResult:
         if self.saved_at != self.trainer.step:

@@ -187,8 +187,9 @@ class RunDir:
             return []
 
     def truncate_metrics(self, iteration: int) -> None:
-        """Drop records past `iteration`: a resumed run logs them again."""
-        kept = [r for r in self.read_metrics() if r.get("iter", 0) <= iteration]
+        """Drop records past `iteration`, which a resumed run logs again, and the final evaluation
+        of a run that finished: it no longer has."""
+        kept = [r for r in self.read_metrics() if r.get("iter", 0) <= iteration and "final_val_loss" not in r]
         write_text_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
 
 

@@ -130,7 +130,7 @@ def evaluate(
     """
     from ..checkpoint import load_model
     from ..system.devices import pick_device
-    from ..evaluate import eval_dataset, score_split, score_sample, split_windows
+    from ..evaluate import eval_dataset, score_sample, score_val, val_windows
     from ..system.process import init_process
     from ..rundir import resolve_checkpoint
     from ..data.tokenizer import byte_lengths
@@ -149,13 +149,8 @@ def evaluate(
     # On stderr, and only on a terminal: --json output and logs stay clean.
     with Progress(TextColumn("scoring the validation split"), BarColumn(), MofNCompleteColumn(), TextColumn("windows"),
                   TimeRemainingColumn(), console=err, transient=True, disable=not err.is_terminal) as bar:
-        if max_tokens is not None and max_tokens < len(dataset.val) - 1:
-            windows = max(1, max_tokens // model.config.block_size)
-            task = bar.add_task("val", total=windows)
-            val = score_sample(model, dataset.val, token_bytes, windows, progress=lambda n: bar.advance(task, n))
-        else:
-            task = bar.add_task("val", total=split_windows(model, dataset.val))
-            val = score_split(model, dataset.val, token_bytes, progress=lambda n: bar.advance(task, n))
+        task = bar.add_task("val", total=val_windows(model, dataset.val, max_tokens))
+        val = score_val(model, dataset.val, token_bytes, max_tokens, progress=lambda n: bar.advance(task, n))
     train = score_sample(model, dataset.train, token_bytes)
     result = {"checkpoint": str(path), "iteration": ckpt.iteration, "data_dir": str(folder),
               "val": val.to_dict(), "train_sample": train.to_dict()}
@@ -167,7 +162,7 @@ def evaluate(
     table = Table(title=f"{path} (iteration {ckpt.iteration:,}) on {folder}", title_justify="left")
     for col in ("split", "tokens", "loss", "perplexity", "bits/token", "bits/byte"):
         table.add_column(col, justify="right" if col != "split" else "left")
-    for name, score in (("val (sample)" if max_tokens is not None and val.tokens < len(dataset.val) - 1 else "val (all)", val),
+    for name, score in (("val (sample)" if val.tokens < len(dataset.val) - 1 else "val (all)", val),
                         ("train (sample)", train)):
         table.add_row(name, f"{score.tokens:,}", f"{score.loss:.4f}", f"{score.perplexity:.3f}", f"{score.bits_per_token:.4f}",
                       f"{score.bits_per_byte:.4f}")

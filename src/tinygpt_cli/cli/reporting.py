@@ -64,6 +64,7 @@ def make_reporter(interactive: bool):
     class Reporter(TrainingReporter):
         def __init__(self) -> None:
             self.progress: Progress | None = None
+            self.final_bar: Progress | None = None
             self.sample_prompt = ""
             self.target: float | None = None
             self.task = None
@@ -123,6 +124,23 @@ def make_reporter(interactive: bool):
             else:
                 out.print(line)
 
+        def on_final_eval(self, windows: int):
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            from .console import err
+
+            if self.progress is not None:
+                self.progress.stop()
+                self.progress = None
+            if not err.is_terminal:
+                return lambda n: None
+            bar = Progress(TextColumn("scoring best.safetensors on the validation split"), BarColumn(), MofNCompleteColumn(),
+                           TextColumn("windows"), TimeRemainingColumn(), console=err, transient=True)
+            task = bar.add_task("final", total=windows)
+            bar.start()
+            self.final_bar = bar  # on_end stops it
+            return lambda n: bar.advance(task, n)
+
         def on_stop_requested(self, signum: int, evaluating: bool) -> None:
             # Inside the signal handler: a raw write, no console lock that the interrupted code may hold.
             now = b"cutting this evaluation short" if evaluating else b"finishing this step"
@@ -130,15 +148,21 @@ def make_reporter(interactive: bool):
                 os.write(2, b"\nstopping: " + now + b", then saving last.safetensors -- Ctrl-C again to abort without saving\n")
 
         def on_end(self, status: str, result: dict[str, Any]) -> None:
-            if self.progress is not None:
-                self.progress.stop()
+            for display in (self.progress, self.final_bar):
+                if display is not None:
+                    display.stop()
             if status == "finished":
                 best = result["best_val_loss"]
                 reached = f" (reached --stop-at-val-loss {self.target:g})" if self.target is not None and best <= self.target else ""
-                out.print(f"done: {result['iteration']:,} iterations in {format_duration(result['elapsed'])}, "
-                          f"best val loss {best:.4f}{reached}  ->  {result['run']}/best.safetensors", soft_wrap=True)
-                out.print(f"(val losses are estimates over {result['estimated_over_tokens']:,} tokens drawn from the split; "
-                          f"tinygpt eval --run {shlex.quote(str(result['run']))} scores all of it)", markup=False, soft_wrap=True)
+                out.print(f"done: {result['iteration']:,} iterations in {format_duration(result['elapsed'])}{reached}  ->  "
+                          f"{result['run']}/best.safetensors", soft_wrap=True)
+                final = result["final_eval"]
+                if final is not None:
+                    over = "the whole validation split" if final["whole_split"] else "windows spread through the validation split"
+                    out.print(fit_line([f"best.safetensors (iteration {final['iteration']:,}):",
+                                        f"val loss {final['val_loss']:.4f} ({final['val_bits_per_byte']:.3f} bits/byte)",
+                                        f"over {over}, {final['tokens']:,} tokens",
+                                        f"(the estimates above drew {result['estimated_over_tokens']:,})"], out.width), markup=False)
                 from ..rundir import RunDir
 
                 print_curve(RunDir(result["run"]).read_metrics())

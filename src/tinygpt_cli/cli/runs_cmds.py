@@ -34,15 +34,19 @@ def runs_table(summaries, fields: list[str], title: str | None = None, skip: tup
 
     from ..runs.table import format_value
 
-    columns = [c for c in ("name", "updated", "status", "params", *fields, "iters", "best val", "bits/byte", "time", "tok/s") if c not in skip]
+    columns = [c for c in ("name", "updated", "status", "params", *fields, "iters", "val loss", "bits/byte", "time", "tok/s") if c not in skip]
     rows = []
+
+    def val(final: float | None, estimate: float | None) -> str:
+        return f"{final:.4f}" if final is not None else "-" if estimate is None else f"~{estimate:.4f}"
+
     for s in summaries:
         iters = "-" if s.iteration is None else f"{s.iteration:,}" + (f"/{s.max_iters:,}" if s.max_iters else "")
         rows.append({
             "name": s.name, "status": s.status, "params": _fmt_count(s.n_params), "iters": iters, "time": format_duration(s.elapsed),
             "updated": time.strftime("%Y-%m-%d %H:%M", time.localtime(s.updated)) if s.updated else "-",
-            "best val": "-" if s.best_val_loss is None else f"{s.best_val_loss:.4f}",
-            "bits/byte": "-" if s.best_val_bits_per_byte is None else f"{s.best_val_bits_per_byte:.4f}",
+            "val loss": val(s.final_val_loss, s.best_val_loss),
+            "bits/byte": val(s.final_val_bits_per_byte, s.best_val_bits_per_byte),
             "tok/s": "-" if s.tokens_per_s is None else f"{s.tokens_per_s:,.0f}",
             **{f: format_value(f, s.config[f]) if s.config else "-" for f in fields},
         })
@@ -68,6 +72,9 @@ def runs_table(summaries, fields: list[str], title: str | None = None, skip: tup
     for r in rows:
         table.add_row(*[Text(r[c], style=STATUS_STYLE.get(r[c], "") if c == "status" else "") for c in columns])
     out.print(table)
+    if any(r["val loss"].startswith("~") for r in rows):
+        out.print("~: the best of the estimates taken during training (sampled windows); the other figures score the best "
+                  "checkpoint over the validation split once the run finished, as tinygpt eval does", markup=False)
     for s in summaries:
         if s.error:
             out.print(Text.assemble((f"{s.name}", "bold"), f" is unreadable: {s.error}"), soft_wrap=True)
@@ -155,7 +162,8 @@ def plot(
     target = out_path or (summaries[0].path / "loss.png" if len(summaries) == 1 else Path("loss.png"))
     fig = plot_runs(series, x=x, title=title, y_label="bits per byte" if bits_per_byte else "loss (cross-entropy, nats per token)")
     save_png(fig, target)
-    out.print(f"wrote {target} ({len(fig.axes[0].get_lines())} curves, {len(series)} run{'s' * (len(series) > 1)})", markup=False)
+    curves = [line for line in fig.axes[0].get_lines() if line.get_linestyle() != "None"]  # not the final evaluations' stars
+    out.print(f"wrote {target} ({len(curves)} curves, {len(series)} run{'s' * (len(series) > 1)})", markup=False)
 
 
 def list_runs(
@@ -216,14 +224,15 @@ def _cell_reporter(interactive: bool):
     inner = make_reporter(interactive)
 
     class CellReporter(TrainingReporter):
-        on_start, on_step, on_eval = inner.on_start, inner.on_step, inner.on_eval
+        on_start, on_step, on_eval, on_final_eval = inner.on_start, inner.on_step, inner.on_eval, inner.on_final_eval
 
         def on_end(self, status: str, result: dict) -> None:
-            if getattr(inner, "progress", None) is not None:
-                inner.progress.stop()
-            best = result.get("best_val_loss")
-            out.print(f"{status}: {result['iteration']:,} iterations in {format_duration(result['elapsed'])}, "
-                      f"best val loss {'-' if best is None else f'{best:.4f}'}", markup=False)
+            for display in (getattr(inner, "progress", None), getattr(inner, "final_bar", None)):
+                if display is not None:
+                    display.stop()
+            final, best = result.get("final_eval"), result.get("best_val_loss")
+            loss = f"val loss {final['val_loss']:.4f} (over the split)" if final else f"best val loss {'-' if best is None else f'~{best:.4f}'}"
+            out.print(f"{status}: {result['iteration']:,} iterations in {format_duration(result['elapsed'])}, {loss}", markup=False)
 
     return CellReporter()
 

@@ -88,7 +88,7 @@ def _print_summary(result, dist, as_json: bool) -> None:
     if as_json and dist.is_main:
         print_json({"status": "finished", "run": str(result.run), "iterations": result.iteration,
                     "best_val_loss": result.best_val_loss, "last_val_loss": result.last_val_loss,
-                    "val_loss_estimated_over_tokens": result.estimated_over_tokens,
+                    "val_loss_estimated_over_tokens": result.estimated_over_tokens, "final_eval": result.final_eval,
                     "elapsed_s": result.elapsed, "best_checkpoint": str(Path(result.run) / "best.safetensors")})
 
 

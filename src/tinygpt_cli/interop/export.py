@@ -38,16 +38,9 @@ def model_card(ckpt: Checkpoint, checkpoint_path: Path, folder: Path, train_comm
     """README.md: what the model is, what it learned from, how well, and how it was trained."""
     m, t = ckpt.model_config, ckpt.train_config or {}
     tokenizer = f"{'characters' if ckpt.tokenizer.kind == 'char' else 'byte-level BPE'}, {ckpt.tokenizer.size:,} tokens"
-    per_token = ckpt.progress.get("val_bytes_per_token")
-    bpb = bits_per_byte(ckpt.val_loss, per_token) if ckpt.val_loss is not None and per_token else None
-    sampled = ckpt.progress.get("eval_tokens")
-    quality = "not evaluated" if ckpt.val_loss is None else f"val loss {ckpt.val_loss:.4f}" + (
-        f", {bpb:.4f} bits per byte" if bpb is not None else "") + (
-        f" (estimated during training over {sampled:,} tokens drawn from the validation split; "
-        "the eval command scores all of it)" if sampled else "")
     rows = [("architecture", f"{architecture} ({m.n_layer} layers, {m.n_head} heads, width {m.n_embd}, context {m.block_size})"),
             ("tokenizer", tokenizer), ("data", t.get("data_dir", "unknown")), ("iterations", f"{ckpt.iteration:,}"),
-            ("quality", quality), ("checkpoint", f"{checkpoint_path} ({ckpt.kind})")]
+            ("quality", _quality(ckpt)), ("checkpoint", f"{checkpoint_path} ({ckpt.kind})")]
     if t.get("init_from"):
         rows.append(("fine-tuned from", t["init_from"]))
     settings = json.dumps({"model": m.model_dump(), "train": t}, indent=2)
@@ -60,6 +53,24 @@ def model_card(ckpt: Checkpoint, checkpoint_path: Path, folder: Path, train_comm
         f'print(generate("ROMEO:", max_new_tokens={max(1, m.block_size // 2)}, do_sample=True)[0]["generated_text"])', "```", "",
         "## How it was trained", "", "```", train_command, "```", "", "Every setting:", "", "```json", settings, "```", "",
     ])
+
+
+def _quality(ckpt: Checkpoint) -> str:
+    """The card's loss: the final evaluation over the validation split when the run finished
+    (the figure `tinygpt eval` gives), else training's estimate, labelled as one."""
+    final = ckpt.progress.get("final_eval")
+    if final:
+        over = "every token of the validation split" if final["whole_split"] else "windows spread through the validation split"
+        return (f"val loss {final['val_loss']:.4f}, {final['val_bits_per_byte']:.4f} bits per byte "
+                f"(over {over}: {final['tokens']:,} tokens)")
+    if ckpt.val_loss is None:
+        return "not evaluated"
+    per_token = ckpt.progress.get("val_bytes_per_token")
+    bpb = f", {bits_per_byte(ckpt.val_loss, per_token):.4f} bits per byte" if per_token else ""
+    sampled = ckpt.progress.get("eval_tokens")
+    how = (f" (estimated during training over {sampled:,} tokens drawn from the validation split; "
+           "the eval command scores all of it)") if sampled else ""
+    return f"val loss {ckpt.val_loss:.4f}{bpb}{how}"
 
 
 def _foreign_contents(folder: Path, named: Path) -> UsageError | None:

@@ -2,7 +2,9 @@
 compact curve drawn with characters for the terminal (no dependencies).
 
 Both read metrics.jsonl records: step records carry `loss` (the training batch loss every few
-steps), eval records carry `train_loss` and `val_loss` (estimates over `eval_iters` batches).
+steps), eval records carry `train_loss` and `val_loss` (estimates over `eval_iters` batches), and
+a finished run's last record carries `final_val_loss`: its best checkpoint over the validation
+split, drawn as a star.
 """
 
 from __future__ import annotations
@@ -42,7 +44,17 @@ def loss_series(records: list[dict[str, Any]], x: str = "iter") -> tuple[list[tu
     return points("loss") or points("train_loss"), points("val_loss")
 
 
-LOSS_FIELDS = ("loss", "train_loss", "val_loss")
+def final_point(records: list[dict[str, Any]], x: str = "iter") -> tuple[float, float] | None:
+    """(x, loss) of the run's final evaluation (lifecycle.py), at the best checkpoint's iteration;
+    None for a run that has not finished."""
+    finals = [r for r in records if finite_number(r.get("final_val_loss")) is not None]
+    if not finals:
+        return None
+    where = finite_number(finals[-1].get("final_eval_of_iter" if x == "iter" else "elapsed"))
+    return None if where is None else (where, finals[-1]["final_val_loss"])
+
+
+LOSS_FIELDS = ("loss", "train_loss", "val_loss", "final_val_loss")
 
 
 def in_bits_per_byte(records: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
@@ -79,7 +91,11 @@ def plot_runs(runs: list[tuple[str, list[dict[str, Any]]]], x: str = "iter", tit
                     color=color, linestyle="--", linewidth=1, alpha=0.7, label="train" if single else f"{label} (train)")
         if val:
             ax.plot([p[0] / scale for p in val] if x == "time" else [p[0] for p in val], [p[1] for p in val],
-                    color=color, linestyle="-", linewidth=2, marker="o", markersize=3, label="val" if single else f"{label} (val)")
+                    color=color, linestyle="-", linewidth=2, marker="o", markersize=3, label="val (estimates)" if single else f"{label} (val)")
+        final = final_point(runs[i][1], x)
+        if final is not None:
+            ax.plot([final[0] / scale if x == "time" else final[0]], [final[1]], color=color, linestyle="none", marker="*", markersize=12,
+                    label="val over the split, best checkpoint" if single else f"{label} (val over the split)")
     ax.set_xlabel("iteration" if x == "iter" else f"wall time ({unit})")
     ax.set_ylabel(y_label)
     ax.set_title(title or ("loss" if single else "loss by run"))

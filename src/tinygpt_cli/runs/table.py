@@ -42,6 +42,10 @@ class RunSummary:
     max_iters: int | None = None
     best_val_loss: float | None = None
     best_val_bits_per_byte: float | None = None  # at the evaluation of the best val loss
+    # A finished run's best checkpoint over the validation split (run.json's final_eval), as
+    # `tinygpt eval` scores it; the two above are training's estimates from sampled windows.
+    final_val_loss: float | None = None
+    final_val_bits_per_byte: float | None = None
     elapsed: float | None = None
     tokens_per_s: float | None = None
     error: str | None = None  # why the run is unreadable
@@ -51,7 +55,8 @@ class RunSummary:
         return {
             "name": self.name, "path": str(self.path), "status": self.status, "updated": self.updated,
             "n_params": self.n_params, "iteration": self.iteration, "max_iters": self.max_iters,
-            "best_val_loss": self.best_val_loss, "best_val_bits_per_byte": self.best_val_bits_per_byte, "elapsed": self.elapsed, "tokens_per_s": self.tokens_per_s,
+            "best_val_loss": self.best_val_loss, "best_val_bits_per_byte": self.best_val_bits_per_byte,
+            "final_val_loss": self.final_val_loss, "final_val_bits_per_byte": self.final_val_bits_per_byte, "elapsed": self.elapsed, "tokens_per_s": self.tokens_per_s,
             "differing": self.differing, "config": self.config, "error": self.error,
         }
 
@@ -138,6 +143,10 @@ def read_summary(path: Path, name: str | None = None) -> RunSummary:
         summary.iteration = status.get("iteration") if isinstance(status.get("iteration"), int) else None
         summary.best_val_loss = finite_number(status.get("best_val_loss"))
         summary.elapsed = finite_number(status.get("elapsed"))
+        final = status.get("final_eval") if summary.status == "finished" else None
+        if isinstance(final, dict):
+            summary.final_val_loss = finite_number(final.get("val_loss"))
+            summary.final_val_bits_per_byte = finite_number(final.get("val_bits_per_byte"))
     summary.max_iters = (status or {}).get("max_iters") if isinstance((status or {}).get("max_iters"), int) else summary.config["max_iters"]
     if summary.iteration is None and records:
         summary.iteration = max(int(r.get("iter", 0)) for r in records)
@@ -152,6 +161,15 @@ def read_summary(path: Path, name: str | None = None) -> RunSummary:
     speeds = [v for v in (finite_number(r.get("tokens_per_s")) for r in steps[1:] or steps) if v is not None]
     summary.tokens_per_s = statistics.median(speeds) if speeds else None
     return summary
+
+
+def val_loss_of(summary: RunSummary) -> float | None:
+    """The run's val loss: over the split when it finished (final_eval), else training's best estimate."""
+    return summary.final_val_loss if summary.final_val_loss is not None else summary.best_val_loss
+
+
+def bits_per_byte_of(summary: RunSummary) -> float | None:
+    return summary.final_val_bits_per_byte if summary.final_val_bits_per_byte is not None else summary.best_val_bits_per_byte
 
 
 def differing_fields(configs: list[dict[str, Any]]) -> list[str]:
@@ -199,8 +217,8 @@ SORT_KEYS = {
     "status": lambda s: s.status,
     "params": lambda s: s.n_params,
     "iters": lambda s: s.iteration,
-    "val_loss": lambda s: s.best_val_loss,
-    "bits_per_byte": lambda s: s.best_val_bits_per_byte,  # the one that compares runs with different tokenizers
+    "val_loss": val_loss_of,
+    "bits_per_byte": bits_per_byte_of,  # the one that compares runs with different tokenizers
     "time": lambda s: s.elapsed,
     "tokens_per_s": lambda s: s.tokens_per_s,
 }
