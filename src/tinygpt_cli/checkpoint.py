@@ -108,6 +108,7 @@ class CheckpointMeta(BaseModel):
     # np.random.get_state(): name, 624 words, position, has a cached Gaussian, the Gaussian
     rng_numpy: tuple[Literal["MT19937"], Annotated[list[Annotated[int, Field(ge=0, lt=2**32)]], Field(min_length=624, max_length=624)],
                      Annotated[int, Field(ge=0, le=624)], Literal[0, 1], float] | None = None
+    chat_template: str | None = Field(None, max_length=65536)  # trained on conversations: their Jinja template (data/chat.py)
     digest: str
     metadata_digest: str | None = None
 
@@ -139,6 +140,7 @@ class Checkpoint:
     progress: dict[str, Any] = field(default_factory=dict)  # elapsed seconds, last evaluated step, precision
     # False for format 1 files (older tinygpt): their digest covers the tensors, not the metadata.
     metadata_covered: bool = True
+    chat_template: str | None = None  # a model trained on conversations: their template (data/chat.py)
 
     @property
     def data_dir(self) -> Path | None:
@@ -199,6 +201,7 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> None:
         "val_loss": ckpt.val_loss,
         "train_config": ckpt.train_config,
         "progress": ckpt.progress,
+        **({"chat_template": ckpt.chat_template} if ckpt.chat_template is not None else {}),
     }
     if ckpt.optimizer is not None:
         optim_tensors, groups = _optimizer_tensors(ckpt.optimizer)
@@ -443,6 +446,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         rng=rng,
         progress=checked.progress.model_dump() if checked.progress is not None else {},
         metadata_covered=checked.metadata_digest is not None,
+        chat_template=checked.chat_template,
     )
 
 

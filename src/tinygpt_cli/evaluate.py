@@ -1,5 +1,8 @@
 """Deterministic evaluation of a checkpoint: loss, perplexity, bits per token and bits per byte.
 
+A chat split (one with a loss mask, data/chat.py) is scored on its trained tokens only, the
+assistant's replies, each conversation from its own start.
+
 Bits per byte is the loss that compares across tokenizers: the total information the model
 needs for a text, in bits, over the text's UTF-8 bytes (a BPE token covers several bytes, a
 character one to four). For a character model on ASCII text it equals bits per character.
@@ -17,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import Checkpoint
+from .data.chat import TRAINED, conversation_bounds
 from .data.dataset import Dataset, load_dataset
 from .errors import TinyGPTError
 from .model import GPT, eval_mode
@@ -119,10 +123,53 @@ def score_split(model: GPT, tokens: np.ndarray, token_bytes: np.ndarray, progres
     return SplitScore(sum(s.loss * s.tokens for s in scores) / count, count, sum(s.bytes for s in scores))
 
 
+@torch.no_grad()
+def score_conversations(model: GPT, tokens: np.ndarray, mask: np.ndarray, token_bytes: np.ndarray, limit: int | None = None,
+                        batch_size: int = 32, progress: WindowsScored | None = None) -> SplitScore:
+    """The loss over the trained tokens of a chat split, each conversation predicted from its own
+    start (its first block_size tokens), every trained token once; `limit`: that many
+    conversations, evenly spaced, instead of all."""
+    bounds = conversation_bounds(mask)
+    starts, ends = bounds[:-1], bounds[1:]
+    if limit is not None and limit < len(starts):
+        pick = np.linspace(0, len(starts) - 1, num=limit).astype(np.int64)
+        starts, ends = starts[pick], ends[pick]
+    device = next(model.parameters()).device
+    total, count, n_bytes = 0.0, 0, 0
+    for i in range(0, len(starts), batch_size):
+        s, e = starts[i : i + batch_size], ends[i : i + batch_size]
+        span = min(model.config.block_size + 1, int((e - s).max()))
+        where = s[:, None] + np.arange(span)  # (b, span): each conversation, padded past its end
+        inside = where < e[:, None]
+        where = np.minimum(where, len(tokens) - 1)
+        windows = np.where(inside, tokens[where], 0).astype(np.int64)
+        trained = inside[:, 1:] & ((mask[where[:, 1:]] & TRAINED) > 0)  # (b, span-1): the targets scored
+        x, y = torch.from_numpy(windows[:, :-1]).to(device), torch.from_numpy(windows[:, 1:]).to(device)
+        with eval_mode(model):
+            logits, _ = model(x, y)
+        losses = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="none").view(y.shape).cpu().numpy()
+        total += float(losses[trained].astype(np.float64).sum())
+        count += int(trained.sum())
+        n_bytes += int(token_bytes[windows[:, 1:][trained]].sum())
+        if progress is not None:
+            progress(len(s))
+    if not count:
+        raise TinyGPTError("the split holds no trained token to score")
+    return SplitScore(total / count, count, n_bytes)
+
+
+def predictions(tokens: np.ndarray, mask: np.ndarray | None) -> int:
+    """How many tokens scoring a whole split predicts: every one after the first, or a chat
+    split's trained ones."""
+    return len(tokens) - 1 if mask is None else int(((mask & TRAINED) > 0).sum())
+
+
 def score_sample(model: GPT, tokens: np.ndarray, token_bytes: np.ndarray, windows: int = SAMPLE_WINDOWS,
-                       progress: WindowsScored | None = None) -> SplitScore:
-    """The loss over `windows` windows spread evenly through `tokens`: a repeatable look at a split
-    too large to score whole."""
+                       progress: WindowsScored | None = None, mask: np.ndarray | None = None) -> SplitScore:
+    """The loss over `windows` windows spread evenly through `tokens` (a chat split: that many
+    conversations): a repeatable look at a split too large to score whole."""
+    if mask is not None:
+        return score_conversations(model, tokens, mask, token_bytes, windows, progress=progress)
     T = model.config.block_size
     if len(tokens) <= T:  # not one full window fits (another dataset given to eval): score it all
         return score_split(model, tokens, token_bytes)
@@ -131,20 +178,23 @@ def score_sample(model: GPT, tokens: np.ndarray, token_bytes: np.ndarray, window
 
 
 def score_val(model: GPT, tokens: np.ndarray, token_bytes: np.ndarray, max_tokens: int | None = None,
-              progress: WindowsScored | None = None) -> SplitScore:
-    """A validation split scored whole (score_split), or past `max_tokens` over about that many
-    tokens in windows spread evenly through it (score_sample): what `tinygpt eval` reports, and
-    the final evaluation of a run."""
-    if max_tokens is not None and max_tokens < len(tokens) - 1:
-        return score_sample(model, tokens, token_bytes, max(1, max_tokens // model.config.block_size), progress)
+              progress: WindowsScored | None = None, mask: np.ndarray | None = None) -> SplitScore:
+    """A validation split scored whole (score_split; a chat split's conversations), or past
+    `max_tokens` over about that many tokens in windows spread evenly through it (score_sample):
+    what `tinygpt eval` reports, and the final evaluation of a run."""
+    if max_tokens is not None and max_tokens < predictions(tokens, mask):
+        return score_sample(model, tokens, token_bytes, max(1, max_tokens // model.config.block_size), progress, mask)
+    if mask is not None:
+        return score_conversations(model, tokens, mask, token_bytes, progress=progress)
     return score_split(model, tokens, token_bytes, progress)
 
 
-def val_windows(model: GPT, tokens: np.ndarray, max_tokens: int | None = None) -> int:
+def val_windows(model: GPT, tokens: np.ndarray, max_tokens: int | None = None, mask: np.ndarray | None = None) -> int:
     """How many windows score_val scores (for a progress bar)."""
-    if max_tokens is not None and max_tokens < len(tokens) - 1:
-        return min(max(1, max_tokens // model.config.block_size), max(1, len(tokens) - model.config.block_size))
-    return split_windows(model, tokens)
+    available = split_windows(model, tokens) if mask is None else len(conversation_bounds(mask)) - 1
+    if max_tokens is not None and max_tokens < predictions(tokens, mask):
+        return min(max(1, max_tokens // model.config.block_size), available if mask is not None else max(1, len(tokens) - model.config.block_size))
+    return available
 
 
 def eval_dataset(ckpt: Checkpoint, path: Path, data_dir: str | Path | None = None) -> Dataset:

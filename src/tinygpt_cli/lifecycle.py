@@ -24,7 +24,7 @@ from .checkpoint import Checkpoint, load_checkpoint, load_model_weights, save_ch
 from .config import SHAPE_FIELDS, RunConfig, build_config, check_against_data, first_problem, flag_name
 from .data.dataset import Dataset, load_dataset
 from .data.tokenizer import byte_lengths
-from .evaluate import score_val, val_windows
+from .evaluate import predictions, score_val, val_windows
 from .system.distributed import DistContext, barrier
 from .errors import CheckpointError, Command, TinyGPTError, TrainingStopped, UsageError
 from .system.fsutil import check_writable, read_json, short_list, write_json_atomic
@@ -93,6 +93,8 @@ class StartInfo:
     best_saved_after_last: int | None = None
     # A prompt from the run's own text (its first line), for the hint at the end.
     sample_prompt: str = ""
+    chat: bool = False  # trained on conversations: `tinygpt chat` is the next step
+    grown_tokens: int = 0  # fine-tuning: rows the token embedding grew by (the chat tokens)
 
 
 class TrainingReporter:
@@ -236,8 +238,10 @@ class TrainingRun:
         dtype = t.dtype_name
         previous = self.saved_dtype if self.saved_dtype not in (None, dtype) else None
         threads = t.threads.describe() if t.threads is not None else None
+        chat = t.dataset.info.kind == "chat"
         return StartInfo(self.run.path, t.config, str(device), dtype, threads, t.model.num_params(), t.tokens_per_iter(),
-                         t.step, projected, previous, self.best_saved_after_last, first_line(t.dataset))
+                         t.step, projected, previous, self.best_saved_after_last, "" if chat else first_line(t.dataset), chat,
+                         t.grown_tokens)
 
     def fit(self) -> TrainResult:
         """Train to max_iters (or a stop signal). A run-folder write that fails (a full disk) is one
@@ -316,10 +320,11 @@ class TrainingRun:
         model = t.model  # its training is over: it takes the best weights (a new model would draw torch's global generator)
         load_model_weights(model, best.weights, self.run.best_path)
         cap = max(FINAL_EVAL_TOKENS, t.eval_tokens())
-        progress = self.reporter.on_final_eval(val_windows(model, t.dataset.val, cap))
-        score = score_val(model, t.dataset.val, byte_lengths(t.dataset.tokenizer), cap, progress)
+        val, mask = t.dataset.val, t.dataset.val_mask
+        progress = self.reporter.on_final_eval(val_windows(model, val, cap, mask))
+        score = score_val(model, val, byte_lengths(t.dataset.tokenizer), cap, progress, mask)
         final = {"val_loss": score.loss, "val_bits_per_byte": score.bits_per_byte, "tokens": score.tokens,
-                 "whole_split": score.tokens == len(t.dataset.val) - 1}
+                 "whole_split": score.tokens == predictions(val, mask)}
         best.progress["final_eval"] = final
         self._write_checkpoint(self.run.best_path, best)
         self._log({"iter": t.step, "final_val_loss": score.loss, "final_val_bits_per_byte": score.bits_per_byte,
@@ -362,6 +367,12 @@ def prepare_training(config: RunConfig) -> tuple[RunConfig, Dataset]:
     flat = {**config.flat(), "vocab_size": dataset.tokenizer.size, "data_dir": str(data_dir)}
     config = build_config(flat)
     check_against_data(config, len(dataset.train), len(dataset.val), dataset.tokenizer.size)
+    context = dataset.info.chat.get("context", 0)
+    if context > config.model.block_size:
+        raise UsageError(f"the conversations in {data_dir} were prepared for a context of {context:,} tokens; "
+                         f"--block-size {config.model.block_size:,} would cut them",
+                         Command("prepare chat", ("FILE",), {"context": config.model.block_size, "data_dir": str(data_dir)},
+                                 why="fits them to the shorter context"))
     return config, dataset
 
 
@@ -407,6 +418,7 @@ def _new_trainer(config: RunConfig, dist: DistContext, threads: ThreadPolicy | N
     trainer = Trainer(config, dataset, dist, threads)
     if pretrained is not None:
         trainer.start_from(initial_weights(pretrained, config.model), pretrained.source)
+        trainer.grown_tokens = config.model.vocab_size - pretrained.config.vocab_size
     return trainer  # the source's own copy of the weights is freed here
 
 

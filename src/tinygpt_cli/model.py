@@ -35,6 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import ModelConfig
+from .data.batches import IGNORE  # a target the loss skips
 
 
 class KVCache:
@@ -259,8 +260,10 @@ class GPT(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None, reduction: str = "mean"
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits, and with `targets` the cross-entropy loss: their mean, or with reduction="sum"
+        their sum. A target of IGNORE (a token a chat dataset does not train) adds no loss."""
         B, T = idx.shape
         start = cache.length if cache is not None else 0
         if start + T > self.config.block_size:
@@ -282,7 +285,7 @@ class GPT(nn.Module):
             # Sampling needs only the last position's prediction: skip the other T-1 rows.
             return self.lm_head(x[:, -1:, :]), None  # (B, 1, vocab)
         logits = self.lm_head(x)  # (B, T, vocab)
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE, reduction=reduction)
         return logits, loss
 
 

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import torch
 
-from .data.batches import Batches
+from .data.batches import IGNORE, Batches
 from .checkpoint import Checkpoint, load_model_weights, model_weights
 from .config import RunConfig, TrainConfig
 from .data.dataset import Dataset
@@ -101,7 +101,11 @@ class Trainer:
         # float16 needs loss scaling (its gradients underflow); bfloat16 and float32 do not.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         block = config.model.block_size
-        self.splits = {"train": Batches(dataset.train, block, self.device), "val": Batches(dataset.val, block, self.device)}
+        # Conversations (a chat dataset): windows from each conversation's start, trained on the
+        # assistant's tokens only (data/batches.py).
+        self.masked = dataset.train_mask is not None
+        self.splits = {"train": Batches(dataset.train, block, self.device, dataset.train_mask),
+                       "val": Batches(dataset.val, block, self.device, dataset.val_mask)}
         # Bits per byte = val loss / ln 2 / the val split's bytes per token: comparable across tokenizers.
         self.val_bytes_per_token = dataset.val_bytes_per_token()
         self.step = 0
@@ -110,6 +114,7 @@ class Trainer:
         self.evaluated_at = -1
         self.grad_norm = torch.zeros(())  # of the last step's gradient, before clipping
         self.elapsed_before = 0.0  # training seconds of the runs this one resumes
+        self.grown_tokens = 0  # fine-tuning: tokens the source's vocabulary lacked (lifecycle.py)
         self._t0 = time.perf_counter()
         self.stop_requested: Callable[[], bool] = lambda: False  # fit() sets the run's
         self.evaluating = False  # inside evaluate(): a stop then cuts the evaluation short
@@ -132,6 +137,7 @@ class Trainer:
             progress={"elapsed": self.elapsed(), "evaluated_at": self.evaluated_at, "dtype": self.dtype_name,
                       "val_bytes_per_token": self.val_bytes_per_token, "data_sha256": self.dataset.info.digest,
                       "loss_scale": self._loss_scale(), "eval_tokens": self.eval_tokens()},
+            chat_template=self.dataset.info.chat_template,
         )
 
     def load_state(self, ckpt: Checkpoint, source: Path) -> None:
@@ -192,7 +198,7 @@ class Trainer:
         losses = {}
         for split, batches in self.splits.items():
             gen = torch.Generator().manual_seed(cfg.seed + 1)
-            total = torch.zeros((), device=self.device)
+            total, trained = torch.zeros((), device=self.device), torch.zeros((), device=self.device)
             for _ in range(cfg.eval_iters):
                 if self.stop_requested() and not self.dist.enabled:  # ranks must finish it together
                     raise EvaluationAbandoned
@@ -200,10 +206,15 @@ class Trainer:
                 for micro in range(cfg.grad_accum):
                     rows = self._my_rows(micro)
                     with autocast_for(self.device, self.dtype):
-                        _, loss = self.model(x[rows], y[rows])
+                        _, loss = self.model(x[rows], y[rows], reduction="sum" if self.masked else "mean")
                     total += loss.float()
-            n_batches = cfg.eval_iters * cfg.grad_accum * self.world_size
-            losses[split] = all_reduce_sum(total, self.dist).item() / n_batches
+                    trained += (y[rows] != IGNORE).sum()
+            if self.masked:  # the mean over the trained tokens
+                total, trained = all_reduce_sum(torch.stack([total, trained]), self.dist).tolist()
+                losses[split] = total / max(trained, 1)
+            else:
+                n_batches = cfg.eval_iters * cfg.grad_accum * self.world_size
+                losses[split] = all_reduce_sum(total, self.dist).item() / n_batches
         return losses
 
     def train_step(self) -> torch.Tensor:
@@ -214,13 +225,21 @@ class Trainer:
             group["lr"] = lr * group["lr_scale"]
         B, accum = cfg.batch_size, cfg.grad_accum
         x_all, y_all = self.splits["train"].sample(B * self.world_size * accum, self.rng.data)
+        # Conversations: the step's loss is the mean over the trained tokens of the whole global
+        # batch, so each micro-batch adds its sum over their count (DDP's average across ranks
+        # takes the world size back out); a window with no trained token adds exactly nothing.
+        trained = (y_all != IGNORE).sum().clamp(min=1) if self.masked else None
         total = torch.zeros((), device=self.device)
         with self.rng.drawing():  # dropout
             for micro in range(accum):
                 rows = self._my_rows(micro)
                 with self._sync_context(micro == accum - 1), autocast_for(self.device, self.dtype):
-                    _, loss = self.forward(x_all[rows], y_all[rows])
-                self.scaler.scale(loss / accum).backward()
+                    _, loss = self.forward(x_all[rows], y_all[rows], reduction="mean" if trained is None else "sum")
+                if trained is None:
+                    self.scaler.scale(loss / accum).backward()
+                else:
+                    loss = loss * self.world_size / trained
+                    self.scaler.scale(loss).backward()
                 total += loss.detach().float()
         # The gradient's norm, for the logs, clipped to grad_clip (0: not clipped, the norm is still measured).
         self.scaler.unscale_(self.optimizer)
@@ -228,7 +247,7 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        return total / accum
+        return total / accum if trained is None else total
 
     def _sync_context(self, last_micro_step: bool):
         # Under DDP, all-reduce gradients only once per step, on the last micro-batch.

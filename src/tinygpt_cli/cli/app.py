@@ -12,7 +12,7 @@ from typer.exceptions import TyperException
 from .. import __version__
 from ..errors import TinyGPTError, TrainingStopped
 from .console import render_hint
-from . import bench_cmds, data_cmds, generate_cmds, inside_cmds, interop_cmds, model_cmds, train_cmds
+from . import bench_cmds, chat_cmds, data_cmds, generate_cmds, inside_cmds, interop_cmds, model_cmds, train_cmds
 from . import runs_cmds
 
 class JourneyOrder(typer.core.TyperGroup):
@@ -54,6 +54,7 @@ def _root(
 data_cmds.register(app)
 train_cmds.register(app)
 generate_cmds.register(app)
+chat_cmds.register(app)
 model_cmds.register(app)
 inside_cmds.register(app)
 interop_cmds.register(app)

@@ -1,4 +1,4 @@
-"""`tinygpt prepare shakespeare|text` and `tinygpt vocab`."""
+"""`tinygpt prepare shakespeare|text|chat` and `tinygpt vocab`."""
 
 from __future__ import annotations
 
@@ -140,10 +140,72 @@ def prepare_text(
     _summary(result, name, as_json)
 
 
+@prepare_app.command("chat")
+def prepare_chat(
+    inputs: list[str] = typer.Argument(..., help="Conversation files: JSON Lines of {\"messages\": [{\"role\", \"content\"}, ...]} or Alpaca's {\"instruction\", \"input\", \"output\"} (or a JSON array of them), folders of them (every file matching --glob), or - for standard input."),
+    name: str = typer.Option(None, "--name", help="Dataset name (default: the first input's name without extension)."),
+    data_dir: Path = typer.Option(None, "--data-dir", help="Folder to write the dataset to (default: data/NAME)."),
+    glob: str = typer.Option("*.jsonl", "--glob", help="Files of a folder to take, e.g. '*.json'."),
+    val_fraction: float = typer.Option(0.1, "--val-fraction", min=0.0, max=1.0, help="Share of the conversations held out for validation, evenly spaced."),
+    tokenizer: str = TOKENIZER,
+    vocab_size: int = VOCAB_SIZE,
+    context: int = typer.Option(None, "--context", min=2, help="Tokens a conversation may take: longer ones are cut after their last exchange that fits, or dropped (default: the --tokenizer run's block size, else 256)."),
+    skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Leave out records that break a rule (and count them) instead of refusing the files."),
+    follow_symlinks: bool = typer.Option(False, "--follow-symlinks", help="Also read a folder's symbolic links that lead out of it (skipped and counted otherwise)."),
+    as_json: bool = JSON,
+) -> None:
+    """Turn conversations into a dataset that trains a model to answer: the assistant's tokens only.
+
+    Example: tinygpt prepare chat chats.jsonl --tokenizer runs/cpu --data-dir data/chat
+    """
+    from ..data.dataset import check_name
+    from ..data.prepare_chat import DEFAULT_CONTEXT
+    from ..data.prepare_chat import prepare_chat as run
+    from ..interop.pretrained import source_context, tokenizer_choice
+
+    first = Path(inputs[0])
+    name = check_name(name or ("stdin" if inputs[0] == "-" else (first.stem or first.name).replace(" ", "_")), "dataset name")
+    choice = tokenizer_choice(tokenizer, vocab_size)
+    if context is None:
+        context = (source_context(tokenizer) if choice.kind == "given" else None) or DEFAULT_CONTEXT
+    result = run(inputs, data_dir or Path("data") / name, name, choice, context, val_fraction, skip_invalid, glob, follow_symlinks)
+    for why in result.skipped[:5]:
+        err.print(f"[yellow]skipped[/] {why}", markup=True, soft_wrap=True)
+    if len(result.skipped) > 5:
+        err.print(f"[yellow]skipped[/] {len(result.skipped) - 5:,} more records", markup=True)
+    if as_json:
+        print_json({**result.info.to_dict(), "path": str(result.info.path), "reused": result.reused, "skipped": result.skipped})
+        return
+    _chat_summary(result, name)
+
+
+def _chat_summary(result, title: str) -> None:
+    from rich.table import Table
+
+    info, chat = result.info, result.info.chat
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(justify="right", overflow="fold")
+    table.add_row("source", info.source + (f" ({info.documents:,} files)" if info.documents > 1 else ""))
+    table.add_row("folder", str(info.path))
+    table.add_row("tokenizer", f"{'characters' if info.tokenizer == 'char' else 'byte-level BPE'}, {info.vocab_size:,} tokens with the 4 chat tokens")
+    for split in ("train", "val"):
+        tokens = info.train_tokens if split == "train" else info.val_tokens
+        table.add_row(f"{split}", f"{chat['conversations'][split]:,} conversations, {chat['turns'][split]:,} exchanges, "
+                                  f"{tokens:,} tokens, {chat['trained_tokens'][split]:,} trained")
+    table.add_row("context", f"{chat['context']:,} tokens: {chat['cut']:,} conversations cut, {chat['dropped']:,} dropped")
+    if chat["skipped"]:
+        table.add_row("skipped", f"{chat['skipped']:,} records (--skip-invalid)")
+    out.print(table)
+    if result.reused:
+        out.print(f"{info.path} is already prepared and intact: nothing to do.")
+
+
 def vocab(
     path: Path = typer.Argument(None, help="A prepared dataset folder or a UTF-8 text file (default: the most recently prepared dataset under data/)."),
     as_json: bool = JSON,
     limit: int = typer.Option(None, "--limit", min=1, help="Show only the first N rows of the table."),
+    show_mask: int = typer.Option(None, "--show-mask", min=1, help="Show conversation N of a chat dataset's training split, its trained tokens told apart (green on a terminal, [[in brackets]] when piped)."),
 ) -> None:
     """Show the vocabulary: each character and its count, or a BPE's most frequent tokens and its merges.
 
@@ -159,6 +221,9 @@ def vocab(
         if path is None:
             raise UsageError(f"no prepared dataset under {DATA_DIR}/", "tinygpt prepare text FILE  (or tinygpt prepare shakespeare)")
         err.print(f"[dim]{path}: the most recently prepared dataset[/]")
+    if show_mask is not None:
+        _show_mask(load_dataset(path), show_mask, as_json)
+        return
     if path.is_dir():
         dataset = load_dataset(path)
         tokenizer = dataset.tokenizer
@@ -173,6 +238,38 @@ def vocab(
         _char_table(path, tokenizer, counts, as_json, limit)
     else:
         _bpe_tables(path, tokenizer, counts, as_json, limit)
+
+
+def _show_mask(dataset, n: int, as_json: bool) -> None:
+    """Conversation n of the training split, token by token, trained ones told apart (as nanochat's
+    visualize_tokenization does): what the loss sees of it."""
+    from rich.text import Text
+
+    from ..data.chat import TRAINED, conversation_bounds
+    from ..errors import UsageError
+
+    if dataset.train_mask is None:
+        raise UsageError(f"{dataset.info.path} holds text, not conversations: it has no loss mask", "tinygpt prepare chat FILE.jsonl")
+    bounds = conversation_bounds(dataset.train_mask)
+    if n > len(bounds) - 1:
+        raise UsageError(f"--show-mask {n}: the training split holds {len(bounds) - 1:,} conversations")
+    ids = dataset.train[bounds[n - 1] : bounds[n]].tolist()
+    trained = ((dataset.train_mask[bounds[n - 1] : bounds[n]] & TRAINED) > 0).tolist()
+    texts = [dataset.tokenizer.decode([i]) for i in ids]
+    if as_json:
+        print_json({"conversation": n, "tokens": [{"id": i, "text": t, "trained": m} for i, t, m in zip(ids, texts, trained)]})
+        return
+    line = Text()
+    if out.is_terminal:
+        for text, on in zip(texts, trained):
+            line.append(text, style="bold green" if on else "dim")
+    else:  # runs of trained tokens in [[...]]
+        for k, (text, on) in enumerate(zip(texts, trained)):
+            before, after = k and trained[k - 1], k + 1 < len(trained) and trained[k + 1]
+            line.append(("[[" if on and not before else "") + text + ("]]" if on and not after else ""))
+    out.print(f"conversation {n} of {len(bounds) - 1:,}: {len(ids):,} tokens, {sum(trained):,} trained "
+              f"({'green' if out.is_terminal else 'in [[brackets]]'}); the rest is context the loss skips", markup=False)
+    out.print(line, soft_wrap=True)
 
 
 def _char_table(path: Path, vocab, counts, as_json: bool, limit: int | None) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from .console import out, print_json, say_loaded
-from .options import CHECKPOINT, DEVICE, JSON, RUN, TEMPERATURE, TOP_K, TOP_P
+from .options import CHECKPOINT, DEVICE, JSON, RUN, SEED, TEMPERATURE, TOP_K, TOP_P
 
 # generate's loops are the user's to size, within these (a typo of a few zeros is no hour-long run).
 MAX_SAMPLES = 1000
@@ -36,7 +36,7 @@ def generate(
     top_k: int = TOP_K,
     top_p: float = TOP_P,
     num_samples: int = typer.Option(1, "--num-samples", min=1, max=MAX_SAMPLES, help=f"How many independent samples (at most {MAX_SAMPLES:,})."),
-    seed: int = typer.Option(None, "--seed", min=0, max=2**32 - 1, help="Same seed and options give the same text (0 to 4294967295)."),
+    seed: int = SEED,
     device: str = DEVICE,
     kv_cache: bool = typer.Option(True, "--kv-cache/--no-kv-cache", help="Reuse past keys/values (fast); off recomputes each window."),
     as_json: bool = JSON,

@@ -130,7 +130,7 @@ def evaluate(
     """
     from ..checkpoint import load_model
     from ..system.devices import pick_device
-    from ..evaluate import eval_dataset, score_sample, score_val, val_windows
+    from ..evaluate import eval_dataset, predictions, score_sample, score_val, val_windows
     from ..system.process import init_process
     from ..rundir import resolve_checkpoint
     from ..data.tokenizer import byte_lengths
@@ -149,9 +149,9 @@ def evaluate(
     # On stderr, and only on a terminal: --json output and logs stay clean.
     with Progress(TextColumn("scoring the validation split"), BarColumn(), MofNCompleteColumn(), TextColumn("windows"),
                   TimeRemainingColumn(), console=err, transient=True, disable=not err.is_terminal) as bar:
-        task = bar.add_task("val", total=val_windows(model, dataset.val, max_tokens))
-        val = score_val(model, dataset.val, token_bytes, max_tokens, progress=lambda n: bar.advance(task, n))
-    train = score_sample(model, dataset.train, token_bytes)
+        task = bar.add_task("val", total=val_windows(model, dataset.val, max_tokens, dataset.val_mask))
+        val = score_val(model, dataset.val, token_bytes, max_tokens, lambda n: bar.advance(task, n), dataset.val_mask)
+    train = score_sample(model, dataset.train, token_bytes, mask=dataset.train_mask)
     result = {"checkpoint": str(path), "iteration": ckpt.iteration, "data_dir": str(folder),
               "val": val.to_dict(), "train_sample": train.to_dict()}
     if as_json:
@@ -162,7 +162,7 @@ def evaluate(
     table = Table(title=f"{path} (iteration {ckpt.iteration:,}) on {folder}", title_justify="left")
     for col in ("split", "tokens", "loss", "perplexity", "bits/token", "bits/byte"):
         table.add_column(col, justify="right" if col != "split" else "left")
-    for name, score in (("val (sample)" if val.tokens < len(dataset.val) - 1 else "val (all)", val),
+    for name, score in (("val (sample)" if val.tokens < predictions(dataset.val, dataset.val_mask) else "val (all)", val),
                         ("train (sample)", train)):
         table.add_row(name, f"{score.tokens:,}", f"{score.loss:.4f}", f"{score.perplexity:.3f}", f"{score.bits_per_token:.4f}",
                       f"{score.bits_per_byte:.4f}")

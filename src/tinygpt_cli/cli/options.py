@@ -16,6 +16,7 @@ OVERWRITE = typer.Option(False, "--overwrite", help="Replace what an earlier run
 TEMPERATURE = typer.Option(0.8, "--temperature", min=0.0, help="Randomness: below 1 safer, above 1 wilder, 0 greedy (the scores are divided by it before the softmax).")
 TOP_K = typer.Option(None, "--top-k", min=1, help="Sample only among the k most likely tokens.")
 TOP_P = typer.Option(None, "--top-p", min=0.0, max=1.0, help="Sample from the smallest set of tokens whose probability reaches p.")
+SEED = typer.Option(None, "--seed", min=0, max=2**32 - 1, help="Same seed and options give the same text (0 to 4294967295).")
 
 
 def run_named(option: Path | None, positional: Path | None, command: str) -> Path | None:

@@ -66,13 +66,14 @@ def make_reporter(interactive: bool):
             self.progress: Progress | None = None
             self.final_bar: Progress | None = None
             self.sample_prompt = ""
+            self.chat = False
             self.target: float | None = None
             self.task = None
             self.max_iters = 0
 
         def on_start(self, info) -> None:
             cfg = info.config
-            self.sample_prompt = info.sample_prompt
+            self.sample_prompt, self.chat = info.sample_prompt, info.chat
             self.target = info.config.train.stop_at_val_loss
             self.max_iters = cfg.train.max_iters
             out.print(
@@ -84,6 +85,10 @@ def make_reporter(interactive: bool):
                 out.print(f"resuming at iteration {info.start_iter:,} of {self.max_iters:,}")
             elif cfg.train.init_from:
                 out.print(f"fine-tuning: the weights of {cfg.train.init_from}, a new optimiser state and schedule", soft_wrap=True)
+            if info.grown_tokens:
+                out.print(f"the token embedding grew by {info.grown_tokens} rows for the chat tokens, each the mean of the others", soft_wrap=True)
+            if info.chat and not info.start_iter:
+                out.print("conversations: the loss counts the assistant's tokens only", soft_wrap=True)
             if info.previous_dtype:
                 out.print(
                     f"[yellow]note:[/] iterations up to {info.start_iter:,} ran in {info.previous_dtype}, the rest run in "
@@ -167,6 +172,7 @@ def make_reporter(interactive: bool):
 
                 print_curve(RunDir(result["run"]).read_metrics())
                 prompt = f" --prompt {shlex.quote(self.sample_prompt)}" if self.sample_prompt else ""
-                out.print(f"next: tinygpt generate --run {shlex.quote(str(result['run']))}{prompt}", markup=False)
+                then = "chat" if self.chat else "generate"
+                out.print(f"next: tinygpt {then} --run {shlex.quote(str(result['run']))}{prompt}", markup=False)
 
     return Reporter()

@@ -3,7 +3,8 @@
 A dataset folder holds the tokenizer (`vocab.json` for characters, `tokenizer.json` for BPE),
 `train.bin` and `val.bin` (token ids, uint16, or uint32 for a vocabulary past 65,536) and
 `meta.json` (sources and their digests, sizes, checksums, split, tokenizer). prepare.py writes
-them. `meta.json` is written last and
+them. A dataset of conversations (prepare_chat.py) also holds `train.mask` and `val.mask`, one
+byte per token (data/chat.py: which tokens are trained, where each conversation starts). `meta.json` is written last and
 removed first, so a folder with a `meta.json` whose checksums match is complete. A mark file,
 `.tinygpt-dataset`, is written before anything else: tinygpt writes only into a folder it made
 (or an empty one), so a user's own files are never overwritten.
@@ -38,7 +39,8 @@ SHAKESPEARE_BYTES = 1_115_394
 META_FORMAT = "tinygpt-dataset"
 # 2: the tokenizer and the token type (1: characters, uint16, with a copy of the text in input.txt)
 # 3: the sources, the split, the bytes of text in each split; no copy of the text
-META_VERSION = 3
+# 4: the kind (text or chat); a chat dataset's template, counts and loss masks
+META_VERSION = 4
 # Each split must hold at least this many tokens, enough for a few windows to train and evaluate on.
 MIN_SPLIT_TOKENS = 256
 # Refuse downloads past this size: a char-level corpus this tool can train on is far smaller.
@@ -50,7 +52,7 @@ DOWNLOAD_TIMEOUT_S = 30
 # The files of a dataset folder, and the mark that says tinygpt made the folder (written before
 # any of them and never removed, so that a prepare killed midway can be run again).
 # (input.txt: the copy of the text that format 1 and 2 folders hold)
-DATASET_FILES = ("input.txt", "vocab.json", "tokenizer.json", "train.bin", "val.bin", "meta.json")
+DATASET_FILES = ("input.txt", "vocab.json", "tokenizer.json", "train.bin", "val.bin", "train.mask", "val.mask", "meta.json")
 # Splits larger than this are read through np.memmap instead of into memory.
 IN_MEMORY_BYTES = 2**28
 
@@ -143,12 +145,19 @@ class DatasetInfo:
     train_bytes: int = 0  # bytes of text in each split (0: not recorded, format 1 and 2)
     val_bytes: int = 0
     sources: list = field(default_factory=list)  # name, bytes and sha256 of each source
+    kind: str = "text"  # or "chat": conversations, with loss masks
+    chat_template: str | None = None  # chat: the Jinja template of data/chat.py
+    chat: dict = field(default_factory=dict)  # chat: counts (conversations, turns, trained tokens...) and the context
+    train_mask_sha256: str = ""
+    val_mask_sha256: str = ""
 
     @property
     def digest(self) -> str:
-        """One SHA-256 for the token ids of both splits: what a checkpoint records of the data it
-        trained on, so that a resume can tell a dataset that was prepared again from another text."""
-        return sha256_hex(f"{self.train_sha256} {self.val_sha256}".encode())
+        """One SHA-256 for the token ids of both splits (and a chat dataset's masks): what a
+        checkpoint records of the data it trained on, so that a resume can tell a dataset that was
+        prepared again from another text."""
+        masks = f" {self.train_mask_sha256} {self.val_mask_sha256}" if self.kind == "chat" else ""
+        return sha256_hex(f"{self.train_sha256} {self.val_sha256}{masks}".encode())
 
     def to_dict(self) -> dict:
         d = {k: v for k, v in self.__dict__.items() if k != "path"}
@@ -169,7 +178,7 @@ def read_dataset_info(folder: Path) -> DatasetInfo | None:
 def _read_meta(folder: Path) -> DatasetInfo | None:
     try:
         obj = read_json(folder / "meta.json")
-        if obj.pop("format") != META_FORMAT or obj.pop("version") not in (1, 2, META_VERSION):
+        if obj.pop("format") != META_FORMAT or obj.pop("version") not in (1, 2, 3, META_VERSION):
             return None
         return DatasetInfo(path=folder, **obj)
     except PermissionError as e:  # present but not ours to read: not "damaged"
@@ -188,6 +197,8 @@ def intact_dataset(folder: Path) -> DatasetInfo | None:
             file_sha256(folder / "train.bin") == info.train_sha256
             and file_sha256(folder / "val.bin") == info.val_sha256
             and load_tokenizer(folder, info.tokenizer).size == info.vocab_size
+            and (info.kind != "chat" or (file_sha256(folder / "train.mask") == info.train_mask_sha256
+                                         and file_sha256(folder / "val.mask") == info.val_mask_sha256))
         )
     except PermissionError as e:
         raise _permission_denied(e) from e
@@ -256,9 +267,17 @@ class Dataset:
     tokenizer: Tokenizer
     train: np.ndarray  # or an np.memmap, for a large split
     val: np.ndarray
+    train_mask: np.ndarray | None = None  # chat: one byte per token (data/chat.py)
+    val_mask: np.ndarray | None = None
 
     def val_bytes_per_token(self) -> float:
-        """Bytes of text per validation token: bits per byte = loss / ln 2 / this."""
+        """Bytes of text per validation token (a chat dataset's: per trained token): bits per
+        byte = loss / ln 2 / this."""
+        if self.val_mask is not None:
+            from .chat import TRAINED
+
+            trained = self.val[(self.val_mask & TRAINED) > 0]
+            return float(byte_lengths(self.tokenizer)[trained].sum()) / max(1, len(trained))
         if self.info.val_bytes:
             return self.info.val_bytes / self.info.val_tokens
         counts = token_counts(self.val, self.tokenizer.size)  # folders of format 1 and 2
@@ -278,6 +297,9 @@ def load_dataset(folder: str | Path) -> Dataset:
         )
     tokenizer = load_tokenizer(folder, info.tokenizer)
     train, val = (read_split(folder / f"{split}.bin", info.token_dtype) for split in ("train", "val"))
+    if info.kind == "chat":
+        masks = [read_split(folder / f"{split}.mask", "uint8") for split in ("train", "val")]
+        return Dataset(info=info, tokenizer=tokenizer, train=train, val=val, train_mask=np.asarray(masks[0]), val_mask=np.asarray(masks[1]))
     return Dataset(info=info, tokenizer=tokenizer, train=train, val=val)
 
 

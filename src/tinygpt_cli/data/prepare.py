@@ -211,7 +211,7 @@ def write_dataset(corpus: Corpus, folder: Path, name: str, val_fraction: float, 
     dtype = np.dtype(token_dtype(tokenizer.size))
     lengths = byte_lengths(tokenizer)
     claim_folder(folder)
-    created = _missing_ancestors(folder)
+    created = missing_ancestors(folder)
     # Blocks of about a twentieth of the validation share each ("spread"); a BPE token is about
     # three characters of English.
     est_tokens = found.chars if tokenizer.kind == "char" else found.chars // 3  # (a given tokenizer is either)
@@ -249,7 +249,7 @@ def write_dataset(corpus: Corpus, folder: Path, name: str, val_fraction: float, 
         write_json_atomic(folder / "meta.json", info.to_dict())
     except BaseException as e:
         if created:  # refused (too short) or interrupted: the folders this call made go again, if they hold nothing else
-            _remove_if_empty(folder, created)
+            remove_if_empty(folder, created)
         if isinstance(e, OSError):
             if e.filename is not None and Path(e.filename).parent != folder:
                 raise TinyGPTError(f"cannot read {e.filename}: {e.strerror or e}") from e
@@ -258,7 +258,7 @@ def write_dataset(corpus: Corpus, folder: Path, name: str, val_fraction: float, 
     return info
 
 
-def _remove_if_empty(folder: Path, created: list[Path]) -> None:
+def remove_if_empty(folder: Path, created: list[Path]) -> None:
     """Remove the folders a refused prepare made, when they hold nothing but tinygpt's mark."""
     with suppress(OSError):
         if os.listdir(folder) == [OWNER_MARK]:
@@ -267,7 +267,7 @@ def _remove_if_empty(folder: Path, created: list[Path]) -> None:
                 made.rmdir()
 
 
-def _missing_ancestors(folder: Path) -> list[Path]:
+def missing_ancestors(folder: Path) -> list[Path]:
     """`folder` and those of its parents that do not exist yet, deepest first."""
     missing = []
     while not folder.exists() and folder != folder.parent:

@@ -147,6 +147,20 @@ class BPETokenizer:
             raise UsageError(f"{path} is not a tokenizer file: not UTF-8") from e
         return cls.from_json(text, str(path))
 
+    def with_specials(self, tokens: tuple[str, ...]) -> BPETokenizer:
+        """This tokenizer with `tokens` added as special tokens (those it lacks), their ids after
+        its last; text never encodes to them (encode_array takes no special tokens)."""
+        from tokenizers import AddedToken
+        from tokenizers import Tokenizer as HFTokenizer
+
+        hf = HFTokenizer.from_str(self.to_json())
+        hf.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in tokens if self.special_id(t) is None])
+        return BPETokenizer(hf)
+
+    def special_id(self, token: str) -> int | None:
+        special = {t.content: i for i, t in self.hf.get_added_tokens_decoder().items() if t.special}
+        return special.get(token)
+
     # --- using it ------------------------------------------------------------------------
     def encode_array(self, text: str) -> np.ndarray:
         """Token ids of `text`, as uint16 or uint32 (token_dtype), encoded on all cores."""
@@ -230,6 +244,18 @@ class BPETokenizer:
 Tokenizer = Union[Vocabulary, BPETokenizer]
 
 
+def encode_texts(tokenizer: Tokenizer, texts: list[str]) -> list[np.ndarray]:
+    """The ids of each of `texts` (a conversation's messages): a BPE encodes them in one batch."""
+    if isinstance(tokenizer, BPETokenizer) and texts:
+        if tokenizer._fast is not None:
+            batches = tokenizer._fast.encode_ordinary_batch(texts, num_threads=os.cpu_count() or 1)
+        else:
+            batches = [e.ids for e in tokenizer.hf.encode_batch(texts, add_special_tokens=False)]
+        dtype = token_dtype(tokenizer.size)
+        return [np.array(ids, dtype=dtype) for ids in batches]
+    return [tokenizer.encode_array(t) for t in texts]
+
+
 def check_bpe_vocab_size(vocab_size: int) -> None:
     if not MIN_BPE_VOCAB <= vocab_size <= MAX_VOCAB:
         raise UsageError(f"--vocab-size {vocab_size:,}: a byte-level BPE has {MIN_BPE_VOCAB} to {MAX_VOCAB:,} tokens "
@@ -260,12 +286,18 @@ def load_tokenizer(folder: Path, kind: str) -> Tokenizer:
 
 
 def byte_lengths(tokenizer: Tokenizer) -> np.ndarray:
-    """The bytes of text each token stands for, by id: bits per byte count them. The
-    end-of-text token marks a document's end and stands for no text: 0."""
+    """The bytes of text each token stands for, by id: bits per byte count them. Special tokens
+    (the end-of-text token between documents, the chat markers) stand for no text: 0."""
     lengths = np.array([len(tokenizer.token_bytes(i)) for i in range(tokenizer.size)], dtype=np.int64)
-    if tokenizer.eot_id is not None:
-        lengths[tokenizer.eot_id] = 0
+    lengths[special_ids(tokenizer)] = 0
     return lengths
+
+
+def special_ids(tokenizer: Tokenizer) -> list[int]:
+    """The ids of the special tokens, which no text encodes to."""
+    if isinstance(tokenizer, BPETokenizer):
+        return sorted(i for i, t in tokenizer.hf.get_added_tokens_decoder().items() if t.special)
+    return list(range(len(tokenizer.chars), tokenizer.size))
 
 
 def token_label(tokenizer: Tokenizer, token_id: int) -> str:

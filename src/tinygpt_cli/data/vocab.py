@@ -1,4 +1,5 @@
-"""The character vocabulary: every distinct character of a text, sorted, one id each."""
+"""The character vocabulary: every distinct character of a text, sorted, one id each, and any
+special tokens after them (the chat markers of data/chat.py), which no text encodes to."""
 
 from __future__ import annotations
 
@@ -44,9 +45,11 @@ class UnknownCharactersError(UsageError):
 
 @dataclass(frozen=True)
 class Vocabulary:
-    """Maps characters to ids and back. Ids follow code-point order, so the mapping is canonical."""
+    """Maps characters to ids and back. Ids follow code-point order, so the mapping is canonical;
+    special tokens, if any, take the ids after the characters, in the order given."""
 
     chars: tuple[str, ...]
+    specials: tuple[str, ...] = ()
     _codepoints: np.ndarray = field(init=False, repr=False, compare=False)
     kind = "char"
     eot_id = None  # one text, no documents to separate
@@ -54,8 +57,10 @@ class Vocabulary:
     def __post_init__(self) -> None:
         if list(self.chars) != sorted(set(self.chars)) or any(len(c) != 1 for c in self.chars):
             raise ValueError("vocabulary characters must be distinct single characters in sorted order")
-        if not 0 < len(self.chars) <= MAX_VOCAB_SIZE:
-            raise _too_many_characters(len(self.chars))
+        if len(set(self.specials)) != len(self.specials) or any(len(t) < 2 for t in self.specials):
+            raise ValueError("special tokens must be distinct and longer than one character")
+        if not 0 < len(self.chars) + len(self.specials) <= MAX_VOCAB_SIZE:
+            raise _too_many_characters(len(self.chars) + len(self.specials))
         codepoints = np.array([ord(c) for c in self.chars], dtype=np.uint32)
         object.__setattr__(self, "_codepoints", codepoints)
 
@@ -79,10 +84,17 @@ class Vocabulary:
 
     @property
     def size(self) -> int:
-        return len(self.chars)
+        return len(self.chars) + len(self.specials)
 
     def __len__(self) -> int:
-        return len(self.chars)
+        return self.size
+
+    def with_specials(self, tokens: tuple[str, ...]) -> Vocabulary:
+        """This vocabulary with `tokens` appended as special tokens (those it lacks)."""
+        return Vocabulary(self.chars, self.specials + tuple(t for t in tokens if t not in self.specials))
+
+    def special_id(self, token: str) -> int | None:
+        return len(self.chars) + self.specials.index(token) if token in self.specials else None
 
     def encode_array(self, text: str) -> np.ndarray:
         """Token ids of `text` as uint16; raises UnknownCharactersError listing strangers."""
@@ -99,18 +111,19 @@ class Vocabulary:
         return self.encode_array(text).tolist()
 
     def decode(self, ids: Iterable[int]) -> str:
-        chars = self.chars
+        tokens = self.chars + self.specials
         try:
-            return "".join(chars[i] for i in ids)
+            return "".join(tokens[i] for i in ids)
         except IndexError as e:
             raise TinyGPTError(f"token id out of range for a vocabulary of {self.size}") from e
 
     def token_bytes(self, token_id: int) -> bytes:
-        """The UTF-8 bytes of a token's character."""
-        return self.chars[token_id].encode("utf-8")
+        """The UTF-8 bytes of a token's character (a special token: its name's)."""
+        return (self.chars + self.specials)[token_id].encode("utf-8")
 
     def to_dict(self) -> dict:
-        return {"format": VOCAB_FORMAT, "version": VOCAB_VERSION, "size": self.size, "chars": list(self.chars)}
+        return {"format": VOCAB_FORMAT, "version": VOCAB_VERSION, "size": self.size, "chars": list(self.chars),
+                **({"specials": list(self.specials)} if self.specials else {})}
 
     @classmethod
     def from_dict(cls, obj: object, source: str = "vocabulary") -> Vocabulary:
@@ -119,14 +132,15 @@ class Vocabulary:
             and obj.get("format") == VOCAB_FORMAT
             and obj.get("version") == VOCAB_VERSION
             and isinstance(obj.get("chars"), list)
-            and 0 < len(obj["chars"]) <= MAX_VOCAB_SIZE
-            and all(isinstance(c, str) for c in obj["chars"])
-            and obj.get("size") == len(obj["chars"])
+            and isinstance(obj.get("specials", []), list)
+            and 0 < len(obj["chars"]) + len(obj.get("specials", [])) <= MAX_VOCAB_SIZE
+            and all(isinstance(c, str) for c in obj["chars"] + obj.get("specials", []))
+            and obj.get("size") == len(obj["chars"]) + len(obj.get("specials", []))
         )
         if not ok:
             raise TinyGPTError(f"{source} is not a tinygpt vocabulary (format {VOCAB_FORMAT} v{VOCAB_VERSION})")
         try:
-            return cls(tuple(obj["chars"]))
+            return cls(tuple(obj["chars"]), tuple(obj.get("specials", [])))
         except ValueError as e:
             raise TinyGPTError(f"{source}: {e}") from e
 

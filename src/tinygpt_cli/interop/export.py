@@ -23,7 +23,8 @@ from ..system.fsutil import entries_except, short_list
 from .card import CARD_FILE, CARD_HEADER, is_tinygpt_export
 from .hf import ARCHITECTURES, CLASS_NAMES, WEIGHTS_FILE, hf_config, hf_tensors, tokenizer_files
 
-EXPORT_FILES = ("config.json", WEIGHTS_FILE, "tokenizer.json", "tokenizer_config.json", "README.md")
+EXPORT_FILES = ("config.json", WEIGHTS_FILE, "tokenizer.json", "tokenizer_config.json", "README.md",
+                "chat_template.jinja", "generation_config.json")  # (the last two: a model trained on conversations)
 
 
 @dataclass
@@ -49,10 +50,18 @@ def model_card(ckpt: Checkpoint, checkpoint_path: Path, folder: Path, train_comm
         f"{'Fine-tuned' if t.get('init_from') else 'Trained from scratch'} with tinygpt and exported for Hugging Face transformers.", "",
         "| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows), "",
         "## Use it", "", "```python", "from transformers import pipeline", "",
-        f'generate = pipeline("text-generation", model={json.dumps(str(folder))})',
-        f'print(generate("ROMEO:", max_new_tokens={max(1, m.block_size // 2)}, do_sample=True)[0]["generated_text"])', "```", "",
+        f'generate = pipeline("text-generation", model={json.dumps(str(folder))})', *_use_it(ckpt), "```", "",
         "## How it was trained", "", "```", train_command, "```", "", "Every setting:", "", "```json", settings, "```", "",
     ])
+
+
+def _use_it(ckpt: Checkpoint) -> list[str]:
+    """The card's example call: a prompt to continue, or for a chat model, messages to answer."""
+    room = max(1, ckpt.model_config.block_size // 2)
+    if ckpt.chat_template is not None:
+        return ['messages = [{"role": "user", "content": "Hello!"}]',
+                f'print(generate(messages, max_new_tokens={room}, do_sample=False)[0]["generated_text"][-1]["content"])']
+    return [f'print(generate("ROMEO:", max_new_tokens={room}, do_sample=True)[0]["generated_text"])']
 
 
 def _quality(ckpt: Checkpoint) -> str:
@@ -109,7 +118,7 @@ def export_hf(ckpt: Checkpoint, checkpoint_path: Path, folder: Path, train_comma
     architecture = CLASS_NAMES[ARCHITECTURES[config.pos_embedding]]
     replace = _check_destination(folder, overwrite)
     texts = {"config.json": json.dumps(hf_config(config, ckpt.tokenizer), indent=2) + "\n",
-             **tokenizer_files(ckpt.tokenizer, config.block_size),
+             **tokenizer_files(ckpt.tokenizer, config.block_size, ckpt.chat_template),
              "README.md": model_card(ckpt, checkpoint_path, folder, train_command, architecture)}
     parent = folder.resolve().parent
     try:
@@ -129,7 +138,7 @@ def export_hf(ckpt: Checkpoint, checkpoint_path: Path, folder: Path, train_comma
         raise TinyGPTError(f"cannot write the export to {folder}: {e.strerror or e}", "free some disk space, or pass another folder") from e
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return ExportResult(folder, architecture, sum(t.numel() for t in ckpt.weights.values()), sorted(EXPORT_FILES))
+    return ExportResult(folder, architecture, sum(t.numel() for t in ckpt.weights.values()), sorted([WEIGHTS_FILE, *texts]))
 
 
 def _move_into_place(staging: Path, folder: Path, replace: bool) -> None:

@@ -32,6 +32,7 @@ from ..model import weight_shapes
 from ..system.fsutil import parse_json, read_user_file
 from ..data.tokenizer import EOT, MAX_TOKENIZER_FILE_BYTES, BPETokenizer, Tokenizer
 from ..data.vocab import Vocabulary
+from ..data.chat import END_OF_TURN, chat_token_ids
 
 LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default, which our model uses
 ROPE_BASE = 10000.0  # model.rope_tables' default
@@ -132,7 +133,8 @@ def hf_config(config: ModelConfig, tokenizer: Tokenizer) -> dict[str, Any]:
     """config.json for transformers (the same dropout as training; the model loads in eval mode)."""
     check_exportable(config)
     model_type = ARCHITECTURES[config.pos_embedding]
-    eot = tokenizer.eot_id
+    chat = chat_token_ids(tokenizer)
+    eot = tokenizer.eot_id if chat is None else chat[END_OF_TURN]  # a chat model's reply ends with its turn
     common = {"architectures": [CLASS_NAMES[model_type]], "model_type": model_type, "vocab_size": config.vocab_size,
               "bos_token_id": eot, "eos_token_id": eot, "tie_word_embeddings": True, "dtype": "float32"}
     if model_type == "gpt2":
@@ -155,20 +157,32 @@ def char_tokenizer_json(vocab: Vocabulary) -> str:
     with no merges), decoded by joining. Characters outside the vocabulary are dropped."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 
+    from tokenizers import AddedToken
+
     hf = Tokenizer(models.BPE({ch: i for i, ch in enumerate(vocab.chars)}, [], unk_token=None))
     hf.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     hf.decoder = decoders.Fuse()
+    hf.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in vocab.specials])  # ids after the characters
     return hf.to_str()
 
 
-def tokenizer_files(tokenizer: Tokenizer, block_size: int) -> dict[str, str]:
-    """tokenizer.json and tokenizer_config.json, which AutoTokenizer loads as a fast tokenizer."""
+def tokenizer_files(tokenizer: Tokenizer, block_size: int, chat_template: str | None = None) -> dict[str, str]:
+    """tokenizer.json and tokenizer_config.json, which AutoTokenizer loads as a fast tokenizer;
+    for a model trained on conversations, its chat template (in tokenizer_config.json and as
+    chat_template.jinja, where transformers looks for it) and generation_config.json, whose end
+    of sequence is the end of a turn: `pipeline` with messages then replies as `tinygpt chat` does."""
     text = tokenizer.to_json() if isinstance(tokenizer, BPETokenizer) else char_tokenizer_json(tokenizer)
     settings: dict[str, Any] = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": block_size,
                                 "clean_up_tokenization_spaces": False}
     if tokenizer.eot_id is not None:
         settings |= {"bos_token": EOT, "eos_token": EOT}
-    return {"tokenizer.json": text, "tokenizer_config.json": json.dumps(settings, indent=2) + "\n"}
+    files = {"tokenizer.json": text}
+    chat = chat_token_ids(tokenizer)
+    if chat_template is not None and chat is not None:
+        settings |= {"eos_token": END_OF_TURN, "pad_token": END_OF_TURN, "chat_template": chat_template}
+        generation = {"eos_token_id": chat[END_OF_TURN], "pad_token_id": chat[END_OF_TURN]}
+        files |= {"chat_template.jinja": chat_template, "generation_config.json": json.dumps(generation, indent=2) + "\n"}
+    return files | {"tokenizer_config.json": json.dumps(settings, indent=2) + "\n"}
 
 
 # --- reading -----------------------------------------------------------------------------
@@ -183,19 +197,24 @@ def read_tokenizer_json(path: Path) -> Tokenizer:
     model = spec.get("model") if isinstance(spec, dict) else None
     decoder = spec.get("decoder") if isinstance(spec, dict) else None
     if isinstance(model, dict) and model.get("merges") == [] and isinstance(decoder, dict) and decoder.get("type") == "Fuse":
-        return _char_vocabulary(model.get("vocab"), path)
+        return _char_vocabulary(model.get("vocab"), spec.get("added_tokens"), path)
     return BPETokenizer.from_json(raw.decode("utf-8", errors="replace"), str(path))
 
 
-def _char_vocabulary(vocab: Any, path: Path) -> Vocabulary:
+def _char_vocabulary(vocab: Any, added: Any, path: Path) -> Vocabulary:
     """The vocabulary of a tokenizer.json as char_tokenizer_json writes one: single characters,
-    their ids 0 to N-1 in code-point order (the ids tinygpt's Vocabulary gives them)."""
+    their ids 0 to N-1 in code-point order (the ids tinygpt's Vocabulary gives them), then its
+    special tokens, if any, in the ids after them."""
     problem = UsageError(f"{path} is not a character tokenizer tinygpt reads: its vocabulary must map single characters to "
                          "the ids 0 to N-1 in code-point order", "pass a byte-level BPE tokenizer.json, or the export tinygpt wrote")
     if not isinstance(vocab, dict) or any(type(i) is not int for i in vocab.values()) or sorted(vocab.values()) != list(range(len(vocab))):
         raise problem
+    added = added if isinstance(added, list) else []
+    if not all(isinstance(t, dict) and type(t.get("id")) is int and isinstance(t.get("content"), str) for t in added) \
+            or sorted(t["id"] for t in added) != list(range(len(vocab), len(vocab) + len(added))):
+        raise problem
     try:
-        return Vocabulary(tuple(sorted(vocab, key=vocab.__getitem__)))  # refuses characters out of order or not single
+        return Vocabulary(tuple(sorted(vocab, key=vocab.__getitem__)), tuple(t["content"] for t in sorted(added, key=lambda t: t["id"])))
     except (ValueError, TinyGPTError) as e:
         raise problem from e
 

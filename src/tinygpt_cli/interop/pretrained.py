@@ -104,6 +104,22 @@ def source_tokenizer(source: str) -> Tokenizer:
     return read_tokenizer_json(where / "tokenizer.json")
 
 
+def source_context(source: str) -> int | None:
+    """The context (block size) of the model a `--tokenizer SOURCE` names: a run, a checkpoint or
+    a transformers folder; None for a tokenizer file or a hub id (read without its weights)."""
+    from ..checkpoint import read_metadata
+    from .hf import MAX_CONFIG_BYTES, model_config_from_hf
+
+    kind, where = locate(source, "--tokenizer", "tokenizer file, run, checkpoint or transformers folder")
+    if kind == "checkpoint":
+        return int(read_metadata(where)["model_config_json"]["block_size"])
+    if kind == "transformers" and (where / "config.json").is_file():
+        from ..system.fsutil import read_user_file, parse_json
+
+        return model_config_from_hf(parse_json(read_user_file(where / "config.json", MAX_CONFIG_BYTES), where / "config.json"), str(where)).block_size
+    return None
+
+
 def tokenizer_choice(value: str, vocab_size: int | None, sample_chars: int = BPE_SAMPLE_CHARS) -> TokenizerChoice:
     """How `--tokenizer char|bpe|SOURCE` and `--vocab-size N` (BPE only) ask prepare to make the
     tokenizer; a SOURCE is read here, without any weights (source_tokenizer)."""
@@ -153,15 +169,31 @@ def fit_config(config: RunConfig, pretrained: Pretrained) -> RunConfig:
 
 
 def check_tokenizer(dataset_tokenizer: Tokenizer, pretrained: Pretrained, data_dir: str) -> None:
-    if dataset_tokenizer != pretrained.tokenizer:
+    """The dataset must be tokenized as the source was, or be its conversations (the source's
+    tokenizer with the chat tokens after its own: data/chat.py)."""
+    from ..data.chat import with_chat_tokens
+
+    if dataset_tokenizer != pretrained.tokenizer and dataset_tokenizer != with_chat_tokens(pretrained.tokenizer):
         raise TinyGPTError(f"the dataset in {data_dir} was prepared with another tokenizer than {pretrained.source}'s",
                            Command("prepare text", ("INPUT",), {"tokenizer": pretrained.source, "data_dir": data_dir},
                                    why="prepares your text with its tokenizer"))
 
 
 def initial_weights(pretrained: Pretrained, config: ModelConfig) -> dict[str, torch.Tensor]:
-    """The source's weights for a model of `config` (learned positions cut to its context)."""
+    """The source's weights for a model of `config`: learned positions cut to its context, and the
+    token embedding (the tied LM head with it) grown by the rows of tokens the source lacks (the
+    chat tokens of a conversation dataset).
+
+    A new row starts as the mean of the source's rows. Its logit is then the average token's for
+    any input, so the model's first predictions are those of the source, barely changed, and the
+    new token is neither a near-certainty nor impossible; random rows of the init's scale would
+    sit far from every trained row and shift the next-token distribution unpredictably (Hewitt
+    2021, "Initializing New Word Embeddings for Pretrained Language Models")."""
     weights = dict(pretrained.weights)
     if "pos_emb.weight" in weights:
         weights["pos_emb.weight"] = weights["pos_emb.weight"][: config.block_size].clone()
+    rows = weights["tok_emb.weight"]
+    if config.vocab_size > rows.shape[0]:
+        new = rows.mean(dim=0, keepdim=True).expand(config.vocab_size - rows.shape[0], -1)
+        weights["tok_emb.weight"] = torch.cat([rows, new])
     return weights
