@@ -122,12 +122,17 @@ def evaluate(
     data_dir: Path = typer.Option(None, "--data-dir", help="Dataset to score on (default: the one the run trained on)."),
     device: str = DEVICE,
     max_tokens: int = typer.Option(None, "--max-tokens", min=1, help="Score about this many validation tokens, in windows spread evenly through the split, instead of all (for a large corpus)."),
+    task: Path = typer.Option(None, "--task", help="A task file (JSON Lines) to answer instead: multiple choice {\"context\", \"choices\", \"label\"} or exact match {\"prompt\" or \"messages\", \"answer\"}; reports the accuracy with a 95% interval."),
     as_json: bool = JSON,
 ) -> None:
-    """Validation loss, perplexity, bits per token and bits per byte of a checkpoint, over the whole val split.
+    """Validation loss, perplexity, bits per token and bits per byte of a checkpoint, over the whole
+    val split (a chat dataset: over the assistant's tokens); or with --task, the accuracy on a task.
 
-    Example: tinygpt eval --run runs/demo
+    Example: tinygpt eval --run runs/demo     (and: tinygpt eval --run runs/chat --task questions.jsonl)
     """
+    if task is not None:
+        _task(run, checkpoint, device, task, as_json)
+        return
     from ..checkpoint import load_model
     from ..system.devices import pick_device
     from ..evaluate import eval_dataset, predictions, score_sample, score_val, val_windows
@@ -167,6 +172,36 @@ def evaluate(
         table.add_row(name, f"{score.tokens:,}", f"{score.loss:.4f}", f"{score.perplexity:.3f}", f"{score.bits_per_token:.4f}",
                       f"{score.bits_per_byte:.4f}")
     out.print(table)
+
+
+def _task(run: Path | None, checkpoint: Path | None, device: str, task: Path, as_json: bool) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from ..checkpoint import load_model
+    from ..rundir import resolve_checkpoint
+    from ..system.devices import pick_device
+    from ..system.process import init_process
+    from ..tasks import TaskRunner, read_task
+    from .console import err
+
+    items = read_task(task)
+    path = resolve_checkpoint(run, checkpoint)
+    model, ckpt = load_model(path, pick_device(device))
+    say_loaded(path, ckpt)
+    init_process()
+    with Progress(TextColumn(f"answering {task}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err,
+                  transient=True, disable=not err.is_terminal) as bar:
+        progress = bar.add_task("task", total=len(items))
+        result = TaskRunner(model, ckpt.tokenizer).run(items, lambda n: bar.advance(progress, n))
+    low, high = result.interval
+    if as_json:
+        print_json({"checkpoint": str(path), "iteration": ckpt.iteration, "task": str(task), "accuracy": result.accuracy,
+                    "correct": result.correct, "total": result.total, "interval_95": [low, high], "kinds": result.kinds,
+                    "answers": result.answers})
+        return
+    kinds = ", ".join(f"{n:,} {'multiple choice' if k == 'choice' else 'exact match'}" for k, n in result.kinds.items() if n)
+    out.print(f"{task}: {result.correct:,} of {result.total:,} right ({kinds}): accuracy {result.accuracy:.1%}, "
+              f"95% interval {low:.1%} to {high:.1%}", markup=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -109,11 +109,14 @@ def _write(folder: Path, name: str, encoded: list[EncodedChat | None], tokenizer
     kept = [e for e in encoded if e is not None]
     splits = {"train": [e for n, e in enumerate(kept) if not is_validation(n, val_fraction)],
               "val": [e for n, e in enumerate(kept) if is_validation(n, val_fraction)]}
+    if not kept:
+        raise TinyGPTError(f"{_label(digests)}: not one conversation fits the context of {settings['context']:,} tokens "
+                           f"({counts['dropped']:,} dropped: even their first exchange is longer)", "pass a larger --context")
     for split, chats in splits.items():
         if not chats:
             raise TinyGPTError(f"{_label(digests)}: {len(kept):,} conversations fit the context, too few to hold out "
-                               f"{split == 'val' and 'a validation split' or 'a training split'}",
-                               "add conversations, or change --val-fraction" + (" or --block-size" if counts["dropped"] else ""))
+                               f"{'a validation split' if split == 'val' else 'a training split'}",
+                               "add conversations, or change --val-fraction" + (" or --context" if counts["dropped"] else ""))
     dtype = np.dtype(token_dtype(tokenizer.size))
     lengths = byte_lengths(tokenizer)
     arrays = {split: (np.concatenate([e.ids for e in chats]).astype(dtype), np.concatenate([e.mask for e in chats]))
