@@ -14,6 +14,7 @@ from conftest import app_commands
 # as each command uses it. Everything else must read the same, with the same default, everywhere.
 SAME_IDEA_TOLD_APART = {
     "--data-dir": "the dataset folder: prepare writes it, train and eval read it",
+    "--glob": "the files of a folder to read: any text for prepare text, JSON Lines for prepare chat",
     "--dtype": "the precision the model computes in: a training's mixed precision, or generate's stored weights",
     "--out": "the folder the command writes: a run (train) or a sweep's runs (sweep)",
     "--png": "the PNG to write: what the picture shows is the command's",
@@ -21,6 +22,7 @@ SAME_IDEA_TOLD_APART = {
     "--run": "the run to read: params counts it instead of the flags, the others default to the latest run",
     "--seed": "the random seed: of a training, or of the text generate draws",
     "--show": "how many items to list: what is listed is the command's",
+    "--val-fraction": "the share held out for validation: of a text, or of the conversations",
     "--vocab-size": "the vocabulary's size: the BPE prepare trains, or the model params and bench size",
 }
 RESUMED = "the run's saved value"  # resume's flags default to what the run was trained with

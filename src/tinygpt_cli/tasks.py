@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from .data.chat import END_OF_TURN, chat_token_ids, check_messages, prompt_ids
 from .data.tokenizer import Tokenizer, byte_lengths
-from .errors import UsageError
+from .errors import Command, UsageError
 from .model import GPT, eval_mode
 from .sampling import generate
 from .system.fsutil import read_user_file
@@ -80,7 +80,7 @@ def read_task(path: Path) -> list[TaskItem]:
     text = read_user_file(path, MAX_TASK_BYTES, "task file").decode("utf-8", errors="replace")
     items = [_item(line, f"{path}:{n}") for n, line in enumerate(text.splitlines(), 1) if line.strip()]
     if not items:
-        raise UsageError(f"{path} holds no task item", "one JSON object per line: see tinygpt eval --help")
+        raise UsageError(f"{path} holds no task item", Command("eval", ("--help",), why="one JSON object per line, as it describes"))
     return items
 
 
