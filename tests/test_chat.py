@@ -215,11 +215,25 @@ def test_chat_refuses_a_run_that_was_not_trained_on_conversations(tiny_run, tiny
     assert_one_error(code, stderr, 1, "was not trained on conversations", hint="tinygpt prepare chat CHATS.jsonl --tokenizer")
 
 
-def test_the_greedy_reply_of_chat_is_transformers_pipeline_reply_on_the_export(chat_run, tmp_path, run_cli):
+@pytest.fixture(scope="module")
+def bpe_chat_run(greetings, tmp_path_factory, torch_one_thread) -> Path:
+    """A tiny model on the greetings with a 300-token BPE trained on them (296 and the 4 chat tokens), 30 steps."""
+    root = tmp_path_factory.mktemp("bpe_chat_run")
+    info = prepare_chat([str(greetings / "train.jsonl")], root / "data", "greet", TokenizerChoice("bpe", vocab_size=300), context=64).info
+    assert info.vocab_size == 300 and chat_token_ids(load_dataset(root / "data").tokenizer) == {
+        "<|system|>": 296, "<|user|>": 297, "<|assistant|>": 298, "<|end|>": 299}
+    train_new(tiny_config(root / "data", **{**CHAT_MODEL, "max_iters": 30, "eval_interval": 30}), root / "run")
+    return root / "run"
+
+
+@pytest.mark.parametrize("tokenizer", ["char", "bpe"])
+def test_the_greedy_reply_of_chat_is_transformers_pipeline_reply_on_the_export(tokenizer, request, tmp_path, run_cli):
     transformers = pytest.importorskip("transformers")
-    assert run_cli("export", tmp_path / "hf", "--run", chat_run, "--to", "hf").returncode == 0
+    run = request.getfixturevalue("chat_run" if tokenizer == "char" else "bpe_chat_run")
+    assert run_cli("export", tmp_path / "hf", "--run", run, "--to", "hf").returncode == 0
+    assert (tmp_path / "hf" / "chat_template.jinja").read_text() == CHAT_TEMPLATE
     generate = transformers.pipeline("text-generation", model=str(tmp_path / "hf"))
-    model, ckpt = load_model(chat_run / "best.safetensors")
+    model, ckpt = load_model(run / "best.safetensors")
     for question in ("My name is Zorbu.", "Hello! I'm Stavio.", "Who am I."):
         messages = [{"role": "user", "content": question}]
         ours = "".join(Conversation(model, ckpt.tokenizer).reply(question, temperature=0, max_tokens=40, room=40))

@@ -7,13 +7,16 @@ is added; each command has a cheap starting point (BASES) that succeeds on its o
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import ALARM_SECONDS, Hang, app_commands, assert_one_error, tiny_cli_flags
+from conftest import ALARM_SECONDS, Hang, app_commands, assert_one_error, tiny_cli_flags, tiny_config
 
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -25,12 +28,20 @@ COMMANDS = app_commands()
 
 @dataclass
 class Case:
-    """A folder of its own for one case, and the shared read-only tiny run and dataset."""
+    """A folder of its own for one case, and the shared read-only tiny run, chat run and dataset."""
 
     folder: Path
     run: Path
     dataset: Path
     text: Path
+    chat_run: Path
+
+    def chats(self) -> Path:
+        """A conversation file of the tiny text's words."""
+        path = self.folder / "chats.jsonl"
+        turns = [{"role": "user", "content": "the king"}, {"role": "assistant", "content": "a"}]
+        path.write_text((json.dumps({"messages": turns}) + "\n") * 12, encoding="utf-8")
+        return path
 
     def copy_of_run(self) -> Path:
         return Path(shutil.copytree(self.run, self.folder / "resumable"))
@@ -43,6 +54,8 @@ TRAIN_BRIEFLY = dict(max_iters=2, warmup_iters=0, eval_interval=1, eval_iters=1)
 BASES = {
     ("prepare", "shakespeare"): lambda c: ([], ["--source", c.text, "--no-verify", "--data-dir", c.folder / "d"]),
     ("prepare", "text"): lambda c: ([c.text], ["--data-dir", c.folder / "d"]),
+    ("prepare", "chat"): lambda c: ([c.chats()], ["--data-dir", c.folder / "d"]),
+    ("chat",): lambda c: ([], ["--run", c.chat_run, "--max-reply-tokens", "3"]),
     ("vocab",): lambda c: ([c.dataset], ["--limit", "3"]),
     ("train",): lambda c: ([], [*tiny_cli_flags(c.dataset, **TRAIN_BRIEFLY), "--out", c.folder / "run"]),
     ("resume",): lambda c: ([], ["--run", c.copy_of_run()]),
@@ -84,12 +97,26 @@ def targets(words: tuple[str, ...]) -> list[str]:
 CASES = [(words, target, value) for words in COMMANDS for target in targets(words) for value in VALUE_NAMES]
 
 
+@pytest.fixture(scope="module")
+def chat_run(tmp_path_factory) -> Path:
+    """A tiny model trained for two steps on conversations (what `chat` needs to start)."""
+    from tinygpt_cli.data.prepare_chat import prepare_chat
+    from tinygpt_cli.lifecycle import train_new
+
+    root = tmp_path_factory.mktemp("chat_run")
+    case = Case(root, root, root, root, root)
+    prepare_chat([str(case.chats())], root / "data", "chats", context=16)
+    train_new(tiny_config(root / "data", **TRAIN_BRIEFLY), root / "run")
+    return root / "run"
+
+
 @pytest.fixture
-def case(tmp_path, tiny_run, tiny_dataset, monkeypatch) -> Case:
+def case(tmp_path, tiny_run, tiny_dataset, chat_run, monkeypatch) -> Case:
     text = tmp_path / "text.txt"
     shutil.copy(Path(tiny_dataset).parent / "tiny.txt", text)
     monkeypatch.chdir(tmp_path)  # default folders (runs/, data/) land here
-    return Case(tmp_path, tiny_run, tiny_dataset, text)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("the king\n"))  # what chat answers (and prepare reads from -)
+    return Case(tmp_path, tiny_run, tiny_dataset, text, chat_run)
 
 
 def command_line(words: tuple[str, ...], case: Case, target: str | None = None, value: str | None = None) -> list[str]:

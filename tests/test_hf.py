@@ -16,7 +16,7 @@ from conftest import TINY_MODEL, assert_error_output, hint
 from tinygpt_cli.checkpoint import Checkpoint, model_weights
 from tinygpt_cli.config import MODEL_FIELDS, PRESETS, ModelConfig
 from tinygpt_cli.errors import TinyGPTError, UsageError
-from tinygpt_cli.interop.export import EXPORT_FILES, export_hf
+from tinygpt_cli.interop.export import CHAT_EXPORT_FILES, EXPORT_FILES, export_hf
 from tinygpt_cli.interop.hf import hf_config, model_config_from_hf, read_hf_folder
 from tinygpt_cli.model import GPT
 from tinygpt_cli.interop.pretrained import tokenizer_choice
@@ -135,7 +135,7 @@ def test_the_model_card_says_what_the_model_is(char_vocab, tmp_path):
     assert "library_name: transformers" in card
     for fact in ("GPT2LMHeadModel", "val loss 1.5000", "2.1640 bits per byte", "data/tiny", "tinygpt train --n-layer 2"):
         assert fact in card
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(EXPORT_FILES)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(set(EXPORT_FILES) - set(CHAT_EXPORT_FILES))  # a text model: no chat template
 
 
 @pytest.mark.parametrize("options, flag", [(dict(norm="rmsnorm"), "--norm rmsnorm"), (dict(qk_norm=True), "--qk-norm")])

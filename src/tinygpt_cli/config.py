@@ -250,11 +250,12 @@ def _scale_warmup(values: dict[str, Any], preset: str, notes: list[str]) -> None
                  f"(the {preset} preset warms up for {warmup} of {full}; --warmup-iters sets it)")
 
 
-def check_against_data(config: RunConfig, train_tokens: int, val_tokens: int, vocab_size: int) -> None:
-    """Rules that need the dataset: windows must fit in each split."""
+def check_against_data(config: RunConfig, train_tokens: int, val_tokens: int, vocab_size: int, conversations: bool = False) -> None:
+    """Rules that need the dataset: windows must fit in each split (a split of conversations is
+    padded past its end, data/batches.py: any size does)."""
     problems = []
     smallest = min(train_tokens, val_tokens)
-    if config.model.block_size >= smallest:
+    if config.model.block_size >= smallest and not conversations:
         problems.append(
             f"--block-size: {config.model.block_size} must be smaller than each split of the dataset "
             f"(train {train_tokens:,}, val {val_tokens:,} tokens)"

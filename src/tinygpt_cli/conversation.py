@@ -34,6 +34,15 @@ class Conversation:
         if ids is None:
             raise TinyGPTError("this model's tokenizer has no chat tokens: it was not trained on conversations")
         self.end_id = ids[END_OF_TURN]
+        self.set_system(self.system)
+
+    def set_system(self, text: str | None) -> None:
+        """The system message from now on (None or blank: none), refused unless the tokenizer
+        encodes it and it spells no chat token."""
+        if text is not None and text.strip():
+            check_messages([{"role": "system", "content": text}, {"role": "user", "content": "-"}], "the system message", complete=False)
+            self.tokenizer.encode(text)
+        self.system = text if text is not None and text.strip() else None
 
     def messages(self) -> list[Message]:
         return ([{"role": "system", "content": self.system}] if self.system else []) + self.history

@@ -366,7 +366,7 @@ def prepare_training(config: RunConfig) -> tuple[RunConfig, Dataset]:
     dataset = load_dataset(data_dir)
     flat = {**config.flat(), "vocab_size": dataset.tokenizer.size, "data_dir": str(data_dir)}
     config = build_config(flat)
-    check_against_data(config, len(dataset.train), len(dataset.val), dataset.tokenizer.size)
+    check_against_data(config, len(dataset.train), len(dataset.val), dataset.tokenizer.size, dataset.train_mask is not None)
     context = dataset.info.chat.get("context", 0)
     if context > config.model.block_size:
         raise UsageError(f"the conversations in {data_dir} were prepared for a context of {context:,} tokens; "

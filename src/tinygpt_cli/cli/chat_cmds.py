@@ -48,13 +48,14 @@ def chat(
         raise TinyGPTError(f"{path} was not trained on conversations: it continues text, it cannot answer",
                            Command("prepare chat", ("CHATS.jsonl",), {"tokenizer": str(run or path), "data_dir": "data/chat"},
                                    why=f"then: tinygpt train --init-from {run or path} --data-dir data/chat"))
-    say_loaded(path, ckpt)
+    conversation = Conversation(model, ckpt.tokenizer, system)  # a system message it cannot read: refused first
     init_process()
-    conversation = Conversation(model, ckpt.tokenizer, system)
     settings = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed, "max_tokens": max_reply_tokens}
     if sys.stdin.isatty() and not as_json:
+        say_loaded(path, ckpt)
         _talk(conversation, settings)
         return
+    # Piped: standard output holds the replies, standard error only what went wrong (one line).
     for n, line in enumerate(sys.stdin):
         if line.strip():
             reply = "".join(conversation.reply(line.rstrip("\n"), **{**settings, "seed": None if seed is None else seed + n}))
@@ -104,12 +105,18 @@ def _talk(conversation, settings: dict) -> None:
 
 
 def _command(text: str, conversation, settings: dict) -> None:
+    from ..errors import TinyGPTError
+
     name, _, arg = text.partition(" ")
     if name == "/reset":
         conversation.reset()
         out.print("(the conversation starts again)", markup=False)
     elif name == "/system":
-        conversation.system = arg.strip() or None
+        try:
+            conversation.set_system(arg)
+        except TinyGPTError as e:
+            err.print(f"Error: {e.message}", markup=False, soft_wrap=True)
+            return
         out.print(f"(system message {'set' if conversation.system else 'removed'})", markup=False)
     elif name == "/temperature":
         try:

@@ -172,6 +172,8 @@ def evaluate(
         table.add_row(name, f"{score.tokens:,}", f"{score.loss:.4f}", f"{score.perplexity:.3f}", f"{score.bits_per_token:.4f}",
                       f"{score.bits_per_byte:.4f}")
     out.print(table)
+    if dataset.val_mask is not None:
+        out.print("(conversations: the tokens scored are the assistant's replies and their ends of turn)", markup=False)
 
 
 def _task(run: Path | None, checkpoint: Path | None, device: str, task: Path, as_json: bool) -> None:

@@ -23,8 +23,8 @@ from ..system.fsutil import entries_except, short_list
 from .card import CARD_FILE, CARD_HEADER, is_tinygpt_export
 from .hf import ARCHITECTURES, CLASS_NAMES, WEIGHTS_FILE, hf_config, hf_tensors, tokenizer_files
 
-EXPORT_FILES = ("config.json", WEIGHTS_FILE, "tokenizer.json", "tokenizer_config.json", "README.md",
-                "chat_template.jinja", "generation_config.json")  # (the last two: a model trained on conversations)
+CHAT_EXPORT_FILES = ("chat_template.jinja", "generation_config.json")  # a model trained on conversations also has these
+EXPORT_FILES = ("config.json", WEIGHTS_FILE, "tokenizer.json", "tokenizer_config.json", "README.md", *CHAT_EXPORT_FILES)
 
 
 @dataclass
