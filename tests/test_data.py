@@ -55,7 +55,7 @@ def test_prepare_text_writes_a_complete_folder(small_text, tmp_path):
     assert vocab.decode(val.tolist()) == text[info.train_tokens:]
 
     meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-    assert meta["format"] == "tinygpt-dataset" and meta["version"] == 3
+    assert meta["format"] == "tinygpt-dataset" and meta["version"] == 4
     assert (meta["tokenizer"], meta["tokenizer_spec"], meta["token_dtype"], meta["val_split"]) == ("char", "char", "uint16", "end")
     assert meta["sha256"] == data.sha256_hex(small_text.read_bytes())
     assert meta["sources"] == [{"name": str(small_text), "bytes": info.text_bytes, "sha256": meta["sha256"]}]
@@ -210,7 +210,7 @@ def test_load_dataset_without_meta(tmp_path):
 def test_dataset_info_round_trips_through_meta(small_text, tmp_path):
     info = prepare_text(small_text, tmp_path / "d", "d", 0.1).info
     meta = info.to_dict()
-    assert meta.pop("format") == "tinygpt-dataset" and meta.pop("version") == 3
+    assert meta.pop("format") == "tinygpt-dataset" and meta.pop("version") == 4
     assert DatasetInfo(path=info.path, **meta) == info
 
 
