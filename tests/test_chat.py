@@ -277,3 +277,43 @@ def test_fine_tuning_a_shakespeare_model_on_the_greeting_task_takes_it_from_noth
 
     out = run_recipe(tmp_path, str(shakespeare_path), env=cli_env(ONE_THREAD_ENV))
     assert out["before"]["accuracy"] <= 0.1 and out["after"]["accuracy"] >= 0.9, out
+
+
+def test_a_training_window_trains_its_own_conversation_only(tmp_path):
+    """Conversations far shorter than the context: a window reads on into the next ones, but
+    trains the tokens of the one it starts with, predicted from its own start only."""
+    from tinygpt_cli.data.batches import Batches
+
+    records = [conversation(f"My name is {n}.", f"Hi {n}!") for n in ("Mira", "Bob", "Cyra", "Dov")] * 5
+    prepare_chat([str(write_jsonl(tmp_path / "c.jsonl", records))], tmp_path / "data", "c", context=64)
+    data = load_dataset(tmp_path / "data")
+    x, y = Batches(data.train, 64, torch.device("cpu"), data.train_mask).sample(32, torch.Generator().manual_seed(0))
+    end = chat_token_ids(data.tokenizer)["<|end|>"]
+    for inputs, targets in zip(x.tolist(), y.tolist()):
+        trained = [i for i, t in enumerate(targets) if t != -1]
+        first_reply_end = trained[-1]
+        assert targets[first_reply_end] == end and inputs.count(end) >= 2  # the window goes on past its conversation
+        assert data.tokenizer.decode([targets[i] for i in trained]).startswith("Hi ") and data.tokenizer.decode(inputs[: first_reply_end + 1]).count("<|user|>") == 1
+
+
+def test_content_that_spells_a_special_token_of_the_tokenizer_is_refused(tmp_path):
+    records = [GOOD] * 10 + [conversation("a <|endoftext|> b", "c")]
+    source = write_jsonl(tmp_path / "c.jsonl", records)
+    with pytest.raises(TinyGPTError, match=rf"{source}:11: message 1 \(user\) spells the tokenizer's special token <\|endoftext\|>"):
+        prepare_chat([str(source)], tmp_path / "data", "c", TokenizerChoice("bpe", vocab_size=300))
+
+
+def test_a_stop_during_the_final_evaluation_leaves_a_finished_run_with_its_estimates(tmp_path, tiny_dataset):
+    import os
+    import signal
+
+    from tinygpt_cli.lifecycle import TrainingReporter
+
+    class StopInFinalEval(TrainingReporter):
+        def on_final_eval(self, windows):
+            return lambda n: os.kill(os.getpid(), signal.SIGINT)
+
+    result = train_new(tiny_config(tiny_dataset), tmp_path / "run", StopInFinalEval())
+    status = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert status["status"] == "finished" and "final_eval" not in status and result.final_eval is None
+    assert load_checkpoint(tmp_path / "run" / "best.safetensors").progress.get("final_eval") is None

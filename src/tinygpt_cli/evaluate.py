@@ -115,9 +115,10 @@ def split_windows(model: GPT, tokens: np.ndarray) -> int:
     return sum(len(starts) for starts, _ in split_starts(len(tokens), model.config.block_size))
 
 
-def score_split(model: GPT, tokens: np.ndarray, token_bytes: np.ndarray, progress: WindowsScored | None = None) -> SplitScore:
+def score_split(model: GPT, tokens: np.ndarray, token_bytes: np.ndarray, progress: WindowsScored | None = None,
+                batch_size: int = 32) -> SplitScore:
     """Every prediction of a split exactly once: non-overlapping windows, then the remainder."""
-    scores = [score_windows(model, tokens, token_bytes, starts, length, progress=progress)
+    scores = [score_windows(model, tokens, token_bytes, starts, length, batch_size, progress)
               for starts, length in split_starts(len(tokens), model.config.block_size)]
     count = sum(s.tokens for s in scores)
     return SplitScore(sum(s.loss * s.tokens for s in scores) / count, count, sum(s.bytes for s in scores))
@@ -165,36 +166,49 @@ def predictions(tokens: np.ndarray, mask: np.ndarray | None) -> int:
 
 
 def score_sample(model: GPT, tokens: np.ndarray, token_bytes: np.ndarray, windows: int = SAMPLE_WINDOWS,
-                       progress: WindowsScored | None = None, mask: np.ndarray | None = None) -> SplitScore:
+                 progress: WindowsScored | None = None, mask: np.ndarray | None = None, batch_size: int = 32) -> SplitScore:
     """The loss over `windows` windows spread evenly through `tokens` (a chat split: that many
     conversations): a repeatable look at a split too large to score whole."""
     if mask is not None:
-        return score_conversations(model, tokens, mask, token_bytes, windows, progress=progress)
+        return score_conversations(model, tokens, mask, token_bytes, windows, batch_size, progress)
     T = model.config.block_size
     if len(tokens) <= T:  # not one full window fits (another dataset given to eval): score it all
         return score_split(model, tokens, token_bytes)
     starts = np.linspace(0, len(tokens) - T - 1, num=min(windows, len(tokens) - T)).astype(np.int64)
-    return score_windows(model, tokens, token_bytes, starts, T, progress=progress)
+    return score_windows(model, tokens, token_bytes, starts, T, batch_size, progress)
 
 
 def score_val(model: GPT, tokens: np.ndarray, token_bytes: np.ndarray, max_tokens: int | None = None,
-              progress: WindowsScored | None = None, mask: np.ndarray | None = None) -> SplitScore:
+              progress: WindowsScored | None = None, mask: np.ndarray | None = None, batch_size: int = 32) -> SplitScore:
     """A validation split scored whole (score_split; a chat split's conversations), or past
     `max_tokens` over about that many tokens in windows spread evenly through it (score_sample):
     what `tinygpt eval` reports, and the final evaluation of a run."""
-    if max_tokens is not None and max_tokens < predictions(tokens, mask):
-        return score_sample(model, tokens, token_bytes, max(1, max_tokens // model.config.block_size), progress, mask)
+    windows = _sample_windows(model, tokens, max_tokens, mask)
+    if windows is not None:
+        return score_sample(model, tokens, token_bytes, windows, progress, mask, batch_size)
     if mask is not None:
-        return score_conversations(model, tokens, mask, token_bytes, progress=progress)
-    return score_split(model, tokens, token_bytes, progress)
+        return score_conversations(model, tokens, mask, token_bytes, None, batch_size, progress)
+    return score_split(model, tokens, token_bytes, progress, batch_size)
+
+
+def _sample_windows(model: GPT, tokens: np.ndarray, max_tokens: int | None, mask: np.ndarray | None) -> int | None:
+    """The windows (a chat split's conversations) that score about `max_tokens` predictions; None:
+    the whole split holds no more than that."""
+    total = predictions(tokens, mask)
+    if max_tokens is None or max_tokens >= total:
+        return None
+    if mask is None:
+        return min(max(1, max_tokens // model.config.block_size), max(1, len(tokens) - model.config.block_size))
+    conversations = len(conversation_bounds(mask)) - 1
+    return max(1, round(conversations * max_tokens / total))  # at the split's mean of trained tokens per conversation
 
 
 def val_windows(model: GPT, tokens: np.ndarray, max_tokens: int | None = None, mask: np.ndarray | None = None) -> int:
     """How many windows score_val scores (for a progress bar)."""
-    available = split_windows(model, tokens) if mask is None else len(conversation_bounds(mask)) - 1
-    if max_tokens is not None and max_tokens < predictions(tokens, mask):
-        return min(max(1, max_tokens // model.config.block_size), available if mask is not None else max(1, len(tokens) - model.config.block_size))
-    return available
+    windows = _sample_windows(model, tokens, max_tokens, mask)
+    if windows is not None:
+        return windows
+    return split_windows(model, tokens) if mask is None else len(conversation_bounds(mask)) - 1
 
 
 def eval_dataset(ckpt: Checkpoint, path: Path, data_dir: str | Path | None = None) -> Dataset:

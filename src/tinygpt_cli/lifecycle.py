@@ -35,7 +35,7 @@ from .system.rng import rng_problems
 from .system.threads import ThreadPolicy
 from .rundir import RunDir
 from .tracking import Tracker, open_tracker
-from .train import NonFiniteLoss, Trainer
+from .train import EvaluationAbandoned, NonFiniteLoss, Trainer
 
 # Rough sustained throughput, for the projection printed before the first step.
 ASSUMED_FLOPS = {"cpu": 3e10, "mps": 3e12, "cuda": 5e13}
@@ -281,8 +281,9 @@ class TrainingRun:
                 raise self._non_finite(e) from e
             if not finished:
                 return self._stop(self.signals.signum or signal.SIGTERM)
+            final = self._final_evaluation() if self.is_main else None  # a stop now skips it: the run is saved
         barrier(self.trainer.dist)  # leave together: a rank tearing down early can crash its peers' transport
-        return self._finish("finished")
+        return self._finish("finished", final)
 
     def _record_end(self, status: str, error: BaseException) -> None:
         """Write the final status, unless one was written already (stopped, failed on a save...)."""
@@ -293,14 +294,12 @@ class TrainingRun:
         with suppress(OSError):  # on a full disk the status may not be writable either
             self._write_status(status, iteration=t.step, max_iters=t.config.train.max_iters, best_val_loss=t.best_val, reason=reason)
 
-    def _finish(self, status: str) -> TrainResult:
+    def _finish(self, status: str, final: dict[str, Any] | None = None) -> TrainResult:
         t = self.trainer
-        result = TrainResult(self.run.path, t.step, t.best_val, t.last_val, t.elapsed(), t.eval_tokens())
+        result = TrainResult(self.run.path, t.step, t.best_val, t.last_val, t.elapsed(), t.eval_tokens(), final)
         if self.is_main:
-            if status == "finished":
-                result.final_eval = self._final_evaluation()
             self._write_status(status, iteration=t.step, max_iters=t.config.train.max_iters, best_val_loss=t.best_val,
-                               elapsed=result.elapsed, **({"final_eval": result.final_eval} if result.final_eval else {}))
+                               elapsed=result.elapsed, **({"final_eval": final} if final else {}))
         self.reporter.on_end(status, result.__dict__)
         return result
 
@@ -310,23 +309,36 @@ class TrainingRun:
         model's loss, not an estimate from sampled windows, which on a corpus whose parts differ
         can be several percent off (and the best of noisy estimates is biased low). A split past
         max(FINAL_EVAL_TOKENS, the estimates' own tokens) is scored over that many tokens in
-        windows spread through it, so that this costs at most about one of the run's evaluations.
-        Recorded in `best` (progress.final_eval) and in metrics.jsonl."""
+        windows spread through it. Recorded in `best` (progress.final_eval) and in metrics.jsonl.
+        The run is finished and saved already: a stop, or a failure (memory, a full disk), skips
+        it and the run keeps its estimates (TrainResult.final_eval None)."""
         t = self.trainer
         try:
             best = load_checkpoint(self.run.best_path)
         except CheckpointError:  # no best (nothing evaluated), or it was damaged since: no final figure
             return None
         model = t.model  # its training is over: it takes the best weights (a new model would draw torch's global generator)
-        load_model_weights(model, best.weights, self.run.best_path)
-        cap = max(FINAL_EVAL_TOKENS, t.eval_tokens())
         val, mask = t.dataset.val, t.dataset.val_mask
-        progress = self.reporter.on_final_eval(val_windows(model, val, cap, mask))
-        score = score_val(model, val, byte_lengths(t.dataset.tokenizer), cap, progress, mask)
-        final = {"val_loss": score.loss, "val_bits_per_byte": score.bits_per_byte, "tokens": score.tokens,
-                 "whole_split": score.tokens == predictions(val, mask)}
-        best.progress["final_eval"] = final
-        self._write_checkpoint(self.run.best_path, best)
+        cap = max(FINAL_EVAL_TOKENS, t.eval_tokens())
+        shown = self.reporter.on_final_eval(val_windows(model, val, cap, mask))
+
+        def progress(n: int) -> None:
+            if self.stop_requested():
+                raise EvaluationAbandoned
+            shown(n)
+
+        t.evaluating = True  # a Ctrl-C now says it cuts an evaluation short
+        try:
+            load_model_weights(model, best.weights, self.run.best_path)
+            score = score_val(model, val, byte_lengths(t.dataset.tokenizer), cap, progress, mask, t.config.train.batch_size)
+            final = {"val_loss": score.loss, "val_bits_per_byte": score.bits_per_byte, "tokens": score.tokens,
+                     "whole_split": score.tokens == predictions(val, mask)}
+            best.progress["final_eval"] = final
+            save_checkpoint(self.run.best_path, best)
+        except (EvaluationAbandoned, CheckpointError, MemoryError, torch.OutOfMemoryError):
+            return None
+        finally:
+            t.evaluating = False
         self._log({"iter": t.step, "final_val_loss": score.loss, "final_val_bits_per_byte": score.bits_per_byte,
                    "final_eval_tokens": score.tokens, "final_eval_of_iter": best.iteration, "elapsed": t.elapsed()})
         return {**final, "iteration": best.iteration}
@@ -367,10 +379,10 @@ def prepare_training(config: RunConfig) -> tuple[RunConfig, Dataset]:
     flat = {**config.flat(), "vocab_size": dataset.tokenizer.size, "data_dir": str(data_dir)}
     config = build_config(flat)
     check_against_data(config, len(dataset.train), len(dataset.val), dataset.tokenizer.size, dataset.train_mask is not None)
-    context = dataset.info.chat.get("context", 0)
-    if context > config.model.block_size:
-        raise UsageError(f"the conversations in {data_dir} were prepared for a context of {context:,} tokens; "
-                         f"--block-size {config.model.block_size:,} would cut them",
+    longest = dataset.info.chat.get("longest", 0)
+    if longest > config.model.block_size:
+        raise UsageError(f"the longest conversation in {data_dir} is {longest:,} tokens; --block-size "
+                         f"{config.model.block_size:,} would cut it",
                          Command("prepare chat", ("FILE",), {"context": config.model.block_size, "data_dir": str(data_dir)},
                                  why="fits them to the shorter context"))
     return config, dataset

@@ -104,7 +104,10 @@ def _item(line: str, where: str) -> TaskItem:
     if not isinstance(answer, str) or not answer.strip():
         raise UsageError(f"{where}: an item needs \"choices\" and \"label\", or an \"answer\" (a non-empty string)")
     if "messages" in record:
-        return TaskItem(where, answer=answer, messages=check_messages(record["messages"], where, complete=False))
+        messages = check_messages(record["messages"], where, complete=False)
+        if messages[-1]["role"] != "user":
+            raise UsageError(f"{where}: the last message is the assistant's: a question to answer ends with the user's")
+        return TaskItem(where, answer=answer, messages=messages)
     prompt = record.get("prompt")
     if not isinstance(prompt, str) or not prompt:
         raise UsageError(f"{where}: an exact-match item needs a \"prompt\" or \"messages\" to answer")
@@ -118,15 +121,19 @@ def normalise(text: str) -> str:
 class TaskRunner:
     """Asks one model the items of a task: chat models through their format."""
 
-    def __init__(self, model: GPT, tokenizer: Tokenizer):
+    def __init__(self, model: GPT, tokenizer: Tokenizer, chat: bool):
+        """`chat`: the model was trained on conversations (its checkpoint has a chat template)."""
         self.model, self.tokenizer = model, tokenizer
-        self.chat = chat_token_ids(tokenizer)
+        self.chat = chat_token_ids(tokenizer) if chat else None
         self.token_bytes = byte_lengths(tokenizer)
 
     def run(self, items: list[TaskItem], progress: Callable[[int], None] | None = None) -> TaskResult:
         answers = []
         for item in items:
-            answers.append(self.exact(item) if item.kind == "exact" else self.choice(item))
+            try:
+                answers.append(self.exact(item) if item.kind == "exact" else self.choice(item))
+            except UsageError as e:  # a character the vocabulary lacks, a chat token spelled...
+                raise UsageError(e.message if e.message.startswith(item.where) else f"{item.where}: {e.message}", e.hint) from e
             if progress is not None:
                 progress(1)
         kinds = {k: sum(i.kind == k for i in items) for k in ("choice", "exact")}
@@ -138,14 +145,15 @@ class TaskRunner:
             return prompt_ids(messages or [{"role": "user", "content": text}], self.tokenizer)
         if messages is not None:  # a text model: the messages' contents, a line each, and the answer on the next
             text = "".join(m["content"] + "\n" for m in messages)
-        return self.tokenizer.encode(text)
+        # A text model's context starts on a new line: an empty one still predicts the first token of a choice.
+        return self.tokenizer.encode("\n" + text if not text else text)
 
     def exact(self, item: TaskItem) -> dict:
         ids = self._ask(item.prompt, item.messages)
         block = self.model.config.block_size
         if len(ids) >= block:
             raise UsageError(f"{item.where}: the prompt is {len(ids):,} tokens, the model reads {block:,}")
-        budget = min(block - len(ids), 2 * len(self.tokenizer.encode(item.answer)) + 8)
+        budget = min(block - len(ids), 2 * len(item.answer.encode("utf-8")) + 8)  # (never fewer bytes than tokens)
         stop = self.chat[END_OF_TURN] if self.chat is not None else None
         out: list[int] = []
         for token in generate(self.model, ids, budget, temperature=0.0):
@@ -164,12 +172,13 @@ class TaskRunner:
         for choice in item.choices:
             tail = self.tokenizer.encode(choice) + ([self.chat[END_OF_TURN]] if self.chat is not None else [])
             ids = (context + tail)[-(self.model.config.block_size + 1):]
+            scored = tail[-(len(ids) - 1):]  # the choice's tokens that have a token before them in the window
             x = torch.tensor(ids[:-1], device=next(self.model.parameters()).device)[None]
             y = torch.tensor(ids[1:], device=x.device)[None]
             with eval_mode(self.model):
                 logits, _ = self.model(x, y)
-            losses = F.cross_entropy(logits[0].float(), y[0], reduction="none")[-len(tail):]
-            n_bytes = max(1, int(self.token_bytes[np.array(tail)].sum()))
+            losses = F.cross_entropy(logits[0].float(), y[0], reduction="none")[-len(scored):]
+            n_bytes = max(1, int(self.token_bytes[np.array(scored)].sum()))
             per_byte.append(float(losses.sum()) / n_bytes)
         picked = int(np.argmin(per_byte))
         return {"where": item.where, "answer": item.choices[picked], "right": picked == item.label}

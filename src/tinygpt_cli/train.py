@@ -115,6 +115,7 @@ class Trainer:
         self.grad_norm = torch.zeros(())  # of the last step's gradient, before clipping
         self.elapsed_before = 0.0  # training seconds of the runs this one resumes
         self.grown_tokens = 0  # fine-tuning: tokens the source's vocabulary lacked (lifecycle.py)
+        self.scored: dict[str, int] = {}  # chat: the trained tokens each split's last estimate scored
         self._t0 = time.perf_counter()
         self.stop_requested: Callable[[], bool] = lambda: False  # fit() sets the run's
         self.evaluating = False  # inside evaluate(): a stop then cuts the evaluation short
@@ -212,6 +213,7 @@ class Trainer:
             if self.masked:  # the mean over the trained tokens
                 total, trained = all_reduce_sum(torch.stack([total, trained]), self.dist).tolist()
                 losses[split] = total / max(trained, 1)
+                self.scored[split] = int(trained)
             else:
                 n_batches = cfg.eval_iters * cfg.grad_accum * self.world_size
                 losses[split] = all_reduce_sum(total, self.dist).item() / n_batches
@@ -290,8 +292,9 @@ class Trainer:
         return norm if math.isfinite(norm) else None
 
     def eval_tokens(self) -> int:
-        """The tokens each loss estimate of `evaluate` is taken over: eval_iters global batches."""
-        return self.config.train.eval_iters * self.tokens_per_iter()
+        """The tokens each val loss estimate of `evaluate` is taken over: eval_iters global batches
+        (on conversations, the trained tokens among them)."""
+        return self.scored.get("val") or self.config.train.eval_iters * self.tokens_per_iter()
 
     def tokens_per_iter(self) -> int:
         cfg = self.config.train

@@ -194,7 +194,7 @@ def _task(run: Path | None, checkpoint: Path | None, device: str, task: Path, as
     with Progress(TextColumn(f"answering {task}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err,
                   transient=True, disable=not err.is_terminal) as bar:
         progress = bar.add_task("task", total=len(items))
-        result = TaskRunner(model, ckpt.tokenizer).run(items, lambda n: bar.advance(progress, n))
+        result = TaskRunner(model, ckpt.tokenizer, ckpt.chat_template is not None).run(items, lambda n: bar.advance(progress, n))
     low, high = result.interval
     if as_json:
         print_json({"checkpoint": str(path), "iteration": ckpt.iteration, "task": str(task), "accuracy": result.accuracy,

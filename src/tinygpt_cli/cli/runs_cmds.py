@@ -32,21 +32,22 @@ def runs_table(summaries, fields: list[str], title: str | None = None, skip: tup
     from rich.table import Table
     from rich.text import Text
 
-    from ..runs.table import format_value
+    from ..runs.table import bits_per_byte_of, format_value, val_loss_of
 
     columns = [c for c in ("name", "updated", "status", "params", *fields, "iters", "val loss", "bits/byte", "time", "tok/s") if c not in skip]
     rows = []
 
-    def val(final: float | None, estimate: float | None) -> str:
-        return f"{final:.4f}" if final is not None else "-" if estimate is None else f"~{estimate:.4f}"
+    def val(s, value) -> str:  # "~": training's estimate, the run has no final evaluation
+        figure = value(s)
+        return "-" if figure is None else f"{'~' * (s.final_val_loss is None)}{figure:.4f}"
 
     for s in summaries:
         iters = "-" if s.iteration is None else f"{s.iteration:,}" + (f"/{s.max_iters:,}" if s.max_iters else "")
         rows.append({
             "name": s.name, "status": s.status, "params": _fmt_count(s.n_params), "iters": iters, "time": format_duration(s.elapsed),
             "updated": time.strftime("%Y-%m-%d %H:%M", time.localtime(s.updated)) if s.updated else "-",
-            "val loss": val(s.final_val_loss, s.best_val_loss),
-            "bits/byte": val(s.final_val_bits_per_byte, s.best_val_bits_per_byte),
+            "val loss": val(s, val_loss_of),
+            "bits/byte": val(s, bits_per_byte_of),
             "tok/s": "-" if s.tokens_per_s is None else f"{s.tokens_per_s:,.0f}",
             **{f: format_value(f, s.config[f]) if s.config else "-" for f in fields},
         })

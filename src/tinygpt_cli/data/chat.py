@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import UsageError
-from .tokenizer import Tokenizer, encode_texts, token_dtype
+from .tokenizer import Tokenizer, encode_texts, special_ids, token_dtype
 
 ROLES = ("system", "user", "assistant")
 END_OF_TURN = "<|end|>"
@@ -123,13 +123,24 @@ class EncodedChat:
     cut: bool = False  # later exchanges were dropped: the whole did not fit the context
 
 
-def encode_chat(messages: list[Message], tokenizer: Tokenizer, context: int) -> EncodedChat | None:
+def check_no_special(tokenizer: Tokenizer, messages: list[Message]) -> None:
+    """Refuse content that spells one of the tokenizer's special tokens (GPT-2's <|endoftext|>,
+    say): transformers' tokenizer would read it as that token, tinygpt as text."""
+    for text in {tokenizer.decode([i]) for i in special_ids(tokenizer)}:
+        for n, message in enumerate(messages, 1):
+            if text in message["content"]:
+                raise UsageError(f"message {n} ({message['role']}) spells the tokenizer's special token {text} in its content")
+
+
+def encode_chat(messages: list[Message], tokenizer: Tokenizer, context: int, contents: list[np.ndarray] | None = None) -> EncodedChat | None:
     """The conversation's ids and mask: each message its role marker, content and end of turn, the
-    assistant's content and end of turn trained. A conversation longer than `context` + 1 tokens
-    (one training window) keeps its exchanges up to the last that fits; None when not even its
-    first does (a system message counts with the first exchange)."""
+    assistant's content and end of turn trained. A conversation longer than `context` tokens keeps
+    its exchanges up to the last that fits (so that a reply of a model with that context always
+    has room for its end of turn); None when not even its first does (a system message counts with
+    the first exchange). `contents`: the messages' ids, when encoded already (in one batch)."""
     ids_of = chat_token_ids(tokenizer)
-    contents = encode_texts(tokenizer, [m["content"] for m in messages])
+    check_no_special(tokenizer, messages)
+    contents = encode_texts(tokenizer, [m["content"] for m in messages]) if contents is None else contents
     dtype = token_dtype(tokenizer.size)
     pieces, trained, ends = [], [], []  # ends: the length after each complete exchange
     length = 0
@@ -142,7 +153,7 @@ def encode_chat(messages: list[Message], tokenizer: Tokenizer, context: int) -> 
         length += len(part)
         if is_reply:
             ends.append(length)
-    fits = [n for n, end in enumerate(ends) if end <= context + 1]
+    fits = [n for n, end in enumerate(ends) if end <= context]
     if not fits:
         return None
     keep = ends[fits[-1]]
@@ -160,6 +171,7 @@ def prompt_ids(messages: list[Message], tokenizer: Tokenizer) -> list[int]:
     """The ids that ask a chat model for the next reply: the history, then the assistant's marker
     (what CHAT_TEMPLATE renders with add_generation_prompt)."""
     ids_of = chat_token_ids(tokenizer)
+    check_no_special(tokenizer, messages)
     contents = encode_texts(tokenizer, [m["content"] for m in messages])
     out: list[int] = []
     for message, content in zip(messages, contents):

@@ -26,8 +26,8 @@ from .chat import CHAT_TEMPLATE, CHAT_TOKENS, TRAINED, EncodedChat, Message, enc
 from .corpus import cleanup, collect_sources
 from .dataset import MAX_SOURCE_BYTES, DatasetInfo, claim_folder, decode_text, intact_dataset, owned_folder
 from .prepare import TokenizerChoice, missing_ancestors, remove_if_empty
-from .tokenizer import TOKENIZER_FILES, BPETokenizer, Tokenizer, byte_lengths, check_bpe_vocab_size, token_dtype
-from .vocab import UnknownCharactersError, Vocabulary
+from .tokenizer import MIN_BPE_VOCAB, TOKENIZER_FILES, BPETokenizer, Tokenizer, byte_lengths, check_bpe_vocab_size, encode_texts, token_dtype
+from .vocab import Vocabulary
 
 DEFAULT_CONTEXT = 256  # tokens a conversation may take, when the tokenizer's source does not say
 
@@ -44,8 +44,12 @@ def chat_tokenizer(choice: TokenizerChoice, contents: list[str]) -> Tokenizer:
     if choice.kind == "char":
         return Vocabulary.from_codepoints({ord(c) for text in contents for c in text}).with_specials(CHAT_TOKENS)
     if choice.kind == "bpe":
+        if choice.vocab_size - len(CHAT_TOKENS) < MIN_BPE_VOCAB:
+            raise UsageError(f"--vocab-size {choice.vocab_size:,}: a byte-level BPE with the chat tokens has at least "
+                             f"{MIN_BPE_VOCAB + len(CHAT_TOKENS)} tokens", "pass --vocab-size 4096, for example")
         check_bpe_vocab_size(choice.vocab_size - len(CHAT_TOKENS))
-        return BPETokenizer.train(contents, choice.vocab_size - len(CHAT_TOKENS)).with_specials(CHAT_TOKENS)
+        every = max(1, math.ceil(sum(map(len, contents)) / choice.sample_chars))  # at most sample_chars of text, evenly spaced
+        return BPETokenizer.train(contents[::every], choice.vocab_size - len(CHAT_TOKENS)).with_specials(CHAT_TOKENS)
     return with_chat_tokens(choice.given)
 
 
@@ -62,7 +66,7 @@ def prepare_chat(inputs: list[str], folder: Path, name: str, choice: TokenizerCh
     if not 0 < val_fraction < 1:
         raise UsageError(f"--val-fraction must be between 0 and 1 (got {val_fraction})")
     if context < 2:
-        raise UsageError(f"--block-size {context}: a conversation needs at least 2 tokens")
+        raise UsageError(f"--context {context}: a conversation needs at least 2 tokens")
     with tempfile.TemporaryDirectory(prefix="tinygpt-") as spool:
         corpus = collect_sources(inputs, glob, Path(spool), folder, follow_symlinks)
         try:
@@ -94,10 +98,13 @@ def prepare_chat(inputs: list[str], folder: Path, name: str, choice: TokenizerCh
 def _encode_all(records: list[tuple[str, list[Message]]], tokenizer: Tokenizer, context: int,
                 skip_invalid: bool) -> tuple[list[EncodedChat | None], list[str]]:
     encoded, refused = [], []
+    batched = isinstance(tokenizer, BPETokenizer)  # one batch encode of every content (a character vocabulary may refuse one)
+    contents = iter(encode_texts(tokenizer, [m["content"] for _, messages in records for m in messages])) if batched else None
     for where, messages in records:
         try:
-            encoded.append(encode_chat(messages, tokenizer, context))
-        except UnknownCharactersError as e:  # a given character vocabulary
+            ids = [next(contents) for _ in messages] if batched else None
+            encoded.append(encode_chat(messages, tokenizer, context, ids))
+        except UsageError as e:  # a character a given vocabulary lacks, a special token spelled
             if not skip_invalid:
                 raise UsageError(f"{where}: {e.message}", e.hint) from e
             refused.append(f"{where}: {e.message}")
@@ -134,7 +141,7 @@ def _write(folder: Path, name: str, encoded: list[EncodedChat | None], tokenizer
                 if kind != tokenizer.kind:
                     (folder / file).unlink(missing_ok=True)
             tokenizer.save(folder / TOKENIZER_FILES[tokenizer.kind])
-            chat = {"context": settings["context"], "settings": settings, **counts,
+            chat = {"context": settings["context"], "longest": max(len(e.ids) for e in kept), "settings": settings, **counts,
                     "conversations": {s: len(c) for s, c in splits.items()},
                     "turns": {s: sum(e.turns for e in c) for s, c in splits.items()},
                     "trained_tokens": {s: int(((arrays[s][1] & TRAINED) > 0).sum()) for s in splits}}

@@ -117,7 +117,7 @@ def export_hf(ckpt: Checkpoint, checkpoint_path: Path, folder: Path, train_comma
     tensors = hf_tensors(config, ckpt.weights)  # refuses what transformers cannot express, first
     architecture = CLASS_NAMES[ARCHITECTURES[config.pos_embedding]]
     replace = _check_destination(folder, overwrite)
-    texts = {"config.json": json.dumps(hf_config(config, ckpt.tokenizer), indent=2) + "\n",
+    texts = {"config.json": json.dumps(hf_config(config, ckpt.tokenizer, ckpt.chat_template is not None), indent=2) + "\n",
              **tokenizer_files(ckpt.tokenizer, config.block_size, ckpt.chat_template),
              "README.md": model_card(ckpt, checkpoint_path, folder, train_command, architecture)}
     parent = folder.resolve().parent

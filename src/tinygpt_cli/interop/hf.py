@@ -129,14 +129,15 @@ def hf_tensors(config: ModelConfig, weights: dict[str, torch.Tensor]) -> dict[st
     return out
 
 
-def hf_config(config: ModelConfig, tokenizer: Tokenizer) -> dict[str, Any]:
-    """config.json for transformers (the same dropout as training; the model loads in eval mode)."""
+def hf_config(config: ModelConfig, tokenizer: Tokenizer, chat: bool = False) -> dict[str, Any]:
+    """config.json for transformers (the same dropout as training; the model loads in eval mode).
+    `chat`: a model trained on conversations, whose sequences end with the end of a turn."""
     check_exportable(config)
     model_type = ARCHITECTURES[config.pos_embedding]
-    chat = chat_token_ids(tokenizer)
-    eot = tokenizer.eot_id if chat is None else chat[END_OF_TURN]  # a chat model's reply ends with its turn
+    eot = tokenizer.eot_id
+    eos = chat_token_ids(tokenizer)[END_OF_TURN] if chat else eot
     common = {"architectures": [CLASS_NAMES[model_type]], "model_type": model_type, "vocab_size": config.vocab_size,
-              "bos_token_id": eot, "eos_token_id": eot, "tie_word_embeddings": True, "dtype": "float32"}
+              "bos_token_id": eot, "eos_token_id": eos, "tie_word_embeddings": True, "dtype": "float32"}
     if model_type == "gpt2":
         return {**common, "n_positions": config.block_size, "n_embd": config.n_embd, "n_layer": config.n_layer,
                 "n_head": config.n_head, "n_inner": 4 * config.n_embd, "activation_function": ACTIVATIONS[config.activation],

@@ -50,7 +50,10 @@ def final_point(records: list[dict[str, Any]], x: str = "iter") -> tuple[float, 
     finals = [r for r in records if finite_number(r.get("final_val_loss")) is not None]
     if not finals:
         return None
-    where = finite_number(finals[-1].get("final_eval_of_iter" if x == "iter" else "elapsed"))
+    of = finals[-1].get("final_eval_of_iter")
+    if x == "time":  # when the best checkpoint's evaluation was
+        of = next((r.get("elapsed") for r in records if r.get("iter") == of and "val_loss" in r), None)
+    where = finite_number(of)
     return None if where is None else (where, finals[-1]["final_val_loss"])
 
 
