@@ -16,7 +16,6 @@ fine-tuned on conversations. The accuracy comes with a 95% Wilson interval.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from .data.tokenizer import Tokenizer, byte_lengths
 from .errors import Command, UsageError
 from .model import GPT, eval_mode
 from .sampling import generate
-from .system.fsutil import read_user_file
+from .system.fsutil import parse_json, read_user_file
 
 MAX_TASK_BYTES = 256 * 2**20
 
@@ -86,9 +85,9 @@ def read_task(path: Path) -> list[TaskItem]:
 
 def _item(line: str, where: str) -> TaskItem:
     try:
-        record = json.loads(line)
-    except (ValueError, RecursionError) as e:
-        raise UsageError(f"{where}: not JSON: {str(e).split(': line')[0]}") from e
+        record = parse_json(line, where)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
     if not isinstance(record, dict):
         raise UsageError(f"{where}: not a JSON object")
     if "choices" in record:

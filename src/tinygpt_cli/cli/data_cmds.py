@@ -18,6 +18,8 @@ VAL_FRACTION = typer.Option(0.1, "--val-fraction", min=0.0, max=1.0, help="Share
 TOKENIZER = typer.Option("char", "--tokenizer", help="char (one token per character), bpe (a byte-level BPE trained on this text), "
                          "or the tokenizer of: a byte-level BPE tokenizer.json, a run or checkpoint, a transformers folder, "
                          "or a hub id such as gpt2 (to fine-tune it with train --init-from).")
+NAME_OPTION = typer.Option(None, "--name", help="Dataset name (default: the first input's name without extension).")
+DATA_DIR_OPTION = typer.Option(None, "--data-dir", help="Folder to write the dataset to (default: data/NAME).")
 VOCAB_SIZE = typer.Option(None, "--vocab-size", help="Tokens of the BPE to train (with --tokenizer bpe; default 4096, at least 257).")
 
 
@@ -75,6 +77,14 @@ def _summary(result, title: str, as_json: bool) -> None:
         out.print(f"{info.path} is already prepared and intact: nothing to do.")
 
 
+def _dataset_name(inputs: list[str], name: str | None) -> str:
+    """--name, else the first input's name without its extension."""
+    from ..data.dataset import check_name
+
+    first = Path(inputs[0])
+    return check_name(name or ("stdin" if inputs[0] == "-" else (first.stem or first.name).replace(" ", "_")), "dataset name")
+
+
 @prepare_app.command("shakespeare")
 def prepare_shakespeare(
     data_dir: Path = typer.Option(Path("data/shakespeare"), "--data-dir", help="Folder to write the dataset to."),
@@ -106,8 +116,8 @@ def prepare_shakespeare(
 @prepare_app.command("text")
 def prepare_text(
     inputs: list[str] = typer.Argument(..., help="UTF-8 text files, folders (every file matching --glob, recursively) or - for standard input: each one a document."),
-    name: str = typer.Option(None, "--name", help="Dataset name (default: the first input's name without extension)."),
-    data_dir: Path = typer.Option(None, "--data-dir", help="Folder to write the dataset to (default: data/NAME)."),
+    name: str = NAME_OPTION,
+    data_dir: Path = DATA_DIR_OPTION,
     glob: str = typer.Option("*", "--glob", help="Files of a folder to take, e.g. '*.txt' or '*.py'."),
     val_fraction: float = VAL_FRACTION,
     val_split: str = typer.Option("spread", "--val-split", help="Where validation comes from: spread (blocks spread through the whole corpus) or end (its last part)."),
@@ -122,12 +132,10 @@ def prepare_text(
 
     Example: tinygpt prepare text my_poems.txt --name poems --tokenizer bpe --vocab-size 1024
     """
-    from ..data.dataset import check_name
     from ..interop.pretrained import tokenizer_choice
     from ..data.prepare import prepare_text as run
 
-    first = Path(inputs[0])
-    name = check_name(name or ("stdin" if inputs[0] == "-" else (first.stem or first.name).replace(" ", "_")), "dataset name")
+    name = _dataset_name(inputs, name)
     choice = tokenizer_choice(tokenizer, vocab_size, bpe_sample_mb * 2**20)
     with _progress() as progress:
         result = run(inputs, data_dir or Path("data") / name, name, val_fraction, choice, glob, val, val_split, progress,
@@ -143,8 +151,8 @@ def prepare_text(
 @prepare_app.command("chat")
 def prepare_chat(
     inputs: list[str] = typer.Argument(..., help="Conversation files: JSON Lines of {\"messages\": [{\"role\", \"content\"}, ...]} or Alpaca's {\"instruction\", \"input\", \"output\"} (or a JSON array of them), folders of them (every file matching --glob), or - for standard input."),
-    name: str = typer.Option(None, "--name", help="Dataset name (default: the first input's name without extension)."),
-    data_dir: Path = typer.Option(None, "--data-dir", help="Folder to write the dataset to (default: data/NAME)."),
+    name: str = NAME_OPTION,
+    data_dir: Path = DATA_DIR_OPTION,
     glob: str = typer.Option("*.jsonl", "--glob", help="Files of a folder to take, e.g. '*.json'."),
     val_fraction: float = typer.Option(0.1, "--val-fraction", min=0.0, max=1.0, help="Share of the conversations held out for validation, evenly spaced."),
     tokenizer: str = TOKENIZER,
@@ -158,13 +166,11 @@ def prepare_chat(
 
     Example: tinygpt prepare chat chats.jsonl --tokenizer runs/cpu --data-dir data/chat
     """
-    from ..data.dataset import check_name
     from ..data.prepare_chat import DEFAULT_CONTEXT
     from ..data.prepare_chat import prepare_chat as run
     from ..interop.pretrained import source_context, tokenizer_choice
 
-    first = Path(inputs[0])
-    name = check_name(name or ("stdin" if inputs[0] == "-" else (first.stem or first.name).replace(" ", "_")), "dataset name")
+    name = _dataset_name(inputs, name)
     choice = tokenizer_choice(tokenizer, vocab_size)
     if context is None:
         context = (source_context(tokenizer) if choice.kind == "given" else None) or DEFAULT_CONTEXT

@@ -18,13 +18,13 @@ and in the export (tokenizer_config.json and chat_template.jinja).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import UsageError
+from ..system.fsutil import parse_json
 from .tokenizer import Tokenizer, encode_texts, special_ids, token_dtype
 
 ROLES = ("system", "user", "assistant")
@@ -199,9 +199,9 @@ def read_conversations(text: str, name: str, skip_invalid: bool = False) -> tupl
 def _records(text: str, name: str) -> Iterator[tuple[str, Callable[[], object]]]:
     if text.lstrip().startswith("["):
         try:
-            records = json.loads(text)
-        except (ValueError, RecursionError) as e:
-            raise UsageError(f"{name}: not a JSON array of records: {e}") from e
+            records = parse_json(text, name)
+        except ValueError as e:
+            raise UsageError(str(e)) from e
         for n, record in enumerate(records, 1):
             yield f"{name}: record {n}", lambda record=record: record
         return
@@ -212,8 +212,6 @@ def _records(text: str, name: str) -> Iterator[tuple[str, Callable[[], object]]]
 
 def _parse_line(line: str, where: str) -> object:
     try:
-        return json.loads(line)
-    except RecursionError as e:
-        raise UsageError(f"{where}: nested too deeply to be a conversation") from e
+        return parse_json(line, where)
     except ValueError as e:
-        raise UsageError(f"{where}: not JSON: {str(e).split(': line')[0]}") from e
+        raise UsageError(str(e)) from e
