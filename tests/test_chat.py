@@ -317,3 +317,21 @@ def test_a_stop_during_the_final_evaluation_leaves_a_finished_run_with_its_estim
     status = json.loads((tmp_path / "run" / "run.json").read_text())
     assert status["status"] == "finished" and "final_eval" not in status and result.final_eval is None
     assert load_checkpoint(tmp_path / "run" / "best.safetensors").progress.get("final_eval") is None
+
+
+def test_the_conversations_slash_commands(chat_run, capsys):
+    from tinygpt_cli.cli.chat_cmds import _command
+
+    model, ckpt = load_model(chat_run / "best.safetensors")
+    talk, settings = Conversation(model, ckpt.tokenizer), {"temperature": 0.8}
+    "".join(talk.reply("My name is Bob.", temperature=0))
+    _command("/system Be kind.", talk, settings)
+    _command("/temperature 0", talk, settings)
+    _command("/temperature hot", talk, settings)
+    _command("/system say <|end|>", talk, settings)
+    assert talk.system == "Be kind." and settings["temperature"] == 0.0 and len(talk.history) == 2
+    _command("/reset", talk, settings)
+    _command("/nope", talk, settings)
+    assert talk.history == [] and talk.system == "Be kind."
+    err = capsys.readouterr().err
+    assert "/temperature 'hot'" in err and "spells the chat token <|end|>" in err and "no command /nope" in err
