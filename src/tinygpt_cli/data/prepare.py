@@ -22,7 +22,7 @@ import math
 import os
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -210,31 +210,25 @@ def write_dataset(corpus: Corpus, folder: Path, name: str, val_fraction: float, 
         progress("merges", 1, 1)
     dtype = np.dtype(token_dtype(tokenizer.size))
     lengths = byte_lengths(tokenizer)
-    claim_folder(folder)
-    created = missing_ancestors(folder)
     # Blocks of about a twentieth of the validation share each ("spread"); a BPE token is about
     # three characters of English.
     est_tokens = found.chars if tokenizer.kind == "char" else found.chars // 3  # (a given tokenizer is either)
     block = max(64, int(est_tokens * val_fraction / VAL_BLOCKS))
-    try:
-        with owned_folder(folder):
-            with ExitStack() as stack:  # the new files are renamed into place when it closes
-                files = {split: stack.enter_context(atomic_path(folder / f"{split}.bin")) for split in ("train", "val")}
-                writer = SplitWriter(files, val_split if val_corpus is None else "file", val_fraction, block, lengths)
-                total = corpus.bytes + (val_corpus.bytes if val_corpus else 0)
-                for ids in encoded(corpus, found, tokenizer, progress, 0, total):
-                    writer.write(ids, "train" if val_corpus is not None else None)
-                if val_corpus is not None:
-                    for ids in encoded(val_corpus, found_val, tokenizer, progress, corpus.bytes, total):
-                        writer.write(ids, "val")
-                digests = writer.finish(dtype)
-                _check_sizes(writer.tokens, corpus, val_corpus)  # refused: the old files stay
-                (folder / "meta.json").unlink(missing_ok=True)  # the folder is incomplete until meta.json is back
-                (folder / "input.txt").unlink(missing_ok=True)  # a copy of the text that earlier versions kept
-            for kind, file in TOKENIZER_FILES.items():  # the other kind's file, from an earlier prepare
-                if kind != tokenizer.kind:
-                    (folder / file).unlink(missing_ok=True)
-            tokenizer.save(folder / TOKENIZER_FILES[tokenizer.kind])
+    with dataset_folder(folder):
+        with ExitStack() as stack:  # the new files are renamed into place when it closes
+            files = {split: stack.enter_context(atomic_path(folder / f"{split}.bin")) for split in ("train", "val")}
+            writer = SplitWriter(files, val_split if val_corpus is None else "file", val_fraction, block, lengths)
+            total = corpus.bytes + (val_corpus.bytes if val_corpus else 0)
+            for ids in encoded(corpus, found, tokenizer, progress, 0, total):
+                writer.write(ids, "train" if val_corpus is not None else None)
+            if val_corpus is not None:
+                for ids in encoded(val_corpus, found_val, tokenizer, progress, corpus.bytes, total):
+                    writer.write(ids, "val")
+            digests = writer.finish(dtype)
+            _check_sizes(writer.tokens, corpus, val_corpus)  # refused: the old files stay
+            (folder / "meta.json").unlink(missing_ok=True)  # the folder is incomplete until meta.json is back
+            (folder / "input.txt").unlink(missing_ok=True)  # a copy of the text that earlier versions kept
+        save_tokenizer(folder, tokenizer)
         info = DatasetInfo(
             name=name, path=folder, source=_sources_label(corpus, val_corpus), sha256=found.sha256,
             text_bytes=corpus.bytes + (val_corpus.bytes if val_corpus else 0), text_chars=found.chars + (found_val.chars if found_val else 0),
@@ -247,15 +241,36 @@ def write_dataset(corpus: Corpus, folder: Path, name: str, val_fraction: float, 
             sources=found.digests + (found_val.digests if found_val else []),
         )
         write_json_atomic(folder / "meta.json", info.to_dict())
+    return info
+
+
+@contextmanager
+def dataset_folder(folder: Path) -> Iterator[None]:
+    """Where a dataset is written: refused unless tinygpt made `folder` or it is empty
+    (claim_folder), marked and locked while it is written (owned_folder). A write refused or
+    interrupted removes the folders it made, if they hold nothing else; an OS error is one line,
+    for a source that cannot be read or for the folder that cannot be written."""
+    claim_folder(folder)
+    created = missing_ancestors(folder)
+    try:
+        with owned_folder(folder):
+            yield
     except BaseException as e:
-        if created:  # refused (too short) or interrupted: the folders this call made go again, if they hold nothing else
+        if created:
             remove_if_empty(folder, created)
         if isinstance(e, OSError):
             if e.filename is not None and Path(e.filename).parent != folder:
                 raise TinyGPTError(f"cannot read {e.filename}: {e.strerror or e}") from e
             raise TinyGPTError(f"cannot write dataset to {folder}: {e.strerror or e}", "free some space or pass a writable --data-dir") from e
         raise
-    return info
+
+
+def save_tokenizer(folder: Path, tokenizer: Tokenizer) -> None:
+    """The tokenizer's file, and no other kind's (from an earlier prepare into the folder)."""
+    for kind, file in TOKENIZER_FILES.items():
+        if kind != tokenizer.kind:
+            (folder / file).unlink(missing_ok=True)
+    tokenizer.save(folder / TOKENIZER_FILES[tokenizer.kind])
 
 
 def remove_if_empty(folder: Path, created: list[Path]) -> None:

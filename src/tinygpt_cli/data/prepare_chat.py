@@ -24,9 +24,9 @@ from ..errors import TinyGPTError, UsageError
 from ..system.fsutil import atomic_path, file_sha256, read_user_file, write_json_atomic
 from .chat import CHAT_TEMPLATE, CHAT_TOKENS, TRAINED, EncodedChat, Message, encode_chat, read_conversations, with_chat_tokens
 from .corpus import cleanup, collect_sources
-from .dataset import MAX_SOURCE_BYTES, DatasetInfo, claim_folder, decode_text, intact_dataset, owned_folder
-from .prepare import TokenizerChoice, missing_ancestors, remove_if_empty
-from .tokenizer import MIN_BPE_VOCAB, TOKENIZER_FILES, BPETokenizer, Tokenizer, byte_lengths, check_bpe_vocab_size, encode_texts, token_dtype
+from .dataset import MAX_SOURCE_BYTES, DatasetInfo, decode_text, intact_dataset
+from .prepare import TokenizerChoice, dataset_folder, save_tokenizer
+from .tokenizer import MIN_BPE_VOCAB, BPETokenizer, Tokenizer, byte_lengths, check_bpe_vocab_size, encode_texts, token_dtype
 from .vocab import Vocabulary
 
 DEFAULT_CONTEXT = 256  # tokens a conversation may take, when the tokenizer's source does not say
@@ -128,38 +128,26 @@ def _write(folder: Path, name: str, encoded: list[EncodedChat | None], tokenizer
     lengths = byte_lengths(tokenizer)
     arrays = {split: (np.concatenate([e.ids for e in chats]).astype(dtype), np.concatenate([e.mask for e in chats]))
               for split, chats in splits.items()}
-    claim_folder(folder)
-    created = missing_ancestors(folder)
-    try:
-        with owned_folder(folder):
-            with ExitStack() as stack:  # the new files are renamed into place when it closes
-                for split, (ids, mask) in arrays.items():
-                    stack.enter_context(_written(folder / f"{split}.bin", ids))
-                    stack.enter_context(_written(folder / f"{split}.mask", mask))
-                (folder / "meta.json").unlink(missing_ok=True)  # incomplete until meta.json is back
-            for kind, file in TOKENIZER_FILES.items():
-                if kind != tokenizer.kind:
-                    (folder / file).unlink(missing_ok=True)
-            tokenizer.save(folder / TOKENIZER_FILES[tokenizer.kind])
-            chat = {"context": settings["context"], "longest": max(len(e.ids) for e in kept), "settings": settings, **counts,
-                    "conversations": {s: len(c) for s, c in splits.items()},
-                    "turns": {s: sum(e.turns for e in c) for s, c in splits.items()},
-                    "trained_tokens": {s: int(((arrays[s][1] & TRAINED) > 0).sum()) for s in splits}}
-            info = DatasetInfo(
-                name=name, path=folder, source=_label(digests), sha256=settings["sources"], text_bytes=sum(d["bytes"] for d in digests),
-                text_chars=chars, vocab_size=tokenizer.size, train_tokens=len(arrays["train"][0]), val_tokens=len(arrays["val"][0]),
-                val_fraction=val_fraction, train_sha256=file_sha256(folder / "train.bin"), val_sha256=file_sha256(folder / "val.bin"),
-                tokenizer=tokenizer.kind, tokenizer_spec=choice.spec(), token_dtype=dtype.name, val_split="conversations",
-                documents=len(digests), train_bytes=int(lengths[arrays["train"][0]].sum()), val_bytes=int(lengths[arrays["val"][0]].sum()),
-                sources=digests, kind="chat", chat_template=CHAT_TEMPLATE, chat=chat,
-                train_mask_sha256=file_sha256(folder / "train.mask"), val_mask_sha256=file_sha256(folder / "val.mask"))
-            write_json_atomic(folder / "meta.json", info.to_dict())
-    except BaseException as e:
-        if created:
-            remove_if_empty(folder, created)
-        if isinstance(e, OSError):
-            raise TinyGPTError(f"cannot write dataset to {folder}: {e.strerror or e}", "free some space or pass a writable --data-dir") from e
-        raise
+    with dataset_folder(folder):
+        with ExitStack() as stack:  # the new files are renamed into place when it closes
+            for split, (ids, mask) in arrays.items():
+                stack.enter_context(_written(folder / f"{split}.bin", ids))
+                stack.enter_context(_written(folder / f"{split}.mask", mask))
+            (folder / "meta.json").unlink(missing_ok=True)  # incomplete until meta.json is back
+        save_tokenizer(folder, tokenizer)
+        chat = {"context": settings["context"], "longest": max(len(e.ids) for e in kept), "settings": settings, **counts,
+                "conversations": {s: len(c) for s, c in splits.items()},
+                "turns": {s: sum(e.turns for e in c) for s, c in splits.items()},
+                "trained_tokens": {s: int(((arrays[s][1] & TRAINED) > 0).sum()) for s in splits}}
+        info = DatasetInfo(
+            name=name, path=folder, source=_label(digests), sha256=settings["sources"], text_bytes=sum(d["bytes"] for d in digests),
+            text_chars=chars, vocab_size=tokenizer.size, train_tokens=len(arrays["train"][0]), val_tokens=len(arrays["val"][0]),
+            val_fraction=val_fraction, train_sha256=file_sha256(folder / "train.bin"), val_sha256=file_sha256(folder / "val.bin"),
+            tokenizer=tokenizer.kind, tokenizer_spec=choice.spec(), token_dtype=dtype.name, val_split="conversations",
+            documents=len(digests), train_bytes=int(lengths[arrays["train"][0]].sum()), val_bytes=int(lengths[arrays["val"][0]].sum()),
+            sources=digests, kind="chat", chat_template=CHAT_TEMPLATE, chat=chat,
+            train_mask_sha256=file_sha256(folder / "train.mask"), val_mask_sha256=file_sha256(folder / "val.mask"))
+        write_json_atomic(folder / "meta.json", info.to_dict())
     return info
 
 
