@@ -195,13 +195,9 @@ class TrainingRun:
     def save(self, kind: str) -> None:
         if not self.is_main:
             return
-        self._write_checkpoint(self.run.last_path if kind == "last" else self.run.best_path, self.trainer.checkpoint(kind))
-        if kind == "last":
-            self.saved_at = self.trainer.step
-
-    def _write_checkpoint(self, path: Path, ckpt: Checkpoint) -> None:
+        path = self.run.last_path if kind == "last" else self.run.best_path
         try:
-            save_checkpoint(path, ckpt)
+            save_checkpoint(path, self.trainer.checkpoint(kind))
         except CheckpointError as e:  # the previous file is intact: the run can go on from it later
             with suppress(OSError):  # on a full disk the status may not be writable either
                 self._write_status("failed", iteration=self.trainer.step, reason=e.message)
@@ -210,6 +206,8 @@ class TrainingRun:
             else:
                 hint = Command("train", options={"out": str(self.run.path), "overwrite": True}, before=FREE_DISK)
             raise CheckpointError(e.message, hint) from e
+        if kind == "last":
+            self.saved_at = self.trainer.step
 
     def _write_status(self, status: str, **fields: Any) -> None:
         """run.json, with the CPU threads in use (they change with the machine's load)."""

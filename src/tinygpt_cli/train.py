@@ -209,7 +209,8 @@ class Trainer:
                     with autocast_for(self.device, self.dtype):
                         _, loss = self.model(x[rows], y[rows], reduction="sum" if self.masked else "mean")
                     total += loss.float()
-                    trained += (y[rows] != IGNORE).sum()
+                    if self.masked:
+                        trained += (y[rows] != IGNORE).sum()
             if self.masked:  # the mean over the trained tokens
                 total, trained = all_reduce_sum(torch.stack([total, trained]), self.dist).tolist()
                 losses[split] = total / max(trained, 1)

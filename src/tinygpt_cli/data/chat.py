@@ -146,8 +146,7 @@ def encode_chat(messages: list[Message], tokenizer: Tokenizer, context: int, con
     length = 0
     for message, content in zip(messages, contents):
         is_reply = message["role"] == "assistant"
-        part = np.concatenate([np.array([ids_of[ROLE_MARKERS[message["role"]]]], dtype=dtype), content.astype(dtype),
-                               np.array([ids_of[END_OF_TURN]], dtype=dtype)])
+        part = np.array(_message_ids(message, content, ids_of), dtype=dtype)
         pieces.append(part)
         trained.append(np.r_[0, np.full(len(part) - 1, TRAINED if is_reply else 0)].astype(np.uint8))
         length += len(part)
@@ -173,10 +172,13 @@ def prompt_ids(messages: list[Message], tokenizer: Tokenizer) -> list[int]:
     ids_of = chat_token_ids(tokenizer)
     check_no_special(tokenizer, messages)
     contents = encode_texts(tokenizer, [m["content"] for m in messages])
-    out: list[int] = []
-    for message, content in zip(messages, contents):
-        out += [ids_of[ROLE_MARKERS[message["role"]]], *content.tolist(), ids_of[END_OF_TURN]]
-    return out + [ids_of[ROLE_MARKERS["assistant"]]]
+    return [i for message, content in zip(messages, contents) for i in _message_ids(message, content, ids_of)] + [
+        ids_of[ROLE_MARKERS["assistant"]]]
+
+
+def _message_ids(message: Message, content: np.ndarray, ids_of: dict[str, int]) -> list[int]:
+    """One message as the template renders it: its role marker, its content, the end of its turn."""
+    return [ids_of[ROLE_MARKERS[message["role"]]], *content.tolist(), ids_of[END_OF_TURN]]
 
 
 # --- reading conversation files -----------------------------------------------------------------
