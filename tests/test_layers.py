@@ -52,6 +52,8 @@ LAYERS = [
     {"lifecycle"},  # a run's life: it starts from pretrained weights too
     {"runs"},  # many runs: the table, sweeps, benchmarks, plots
     {"inside"},  # looking inside a model (its pictures use the plots' writer)
+    {"serving"},  # many clients' answers from one process: the models, the scheduler
+    {"server"},  # the web stack over it: the OpenAI API, the playground
     {"cli", "__main__"},
 ]
 
@@ -84,6 +86,18 @@ def test_nothing_but_the_version_comes_from_the_package_root(name):
 @pytest.mark.parametrize("name", CORE)
 def test_the_core_imports_neither_typer_nor_rich(name):
     assert not {m for m in imports_of(MODULES[name]) if m.split(".")[0] in ("typer", "rich", "click")}
+
+
+WEB_STACK = ("fastapi", "starlette", "uvicorn")
+
+
+@pytest.mark.parametrize("name", [n for n in CORE if not n.startswith("tinygpt_cli.server")])
+def test_only_the_server_imports_the_web_stack(name):
+    assert not {m for m in imports_of(MODULES[name]) if m.split(".")[0] in WEB_STACK}
+
+
+def test_the_web_stack_check_sees_the_server():
+    assert {"fastapi", "uvicorn"} <= {m.split(".")[0] for n in MODULES for m in imports_of(MODULES[n])}
 
 
 @pytest.mark.parametrize("name", COMMANDS)
@@ -179,6 +193,8 @@ AUDITED_FILE_CALLS = {
     ("tinygpt_cli.data.tokenizer", "load_tokenizer", "load"): "Vocabulary.load, which reads with fsutil.read_json",
     ("tinygpt_cli.data.tokenizer", "load_tokenizer", "from_file"): "BPETokenizer.from_file, which reads with fsutil.read_user_file",
     ("tinygpt_cli.interop.hf", "read_hf_folder", "safe_open"): "model.safetensors, a regular file (is_file) that safetensors maps and checks",
+    ("tinygpt_cli.server.app", "index", "read_bytes"): "the playground page, a file of the package",
+    ("tinygpt_cli.server.app", "static", "read_bytes"): "the playground's script and style, files of the package, by a fixed name",
 }
 
 

@@ -13,7 +13,7 @@ from tinygpt_cli.config import ModelConfig
 from tinygpt_cli.errors import UsageError
 from tinygpt_cli.model import GPT, KVCache
 import tinygpt_cli.sampling as sampling_module
-from tinygpt_cli.sampling import (HalfWeightLinear, NonFiniteLogits, block_matrix_bytes, generate, in_reduced_precision,
+from tinygpt_cli.sampling import (SamplingLinear, NonFiniteLogits, block_matrix_bytes, generate, in_reduced_precision,
                                   sample_next, set_sampling_precision, top_k_filter, top_p_filter, window_start)
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -175,7 +175,7 @@ def copy_of(model: GPT) -> GPT:
 def test_half_weight_linear_computes_with_the_rounded_weights(bias):
     torch.manual_seed(0)
     linear = torch.nn.Linear(32, 48, bias=bias)
-    half = HalfWeightLinear(linear, torch.float16)
+    half = SamplingLinear(linear, torch.float16)
     rounded_w = linear.weight.detach().half().float()
     rounded_b = None if not bias else linear.bias.detach().half().float()
     assert half.weight.dtype == torch.float16 and not half.weight.requires_grad
@@ -203,7 +203,7 @@ def test_sampling_precision_auto_on_cpu_stores_block_matrices_in_float16_past_th
     reference = copy_of(model)
     m = copy_of(model)
     assert set_sampling_precision(m, "auto") == torch.float16
-    half = [mod for mod in m.modules() if isinstance(mod, HalfWeightLinear)]
+    half = [mod for mod in m.modules() if isinstance(mod, SamplingLinear)]
     assert len(half) == 4 * CONFIG.n_layer  # qkv, proj, up, down of every block
     assert not any(isinstance(mod, torch.nn.Linear) for mod in m.blocks.modules())
     assert m.tok_emb.weight.dtype == torch.float32 and m.lm_head.weight is m.tok_emb.weight
@@ -221,7 +221,7 @@ def test_sampling_precision_auto_on_cpu_stores_block_matrices_in_float16_past_th
 def test_sampling_precision_by_name(model, name, dtype):
     m = copy_of(model)
     assert set_sampling_precision(m, name) == dtype
-    linears = [mod for mod in m.blocks.modules() if isinstance(mod, (torch.nn.Linear, HalfWeightLinear))]
+    linears = [mod for mod in m.blocks.modules() if isinstance(mod, (torch.nn.Linear, SamplingLinear))]
     assert {mod.weight.dtype for mod in linears} == {dtype}
     if name == "float32":  # untouched: exactly the checkpoint's text
         prompt = ids(5)
@@ -349,3 +349,32 @@ def test_cli_generate_json_holds_the_same_samples_as_the_stream(run_cli, tiny_ru
     result = json.loads(as_json.stdout)
     assert result["prompt"] == "The" and result["settings"]["seed"] == 4 and result["settings"]["max_new_tokens"] == 20
     assert streamed.stdout == "The" + result["samples"][0] + "\n\n---------- sample 2 ----------\nThe" + result["samples"][1] + "\n"
+
+
+@pytest.mark.parametrize("pos_embedding", ["learned", "rope"])
+@pytest.mark.parametrize("precision", ["float32", "float16"])
+def test_a_batch_of_rows_steps_each_row_exactly_as_it_would_step_alone(model, pos_embedding, precision):
+    """What a server batching requests relies on: every bit of each row's scores equals that row's
+    scores alone, through prompts, single steps and the window's jumps (40 steps past a 16-window)."""
+    from tinygpt_cli.sampling import Decoder, set_batch_exact
+
+    config = CONFIG.model_copy(update={"pos_embedding": pos_embedding})
+    torch.manual_seed(3)
+    m = GPT(config).eval()
+    set_sampling_precision(m, precision)
+    set_batch_exact(m)
+    prompts = [ids(6, seed) for seed in range(5)]
+    batch = Decoder(m, prompts, 40)
+    alone = [Decoder(m, [p], 40) for p in prompts]
+    with torch.inference_mode():
+        for step in range(40):
+            scores = batch.scores()
+            for row, decoder in enumerate(alone):
+                assert torch.equal(scores[row], decoder.scores()[0]), f"row {row}, step {step}"
+            tokens = scores.argmax(dim=-1)
+            batch.append(tokens)
+            for row, decoder in enumerate(alone):
+                decoder.append(tokens[row : row + 1])
+            if step == 20:  # a row finishes: the others go on unchanged
+                batch.keep([0, 2, 3, 4])
+                alone.pop(1)

@@ -21,6 +21,12 @@ from .model import GPT
 from .sampling import generate
 
 
+def reply_budget(block_size: int, prompt_length: int, max_tokens: int | None) -> int:
+    """The tokens a reply may take: prompt and reply share one window."""
+    room = block_size - prompt_length
+    return room if max_tokens is None else min(max_tokens, room)
+
+
 @dataclass
 class Conversation:
     model: GPT
@@ -73,7 +79,7 @@ class Conversation:
         short (Ctrl-C) with what it had."""
         block = self.model.config.block_size
         ids = self.prompt(user_text, room if room is not None else max(1, min(max_tokens or block, block // 4)))
-        budget = block - len(ids) if max_tokens is None else min(max_tokens, block - len(ids))
+        budget = reply_budget(block, len(ids), max_tokens)
         self.history.append({"role": "user", "content": user_text})
         reply: list[int] = []
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")

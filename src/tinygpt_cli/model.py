@@ -56,6 +56,18 @@ class KVCache:
     def reset(self) -> None:
         self.length = 0
 
+    def row(self, i: int) -> KVCache:
+        """A cache of row `i` alone, a view of this one's buffers (empty): a row filled through it
+        is filled exactly as in a batch of one, and is then part of this batch."""
+        view = object.__new__(KVCache)
+        view.k, view.v = [k[i : i + 1] for k in self.k], [v[i : i + 1] for v in self.v]
+        view.length = 0
+        return view
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Keep only these rows (a 1-D tensor of indices), in this order."""
+        self.k, self.v = [k[rows] for k in self.k], [v[rows] for v in self.v]
+
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store this step's k, v (B, nh, T, hs) for `layer`; return all keys/values so far."""
         start, end = self.length, self.length + k.size(2)

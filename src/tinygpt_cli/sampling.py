@@ -30,27 +30,44 @@ from .errors import Command, TinyGPTError
 from .model import GPT, KVCache, eval_mode
 
 
-class HalfWeightLinear(nn.Module):
-    """An nn.Linear for sampling on a CPU whose weight (and bias) are stored in 16 bits.
+class SamplingLinear(nn.Module):
+    """An nn.Linear for sampling whose weight (and bias) may be stored in 16 bits on a CPU, and
+    whose rows of a batch each come out exactly as they would alone.
 
-    Sampling only: it has no gradient, and its rounded weights are not the checkpoint's.
+    One position of one row is a matrix-vector product, bound by memory: it runs in the stored
+    type. Many positions of a row (a prompt) are bound by arithmetic: float32. One position of
+    each of several rows (a batch of requests being served) runs each row's product as that
+    row's own matrix-vector product, so the batch changes no bit of any row: a float32 batched
+    product whose every matrix has one row (torch.bmm), or in 16 bits one product per row.
+    Sampling only: it has no gradient, and its 16-bit weights are not the checkpoint's.
     """
 
     def __init__(self, linear: nn.Linear, dtype: torch.dtype):
         super().__init__()
-        self.weight = nn.Parameter(linear.weight.detach().to(dtype), requires_grad=False)
-        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().to(dtype), requires_grad=False)
+        weight, bias = linear.weight, linear.bias
+        if weight.dtype != dtype:
+            weight = nn.Parameter(weight.detach().to(dtype), requires_grad=False)
+            bias = None if bias is None else nn.Parameter(bias.detach().to(dtype), requires_grad=False)
+        self.weight, self.bias = weight, bias  # float32: the linear's own (a tied matrix stays tied)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[:-1].numel() == 1:  # one position: a matrix-vector product, bound by memory
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, T, C)
+        if x.size(-2) != 1:  # many positions: bound by arithmetic
+            bias = None if self.bias is None else self.bias.to(x.dtype)
+            return F.linear(x, self.weight.to(x.dtype), bias)
+        if x.size(0) == 1:  # one position: a matrix-vector product, bound by memory
             return F.linear(x.to(self.weight.dtype), self.weight, self.bias).to(x.dtype)
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(x, self.weight.to(x.dtype), bias)  # many positions: bound by arithmetic
+        if self.weight.dtype != torch.float32:
+            return torch.cat([self(row) for row in x.split(1)])
+        B, _, C = x.shape
+        weight = self.weight.t().expand(B, C, -1)  # (B, C, out), no copy
+        if self.bias is None:
+            return torch.bmm(x, weight)
+        return torch.baddbmm(self.bias.expand(B, 1, -1), x, weight)  # (B, 1, out)
 
 
 def in_reduced_precision(model: GPT) -> bool:
     """Whether any of the model's weights are no longer the checkpoint's float32."""
-    return model.tok_emb.weight.dtype != torch.float32 or any(isinstance(m, HalfWeightLinear) for m in model.modules())
+    return any(p.dtype != torch.float32 for p in model.parameters())
 
 
 def block_matrix_bytes(model: GPT) -> int:
@@ -87,12 +104,23 @@ def set_sampling_precision(model: GPT, name: str) -> torch.dtype:
     if device.type != "cpu":
         model.to(dtype)
         return dtype
-    for block in model.blocks:
-        for parent in (block.attn, block.mlp):
-            for child_name, child in list(parent.named_children()):
-                if isinstance(child, nn.Linear):
-                    setattr(parent, child_name, HalfWeightLinear(child, dtype))
+    _swap_linears(model.blocks, dtype)  # the LM head (the token embedding) stays float32
     return dtype
+
+
+def _swap_linears(within: nn.Module, dtype: torch.dtype) -> None:
+    """Every nn.Linear inside `within` becomes a SamplingLinear storing its weight in `dtype`."""
+    for parent in list(within.modules()):
+        for child_name, child in list(parent.named_children()):
+            if isinstance(child, nn.Linear):
+                setattr(parent, child_name, SamplingLinear(child, dtype))
+
+
+def set_batch_exact(model: GPT) -> None:
+    """Let `model` step many rows at once, each exactly as it would be alone (see SamplingLinear):
+    what a server needs to batch requests and still give each its own answer. Call it after
+    set_sampling_precision; like it, for sampling only."""
+    _swap_linears(model, model.tok_emb.weight.dtype)  # the ones still plain, the LM head among them
 
 
 class NonFiniteLogits(TinyGPTError):
@@ -158,6 +186,67 @@ def window_start(length: int, start: int, block_size: int) -> int:
     return start
 
 
+class Decoder:
+    """Contexts of one length that grow together, one token per row per step: the rows of a batch
+    of requests being served, or generate's single row. Each row's scores are exactly those it
+    would get alone (a model made set_batch_exact steps many rows; each prefill runs row by row).
+
+    The window never holds more than a prompt and its `room` new tokens: the cache is that long.
+    """
+
+    def __init__(self, model: GPT, prompts: list[list[int]], room: int, kv_cache: bool = True):
+        if not prompts or not prompts[0] or any(len(p) != len(prompts[0]) for p in prompts):
+            raise ValueError("a Decoder steps non-empty contexts of one length")
+        self.model = model
+        device = next(model.parameters()).device
+        self.context = torch.tensor(prompts, dtype=torch.long, device=device)  # (B, T)
+        self.block = model.config.block_size
+        self.start = max(0, self.context.size(1) - self.block)
+        activations = model.tok_emb.weight.dtype  # float32 unless the whole model moved to another type
+        self.cache = KVCache(model.config, len(prompts), device, activations, len(prompts[0]) + room) if kv_cache else None
+        self.cached_from: int | None = None  # window start the cache was filled from
+        self.reduced_precision = in_reduced_precision(model)
+
+    @property
+    def length(self) -> int:
+        return self.context.size(1)
+
+    def scores(self) -> torch.Tensor:
+        """The next token's logits for every row: (B, vocab)."""
+        self.start = window_start(self.length, self.start, self.block)
+        with eval_mode(self.model):  # each forward: between two tokens the caller may train the model
+            if self.cache is not None and self.cached_from == self.start:
+                logits, _ = self.model(self.context[:, -1:], cache=self.cache)  # only the newest position
+            else:
+                logits = torch.cat([self._prefill(i) for i in range(self.context.size(0))])
+        if not torch.isfinite(logits).all():
+            raise NonFiniteLogits(self.length, self.reduced_precision)
+        return logits[:, -1, :]
+
+    def _prefill(self, row: int) -> torch.Tensor:
+        """Row `row`'s whole window in one pass, alone, filling its part of the cache."""
+        window = self.context[row : row + 1, self.start :]
+        if self.cache is None:
+            return self.model(window)[0]
+        if row == 0:
+            self.cache.reset()
+        view = self.cache.row(row)
+        logits, _ = self.model(window, cache=view)
+        self.cache.length, self.cached_from = view.length, self.start
+        return logits
+
+    def append(self, tokens: torch.Tensor) -> None:
+        """The rows' next tokens, (B,)."""
+        self.context = torch.cat([self.context, tokens[:, None].to(self.context.device)], dim=1)
+
+    def keep(self, rows: list[int]) -> None:
+        """Go on with these rows only (the others finished)."""
+        index = torch.tensor(rows, dtype=torch.long, device=self.context.device)
+        self.context = self.context[index]
+        if self.cache is not None:
+            self.cache.keep(index)
+
+
 @torch.inference_mode()  # lighter than no_grad for the many small ops of one token
 def generate(model: GPT, prompt: list[int], max_new_tokens: int, *, temperature: float = 0.8,
              top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
@@ -165,31 +254,17 @@ def generate(model: GPT, prompt: list[int], max_new_tokens: int, *, temperature:
     """Yield `max_new_tokens` token ids continuing `prompt` (a non-empty list of ids)."""
     if not prompt:
         raise ValueError("generate needs at least one prompt token")
-    device = next(model.parameters()).device
-    block = model.config.block_size
-    # Its own generator: torch's global one (a training's dropout, say) is neither read nor moved.
-    generator = torch.Generator(device=device)
-    generator.manual_seed(seed if seed is not None else secrets.randbits(63))
-    context = torch.tensor(prompt, dtype=torch.long, device=device)[None, :]  # (1, T)
-    start = max(0, context.size(1) - block)
-    activations = model.tok_emb.weight.dtype  # float32 unless the whole model moved to another type
-    reduced_precision = in_reduced_precision(model)
-    # The window never holds more than the prompt and the new tokens: no room beyond that.
-    cache = KVCache(model.config, 1, device, activations, len(prompt) + max_new_tokens) if kv_cache else None
-    cached_from = None  # window start the cache was filled from
+    generator = sampling_generator(model, seed)
+    decoder = Decoder(model, [prompt], max_new_tokens, kv_cache)
     for _ in range(max_new_tokens):
-        start = window_start(context.size(1), start, block)
-        with eval_mode(model):  # each forward: between two tokens the caller may train the model
-            if cache is None:
-                logits, _ = model(context[:, start:])
-            elif cached_from != start:
-                cache.reset()
-                logits, _ = model(context[:, start:], cache=cache)  # prefill the whole window at once
-                cached_from = start
-            else:
-                logits, _ = model(context[:, -1:], cache=cache)  # only the newest position
-        if not torch.isfinite(logits).all():
-            raise NonFiniteLogits(context.size(1), reduced_precision)
-        token = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)  # (1,)
-        context = torch.cat([context, token[:, None]], dim=1)
+        token = sample_next(decoder.scores(), temperature, top_k, top_p, generator)  # (1,)
+        decoder.append(token)
         yield int(token)
+
+
+def sampling_generator(model: GPT, seed: int | None) -> torch.Generator:
+    """A sample's own generator on the model's device, seeded with `seed` (None: a random seed):
+    torch's global one (a training's dropout, say) is neither read nor moved."""
+    generator = torch.Generator(device=next(model.parameters()).device)
+    generator.manual_seed(seed if seed is not None else secrets.randbits(63))
+    return generator

@@ -13,7 +13,7 @@ from .. import __version__
 from ..errors import TinyGPTError, TrainingStopped
 from .console import render_hint
 from . import bench_cmds, chat_cmds, data_cmds, generate_cmds, inside_cmds, interop_cmds, model_cmds, train_cmds
-from . import runs_cmds
+from . import runs_cmds, serve_cmds
 
 class JourneyOrder(typer.core.TyperGroup):
     """`tinygpt --help` lists the commands in the order a user meets them: prepare comes first
@@ -60,6 +60,7 @@ inside_cmds.register(app)
 interop_cmds.register(app)
 bench_cmds.register(app)
 runs_cmds.register(app)
+serve_cmds.register(app)
 
 
 def _report(message: str, hint: str | None, label: str = "Error:") -> None:

@@ -35,12 +35,6 @@ def _prompt(tokenizer, text: str, block_size: int) -> list[int]:
     return ids
 
 
-def _labels(tokenizer, ids: list[int]) -> list[str]:
-    from ..data.tokenizer import token_label
-
-    return [token_label(tokenizer, i) for i in ids]
-
-
 def _shade(value: float) -> str:
     """A background colour from white (0) to deep blue (1)."""
     v = max(0.0, min(1.0, value))
@@ -94,12 +88,13 @@ def attention(
     """
     from ..errors import UsageError
     from ..inside.measure import attention as weights_of
+    from ..inside.measure import token_labels
 
     model, ckpt = _load(run, checkpoint, device)
     tokenizer = ckpt.tokenizer
     ids = _prompt(tokenizer, prompt, model.config.block_size)
     weights = weights_of(model, ids)  # (layers, heads, T, T)
-    labels = _labels(tokenizer, ids)
+    labels = token_labels(tokenizer, ids)
     n_layer, n_head = weights.shape[:2]
     layer = n_layer - 1 if layer is None else layer
     if layer >= n_layer or head >= n_head:
@@ -132,20 +127,19 @@ def predict(
 
     Example: tinygpt predict --run runs/cpu --prompt "ROMEO:" --temperature 0.5 --top-k 5
     """
+    from ..inside.measure import candidates_report, token_labels, top_candidates
     from ..inside.measure import predict as distribution
-    from ..inside.measure import top_candidates
 
     model, ckpt = _load(run, checkpoint, device)
     tokenizer = ckpt.tokenizer
     ids = _prompt(tokenizer, prompt, model.config.block_size)
     shaped, raw = distribution(model, ids, temperature, top_k, top_p)
     candidates = top_candidates(shaped, raw, show)
-    labels = _labels(tokenizer, [c.token_id for c in candidates])
     if as_json:
         print_json({"prompt": prompt, "settings": {"temperature": temperature, "top_k": top_k, "top_p": top_p},
-                    "candidates": [{"id": c.token_id, "token": label, "model_probability": c.model_probability,
-                                    "probability": c.probability} for c, label in zip(candidates, labels)]})
+                    "candidates": candidates_report(tokenizer, candidates)})
         return
+    labels = token_labels(tokenizer, [c.token_id for c in candidates])
     from rich.table import Table
 
     settings = f"temperature {temperature:g}" + (f", top-k {top_k}" if top_k else "") + (f", top-p {top_p:g}" if top_p is not None else "")
@@ -176,7 +170,6 @@ def surprise(
     from ..system.fsutil import read_user_file
     from ..inside.measure import MAX_SURPRISE_BYTES, SURPRISE_TOO_LARGE
     from ..inside.measure import surprise as score
-    from ..data.tokenizer import token_texts
 
     path = Path(text)
     try:
@@ -188,14 +181,14 @@ def surprise(
     model, ckpt = _load(run, checkpoint, device)
     tokenizer = ckpt.tokenizer
     result = score(model, tokenizer, text)
-    labels = list(token_texts(tokenizer, result.ids))  # a character split over tokens shows with its last
+    report = result.report(tokenizer)
+    labels = report["tokens"]
     if html is not None:
         from ..inside.pictures import surprise_html
 
         surprise_html(labels, result.losses, result.loss, result.bits_per_byte, html)
     if as_json:
-        print_json({"tokens": labels, "losses": [None, *result.losses.tolist()], "loss": result.loss,
-                    "bits_per_byte": result.bits_per_byte, **({"html": str(html)} if html else {})})
+        print_json(report | ({"html": str(html)} if html else {}))
         return
     from rich.text import Text
 
@@ -225,21 +218,19 @@ def embeddings(
     """
     import numpy as np
 
-    from ..inside.measure import pca, training_counts
+    from ..inside.measure import embedding_report, training_counts
 
     model, ckpt = _load(run, checkpoint, device)
     tokenizer = ckpt.tokenizer
-    tokens = model.tok_emb.weight.detach().float().cpu().numpy()
-    coords, explained = pca(tokens)
-    labels = _labels(tokenizer, list(range(tokenizer.size)))
+    report = embedding_report(model, tokenizer)
+    coords, explained, labels = np.array(report["coordinates"]), np.array(report["explained_variance"]), report["tokens"]
     positions = model.pos_emb.weight.detach().float().cpu().numpy() if hasattr(model, "pos_emb") else None
     if png is not None:
         from ..inside.pictures import embedding_map
 
         embedding_map(coords, explained, labels, positions, png, training_counts(ckpt))
     if as_json:
-        print_json({"tokens": labels, "coordinates": coords.tolist(), "explained_variance": explained.tolist(),
-                    **({"png": str(png)} if png else {})})
+        print_json(report | ({"png": str(png)} if png else {}))
         return
     for axis in range(coords.shape[1]):
         order = np.argsort(coords[:, axis])

@@ -81,22 +81,6 @@ def runs_table(summaries, fields: list[str], title: str | None = None, skip: tup
             out.print(Text.assemble((f"{s.name}", "bold"), f" is unreadable: {s.error}"), soft_wrap=True)
 
 
-def _run_paths(args: list[Path]) -> list[Path]:
-    """Run folders named on the command line: a path, a name under runs/, or a sweep folder (its runs)."""
-    from ..errors import UsageError
-    from ..rundir import RUNS_DIR
-    from ..runs.table import discover_runs, is_run_folder
-
-    paths: list[Path] = []
-    for arg in args:
-        path = arg if arg.is_dir() or arg.is_absolute() else (RUNS_DIR / arg if (RUNS_DIR / arg).is_dir() else arg)
-        if is_run_folder(path):
-            paths.append(path)
-        elif path.is_dir() and discover_runs(path):
-            paths.extend(discover_runs(path))
-        else:
-            raise UsageError(f"no run folder at {arg}", "tinygpt runs  (lists run folders)")
-    return paths
 
 
 def _labelled(summaries, fields: list[str]) -> list[tuple[str, list[dict]]]:
@@ -126,7 +110,7 @@ def plot(
     from ..errors import TinyGPTError
     from ..rundir import resolve_run
     from ..runs.plots import check_x_axis, in_bits_per_byte, plot_runs, require_matplotlib, save_png
-    from ..runs.table import summarize_runs
+    from ..runs.table import run_paths, summarize_runs
 
     if old_out is not None:
         err.print(f"note: --out is deprecated for plot: --png {old_out}", markup=False)
@@ -139,7 +123,7 @@ def plot(
         runs = [*positional, *(run or [])]
     else:
         runs = run or [resolve_run()]
-    summaries, fields = summarize_runs(_run_paths(runs))
+    summaries, fields = summarize_runs(run_paths(runs))
     vocabularies = sorted({s.config["vocab_size"] for s in summaries if s.config is not None})
     if bits_per_byte is None:
         bits_per_byte = len(vocabularies) > 1

@@ -21,7 +21,7 @@ from ..errors import Command, TinyGPTError, UsageError
 from ..evaluate import token_losses
 from ..model import GPT, eval_mode
 from ..sampling import next_token_probs
-from ..data.tokenizer import Tokenizer, byte_lengths, load_tokenizer, token_counts
+from ..data.tokenizer import Tokenizer, byte_lengths, load_tokenizer, token_counts, token_label, token_texts
 
 
 # surprise shows each token of a text: up to a megabyte of it (a page of that is already long).
@@ -74,6 +74,17 @@ def top_candidates(shaped: np.ndarray, raw: np.ndarray, k: int) -> list[Candidat
     return [Candidate(int(i), float(shaped[i]), float(raw[i])) for i in order]
 
 
+def token_labels(tokenizer: Tokenizer, ids: list[int]) -> list[str]:
+    return [token_label(tokenizer, i) for i in ids]
+
+
+def candidates_report(tokenizer: Tokenizer, candidates: list[Candidate]) -> list[dict]:
+    """The candidates as `predict --json` prints them (and the server's playground shows them)."""
+    labels = token_labels(tokenizer, [c.token_id for c in candidates])
+    return [{"id": c.token_id, "token": label, "model_probability": c.model_probability, "probability": c.probability}
+            for c, label in zip(candidates, labels)]
+
+
 @dataclass(frozen=True)
 class Surprise:
     ids: list[int]  # the text's tokens
@@ -87,6 +98,12 @@ class Surprise:
     @property
     def bits_per_byte(self) -> float:
         return float(self.losses.sum()) / self.bytes / math.log(2)
+
+    def report(self, tokenizer: Tokenizer) -> dict:
+        """As `surprise --json` prints it: each token's text (a character split over tokens shows
+        with its last) and the loss of predicting it (None for the first)."""
+        return {"tokens": list(token_texts(tokenizer, self.ids)), "losses": [None, *self.losses.tolist()], "loss": self.loss,
+                "bits_per_byte": self.bits_per_byte}
 
 
 def surprise(model: GPT, tokenizer: Tokenizer, text: str) -> Surprise:
@@ -110,6 +127,13 @@ def pca(matrix: np.ndarray, k: int = 2) -> tuple[np.ndarray, np.ndarray]:
     u, s, _ = np.linalg.svd(centred, full_matrices=False)
     variance = s**2
     return u[:, :k] * s[:k], variance[:k] / max(variance.sum(), 1e-30)
+
+
+def embedding_report(model: GPT, tokenizer: Tokenizer) -> dict:
+    """The token embeddings on their two principal axes, as `embeddings --json` prints them."""
+    coords, explained = pca(model.tok_emb.weight.detach().float().cpu().numpy())
+    return {"tokens": token_labels(tokenizer, list(range(tokenizer.size))), "coordinates": coords.tolist(),
+            "explained_variance": explained.tolist()}
 
 
 def cosine_similarity(matrix: np.ndarray) -> np.ndarray:

@@ -16,11 +16,11 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..config import ALL_FIELDS, ModelConfig, RunConfig, first_problem
-from ..errors import TinyGPTError, UsageError
+from ..errors import Command, TinyGPTError, UsageError
 from ..interop.card import is_tinygpt_export
 from ..system.fsutil import read_json
 from ..params import param_report
-from ..rundir import RunDir, finite_number
+from ..rundir import RUNS_DIR, RunDir, finite_number
 
 # Files whose presence makes a folder a run folder (a plot or a lock alone does not).
 RUN_MARKERS = ("config.json", "run.json", "metrics.jsonl", "last.safetensors", "best.safetensors")
@@ -97,6 +97,20 @@ def discover_runs(root: Path, depth: int = 2) -> list[Path]:
         elif depth > 1 and not is_tinygpt_export(child):
             found.extend(discover_runs(child, depth - 1))
     return found
+
+
+def run_paths(args: list[Path], root: Path = RUNS_DIR) -> list[Path]:
+    """Run folders named on the command line: a path, a name under `root`, or a sweep folder (its runs)."""
+    paths: list[Path] = []
+    for arg in args:
+        path = arg if arg.is_dir() or arg.is_absolute() else (root / arg if (root / arg).is_dir() else arg)
+        if is_run_folder(path):
+            paths.append(path)
+        elif path.is_dir() and discover_runs(path):
+            paths.extend(discover_runs(path))
+        else:
+            raise UsageError(f"no run folder at {arg}", Command("runs", why="lists run folders"))
+    return paths
 
 
 def read_summary(path: Path, name: str | None = None) -> RunSummary:

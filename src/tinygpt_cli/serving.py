@@ -1,0 +1,335 @@
+"""Serving trained runs to many clients from one process: the engine under `tinygpt serve`.
+
+- `ModelStore`: each run's model, loaded once, and again when its checkpoint changes (a training
+  in progress saves a new best). A request holds the model it started with: a reload happens
+  between requests, never during one.
+- `Choice`: one answer being written: its text as the tokens come (whole characters only), cut
+  at a stop string, at the end of a chat turn, or at its token budget.
+- `Scheduler`: one worker thread that steps every answer in progress. Answers whose contexts have
+  the same length step together, as the rows of one batch (sampling.Decoder on a model made
+  set_batch_exact): each row's scores are bit for bit those it would get alone, so an answer is
+  the same whoever else is being served, and the same as `generate` with its seed. Other answers
+  take turns with them, one token each. Requests wait in a bounded queue.
+
+The web layer (server/) parses requests, calls these and formats the answers; it holds no
+model code.
+"""
+
+from __future__ import annotations
+
+import codecs
+import math
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .checkpoint import Checkpoint, load_model
+from .data.chat import END_OF_TURN, chat_token_ids
+from .errors import TinyGPTError
+from .model import GPT
+from .rundir import RunDir
+from .sampling import Decoder, generate, sample_next, sampling_generator, set_batch_exact, set_sampling_precision
+from .system.threads import ThreadPolicy
+
+SAMPLE_TOKENS = 200  # the sample drawn from each checkpoint a served run saves
+SAMPLES_KEPT = 50  # per run, the newest
+
+
+class UnknownModel(TinyGPTError):
+    """A request named a model this server does not serve."""
+
+
+class QueueFull(TinyGPTError):
+    """More answers wait than the queue holds."""
+
+
+@dataclass(frozen=True)
+class Served:
+    """One run's model as loaded from one version of its checkpoint."""
+
+    name: str
+    path: Path  # the checkpoint
+    stamp: tuple[int, int]  # its (mtime_ns, size) when read
+    model: GPT
+    ckpt: Checkpoint
+
+    @property
+    def end_of_turn(self) -> int | None:
+        """The end-of-turn token of a model trained on conversations; None for any other."""
+        ids = chat_token_ids(self.ckpt.tokenizer)
+        return None if ids is None else ids[END_OF_TURN]
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    info = path.stat()
+    return info.st_mtime_ns, info.st_size
+
+
+def checkpoint_of(run: Path) -> Path | None:
+    """A run's best checkpoint, else its last; None before its first save."""
+    folder = RunDir(run)
+    return next((p for p in (folder.best_path, folder.last_path) if p.exists()), None)
+
+
+class ModelStore:
+    """The served runs by name, each loaded on first use and again when its checkpoint changes.
+    Each load draws a sample (SAMPLE_TOKENS, seed 0), so a training's progress can be read."""
+
+    def __init__(self, runs: Callable[[], dict[str, Path]], device: torch.device, dtype: str):
+        self._runs = runs  # name -> run folder, looked up again on each request
+        self._device, self._dtype = device, dtype
+        self._loaded: dict[str, Served] = {}
+        self._samples: dict[str, list[dict]] = {}
+        self._lock = threading.Lock()
+
+    def names(self) -> list[str]:
+        return sorted(self._runs())
+
+    def get(self, name: str) -> Served:
+        """The model of run `name`, from its newest checkpoint."""
+        run = self._runs().get(name)
+        path = None if run is None else checkpoint_of(run)
+        if path is None:
+            raise UnknownModel(f"the model {name!r} does not exist" if run is None else f"the run {name!r} has no checkpoint yet")
+        with self._lock:
+            served = self._loaded.get(name)
+            if served is None or served.path != path or served.stamp != _stamp(path):
+                served = self._load(name, path)
+            return served
+
+    def _load(self, name: str, path: Path) -> Served:
+        stamp = _stamp(path)
+        model, ckpt = load_model(path, self._device)
+        set_sampling_precision(model, self._dtype)
+        set_batch_exact(model)
+        served = Served(name, path, stamp, model, ckpt)
+        self._loaded[name] = served
+        ids = ckpt.tokenizer.encode("\n") or [0]
+        text = ckpt.tokenizer.decode(generate(model, ids, SAMPLE_TOKENS, seed=0))
+        self._samples.setdefault(name, []).append({"iteration": ckpt.iteration, "text": text})
+        del self._samples[name][:-SAMPLES_KEPT]
+        return served
+
+    def samples(self, name: str) -> list[dict]:
+        """The samples drawn from each checkpoint of `name` this store loaded, oldest first."""
+        with self._lock:
+            return list(self._samples.get(name, []))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How one answer is drawn; the API's fields under their own names."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    logprobs: int | None = None  # how many alternatives to give with each token's log-probability
+
+
+@dataclass
+class TokenInfo:
+    id: int
+    logprob: float  # the model's own: temperature 1, no filter (what `predict` shows)
+    top: list[tuple[int, float]]  # the most likely tokens there, with theirs
+
+
+@dataclass
+class Delta:
+    """What an answer adds: text released since the last delta (whole characters, never a stop
+    string nor the start of one), the tokens behind it, and once, how it ended."""
+
+    text: str
+    tokens: list[TokenInfo]
+    finish_reason: str | None = None  # "stop" or "length"
+    error: TinyGPTError | None = None
+
+
+class Choice:
+    """One answer: the text its tokens make, cut at the first stop string or at the end of a chat
+    turn (finish "stop"), or at `settings.max_tokens` (finish "length")."""
+
+    def __init__(self, served: Served, prompt: list[int], settings: Settings, send: Callable[[Delta], None]):
+        self.served, self.prompt, self.settings, self.send = served, prompt, settings, send
+        self.generator = sampling_generator(served.model, settings.seed)
+        self.tokens: list[int] = []
+        self.cancelled = threading.Event()  # the client went away
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._text = ""  # decoded so far
+        self._sent = 0  # characters of it released
+        self._pending: list[TokenInfo] = []
+
+    def add(self, info: TokenInfo) -> bool:
+        """Take the next token; True when the answer is complete."""
+        if info.id == self.served.end_of_turn:
+            return self._finish("stop", info)
+        self.tokens.append(info.id)
+        self._pending.append(info)
+        self._text += self._decoder.decode(self.served.ckpt.tokenizer.token_bytes(info.id))
+        cut = self._stop_at()
+        if cut is not None:
+            self._text = self._text[:cut]
+            return self._finish("stop")
+        if len(self.tokens) >= self.settings.max_tokens:
+            self._text += self._decoder.decode(b"", final=True)
+            return self._finish("length")
+        safe = len(self._text) - self._held()
+        if safe > self._sent:
+            self.send(Delta(self._text[self._sent : safe], self._pending))
+            self._sent, self._pending = safe, []
+        return False
+
+    def fail(self, error: TinyGPTError) -> None:
+        self.send(Delta("", [], "error", error))
+
+    def _finish(self, reason: str, info: TokenInfo | None = None) -> bool:
+        self.send(Delta(self._text[self._sent :], self._pending + ([info] if info else []), reason))
+        return True
+
+    def _stop_at(self) -> int | None:
+        """Where the first stop string begins in the text, if one has appeared."""
+        found = [i for i in (self._text.find(s, self._sent) for s in self.settings.stop) if i >= 0]
+        return min(found) if found else None
+
+    def _held(self) -> int:
+        """Characters at the end of the text held back: the start of a stop string, maybe."""
+        for n in range(min(len(self._text), max(map(len, self.settings.stop), default=1) - 1), 0, -1):
+            if any(s.startswith(self._text[-n:]) for s in self.settings.stop):
+                return n
+        return 0
+
+
+def token_info(scores: torch.Tensor, token: int, top: int | None) -> TokenInfo:
+    """The log-probability of `token` under the model's own distribution (scores: (vocab,)), and
+    the `top` most likely tokens with theirs."""
+    if top is None:
+        return TokenInfo(token, math.nan, [])
+    logprobs = torch.log_softmax(scores.float(), dim=-1)
+    best = torch.topk(logprobs, min(top, logprobs.numel())) if top else None
+    pairs = [] if best is None else list(zip(best.indices.tolist(), best.values.tolist()))
+    return TokenInfo(token, float(logprobs[token]), pairs)
+
+
+@dataclass
+class _Group:
+    """Answers stepped together: one model, contexts of one length."""
+
+    choices: list[Choice]
+    decoder: Decoder = field(init=False)
+
+    def __post_init__(self) -> None:
+        first = self.choices[0]
+        room = max(c.settings.max_tokens for c in self.choices)
+        self.decoder = Decoder(first.served.model, [c.prompt for c in self.choices], room)
+
+
+class Scheduler:
+    """The worker thread that writes every answer (see the module docstring)."""
+
+    def __init__(self, threads: ThreadPolicy | None = None, max_waiting: int = 64, max_batch: int = 32):
+        self.max_waiting, self.max_batch = max_waiting, max_batch
+        self._threads = threads
+        self._waiting: deque[Choice] = deque()
+        self._calls: deque[tuple[Callable[[], object], Future]] = deque()
+        self._groups: list[_Group] = []
+        self._wake = threading.Condition()
+        self._closed = False
+        self._worker = threading.Thread(target=self._run, name="tinygpt-scheduler", daemon=True)
+        self._worker.start()
+
+    def submit(self, choices: list[Choice]) -> None:
+        """Queue the answers of one request (all or none)."""
+        with self._wake:
+            if len(self._waiting) + len(choices) > self.max_waiting:
+                raise QueueFull(f"the server is busy: {len(self._waiting):,} answers are waiting, and the queue holds {self.max_waiting:,}",
+                                "try again in a moment")
+            self._waiting.extend(choices)
+            self._wake.notify()
+
+    def call(self, fn: Callable[[], object]) -> Future:
+        """Run `fn` on the worker thread between two steps (a look inside a model, which must not
+        run while a step uses it); its result or exception comes in the future."""
+        future: Future = Future()
+        with self._wake:
+            self._calls.append((fn, future))
+            self._wake.notify()
+        return future
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self._worker.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._waiting and not self._groups and not self._calls and not self._closed:
+                    self._wake.wait()
+                if self._closed:
+                    return
+                arrived, calls = list(self._waiting), list(self._calls)
+                self._waiting.clear()
+                self._calls.clear()
+            for fn, future in calls:
+                if future.set_running_or_notify_cancel():
+                    try:
+                        future.set_result(fn())
+                    except BaseException as error:  # handed to the caller, who raises it
+                        future.set_exception(error)
+            self._admit(arrived)
+            for group in list(self._groups):
+                self._step(group)
+            if self._threads is not None:
+                self._threads.adjust()  # fewer threads while other processes want the cores
+
+    def _admit(self, arrived: list[Choice]) -> None:
+        """New answers join groups of their own: one per model and prompt length."""
+        by_key: dict[tuple[int, int], list[Choice]] = {}
+        for choice in arrived:
+            by_key.setdefault((id(choice.served), len(choice.prompt)), []).append(choice)
+        for choices in by_key.values():
+            for i in range(0, len(choices), self.max_batch):
+                self._groups.append(_Group(choices[i : i + self.max_batch]))
+
+    @torch.inference_mode()
+    def _step(self, group: _Group) -> None:
+        """One token for every answer of `group`; the finished ones leave it."""
+        alive = [i for i, c in enumerate(group.choices) if not c.cancelled.is_set()]
+        if alive and len(alive) < len(group.choices):
+            self._keep(group, alive)
+        if not group.choices:
+            self._groups.remove(group)
+            return
+        try:
+            scores = group.decoder.scores()  # (B, vocab)
+        except TinyGPTError as error:
+            for choice in group.choices:
+                choice.fail(error)
+            self._groups.remove(group)
+            return
+        tokens, going = [], []
+        for row, choice in enumerate(group.choices):
+            s = choice.settings
+            token = sample_next(scores[row : row + 1], s.temperature, s.top_k, s.top_p, choice.generator)  # (1,)
+            tokens.append(token)
+            if not choice.add(token_info(scores[row], int(token), s.logprobs)):
+                going.append(row)
+        group.decoder.append(torch.cat(tokens))
+        if len(going) < len(group.choices):
+            self._keep(group, going)
+            if not group.choices:
+                self._groups.remove(group)
+
+    @staticmethod
+    def _keep(group: _Group, rows: list[int]) -> None:
+        group.choices = [group.choices[i] for i in rows]
+        if rows:
+            group.decoder.keep(rows)
