@@ -430,6 +430,33 @@ def tiny_run(tmp_path_factory, tiny_dataset, torch_one_thread) -> Path:
     return run
 
 
+CHAT_MODEL = dict(n_layer=2, n_head=2, n_embd=64, block_size=64, batch_size=16, eval_interval=100, eval_iters=4, warmup_iters=10)
+
+
+def make_task(folder: Path, train: int, test: int) -> Path:
+    """examples/make_chat_task.py's greeting task in `folder` (train.jsonl, test.jsonl)."""
+    subprocess.run([sys.executable, str(REPO / "examples" / "make_chat_task.py"), "--out", str(folder), "--train", str(train),
+                    "--test", str(test)], check=True, capture_output=True, env=cli_env())
+    return folder
+
+
+@pytest.fixture(scope="session")
+def greetings(tmp_path_factory) -> Path:
+    return make_task(tmp_path_factory.mktemp("greet"), 600, 40)
+
+
+@pytest.fixture(scope="session")
+def chat_run(greetings, tmp_path_factory, torch_one_thread) -> Path:
+    """A tiny model trained from scratch on the greetings (characters), 300 steps. Read-only."""
+    from tinygpt_cli.data.prepare_chat import prepare_chat
+    from tinygpt_cli.lifecycle import train_new
+
+    root = tmp_path_factory.mktemp("chat_run")
+    prepare_chat([str(greetings / "train.jsonl")], root / "data", "greet", context=64)
+    train_new(tiny_config(root / "data", **{**CHAT_MODEL, "max_iters": 300, "learning_rate": 3e-3}), root / "run")
+    return root / "run"
+
+
 # Every model switch, pairwise: each pair of switches meets in all four combinations (the first
 # five columns of the L8 orthogonal array), so 8 models cover what 32 would.
 SWITCHES = [

@@ -4,14 +4,13 @@ export's chat template in transformers, and task evaluation."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import ONE_THREAD_ENV, REPO, assert_one_error, cli_env, tiny_config
+from conftest import CHAT_MODEL, ONE_THREAD_ENV, REPO, assert_one_error, cli_env, tiny_config
 from safetensors.torch import load_file
 
 from tinygpt_cli.checkpoint import load_checkpoint, load_model
@@ -26,16 +25,6 @@ from tinygpt_cli.lifecycle import resume, train_new
 from tinygpt_cli.model import GPT
 from tinygpt_cli.tasks import wilson_interval
 
-CHAT_MODEL = dict(n_layer=2, n_head=2, n_embd=64, block_size=64, batch_size=16, eval_interval=100, eval_iters=4, warmup_iters=10)
-
-
-def make_task(folder: Path, train: int, test: int) -> Path:
-    """examples/make_chat_task.py's greeting task in `folder` (train.jsonl, test.jsonl)."""
-    subprocess.run([sys.executable, str(REPO / "examples" / "make_chat_task.py"), "--out", str(folder), "--train", str(train),
-                    "--test", str(test)], check=True, capture_output=True, env=cli_env())
-    return folder
-
-
 def conversation(*turns: str, system: str | None = None) -> dict:
     roles = ["user", "assistant"]
     return {"messages": ([{"role": "system", "content": system}] if system else []) +
@@ -45,20 +34,6 @@ def conversation(*turns: str, system: str | None = None) -> dict:
 def write_jsonl(path: Path, records) -> Path:
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records), encoding="utf-8")
     return path
-
-
-@pytest.fixture(scope="module")
-def greetings(tmp_path_factory) -> Path:
-    return make_task(tmp_path_factory.mktemp("greet"), 600, 40)
-
-
-@pytest.fixture(scope="module")
-def chat_run(greetings, tmp_path_factory, torch_one_thread) -> Path:
-    """A tiny model trained from scratch on the greetings (characters), 300 steps."""
-    root = tmp_path_factory.mktemp("chat_run")
-    prepare_chat([str(greetings / "train.jsonl")], root / "data", "greet", context=64)
-    train_new(tiny_config(root / "data", **{**CHAT_MODEL, "max_iters": 300, "learning_rate": 3e-3}), root / "run")
-    return root / "run"
 
 
 # --- the data ----------------------------------------------------------------------------------

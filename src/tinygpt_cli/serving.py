@@ -30,6 +30,7 @@ import torch
 
 from .checkpoint import Checkpoint, load_model
 from .data.chat import END_OF_TURN, chat_token_ids
+from .data.tokenizer import Tokenizer
 from .errors import TinyGPTError
 from .model import GPT
 from .rundir import RunDir
@@ -76,6 +77,15 @@ def checkpoint_of(run: Path) -> Path | None:
     return next((p for p in (folder.best_path, folder.last_path) if p.exists()), None)
 
 
+def start_ids(tokenizer: Tokenizer) -> list[int]:
+    """What a text starts from when it is given no prompt: a newline, as in generate, where the
+    vocabulary has one; else its first token."""
+    try:
+        return tokenizer.encode("\n") or [0]
+    except TinyGPTError:  # a character vocabulary without it
+        return [0]
+
+
 class ModelStore:
     """The served runs by name, each loaded on first use and again when its checkpoint changes.
     Each load draws a sample (SAMPLE_TOKENS, seed 0), so a training's progress can be read."""
@@ -109,8 +119,7 @@ class ModelStore:
         set_batch_exact(model)
         served = Served(name, path, stamp, model, ckpt)
         self._loaded[name] = served
-        ids = ckpt.tokenizer.encode("\n") or [0]
-        text = ckpt.tokenizer.decode(generate(model, ids, SAMPLE_TOKENS, seed=0))
+        text = ckpt.tokenizer.decode(generate(model, start_ids(ckpt.tokenizer), SAMPLE_TOKENS, seed=0))
         self._samples.setdefault(name, []).append({"iteration": ckpt.iteration, "text": text})
         del self._samples[name][:-SAMPLES_KEPT]
         return served
@@ -169,7 +178,7 @@ class Choice:
     def add(self, info: TokenInfo) -> bool:
         """Take the next token; True when the answer is complete."""
         if info.id == self.served.end_of_turn:
-            return self._finish("stop", info)
+            return self._finish("stop")
         self.tokens.append(info.id)
         self._pending.append(info)
         self._text += self._decoder.decode(self.served.ckpt.tokenizer.token_bytes(info.id))
@@ -189,8 +198,8 @@ class Choice:
     def fail(self, error: TinyGPTError) -> None:
         self.send(Delta("", [], "error", error))
 
-    def _finish(self, reason: str, info: TokenInfo | None = None) -> bool:
-        self.send(Delta(self._text[self._sent :], self._pending + ([info] if info else []), reason))
+    def _finish(self, reason: str) -> bool:
+        self.send(Delta(self._text[self._sent :], self._pending, reason))
         return True
 
     def _stop_at(self) -> int | None:
@@ -303,7 +312,7 @@ class Scheduler:
     def _step(self, group: _Group) -> None:
         """One token for every answer of `group`; the finished ones leave it."""
         alive = [i for i, c in enumerate(group.choices) if not c.cancelled.is_set()]
-        if alive and len(alive) < len(group.choices):
+        if len(alive) < len(group.choices):
             self._keep(group, alive)
         if not group.choices:
             self._groups.remove(group)

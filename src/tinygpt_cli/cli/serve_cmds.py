@@ -13,7 +13,7 @@ from .options import DEVICE
 
 SNIPPET = '''from openai import OpenAI
 client = OpenAI(base_url="{url}/v1", api_key="{key}")
-reply = client.completions.create(model="{model}", prompt="{prompt}", max_tokens=100)
+reply = client.completions.create(model="{model}", prompt="", max_tokens=100)
 print(reply.choices[0].text)'''
 
 
@@ -29,7 +29,14 @@ def _served_runs(runs: list[Path] | None, runs_dir: Path):
             return path.name
 
     if runs:
-        fixed = {name_of(p): p for p in run_paths(runs, runs_dir)}
+        paths = run_paths(runs, runs_dir)
+        fixed = {name_of(p): p for p in paths}
+        if len(fixed) < len(paths):
+            from ..errors import UsageError
+
+            twice = sorted({name_of(p) for p in paths if sum(name_of(q) == name_of(p) for q in paths) > 1})
+            raise UsageError(f"two runs would be served as {twice[0]!r}: a model is named by its folder under --runs-dir",
+                             "--runs-dir DIR with the runs in folders of different names")
         return lambda: fixed
     return lambda: {name_of(p): p for p in discover_runs(runs_dir)}
 
@@ -111,7 +118,7 @@ def serve(
         err.print(f"[yellow]warning:[/] listening on {host}: every machine that reaches this one can use the server with the key")
     served = ", ".join(names) if names else f"no run yet under {runs_dir}/ (runs that start later appear)"
     out.print(f"tinygpt serve: {served}\n  playground  {url}/\n  OpenAI API  {url}/v1\n", markup=False, soft_wrap=True)
-    out.print(SNIPPET.format(url=url, key=api_key or "unused", model=names[0] if names else "RUN", prompt="\\n"), markup=False)
+    out.print(SNIPPET.format(url=url, key=api_key or "unused", model=names[0] if names else "RUN"), markup=False)
     out.print("\n(Ctrl-C stops the server)", markup=False)
     try:
         uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")).run(sockets=[sock])

@@ -20,7 +20,7 @@ from ..inside import measure
 from ..params import param_report
 from ..rundir import RunDir
 from ..runs.table import summarize_runs
-from ..serving import Choice, Delta, Served, Settings
+from ..serving import Choice, Delta, Served, Settings, start_ids
 from .state import ServerState, http_error
 from .v1 import MAX_TOKENS, SEED_MAX
 
@@ -89,7 +89,7 @@ async def generate(body: GenerateRequest, request: Request):
     state = _state(request)
     served = await state.model(body.model)
     tokenizer = served.ckpt.tokenizer
-    prompt = tokenizer.encode(body.prompt or "\n")
+    prompt = tokenizer.encode(body.prompt) if body.prompt else start_ids(tokenizer)
     seed = body.seed if body.seed is not None else secrets.randbits(32)
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[Delta] = asyncio.Queue()

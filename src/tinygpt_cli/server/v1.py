@@ -6,7 +6,8 @@ What this server adds or leaves out, and its limits:
   filter), the `model` column of `tinygpt predict`;
 - a completion may be longer than the model's context: the window slides, as in `generate`; a
   chat reply shares one window with its prompt, as in `tinygpt chat`;
-- an empty prompt starts from a newline, as in `generate`;
+- an empty prompt starts from a newline, as in `generate` (a vocabulary without one: from its
+  first token);
 - `n` answers are drawn with seeds seed, seed + 1, ..., as `generate --num-samples` draws them;
 - frequency and presence penalties, `echo`, `suffix`, `best_of` and `logit_bias` are not
   offered: any field this module does not name is refused (422).
@@ -27,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ..conversation import reply_budget
 from ..data.chat import check_messages, prompt_ids
 from ..errors import TinyGPTError, UsageError
-from ..serving import Choice, Delta, Served, Settings, TokenInfo
+from ..serving import Choice, Delta, Served, Settings, TokenInfo, start_ids
 from .state import ServerState, http_error
 
 MAX_TOKENS = 4096  # the most one answer may ask for
@@ -114,7 +115,7 @@ def _prompt_of(served: Served, prompt: str | list[int]) -> list[int]:
         if max(prompt) >= tokenizer.size:
             raise UsageError(f"token id {max(prompt):,} is past the model's vocabulary of {tokenizer.size:,}")
         return prompt
-    return tokenizer.encode(prompt or "\n")
+    return tokenizer.encode(prompt) if prompt else start_ids(tokenizer)
 
 
 @router.get("/v1/models")
