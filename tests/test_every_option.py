@@ -71,6 +71,7 @@ BASES = {
     ("export",): lambda c: ([c.folder / "hf"], ["--run", c.run, "--to", "hf"]),
     ("plot",): lambda c: ([], ["--run", c.run, "--png", c.folder / "loss.png"]),
     ("runs",): lambda c: ([], ["--dir", c.run.parent]),
+    ("serve",): lambda c: ([], ["--run", c.run, "--port", "0"]),  # it returns once it listens (see `case`)
 }
 
 
@@ -116,6 +117,8 @@ def case(tmp_path, tiny_run, tiny_dataset, chat_run, monkeypatch) -> Case:
     shutil.copy(Path(tiny_dataset).parent / "tiny.txt", text)
     monkeypatch.chdir(tmp_path)  # default folders (runs/, data/) land here
     monkeypatch.setattr(sys, "stdin", io.StringIO("the king\n"))  # what chat answers (and prepare reads from -)
+    uvicorn = pytest.importorskip("uvicorn", reason="the serve extra (in the test extra) installs uvicorn")
+    monkeypatch.setattr(uvicorn.Server, "run", lambda server, sockets=None: None)  # serve: all up to serving, then return
     return Case(tmp_path, tiny_run, tiny_dataset, text, chat_run)
 
 

@@ -102,7 +102,7 @@ def test_models_lists_the_served_runs(client):
     assert sorted(m.id for m in client.models.list().data) == ["chat", "text"]
 
 
-def test_a_seeded_completion_is_generates_text_whole_and_streamed_and_repeats_itself(client, runs_dir):
+def test_a_seeded_completion_is_generates_text_whole_or_streamed_and_repeats_itself(client, runs_dir):
     whole = complete(client, seed=7)
     assert whole == complete(client, seed=7, stream=True) == complete(client, seed=7)
     assert whole[1] == "length"
@@ -343,7 +343,7 @@ def screenshot(page, name: str) -> None:
 
 
 @browser_test
-def test_the_page_generates_generates_text_and_shows_why_a_token_came(page, runs_dir):
+def test_the_page_writes_generates_text_and_shows_why_a_token_came(page, runs_dir):
     page.select_option("#model", "text")
     page.fill("#prompt", PROMPT)
     for field, value in (("#temperature", "0.9"), ("#seed", "7"), ("#max-tokens", "40")):
