@@ -6,7 +6,8 @@ vocabulary; speed does not depend on what the weights learned, so they are fresh
   the threads `init_process` gives (what `tinygpt generate` runs with);
 - the server (a `tinygpt serve` process, its default threads) through the `openai` client,
   streamed: each client's first-token latency, one client's tokens per second once its first
-  token came, and all clients' tokens together per second of wall time.
+  token came, and all clients' tokens together per second of wall time; and one client's
+  tokens per second not streamed (one answer at the end), start to end.
 Clients send prompts of one length (they step as one batch), and at 8 clients also prompts of 8
 lengths (8 groups that take turns: no batching). The two are alternated in one run, `--repeats`
 times, and the medians reported with the load average.
@@ -88,7 +89,7 @@ def clients(client, model: str, n: int, tokens: int, same_length: bool) -> dict:
         for chunk in client.completions.create(model=model, prompt=prompt, max_tokens=tokens, seed=i, temperature=1.0, stream=True):
             if chunk.choices and chunk.choices[0].text:
                 first = first or time.perf_counter() - t0
-                count += 1
+                count += len(chunk.choices[0].text)  # one character per token; a chunk may hold several
         results[i] = (first, time.perf_counter() - t0, count)
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
@@ -103,6 +104,13 @@ def clients(client, model: str, n: int, tokens: int, same_length: bool) -> dict:
     return {"first_token_s": median(firsts), "first_token_max_s": firsts[-1],
             "one_client_tokens_per_s": median([(r[2] - 1) / (r[1] - r[0]) for r in results]),
             "total_tokens_per_s": sum(r[2] for r in results) / wall}
+
+
+def whole(client, model: str, tokens: int) -> float:
+    """One client's tokens per second, not streamed (start to end)."""
+    t0 = time.perf_counter()
+    client.completions.create(model=model, prompt=PROMPT, max_tokens=tokens, seed=0, temperature=1.0)
+    return tokens / (time.perf_counter() - t0)
 
 
 def main() -> None:
@@ -125,16 +133,21 @@ def main() -> None:
             client = OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=600)
             for preset, model in models.items():
                 clients(client, preset, 1, 20, True)  # loads the model and warms up
-                measured: dict = {"generate": [], **{case: [] for case in cases}}
+                measured: dict = {"generate": [], "whole": [], **{case: [] for case in cases}}
                 loads = []
                 for _ in range(args.repeats):
                     measured["generate"].append(generate_steady(model, args.tokens))
+                    measured["whole"].append(whole(client, preset, args.tokens))
                     for case in cases:
                         measured[case].append(clients(client, preset, *case[:1], args.tokens, case[1]))
                     loads.append(os.getloadavg()[0])
                 steady = median(measured["generate"])
                 rows.append({"model": preset, "clients": "generate", "prompts": "-", "first_token_s": None,
                              "one_client_tokens_per_s": steady, "total_tokens_per_s": steady, "vs_generate": 1.0,
+                             "load_avg": median(loads)})
+                rate = median(measured["whole"])
+                rows.append({"model": preset, "clients": 1, "prompts": "not streamed", "first_token_s": None,
+                             "one_client_tokens_per_s": rate, "total_tokens_per_s": rate, "vs_generate": rate / steady,
                              "load_avg": median(loads)})
                 one = None
                 for case in cases:

@@ -229,7 +229,7 @@ def test_a_full_queue_is_a_503(tiny_run):
     from tinygpt_cli.serving import ModelStore, Scheduler
 
     runs = lambda: {"text": tiny_run}  # noqa: E731
-    scheduler = Scheduler(max_waiting=2)
+    scheduler = Scheduler(max_waiting=2).start()
     try:
         app = create_app(ServerState(runs, ModelStore(runs, "cpu", "float32"), scheduler))
         answer = TestClient(app).post("/v1/completions", json=GOOD | {"n": 3})
@@ -264,7 +264,7 @@ def test_an_answer_whose_client_went_away_is_dropped_at_the_next_step(tiny_run):
     from tinygpt_cli.serving import ModelStore, Scheduler
 
     store = ModelStore(lambda: {"text": tiny_run}, "cpu", "float32")
-    scheduler = Scheduler()
+    scheduler = Scheduler().start()
     try:
         gone_deltas, deltas = [], []
         served = store.get("text")

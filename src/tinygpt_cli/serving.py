@@ -240,7 +240,9 @@ class _Group:
 
 
 class Scheduler:
-    """The worker thread that writes every answer (see the module docstring)."""
+    """The loop that writes every answer (see the module docstring). `run` it on the main thread:
+    torch's CPU threads work together at full speed only there (off it, two threads sampled the
+    baby GPT 2.5x slower than on it, on a 2-core machine); `start` runs it on a thread of its own."""
 
     def __init__(self, threads: ThreadPolicy | None = None, max_waiting: int = 64, max_batch: int = 32):
         self.max_waiting, self.max_batch = max_waiting, max_batch
@@ -250,8 +252,12 @@ class Scheduler:
         self._groups: list[_Group] = []
         self._wake = threading.Condition()
         self._closed = False
-        self._worker = threading.Thread(target=self._run, name="tinygpt-scheduler", daemon=True)
-        self._worker.start()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Scheduler:
+        self._thread = threading.Thread(target=self.run, name="tinygpt-scheduler", daemon=True)
+        self._thread.start()
+        return self
 
     def submit(self, choices: list[Choice]) -> None:
         """Queue the answers of one request (all or none)."""
@@ -263,8 +269,8 @@ class Scheduler:
             self._wake.notify()
 
     def call(self, fn: Callable[[], object]) -> Future:
-        """Run `fn` on the worker thread between two steps (a look inside a model, which must not
-        run while a step uses it); its result or exception comes in the future."""
+        """Run `fn` on the scheduler's thread between two steps (a load, a look inside a model:
+        nothing uses a model while a step does); its result or exception comes in the future."""
         future: Future = Future()
         with self._wake:
             self._calls.append((fn, future))
@@ -272,12 +278,15 @@ class Scheduler:
         return future
 
     def close(self) -> None:
+        """Make `run` return (after the step it is in)."""
         with self._wake:
             self._closed = True
             self._wake.notify()
-        self._worker.join()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
 
-    def _run(self) -> None:
+    def run(self) -> None:
+        """Write answers and run calls as they come, until `close`."""
         while True:
             with self._wake:
                 while not self._waiting and not self._groups and not self._calls and not self._closed:

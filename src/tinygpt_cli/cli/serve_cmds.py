@@ -4,6 +4,7 @@ from the inside, live while they train (the `serve` extra: FastAPI on uvicorn)."
 from __future__ import annotations
 
 import ipaddress
+import threading
 from pathlib import Path
 
 import typer
@@ -120,10 +121,23 @@ def serve(
     out.print(f"tinygpt serve: {served}\n  playground  {url}/\n  OpenAI API  {url}/v1\n", markup=False, soft_wrap=True)
     out.print(SNIPPET.format(url=url, key=api_key or "unused", model=names[0] if names else "RUN"), markup=False)
     out.print("\n(Ctrl-C stops the server)", markup=False)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
+
+    def web() -> None:  # the web side on a thread; the models on the main thread (see serving.Scheduler)
+        try:
+            server.run(sockets=[sock])
+        finally:
+            scheduler.close()
+
+    thread = threading.Thread(target=web, name="tinygpt-web", daemon=True)
+    thread.start()
     try:
-        uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")).run(sockets=[sock])
+        scheduler.run()  # until the web side ends
+    except KeyboardInterrupt:
+        out.print("stopped", markup=False)
     finally:
-        scheduler.close()
+        server.should_exit = True
+        thread.join(timeout=10)
         sock.close()
 
 

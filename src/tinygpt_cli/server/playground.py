@@ -22,7 +22,7 @@ from ..rundir import RunDir
 from ..runs.table import summarize_runs
 from ..serving import Choice, Delta, Served, Settings, start_ids
 from .state import ServerState, http_error
-from .v1 import MAX_TOKENS, SEED_MAX
+from .v1 import MAX_TOKENS, SEED_MAX, drain
 
 router = APIRouter(prefix="/api")
 MAX_SHOW = 50  # candidates one inspection lists
@@ -92,9 +92,9 @@ async def generate(body: GenerateRequest, request: Request):
     prompt = tokenizer.encode(body.prompt) if body.prompt else start_ids(tokenizer)
     seed = body.seed if body.seed is not None else secrets.randbits(32)
     loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[Delta] = asyncio.Queue()
+    queue: asyncio.Queue[tuple[int, Delta]] = asyncio.Queue()
     choice = Choice(served, prompt, Settings(body.max_tokens, body.temperature, body.top_k, body.top_p, seed, logprobs=None),
-                    lambda d: loop.call_soon_threadsafe(queue.put_nowait, d))
+                    lambda d: loop.call_soon_threadsafe(queue.put_nowait, (0, d)))
     state.scheduler.submit([choice])
 
     async def events():
@@ -103,13 +103,12 @@ async def generate(body: GenerateRequest, request: Request):
         labels = measure.token_labels
         try:
             while True:
-                delta = await queue.get()
+                [(_, delta)] = await drain(queue)
                 if delta.error is not None:
                     yield _event({"error": {"message": delta.error.message}})
                     return
-                for info in delta.tokens:
-                    text = decoder.decode(tokenizer.token_bytes(info.id))
-                    yield _event({"token": {"id": info.id, "label": labels(tokenizer, [info.id])[0], "text": text}})
+                yield b"".join(_event({"token": {"id": info.id, "label": labels(tokenizer, [info.id])[0],
+                                                 "text": decoder.decode(tokenizer.token_bytes(info.id))}}) for info in delta.tokens)
                 if delta.finish_reason is not None:
                     yield _event({"done": True, "finish_reason": delta.finish_reason,
                                   "usage": {"prompt_tokens": len(prompt), "completion_tokens": len(choice.tokens)}})
@@ -177,7 +176,7 @@ def runs(request: Request) -> dict:
 
 
 @router.get("/runs/{name:path}/metrics")
-def metrics(name: str, request: Request, since: int = Query(0, ge=0)) -> dict:
+async def metrics(name: str, request: Request, since: int = Query(0, ge=0)) -> dict:
     """The run's metrics.jsonl records from index `since` on: poll with `next` for new ones."""
     state = _state(request)
     folder = state.runs().get(name)
@@ -187,7 +186,7 @@ def metrics(name: str, request: Request, since: int = Query(0, ge=0)) -> dict:
     records = run.read_metrics()
     status = run.read_status().get("status", "unknown")
     try:
-        state.store.get(name)  # a new checkpoint since the last look: loaded, and a sample drawn from it
+        await state.model(name)  # a new checkpoint since the last look: loaded, and a sample drawn from it
     except Exception:  # none yet, or being replaced: the records still come
         pass
     return {"records": records[since:], "next": len(records), "status": status, "samples": state.store.samples(name)}

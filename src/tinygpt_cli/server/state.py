@@ -11,8 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from starlette.concurrency import run_in_threadpool
-
 from ..serving import ModelStore, Scheduler, Served
 
 T = TypeVar("T")
@@ -45,8 +43,8 @@ class ServerState:
     started: int = field(default_factory=lambda: int(time.time()))
 
     async def model(self, name: str) -> Served:
-        """The newest version of a served model (a load runs off the event loop)."""
-        return await run_in_threadpool(self.store.get, name)
+        """The newest version of a served model, loaded on the scheduler's thread when it changed."""
+        return await self.compute(lambda: self.store.get(name))
 
     async def compute(self, fn: Callable[[], T]) -> T:
         """Run `fn` on the scheduler's thread, between two steps: the models are used by one thread."""

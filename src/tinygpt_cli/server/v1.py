@@ -249,6 +249,22 @@ async def _collect(queue: asyncio.Queue, n: int) -> list[list[Delta]]:
     return done
 
 
+async def drain(queue: asyncio.Queue) -> list[tuple[int, Delta]]:
+    """The next delta, and every other one waiting, each answer's run merged into one: a client
+    slower than the model gets fewer, longer chunks instead of falling behind."""
+    waiting = [await queue.get()]
+    while not queue.empty():
+        waiting.append(queue.get_nowait())
+    merged: list[tuple[int, Delta]] = []
+    for i, delta in waiting:
+        last = next((m for m in reversed(merged) if m[0] == i), None)
+        if last is None or last[1].finish_reason is not None or delta.error is not None:
+            merged.append((i, delta))
+        else:
+            merged[merged.index(last)] = (i, Delta(last[1].text + delta.text, last[1].tokens + delta.tokens, delta.finish_reason))
+    return merged
+
+
 def _event(obj: dict | str) -> bytes:
     import json
 
@@ -262,15 +278,15 @@ async def _stream(request: Request, queue: asyncio.Queue, choices: list[Choice],
     offsets, started, finished = [0] * len(choices), [False] * len(choices), 0
     try:
         while finished < len(choices):
-            i, delta = await queue.get()
-            if delta.error is not None:
-                yield _event({"error": {"message": delta.error.message, "type": "server_error", "param": None, "code": None}})
-                return
-            yield _event(base | {"choices": [shape.chunk_choice(i, delta.text, delta.tokens, delta.finish_reason, logprobs, offsets[i],
-                                                                 not started[i])]})
-            offsets[i] += len(delta.text)
-            started[i] = True
-            finished += delta.finish_reason is not None
+            for i, delta in await drain(queue):
+                if delta.error is not None:
+                    yield _event({"error": {"message": delta.error.message, "type": "server_error", "param": None, "code": None}})
+                    return
+                yield _event(base | {"choices": [shape.chunk_choice(i, delta.text, delta.tokens, delta.finish_reason, logprobs,
+                                                                     offsets[i], not started[i])]})
+                offsets[i] += len(delta.text)
+                started[i] = True
+                finished += delta.finish_reason is not None
         if usage:
             yield _event(base | {"choices": [], "usage": _usage([0] * prompt_length, choices)})
         yield _event("[DONE]")
