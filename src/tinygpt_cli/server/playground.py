@@ -20,8 +20,8 @@ from ..inside import measure
 from ..params import param_report
 from ..rundir import RunDir
 from ..runs.table import summarize_runs
-from ..serving import Choice, Delta, Served, Settings, start_ids
-from .state import ServerState, http_error
+from ..serving import Choice, Served, Settings, start_ids
+from .state import Outbox, ServerState, http_error
 from .v1 import MAX_TOKENS, SEED_MAX, drain
 
 router = APIRouter(prefix="/api")
@@ -91,10 +91,10 @@ async def generate(body: GenerateRequest, request: Request):
     tokenizer = served.ckpt.tokenizer
     prompt = tokenizer.encode(body.prompt) if body.prompt else start_ids(tokenizer)
     seed = body.seed if body.seed is not None else secrets.randbits(32)
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[tuple[int, Delta]] = asyncio.Queue()
+    outbox = Outbox(asyncio.get_running_loop())
+    queue = outbox.queue
     choice = Choice(served, prompt, Settings(body.max_tokens, body.temperature, body.top_k, body.top_p, seed, logprobs=None),
-                    lambda d: loop.call_soon_threadsafe(queue.put_nowait, (0, d)))
+                    outbox.sender(0))
     state.scheduler.submit([choice])
 
     async def events():

@@ -27,9 +27,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..conversation import reply_budget
 from ..data.chat import check_messages, prompt_ids
-from ..errors import TinyGPTError, UsageError
+from ..errors import UsageError
 from ..serving import Choice, Delta, Served, Settings, TokenInfo, start_ids
-from .state import ServerState, http_error
+from .state import Outbox, ServerState, http_error
 
 MAX_TOKENS = 4096  # the most one answer may ask for
 MAX_N = 8  # answers per request
@@ -207,10 +207,9 @@ class ChatCompletions(Completions):
 async def _answer(state: ServerState, request: Request, served: Served, prompt: list[int], settings: list[Settings],
                   body: Common, shape: Completions):
     """Queue the request's answers, then return them whole or stream them."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[tuple[int, Delta]] = asyncio.Queue()
-    choices = [Choice(served, prompt, s, lambda d, i=i: loop.call_soon_threadsafe(queue.put_nowait, (i, d)))
-               for i, s in enumerate(settings)]
+    outbox = Outbox(asyncio.get_running_loop())
+    queue = outbox.queue
+    choices = [Choice(served, prompt, s, outbox.sender(i)) for i, s in enumerate(settings)]
     state.scheduler.submit(choices)  # QueueFull: 503
     meta = {"id": f"{shape.prefix}-{secrets.token_hex(12)}", "created": int(time.time()), "model": served.name}
     logprobs = settings[0].logprobs is not None
