@@ -336,7 +336,7 @@ def page(browser, playground):
 
 def screenshot(page, name: str) -> None:
     """Into docs/screenshots when TINYGPT_SCREENSHOTS=1 (the README shows them)."""
-    shot = page.screenshot()
+    shot = page.screenshot(full_page=True)
     if os.environ.get("TINYGPT_SCREENSHOTS") == "1":
         SCREENSHOTS.mkdir(exist_ok=True)
         (SCREENSHOTS / f"{name}.png").write_bytes(shot)
@@ -423,6 +423,7 @@ def test_the_runs_tab_shows_a_live_run_grow_while_it_trains(page, runs_dir, tiny
         first = int(page.get_attribute("#curve polyline.val", "data-points"))
         page.wait_for_function(f"Number(document.querySelector('#curve polyline.val').dataset.points) >= {first + 3}", timeout=60_000)
         assert "running" in page.inner_text("#runs-table tr[data-run='live']")
+        page.wait_for_function("!document.querySelector(\"#runs-table tr[data-run='live'] td:nth-child(3)\").textContent.startsWith('0 ')")
         page.wait_for_selector("#samples :text('iteration')", timeout=30_000)
         screenshot(page, "live-training")
     finally:

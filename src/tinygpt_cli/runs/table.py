@@ -162,9 +162,10 @@ def read_summary(path: Path, name: str | None = None) -> RunSummary:
             summary.final_val_loss = finite_number(final.get("val_loss"))
             summary.final_val_bits_per_byte = finite_number(final.get("val_bits_per_byte"))
     summary.max_iters = (status or {}).get("max_iters") if isinstance((status or {}).get("max_iters"), int) else summary.config["max_iters"]
-    if summary.iteration is None and records:
+    running = summary.status == "running"  # its run.json was written when it started: its log is further on
+    if records and (running or summary.iteration is None):
         summary.iteration = max(int(r.get("iter", 0)) for r in records)
-    if summary.best_val_loss is None:
+    if running or summary.best_val_loss is None:
         vals = [v for v in (finite_number(r.get("val_loss")) for r in evals) if v is not None]
         summary.best_val_loss = min(vals) if vals else None
     scored = [r for r in evals if finite_number(r.get("val_loss")) is not None and finite_number(r.get("val_bits_per_byte")) is not None]

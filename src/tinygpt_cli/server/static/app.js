@@ -527,7 +527,7 @@ function addRecords(run, data) {
     if (typeof record.val_loss === "number") run.val.push([record.iter, record.val_loss]);
   }
   run.since = data.next;
-  if (run.status !== null && run.status !== data.status) reporting(loadRuns)();  // the table's status is stale
+  if (data.status === "running" || (run.status !== null && run.status !== data.status)) reporting(loadRuns)();  // the table is stale
   run.status = data.status;
   const last = [...run.train, ...run.val].reduce((most, [iter]) => Math.max(most, iter), 0);
   $("curve-title").textContent = `Loss of ${run.name}: ${data.status}, iteration ${count(last)}`;
