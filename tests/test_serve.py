@@ -70,11 +70,17 @@ def client(api):
     return openai.OpenAI(base_url=f"{api}/v1", api_key=KEY, max_retries=0, timeout=60)
 
 
-def cli_json(runs_dir: Path, *args: str) -> dict:
-    done = subprocess.run([sys.executable, "-m", "tinygpt_cli", *args, "--json"], cwd=runs_dir.parent, env=cli_env(ONE_THREAD_ENV),
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
+@pytest.fixture
+def cli_json(tinygpt, monkeypatch):
+    """A command's --json output, run in this process on one thread, as the server runs."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+    def run(*args) -> dict:
+        code, out, err = tinygpt(*args, "--json")
+        assert code == 0, err
+        return json.loads(out)
+
+    return run
 
 
 def complete(client, prompt: str = PROMPT, stream: bool = False, **fields) -> tuple[str, str | None]:
@@ -102,12 +108,12 @@ def test_models_lists_the_served_runs(client):
     assert sorted(m.id for m in client.models.list().data) == ["chat", "text"]
 
 
-def test_a_seeded_completion_is_generates_text_whole_or_streamed_and_repeats_itself(client, runs_dir):
+def test_a_seeded_completion_is_generates_text_whole_or_streamed_and_repeats_itself(client, runs_dir, cli_json):
     whole = complete(client, seed=7)
     assert whole == complete(client, seed=7, stream=True) == complete(client, seed=7)
     assert whole[1] == "length"
     assert complete(client, seed=8)[0] != whole[0]
-    expected = cli_json(runs_dir, "generate", "--run", "runs/text", "--prompt", PROMPT, "--max-new-tokens", "40",
+    expected = cli_json("generate", "--run", runs_dir / "text", "--prompt", PROMPT, "--max-new-tokens", "40",
                         "--temperature", "0.9", "--seed", "7")
     assert expected["samples"] == [whole[0]]
 
@@ -119,9 +125,9 @@ def test_usage_counts_the_prompt_and_every_answers_tokens(client):
     assert reply.choices[1].text == complete(client, max_tokens=12, seed=2, temperature=1.0)[0]  # choice i: seed + i
 
 
-def test_logprobs_are_the_model_probabilities_that_predict_prints(client, runs_dir):
+def test_logprobs_are_the_model_probabilities_that_predict_prints(client, runs_dir, cli_json):
     choice = client.completions.create(model="text", prompt=PROMPT, max_tokens=1, logprobs=5, temperature=0).choices[0]
-    shown = cli_json(runs_dir, "predict", "--run", "runs/text", "--prompt", PROMPT, "--show", "5")["candidates"]
+    shown = cli_json("predict", "--run", runs_dir / "text", "--prompt", PROMPT, "--show", "5")["candidates"]
     served = sorted(choice.logprobs.top_logprobs[0].values(), reverse=True)
     assert [math.exp(lp) for lp in served] == pytest.approx([c["model_probability"] for c in shown], rel=1e-5)
     assert choice.logprobs.token_logprobs[0] == pytest.approx(served[0])  # greedy: the top one
@@ -135,10 +141,10 @@ def test_a_stop_string_cuts_the_text_before_it(client):
     assert complete(client, seed=3, max_tokens=60, stop=stop, stream=True) == (cut, reason)
 
 
-def test_a_completion_longer_than_the_context_slides_its_window_as_generate_does(client, runs_dir):
+def test_a_completion_longer_than_the_context_slides_its_window_as_generate_does(client, runs_dir, cli_json):
     text, reason = complete(client, seed=5, max_tokens=50)  # the tiny run's context is 16 tokens
     assert reason == "length" and len(text) == 50
-    expected = cli_json(runs_dir, "generate", "--run", "runs/text", "--prompt", PROMPT, "--max-new-tokens", "50",
+    expected = cli_json("generate", "--run", runs_dir / "text", "--prompt", PROMPT, "--max-new-tokens", "50",
                         "--temperature", "0.9", "--seed", "5")
     assert expected["samples"] == [text]
 
@@ -211,6 +217,23 @@ def test_bad_input_gets_its_status_and_an_openai_error_and_the_next_request_work
     assert complete(client, max_tokens=3)[1] == "length"
 
 
+def test_a_chunked_body_over_the_limit_is_a_413_too(api):
+    chunks = (b" " * 2**20 for _ in range(5))  # no length said: counted as it comes
+    answer = httpx.post(f"{api}/v1/completions", content=chunks, headers={"authorization": f"Bearer {KEY}"}, timeout=60)
+    assert answer.status_code == 413 and answer.json()["error"]["code"] == "body_too_large"
+
+
+def test_null_fields_are_their_defaults_as_in_openais_api(api):
+    answer = raw(api, GOOD | {"temperature": None, "n": None, "stream": None, "top_p": None, "seed": 3})
+    assert answer.status_code == 200 and len(answer.json()["choices"]) == 1
+
+
+def test_a_request_addressed_to_another_host_name_is_refused(api):
+    """DNS rebinding: a page whose domain name now points at 127.0.0.1 cannot use the server."""
+    answer = httpx.get(f"{api}/v1/models", headers={"host": "evil.example", "authorization": f"Bearer {KEY}"}, timeout=60)
+    assert answer.status_code == 400
+
+
 def test_a_client_that_hangs_up_mid_stream_stops_cleanly_and_the_others_go_on(api, client):
     with httpx.stream("POST", f"{api}/v1/completions", json=GOOD | {"max_tokens": 4000, "stream": True},
                       headers={"authorization": f"Bearer {KEY}"}, timeout=60) as answer:
@@ -231,7 +254,7 @@ def test_a_full_queue_is_a_503(tiny_run):
     runs = lambda: {"text": tiny_run}  # noqa: E731
     scheduler = Scheduler(max_waiting=2).start()
     try:
-        app = create_app(ServerState(runs, ModelStore(runs, "cpu", "float32"), scheduler))
+        app = create_app(ServerState(runs, ModelStore(runs, "cpu", "float32"), scheduler), loopback=False)
         answer = TestClient(app).post("/v1/completions", json=GOOD | {"n": 3})
         assert answer.status_code == 503 and "busy" in answer.json()["error"]["message"]
     finally:
@@ -242,7 +265,8 @@ def test_the_start_line_gives_the_url_and_a_client_snippet_that_runs(api, runs_d
     log = (runs_dir.parent / "serve.log").read_text(encoding="utf-8")
     snippet = log[log.index("from openai import OpenAI"):log.index("(Ctrl-C")]
     assert f'base_url="{api}/v1"' in snippet
-    done = subprocess.run([sys.executable, "-c", snippet.replace('api_key="test-key"', f'api_key="{KEY}"')], env=cli_env(),
+    assert KEY not in log  # the key is the user's to paste, never printed (logs keep what a server prints)
+    done = subprocess.run([sys.executable, "-c", snippet.replace('api_key="YOUR-API-KEY"', f'api_key="{KEY}"')], env=cli_env(),
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip(), done.stderr
 
@@ -261,24 +285,102 @@ def engine_choice(served, seed: int, max_tokens: int, sink: list):
 
 
 def test_an_answer_whose_client_went_away_is_dropped_at_the_next_step(tiny_run):
-    from tinygpt_cli.serving import ModelStore, Scheduler
-
-    store = ModelStore(lambda: {"text": tiny_run}, "cpu", "float32")
-    scheduler = Scheduler().start()
-    try:
-        gone_deltas, deltas = [], []
-        served = store.get("text")
-        gone = engine_choice(served, 1, 4000, gone_deltas)
+    with engine(tiny_run) as (served, scheduler):
+        gone, after = engine_choice(served, 1, 4000, []), engine_choice(served, 2, 200, [])
+        gone_deltas = []
         gone.send = lambda d: (gone_deltas.append(d), len(gone_deltas) == 3 and gone.cancelled.set())
         scheduler.submit([gone])
-        wait = threading.Event()
-        after = engine_choice(served, 2, 200, deltas)
-        after.send = lambda d: (deltas.append(d), d.finish_reason and wait.set())
+        done = finished(after)
         scheduler.submit([after])
-        assert wait.wait(60)
-        assert len(gone.tokens) < 10 and not any(d.finish_reason for d in gone_deltas)
+        assert done.wait(60)
+    assert len(gone.tokens) < 10 and not any(d.finish_reason for d in gone_deltas)
+
+
+@contextmanager
+def engine(run: Path, **limits):
+    from tinygpt_cli.serving import ModelStore, Scheduler
+
+    scheduler = Scheduler(**limits).start()
+    try:
+        yield ModelStore(lambda: {"text": run}, "cpu", "float32").get("text"), scheduler
     finally:
         scheduler.close()
+
+
+def finished(choice) -> threading.Event:
+    """Set once `choice` sends its last delta; the deltas collect in `choice.deltas`."""
+    done, choice.deltas = threading.Event(), []
+    choice.send = lambda d: (choice.deltas.append(d), d.finish_reason and done.set())
+    return done
+
+
+def test_a_row_whose_scores_are_not_finite_ends_its_own_answer_only(tiny_run, monkeypatch):
+    from tinygpt_cli.sampling import Decoder
+
+    with engine(tiny_run) as (served, scheduler):
+        alone = engine_choice(served, 2, 30, [])
+        done = finished(alone)
+        scheduler.submit([alone])
+        assert done.wait(60)
+        original, calls = Decoder.unchecked_scores, []
+
+        def broken_first_row(decoder):
+            scores = original(decoder)
+            calls.append(1)
+            if len(calls) == 5 and scores.size(0) == 2:
+                scores[0, 3] = float("nan")
+            return scores
+
+        monkeypatch.setattr(Decoder, "unchecked_scores", broken_first_row)
+        bad, good = engine_choice(served, 1, 30, []), engine_choice(served, 2, 30, [])
+        waits = [finished(bad), finished(good)]
+        scheduler.submit([bad, good])  # one request: one batch of two rows
+        assert all(w.wait(60) for w in waits)
+    assert bad.deltas[-1].finish_reason == "error" and "not finite" in bad.deltas[-1].error.message
+    assert good.tokens == alone.tokens and good.deltas[-1].finish_reason == "length"
+
+
+def test_answers_past_the_active_limit_wait_and_past_the_queue_are_refused(tiny_run):
+    from tinygpt_cli.serving import QueueFull
+
+    with engine(tiny_run, max_waiting=2, max_active=1) as (served, scheduler):
+        long = engine_choice(served, 1, 4000, [])
+        started = threading.Event()
+        long.send = lambda d: started.set()
+        scheduler.submit([long])
+        assert started.wait(60)  # writing: the one answer in progress
+        waiting = [engine_choice(served, s, 5, []) for s in (2, 3)]
+        waits = [finished(c) for c in waiting]
+        scheduler.submit(waiting)
+        with pytest.raises(QueueFull):
+            scheduler.submit([engine_choice(served, 4, 5, [])])
+        assert not any(w.is_set() for w in waits)
+        long.cancelled.set()
+        assert all(w.wait(60) for w in waits)
+
+
+def test_stopping_the_server_ends_every_unfinished_answer_with_an_error(tiny_run):
+    with engine(tiny_run) as (served, scheduler):
+        long = engine_choice(served, 1, 4000, [])
+        done = finished(long)
+        scheduler.submit([long])
+    assert done.wait(10) and long.deltas[-1].error.message == "the server is stopping"
+
+
+def test_a_delta_reaches_the_event_loop_without_waiting_for_the_next(tiny_run):
+    """The handover is bunched (at most every HANDOFF_S), never held for a delta that may not come."""
+    import asyncio
+
+    from tinygpt_cli.server.state import Outbox
+    from tinygpt_cli.serving import Delta
+
+    async def two_deltas_then_silence() -> list:
+        outbox = Outbox(asyncio.get_running_loop())
+        send = outbox.sender(0)
+        threading.Thread(target=lambda: (send(Delta("a", [])), send(Delta("b", [])))).start()
+        return [await asyncio.wait_for(outbox.queue.get(), 10) for _ in range(2)]
+
+    assert [d.text for _, d in asyncio.run(two_deltas_then_silence())] == ["a", "b"]
 
 
 def test_a_changed_checkpoint_is_loaded_for_the_next_request_and_the_running_one_keeps_its_model(tiny_run, tmp_path):
@@ -343,7 +445,7 @@ def screenshot(page, name: str) -> None:
 
 
 @browser_test
-def test_the_page_writes_generates_text_and_shows_why_a_token_came(page, runs_dir):
+def test_the_page_writes_generates_text_and_shows_why_a_token_came(page, runs_dir, cli_json):
     page.select_option("#model", "text")
     page.fill("#prompt", PROMPT)
     for field, value in (("#temperature", "0.9"), ("#seed", "7"), ("#max-tokens", "40")):
@@ -351,7 +453,7 @@ def test_the_page_writes_generates_text_and_shows_why_a_token_came(page, runs_di
     page.click("#generate")
     page.wait_for_function("document.querySelectorAll('#output .tok.gen').length === 40")
     tokens = page.locator("#output .tok.gen")
-    expected = cli_json(runs_dir, "generate", "--run", "runs/text", "--prompt", PROMPT, "--max-new-tokens", "40",
+    expected = cli_json("generate", "--run", runs_dir / "text", "--prompt", PROMPT, "--max-new-tokens", "40",
                         "--temperature", "0.9", "--seed", "7")["samples"][0]
     assert [json.loads(t) for t in tokens.evaluate_all("els => els.map(e => JSON.stringify(e.dataset.id))")] == \
         [str(i) for i in _char_ids(runs_dir, expected)]
@@ -359,14 +461,14 @@ def test_the_page_writes_generates_text_and_shows_why_a_token_came(page, runs_di
     page.keyboard.press("Enter")  # the keyboard opens it as a click does
     page.wait_for_selector("#candidates .cand")
     context = PROMPT + expected[:12]
-    shown = cli_json(runs_dir, "predict", "--run", "runs/text", "--prompt", context, "--temperature", "0.9", "--show", "10")
+    shown = cli_json("predict", "--run", runs_dir / "text", "--prompt", context, "--temperature", "0.9", "--show", "10")
     rows = page.locator("#candidates .cand")
     assert rows.count() == 10
     assert [rows.nth(i).locator(".cand-model").inner_text() for i in range(10)] == \
         [f"{100 * c['model_probability']:.1f}%" for c in shown["candidates"]]
     assert [rows.nth(i).locator(".cand-prob").inner_text() for i in range(10)] == \
         [f"{100 * c['probability']:.1f}%" for c in shown["candidates"]]
-    weights = cli_json(runs_dir, "attention", "--run", "runs/text", "--prompt", context)["weights"]
+    weights = cli_json("attention", "--run", runs_dir / "text", "--prompt", context)["weights"]
     for layer, head in ((1, 0), (0, 1)):
         page.select_option("#layer", str(layer))
         page.select_option("#head", str(head))
@@ -396,14 +498,14 @@ def test_the_sliders_reshape_the_distribution_the_token_was_drawn_from(page):
 
 
 @browser_test
-def test_surprise_colours_each_token_by_its_loss(page, runs_dir):
+def test_surprise_colours_each_token_by_its_loss(page, runs_dir, cli_json):
     page.select_option("#model", "text")
     page.click("#tab-surprise")
     page.fill("#surprise-text", PROMPT)
     page.click("#surprise-go")
     page.wait_for_selector("#surprise-out .sur[data-loss]")
     losses = page.locator("#surprise-out .sur[data-loss]").evaluate_all("els => els.map(e => Number(e.dataset.loss))")
-    expected = cli_json(runs_dir, "surprise", "--run", "runs/text", PROMPT)
+    expected = cli_json("surprise", "--run", runs_dir / "text", PROMPT)
     assert losses == pytest.approx(expected["losses"][1:], abs=1e-6)
     assert f"{expected['bits_per_byte']:.3f}" in page.inner_text("#surprise-summary")
 
@@ -444,13 +546,14 @@ def test_the_chat_tab_talks_with_a_chat_run(page, client):
 
 
 @browser_test
-def test_the_model_tab_shows_the_parameters_and_the_embedding_map(page, runs_dir):
+def test_the_model_tab_shows_the_parameters_and_the_embedding_map(page, runs_dir, cli_json):
     page.select_option("#model", "text")
     page.click("#tab-model")
     page.wait_for_selector("#embeddings text")
-    expected = cli_json(runs_dir, "embeddings", "--run", "runs/text")
+    expected = cli_json("embeddings", "--run", runs_dir / "text")
     assert page.locator("#embeddings text").count() >= len(expected["tokens"])
-    assert f"{cli_json(runs_dir, 'params', '--run', 'runs/text')['total']:,}" in page.inner_text("#params")
+    total = cli_json("params", "--run", runs_dir / "text")["total"]
+    assert f"{total:,}" in page.inner_text("#params")
 
 
 @browser_test

@@ -212,16 +212,25 @@ class Decoder:
         return self.context.size(1)
 
     def scores(self) -> torch.Tensor:
-        """The next token's logits for every row: (B, vocab)."""
+        """The next token's logits for every row: (B, vocab); NonFiniteLogits when any is not finite."""
+        logits = self.unchecked_scores()
+        if not torch.isfinite(logits).all():
+            raise self.non_finite()
+        return logits
+
+    def unchecked_scores(self) -> torch.Tensor:
+        """As `scores`, with inf or NaN left in the rows that hold them."""
         self.start = window_start(self.length, self.start, self.block)
         with eval_mode(self.model):  # each forward: between two tokens the caller may train the model
             if self.cache is not None and self.cached_from == self.start:
                 logits, _ = self.model(self.context[:, -1:], cache=self.cache)  # only the newest position
             else:
                 logits = torch.cat([self._prefill(i) for i in range(self.context.size(0))])
-        if not torch.isfinite(logits).all():
-            raise NonFiniteLogits(self.length, self.reduced_precision)
         return logits[:, -1, :]
+
+    def non_finite(self) -> NonFiniteLogits:
+        """The error of a row whose scores are not finite."""
+        return NonFiniteLogits(self.length, self.reduced_precision)
 
     def _prefill(self, row: int) -> torch.Tensor:
         """Row `row`'s whole window in one pass, alone, filling its part of the cache."""

@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -59,7 +60,7 @@ class Served:
     model: GPT
     ckpt: Checkpoint
 
-    @property
+    @cached_property
     def end_of_turn(self) -> int | None:
         """The end-of-turn token of a model trained on conversations; None for any other."""
         ids = chat_token_ids(self.ckpt.tokenizer)
@@ -95,7 +96,8 @@ class ModelStore:
         self._device, self._dtype = device, dtype
         self._loaded: dict[str, Served] = {}
         self._samples: dict[str, list[dict]] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # held through a load
+        self._samples_lock = threading.Lock()  # never held long: read from the event loop
 
     def names(self) -> list[str]:
         return sorted(self._runs())
@@ -120,13 +122,14 @@ class ModelStore:
         served = Served(name, path, stamp, model, ckpt)
         self._loaded[name] = served
         text = ckpt.tokenizer.decode(generate(model, start_ids(ckpt.tokenizer), SAMPLE_TOKENS, seed=0))
-        self._samples.setdefault(name, []).append({"iteration": ckpt.iteration, "text": text})
-        del self._samples[name][:-SAMPLES_KEPT]
+        with self._samples_lock:
+            self._samples.setdefault(name, []).append({"iteration": ckpt.iteration, "text": text})
+            del self._samples[name][:-SAMPLES_KEPT]
         return served
 
     def samples(self, name: str) -> list[dict]:
         """The samples drawn from each checkpoint of `name` this store loaded, oldest first."""
-        with self._lock:
+        with self._samples_lock:
             return list(self._samples.get(name, []))
 
 
@@ -178,6 +181,7 @@ class Choice:
     def add(self, info: TokenInfo) -> bool:
         """Take the next token; True when the answer is complete."""
         if info.id == self.served.end_of_turn:
+            self._text += self._decoder.decode(b"", final=True)
             return self._finish("stop")
         self.tokens.append(info.id)
         self._pending.append(info)
@@ -239,13 +243,19 @@ class _Group:
         self.decoder = Decoder(first.served.model, [c.prompt for c in self.choices], room)
 
 
+STOPPING = TinyGPTError("the server is stopping")
+
+
 class Scheduler:
     """The loop that writes every answer (see the module docstring). `run` it on the main thread:
     torch's CPU threads work together at full speed only there (off it, two threads sampled the
-    baby GPT 2.5x slower than on it, on a 2-core machine); `start` runs it on a thread of its own."""
+    baby GPT 2.5x slower than on it, on a 2-core machine); `start` runs it on a thread of its own.
 
-    def __init__(self, threads: ThreadPolicy | None = None, max_waiting: int = 64, max_batch: int = 32):
-        self.max_waiting, self.max_batch = max_waiting, max_batch
+    At most `max_active` answers are written at once (each holds a KV cache); past them, up to
+    `max_waiting` wait their turn, and more are refused (QueueFull)."""
+
+    def __init__(self, threads: ThreadPolicy | None = None, max_waiting: int = 64, max_active: int = 64, max_batch: int = 32):
+        self.max_waiting, self.max_active, self.max_batch = max_waiting, max_active, max_batch
         self._threads = threads
         self._waiting: deque[Choice] = deque()
         self._calls: deque[tuple[Callable[[], object], Future]] = deque()
@@ -262,6 +272,8 @@ class Scheduler:
     def submit(self, choices: list[Choice]) -> None:
         """Queue the answers of one request (all or none)."""
         with self._wake:
+            if self._closed:
+                raise STOPPING
             if len(self._waiting) + len(choices) > self.max_waiting:
                 raise QueueFull(f"the server is busy: {len(self._waiting):,} answers are waiting, and the queue holds {self.max_waiting:,}",
                                 "try again in a moment")
@@ -273,12 +285,16 @@ class Scheduler:
         nothing uses a model while a step does); its result or exception comes in the future."""
         future: Future = Future()
         with self._wake:
+            if self._closed:
+                future.set_exception(STOPPING)
+                return future
             self._calls.append((fn, future))
             self._wake.notify()
         return future
 
     def close(self) -> None:
-        """Make `run` return (after the step it is in)."""
+        """Make `run` return (after the step it is in); every answer not yet complete ends with
+        an error that says the server is stopping."""
         with self._wake:
             self._closed = True
             self._wake.notify()
@@ -287,26 +303,47 @@ class Scheduler:
 
     def run(self) -> None:
         """Write answers and run calls as they come, until `close`."""
-        while True:
+        try:
+            while self._next():
+                pass
+        finally:
             with self._wake:
-                while not self._waiting and not self._groups and not self._calls and not self._closed:
-                    self._wake.wait()
-                if self._closed:
-                    return
-                arrived, calls = list(self._waiting), list(self._calls)
+                self._closed = True
+                left = [c for g in self._groups for c in g.choices] + list(self._waiting)
+                calls = list(self._calls)
+                self._groups, self._calls = [], deque()
                 self._waiting.clear()
-                self._calls.clear()
-            for fn, future in calls:
-                if future.set_running_or_notify_cancel():
-                    try:
-                        future.set_result(fn())
-                    except BaseException as error:  # handed to the caller, who raises it
-                        future.set_exception(error)
-            self._admit(arrived)
-            for group in list(self._groups):
+            for choice in left:
+                choice.fail(STOPPING)
+            for _, future in calls:
+                future.cancel()
+
+    def _next(self) -> bool:
+        """One round: the calls that came, the answers that can start, one token of each answer."""
+        with self._wake:
+            while not self._waiting and not self._groups and not self._calls and not self._closed:
+                self._wake.wait()
+            if self._closed:
+                return False
+            room = self.max_active - sum(len(g.choices) for g in self._groups)
+            arrived = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
+            calls = list(self._calls)
+            self._calls.clear()
+        for fn, future in calls:
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn())
+                except Exception as error:  # handed to the caller, who raises it
+                    future.set_exception(error)
+        self._admit(arrived)
+        for group in list(self._groups):
+            try:
                 self._step(group)
-            if self._threads is not None:
-                self._threads.adjust()  # fewer threads while other processes want the cores
+            except Exception as error:  # out of memory, a bug: these answers end, the others go on
+                self._end(group, error)
+        if self._threads is not None:
+            self._threads.adjust()  # fewer threads while other processes want the cores
+        return True
 
     def _admit(self, arrived: list[Choice]) -> None:
         """New answers join groups of their own: one per model and prompt length."""
@@ -315,39 +352,52 @@ class Scheduler:
             by_key.setdefault((id(choice.served), len(choice.prompt)), []).append(choice)
         for choices in by_key.values():
             for i in range(0, len(choices), self.max_batch):
-                self._groups.append(_Group(choices[i : i + self.max_batch]))
+                try:
+                    self._groups.append(_Group(choices[i : i + self.max_batch]))
+                except Exception as error:
+                    for choice in choices[i : i + self.max_batch]:
+                        choice.fail(_as_tinygpt_error(error))
+
+    def _end(self, group: _Group, error: Exception) -> None:
+        for choice in group.choices:
+            choice.fail(_as_tinygpt_error(error))
+        if group in self._groups:
+            self._groups.remove(group)
 
     @torch.inference_mode()
     def _step(self, group: _Group) -> None:
-        """One token for every answer of `group`; the finished ones leave it."""
-        alive = [i for i, c in enumerate(group.choices) if not c.cancelled.is_set()]
-        if len(alive) < len(group.choices):
-            self._keep(group, alive)
+        """One token for every answer of `group`; the finished ones, and those whose scores are
+        not finite, leave it."""
+        self._keep(group, [i for i, c in enumerate(group.choices) if not c.cancelled.is_set()])
         if not group.choices:
             self._groups.remove(group)
             return
-        try:
-            scores = group.decoder.scores()  # (B, vocab)
-        except TinyGPTError as error:
-            for choice in group.choices:
-                choice.fail(error)
-            self._groups.remove(group)
-            return
+        scores = group.decoder.unchecked_scores()  # (B, vocab)
+        finite = torch.isfinite(scores).all(dim=-1).tolist()
         tokens, going = [], []
         for row, choice in enumerate(group.choices):
             s = choice.settings
+            if not finite[row]:  # this answer ends; its row's next token is never read
+                choice.fail(group.decoder.non_finite())
+                tokens.append(torch.zeros(1, dtype=torch.long, device=scores.device))
+                continue
             token = sample_next(scores[row : row + 1], s.temperature, s.top_k, s.top_p, choice.generator)  # (1,)
             tokens.append(token)
             if not choice.add(token_info(scores[row], int(token), s.logprobs)):
                 going.append(row)
         group.decoder.append(torch.cat(tokens))
-        if len(going) < len(group.choices):
-            self._keep(group, going)
-            if not group.choices:
-                self._groups.remove(group)
+        self._keep(group, going)
+        if not group.choices:
+            self._groups.remove(group)
 
     @staticmethod
     def _keep(group: _Group, rows: list[int]) -> None:
+        if len(rows) == len(group.choices):
+            return
         group.choices = [group.choices[i] for i in rows]
         if rows:
             group.decoder.keep(rows)
+
+
+def _as_tinygpt_error(error: Exception) -> TinyGPTError:
+    return error if isinstance(error, TinyGPTError) else TinyGPTError(f"the model failed: {type(error).__name__}: {error}")

@@ -91,7 +91,7 @@ def serve(
 
     Example: tinygpt serve --run runs/cpu   (then open http://127.0.0.1:8000)
     """
-    from ..errors import UsageError
+    from ..errors import TinyGPTError, UsageError
 
     _require_extra()
     if not _is_loopback(host) and not api_key:
@@ -114,31 +114,36 @@ def serve(
     sock = _bind(host, port)
     url = f"http://{host if ':' not in host else f'[{host}]'}:{sock.getsockname()[1]}"
     scheduler = Scheduler(threads, max_waiting=queue)
-    app = create_app(ServerState(runs, store, scheduler, api_key))
+    app = create_app(ServerState(runs, store, scheduler, api_key), loopback=_is_loopback(host))
     if not _is_loopback(host):
         err.print(f"[yellow]warning:[/] listening on {host}: every machine that reaches this one can use the server with the key")
     served = ", ".join(names) if names else f"no run yet under {runs_dir}/ (runs that start later appear)"
     out.print(f"tinygpt serve: {served}\n  playground  {url}/\n  OpenAI API  {url}/v1\n", markup=False, soft_wrap=True)
-    out.print(SNIPPET.format(url=url, key=api_key or "unused", model=names[0] if names else "RUN"), markup=False)
+    out.print(SNIPPET.format(url=url, key="YOUR-API-KEY" if api_key else "unused", model=names[0] if names else "RUN"), markup=False)
     out.print("\n(Ctrl-C stops the server)", markup=False)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=5))
+    failed: list[BaseException] = []
 
     def web() -> None:  # the web side on a thread; the models on the main thread (see serving.Scheduler)
         try:
             server.run(sockets=[sock])
+        except BaseException as e:  # uvicorn exits (SystemExit) when it cannot serve: the main thread reports it
+            failed.append(e)
         finally:
             scheduler.close()
 
     thread = threading.Thread(target=web, name="tinygpt-web", daemon=True)
     thread.start()
     try:
-        scheduler.run()  # until the web side ends
+        scheduler.run()  # until Ctrl-C, or the web side ends
     except KeyboardInterrupt:
         out.print("stopped", markup=False)
     finally:
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+    if failed:
+        raise TinyGPTError(f"the web server stopped: {type(failed[0]).__name__}: {failed[0]}", "TINYGPT_DEBUG=1 tinygpt serve ...  (shows why)")
 
 
 def register(app: typer.Typer) -> None:

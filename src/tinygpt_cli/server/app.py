@@ -15,9 +15,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..errors import TinyGPTError, UsageError
+from ..errors import CheckpointError, TinyGPTError
 from ..serving import QueueFull, UnknownModel
 from . import playground, v1
 from .state import ApiError, ServerState
@@ -31,7 +32,8 @@ def _json_error(error: ApiError) -> JSONResponse:
 
 
 class BodyLimit:
-    """Refuse a request body over `limit` bytes with 413, whether it says its length or not."""
+    """Refuse a request body over `limit` bytes with 413, whether it says its length or not: the
+    body is read here first (at most `limit` bytes), then handed on whole."""
 
     def __init__(self, app: ASGIApp, limit: int):
         self.app, self.limit = app, limit
@@ -43,29 +45,36 @@ class BodyLimit:
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.limit):
             return await too_large(scope, receive, send)
-        seen = 0
-
-        async def counted() -> Message:
-            nonlocal seen
+        body, message = bytearray(), {"more_body": True}
+        while message.get("more_body", False):
             message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise _TooLarge
-            return message
+            if message["type"] != "http.request":  # the client went away
+                return
+            body += message.get("body", b"")
+            if len(body) > self.limit:
+                return await too_large(scope, receive, send)
+        handed: list[bool] = []
 
-        try:
-            await self.app(scope, counted, send)
-        except _TooLarge:
-            await too_large(scope, receive, send)
+        async def replay() -> Message:
+            if handed:
+                return await receive()  # after the body: a disconnect, when it comes
+            handed.append(True)
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        await self.app(scope, replay, send)
 
 
-class _TooLarge(Exception):
-    pass
+LOOPBACK_NAMES = ["127.0.0.1", "localhost", "::1", "[::1]"]
 
 
-def create_app(state: ServerState) -> FastAPI:
+def create_app(state: ServerState, loopback: bool = True) -> ASGIApp:
+    """The app over `state`. `loopback`: it listens on this machine only, and answers only
+    requests addressed to it by a loopback name: a web page that rebinds its own domain name to
+    127.0.0.1 (DNS rebinding) cannot reach it through the browser."""
     app = FastAPI(title="tinygpt", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.tinygpt = state
+    if loopback:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=LOOPBACK_NAMES)
 
     @app.middleware("http")
     async def _key(request: Request, call_next):
@@ -91,13 +100,20 @@ def create_app(state: ServerState) -> FastAPI:
 
     @app.exception_handler(TinyGPTError)
     async def _tinygpt(request: Request, error: TinyGPTError):
-        status = 404 if isinstance(error, UnknownModel) else 503 if isinstance(error, QueueFull) else 400 if isinstance(error, UsageError) else 500
+        # What a request asked for that cannot be: 400; a run whose checkpoint is damaged: the server's, 500.
+        status = 404 if isinstance(error, UnknownModel) else 503 if isinstance(error, QueueFull) else 500 if isinstance(error, CheckpointError) else 400
         code = {404: "model_not_found", 503: "queue_full"}.get(status)
         return _json_error(ApiError(status, error.message, param="model" if status == 404 else None, code=code))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, error: StarletteHTTPException):
-        return _json_error(ApiError(error.status_code, str(error.detail)))
+        answer = _json_error(ApiError(error.status_code, str(error.detail)))
+        answer.headers.update(error.headers or {})
+        return answer
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, error: Exception):
+        return _json_error(ApiError(500, f"internal error: {type(error).__name__}: {error}"))
 
     app.include_router(v1.router)
     app.include_router(playground.router)

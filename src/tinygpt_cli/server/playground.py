@@ -13,7 +13,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from ..data.tokenizer import token_texts
 from ..inside import measure
@@ -22,15 +22,13 @@ from ..rundir import RunDir
 from ..runs.table import summarize_runs
 from ..serving import Choice, Served, Settings, start_ids
 from .state import Outbox, ServerState, http_error
-from .v1 import MAX_TOKENS, SEED_MAX, drain
+from .v1 import MAX_TOKENS, SEED_MAX, Fields, drain
 
 router = APIRouter(prefix="/api")
 MAX_SHOW = 50  # candidates one inspection lists
 
 
-class Shaping(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
+class Shaping(Fields):
     model: str
     temperature: float = Field(0.8, ge=0)
     top_k: int | None = Field(None, ge=1)
@@ -48,9 +46,7 @@ class InspectRequest(Shaping):
     show: int = Field(10, ge=1, le=MAX_SHOW)
 
 
-class SurpriseRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class SurpriseRequest(Fields):
     model: str
     text: str
 
@@ -103,17 +99,17 @@ async def generate(body: GenerateRequest, request: Request):
         labels = measure.token_labels
         try:
             while True:
-                [(_, delta)] = await drain(queue)
-                if delta.error is not None:
-                    yield _event({"error": {"message": delta.error.message}})
-                    return
-                yield b"".join(_event({"token": {"id": info.id, "label": labels(tokenizer, [info.id])[0],
-                                                 "text": decoder.decode(tokenizer.token_bytes(info.id))}}) for info in delta.tokens)
-                if delta.finish_reason is not None:
-                    yield _event({"done": True, "finish_reason": delta.finish_reason,
-                                  "usage": {"prompt_tokens": len(prompt), "completion_tokens": len(choice.tokens)}})
-                    yield b"data: [DONE]\n\n"
-                    return
+                for _, delta in await drain(queue):
+                    if delta.error is not None:
+                        yield _event({"error": {"message": delta.error.message}})
+                        return
+                    yield b"".join(_event({"token": {"id": info.id, "label": labels(tokenizer, [info.id])[0],
+                                                     "text": decoder.decode(tokenizer.token_bytes(info.id))}}) for info in delta.tokens)
+                    if delta.finish_reason is not None:
+                        yield _event({"done": True, "finish_reason": delta.finish_reason,
+                                      "usage": {"prompt_tokens": len(prompt), "completion_tokens": len(choice.tokens)}})
+                        yield b"data: [DONE]\n\n"
+                        return
         finally:
             choice.cancelled.set()
 
@@ -132,7 +128,7 @@ async def inspect(body: InspectRequest, request: Request) -> dict:
     served = await state.model(body.model)
     tokenizer, block = served.ckpt.tokenizer, served.model.config.block_size
     if max(body.ids) >= tokenizer.size:
-        raise http_error(422, f"token id {max(body.ids):,} is past the model's vocabulary of {tokenizer.size:,}", param="ids")
+        raise http_error(400, f"token id {max(body.ids):,} is past the model's vocabulary of {tokenizer.size:,}", param="ids")
     context = body.ids[-block:]
 
     def look():

@@ -40,17 +40,30 @@ class Outbox:
         return lambda delta: self.put((index, delta))
 
     def put(self, item: tuple[int, Delta]) -> None:
+        """From the scheduler's thread: the delta reaches the queue within HANDOFF_S (a request's
+        last, and a first, at once)."""
         now = time.monotonic()
         with self._lock:
             self._items.append(item)
-            if self._scheduled or (item[1].finish_reason is None and now - self._last < HANDOFF_S):
+            if self._scheduled:
                 return
-            self._scheduled, self._last = True, now
-        self._loop.call_soon_threadsafe(self._hand_over)
+            self._scheduled = True
+            wait = 0.0 if item[1].finish_reason is not None else max(0.0, self._last + HANDOFF_S - now)
+        try:
+            self._loop.call_soon_threadsafe(self._hand_over_in, wait)
+        except RuntimeError:  # the event loop is closed: the server is stopping, nobody waits
+            pass
+
+    def _hand_over_in(self, wait: float) -> None:
+        if wait > 0:
+            self._loop.call_later(wait, self._hand_over)
+        else:
+            self._hand_over()
 
     def _hand_over(self) -> None:
         with self._lock:
             items, self._items, self._scheduled = self._items, [], False
+            self._last = time.monotonic()
         for item in items:
             self.queue.put_nowait(item)
 

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ..conversation import reply_budget
 from ..data.chat import check_messages, prompt_ids
 from ..errors import UsageError
-from ..serving import Choice, Delta, Served, Settings, TokenInfo, start_ids
+from ..serving import Choice, Delta, Served, Settings, TokenInfo, checkpoint_of, start_ids
 from .state import Outbox, ServerState, http_error
 
 MAX_TOKENS = 4096  # the most one answer may ask for
@@ -36,14 +36,25 @@ MAX_N = 8  # answers per request
 MAX_STOP = 4  # stop strings per request, as OpenAI allows
 MAX_TOP_LOGPROBS = 20
 SEED_MAX = 2**32 - 1  # as `generate --seed`
+DISCONNECT_CHECK_S = 0.5  # how often a whole (not streamed) answer looks whether its client is still there
 
 router = APIRouter()
 
 
-class Common(BaseModel):
-    """The fields both endpoints take."""
+class Fields(BaseModel):
+    """A request's fields: unknown ones refused, and null taken as the field's default, as
+    OpenAI's API takes it (clients send `"temperature": null` for "not set")."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_the_default(cls, data: object) -> object:
+        return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
+
+
+class Common(Fields):
+    """The fields both endpoints take."""
 
     model: str
     temperature: float = Field(1.0, ge=0, description="0 is greedy.")
@@ -75,16 +86,15 @@ class CompletionRequest(Common):
     logprobs: int | None = Field(None, ge=0, le=5)
 
 
-class Message(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    role: Literal["system", "user", "assistant"]
-    content: str | list[dict[Literal["type", "text"], str]]
+class Message(Fields):
+    role: Literal["system", "developer", "user", "assistant"]  # developer: OpenAI's newer name for system
+    content: str | list[dict[str, str]]
+    name: str | None = None  # taken, unused: the chat template has no names
 
     def text(self) -> str:
         if isinstance(self.content, str):
             return self.content
-        if any(part.get("type") != "text" or "text" not in part for part in self.content):
+        if any(part.get("type") != "text" or not isinstance(part.get("text"), str) for part in self.content):
             raise UsageError("a message's parts must all be {\"type\": \"text\", \"text\": ...}: this model reads text only")
         return "".join(part["text"] for part in self.content)
 
@@ -122,7 +132,7 @@ def _prompt_of(served: Served, prompt: str | list[int]) -> list[int]:
 def list_models(request: Request) -> dict:
     state: ServerState = request.app.state.tinygpt
     return {"object": "list", "data": [{"id": name, "object": "model", "created": state.started, "owned_by": "tinygpt"}
-                                        for name in state.store.names()]}
+                                        for name, run in sorted(state.runs().items()) if checkpoint_of(run) is not None]}
 
 
 @router.post("/v1/completions")
@@ -142,7 +152,8 @@ async def chat_completions(body: ChatRequest, request: Request):
     if served.end_of_turn is None:
         raise http_error(400, f"the model {served.name!r} was not trained on conversations: it has no chat template",
                          "use /v1/completions with it, or fine-tune it on conversations", param="model")
-    messages = check_messages([{"role": m.role, "content": m.text()} for m in body.messages], "messages", complete=False)
+    messages = check_messages([{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages],
+                              "messages", complete=False)
     prompt = prompt_ids(messages, served.ckpt.tokenizer)
     block = served.model.config.block_size
     budget = reply_budget(block, len(prompt), body.max_completion_tokens or body.max_tokens)
@@ -217,10 +228,15 @@ async def _answer(state: ServerState, request: Request, served: Served, prompt: 
         usage = bool(body.stream_options and body.stream_options.get("include_usage"))
         return StreamingResponse(_stream(request, queue, choices, shape, meta, logprobs, len(prompt), usage),
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    collecting = asyncio.ensure_future(_collect(queue, len(choices)))
     try:
-        done = await _collect(queue, len(choices))
+        while not (await asyncio.wait({collecting}, timeout=DISCONNECT_CHECK_S))[0]:
+            if await request.is_disconnected():  # the client went away while it waited: stop writing
+                collecting.cancel()
+                raise http_error(499, "the client closed the request")
+        done = collecting.result()
     finally:
-        for choice in choices:  # the client went away while it waited: stop writing
+        for choice in choices:
             choice.cancelled.set()
     return JSONResponse(meta | {"object": shape.object, "choices": [
         shape.choice(i, "".join(d.text for d in deltas), [t for d in deltas for t in d.tokens], deltas[-1].finish_reason, logprobs, 0)

@@ -13,7 +13,6 @@ const CHART = { width: 640, height: 320, left: 56, right: 16, top: 16, bottom: 4
 const state = {
   tab: "generate",
   models: [],
-  samplePrompt: "",
   keyPrompt: null,      // the pending "enter your key" promise, shared by concurrent requests
   gen: null,            // {promptIds, genIds, settings, seed, controller}
   why: null,            // {ids, drawnId, context, attention, seq}
@@ -232,10 +231,6 @@ function describeModel(m) {
 function onModelChange() {
   const model = currentModel();
   $("model-info").textContent = model ? describeModel(model) : "No model is being served.";
-  const prompt = $("prompt");
-  const sample = (model && model.sample_prompt) || "";
-  if (prompt.value === "" || prompt.value === state.samplePrompt) prompt.value = sample;
-  state.samplePrompt = sample;
   resetGenerate();
   newChat();
   updateChatNote();
@@ -464,7 +459,7 @@ function runRow(run) {
   const iteration = run.iteration === null || run.iteration === undefined ? "–"
     : count(run.iteration) + (run.max_iters ? ` / ${count(run.max_iters)}` : "");
   row.append(
-    el("td", {}, run.served ? `${run.name} (served)` : run.name),
+    el("td", {}, run.name),
     el("td", {}, run.status),
     el("td", {}, iteration),
     el("td", {}, fixed(run.best_val_loss)),
