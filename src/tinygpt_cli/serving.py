@@ -5,8 +5,9 @@
   between requests, never during one.
 - `Choice`: one answer being written: its text as the tokens come (whole characters only), cut
   at a stop string, at the end of a chat turn, or at its token budget.
-- `Scheduler`: one worker thread that steps every answer in progress. Answers whose contexts have
-  the same length step together, as the rows of one batch (sampling.Decoder on a model made
+- `Scheduler`: one loop that steps every answer in progress. Answers that start together (in
+  one round of the loop: those that waited while the last round ran) and whose contexts have the
+  same length step together, as the rows of one batch (sampling.Decoder on a model made
   set_batch_exact): each row's scores are bit for bit those it would get alone, so an answer is
   the same whoever else is being served, and the same as `generate` with its seed. Other answers
   take turns with them, one token each. Requests wait in a bounded queue.

@@ -9,7 +9,7 @@ What this server adds or leaves out, and its limits:
 - an empty prompt starts from a newline, as in `generate` (a vocabulary without one: from its
   first token);
 - `n` answers are drawn with seeds seed, seed + 1, ..., as `generate --num-samples` draws them;
-- frequency and presence penalties, `echo`, `suffix`, `best_of` and `logit_bias` are not
+- frequency and presence penalties (other than 0), `echo`, `suffix`, `best_of` and `logit_bias` are not
   offered: any field this module does not name is refused (422).
 """
 
