@@ -2,8 +2,8 @@
 fine-tuned on examples/make_chat_task.py's greeting task (copy the user's name into the reply),
 scored by `tinygpt eval --task` on held-out names before and after.
 
-The commands are the tutorial's lesson 11, at a smaller size: the cpu preset trained for
---base-iters steps, fine-tuned for --tune-iters on --train conversations. Reported per repeat:
+The commands are the tutorial's lesson 11, at a smaller size: the cpu preset trained for 200
+steps, fine-tuned for 400 on 2,000 conversations, 100 held-out names. Reported per repeat:
 each stage's seconds, both accuracies with their 95% intervals, and the load average.
 
 Usage: python benchmarks/bench_chat_task.py --source path/to/input.txt [--repeats 3]
@@ -38,11 +38,11 @@ def recipe(work: Path, source: str, base_iters: int = 200, tune_iters: int = 400
     ]
 
 
-def run_recipe(work: Path, source: str, env: dict | None = None, **sizes) -> dict:
+def run_recipe(work: Path, source: str) -> dict:
     """Run every stage in `work`: seconds per stage, and each evaluation's JSON."""
     seconds, results = {}, {}
-    for name, cmd in recipe(work, source, **sizes):
-        wall, _, proc = run_process(cmd, cwd=work, env=env)
+    for name, cmd in recipe(work, source):
+        wall, _, proc = run_process(cmd, cwd=work)
         seconds[name] = wall
         if name.startswith("eval"):
             results[name] = json.loads(proc.stdout)

@@ -4,13 +4,12 @@ export's chat template in transformers, and task evaluation."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import CHAT_MODEL, ONE_THREAD_ENV, REPO, assert_one_error, cli_env, tiny_config
+from conftest import CHAT_MODEL, assert_one_error, tiny_config
 from safetensors.torch import load_file
 
 from tinygpt_cli.checkpoint import load_checkpoint, load_model
@@ -242,16 +241,6 @@ def test_a_bad_task_item_is_one_error_naming_its_line(line, message, chat_run, t
     task = write_jsonl(tmp_path / "t.jsonl", ['{"prompt": "a", "answer": "b"}', line])
     code, _, stderr = tinygpt("eval", "--run", chat_run, "--task", task)
     assert_one_error(code, stderr, 2, f"{task}:2", message.replace("\\\"", '"'))
-
-
-def test_fine_tuning_a_shakespeare_model_on_the_greeting_task_takes_it_from_nothing_to_90_percent(shakespeare_path, tmp_path):
-    """The tutorial's lesson 11 at a smaller size, with the benchmark's own recipe
-    (benchmarks/bench_chat_task.py): held-out names, exact match, one thread."""
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from bench_chat_task import run_recipe
-
-    out = run_recipe(tmp_path, str(shakespeare_path), env=cli_env(ONE_THREAD_ENV))
-    assert out["before"]["accuracy"] <= 0.1 and out["after"]["accuracy"] >= 0.9, out
 
 
 def test_a_training_window_trains_its_own_conversation_only(tmp_path):
