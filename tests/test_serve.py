@@ -131,6 +131,8 @@ def test_logprobs_are_the_model_probabilities_that_predict_prints(client, runs_d
     served = sorted(choice.logprobs.top_logprobs[0].values(), reverse=True)
     assert [math.exp(lp) for lp in served] == pytest.approx([c["model_probability"] for c in shown], rel=1e-5)
     assert choice.logprobs.token_logprobs[0] == pytest.approx(served[0])  # greedy: the top one
+    five = client.completions.create(model="text", prompt=PROMPT, max_tokens=5, logprobs=0, seed=1).choices[0].logprobs
+    assert five.text_offset == [0, 1, 2, 3, 4] and five.top_logprobs == [{}] * 5  # one character per token here
 
 
 def test_a_stop_string_cuts_the_text_before_it(client):

@@ -73,6 +73,10 @@ class RunDir:
     def has_checkpoint(self) -> bool:
         return self.last_path.exists() or self.best_path.exists()
 
+    def checkpoint(self) -> Path | None:
+        """The checkpoint to read: the best, else the last; None before the first save."""
+        return next((p for p in (self.best_path, self.last_path) if p.exists()), None)
+
     @contextmanager
     def locked(self) -> Iterator[None]:
         """Hold the run's lock; a second holder gets a clear error instead of a corrupted run."""
@@ -254,7 +258,7 @@ def resolve_checkpoint(run: Path | None = None, checkpoint: Path | None = None, 
     chosen = RunDir(resolve_run(run, root))
     if not chosen.path.is_dir():
         raise UsageError(f"no run folder at {chosen.path}", f"ls {root}/  (lists run folders)")
-    for path in (chosen.best_path, chosen.last_path):
-        if path.exists():
-            return path
+    path = chosen.checkpoint()
+    if path is not None:
+        return path
     raise TinyGPTError(f"{chosen.path} has no checkpoint yet", Command("resume", options={"run": str(chosen.path)}))

@@ -73,12 +73,6 @@ def _stamp(path: Path) -> tuple[int, int]:
     return info.st_mtime_ns, info.st_size
 
 
-def checkpoint_of(run: Path) -> Path | None:
-    """A run's best checkpoint, else its last; None before its first save."""
-    folder = RunDir(run)
-    return next((p for p in (folder.best_path, folder.last_path) if p.exists()), None)
-
-
 def start_ids(tokenizer: Tokenizer) -> list[int]:
     """What a text starts from when it is given no prompt: a newline, as in generate, where the
     vocabulary has one; else its first token."""
@@ -106,7 +100,7 @@ class ModelStore:
     def get(self, name: str) -> Served:
         """The model of run `name`, from its newest checkpoint."""
         run = self._runs().get(name)
-        path = None if run is None else checkpoint_of(run)
+        path = None if run is None else RunDir(run).checkpoint()
         if path is None:
             raise UnknownModel(f"the model {name!r} does not exist" if run is None else f"the run {name!r} has no checkpoint yet")
         with self._lock:
@@ -226,9 +220,8 @@ def token_info(scores: torch.Tensor, token: int, top: int | None) -> TokenInfo:
     if top is None:
         return TokenInfo(token, math.nan, [])
     logprobs = torch.log_softmax(scores.float(), dim=-1)
-    best = torch.topk(logprobs, min(top, logprobs.numel())) if top else None
-    pairs = [] if best is None else list(zip(best.indices.tolist(), best.values.tolist()))
-    return TokenInfo(token, float(logprobs[token]), pairs)
+    best = torch.topk(logprobs, min(top, logprobs.numel()))
+    return TokenInfo(token, float(logprobs[token]), list(zip(best.indices.tolist(), best.values.tolist())))
 
 
 @dataclass
@@ -244,7 +237,8 @@ class _Group:
         self.decoder = Decoder(first.served.model, [c.prompt for c in self.choices], room)
 
 
-STOPPING = TinyGPTError("the server is stopping")
+def _stopping() -> TinyGPTError:
+    return TinyGPTError("the server is stopping")
 
 
 class Scheduler:
@@ -274,7 +268,7 @@ class Scheduler:
         """Queue the answers of one request (all or none)."""
         with self._wake:
             if self._closed:
-                raise STOPPING
+                raise _stopping()
             if len(self._waiting) + len(choices) > self.max_waiting:
                 raise QueueFull(f"the server is busy: {len(self._waiting):,} answers are waiting, and the queue holds {self.max_waiting:,}",
                                 "try again in a moment")
@@ -287,7 +281,7 @@ class Scheduler:
         future: Future = Future()
         with self._wake:
             if self._closed:
-                future.set_exception(STOPPING)
+                future.set_exception(_stopping())
                 return future
             self._calls.append((fn, future))
             self._wake.notify()
@@ -315,7 +309,7 @@ class Scheduler:
                 self._groups, self._calls = [], deque()
                 self._waiting.clear()
             for choice in left:
-                choice.fail(STOPPING)
+                choice.fail(_stopping())
             for _, future in calls:
                 future.cancel()
 

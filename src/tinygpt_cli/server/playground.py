@@ -15,7 +15,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import Field
 
-from ..data.tokenizer import token_texts
+from ..data.tokenizer import token_label, token_texts
 from ..inside import measure
 from ..params import param_report
 from ..rundir import RunDir
@@ -96,14 +96,13 @@ async def generate(body: GenerateRequest, request: Request):
     async def events():
         yield _event({"prompt": _tokens(served, prompt), "seed": seed})
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        labels = measure.token_labels
         try:
             while True:
                 for _, delta in await drain(queue):
                     if delta.error is not None:
                         yield _event({"error": {"message": delta.error.message}})
                         return
-                    yield b"".join(_event({"token": {"id": info.id, "label": labels(tokenizer, [info.id])[0],
+                    yield b"".join(_event({"token": {"id": info.id, "label": token_label(tokenizer, info.id),
                                                      "text": decoder.decode(tokenizer.token_bytes(info.id))}}) for info in delta.tokens)
                     if delta.finish_reason is not None:
                         yield _event({"done": True, "finish_reason": delta.finish_reason,

@@ -16,9 +16,11 @@ What this server adds or leaves out, and its limits:
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import time
 from collections.abc import AsyncIterator
+from itertools import accumulate
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Request
@@ -28,7 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ..conversation import reply_budget
 from ..data.chat import check_messages, prompt_ids
 from ..errors import UsageError
-from ..serving import Choice, Delta, Served, Settings, TokenInfo, checkpoint_of, start_ids
+from ..rundir import RunDir
+from ..serving import Choice, Delta, Served, Settings, TokenInfo, start_ids
 from .state import Outbox, ServerState, http_error
 
 MAX_TOKENS = 4096  # the most one answer may ask for
@@ -132,7 +135,7 @@ def _prompt_of(served: Served, prompt: str | list[int]) -> list[int]:
 def list_models(request: Request) -> dict:
     state: ServerState = request.app.state.tinygpt
     return {"object": "list", "data": [{"id": name, "object": "model", "created": state.started, "owned_by": "tinygpt"}
-                                        for name, run in sorted(state.runs().items()) if checkpoint_of(run) is not None]}
+                                        for name, run in sorted(state.runs().items()) if RunDir(run).has_checkpoint()]}
 
 
 @router.post("/v1/completions")
@@ -187,7 +190,7 @@ class Completions:
 
     def logprobs(self, tokens: list[TokenInfo], offset: int) -> dict:
         texts = [self.token(t.id) for t in tokens]
-        offsets = [offset + sum(len(t) for t in texts[:i]) for i in range(len(texts))]
+        offsets = list(accumulate((len(t) for t in texts), initial=offset))[: len(texts)]  # where each token begins
         return {"tokens": texts, "token_logprobs": [t.logprob for t in tokens], "text_offset": offsets,
                 "top_logprobs": [{self.token(i): lp for i, lp in t.top} for t in tokens]}
 
@@ -281,8 +284,6 @@ async def drain(queue: asyncio.Queue) -> list[tuple[int, Delta]]:
 
 
 def _event(obj: dict | str) -> bytes:
-    import json
-
     return f"data: {obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False)}\n\n".encode()
 
 
