@@ -69,7 +69,7 @@ class TrainConfig(BaseModel):
     max_iters: int = Field(5000, gt=0, le=10**9, description="Total optimiser steps.", json_schema_extra=_panel("Optimisation"))
     learning_rate: float = Field(1e-3, gt=0, description="Peak learning rate, reached after warmup.", json_schema_extra=_panel("Optimisation"))
     min_lr: float = Field(1e-4, ge=0, description="Learning rate at the end of the decay.", json_schema_extra=_panel("Optimisation"))
-    warmup_iters: int = Field(100, ge=0, description="Steps of linear warmup from 0 to learning_rate.", json_schema_extra=_panel("Optimisation"))
+    warmup_iters: int = Field(100, ge=0, le=10**9, description="Steps of linear warmup from 0 to learning_rate.", json_schema_extra=_panel("Optimisation"))
     lr_decay: Literal["cosine", "linear", "constant"] = Field("cosine", description="Shape of the decay from learning_rate to min_lr.", json_schema_extra=_panel("Optimisation"))
     weight_decay: float = Field(0.1, ge=0, description="AdamW decoupled weight decay (2-D weight matrices only).", json_schema_extra=_panel("Optimisation"))
     beta1: float = Field(0.9, ge=0, lt=1, description="Adam momentum: decay rate of the gradient's running mean.", json_schema_extra=_panel("Optimisation"))
