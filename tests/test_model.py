@@ -9,7 +9,7 @@ import torch
 from conftest import SWITCHES, TINY_MODEL, switch_id
 
 from tinygpt_cli.config import ModelConfig
-from tinygpt_cli.model import GPT, CausalSelfAttention, KVCache, weight_shapes
+from tinygpt_cli.model import GPT, CausalSelfAttention, KVCache, dropout, weight_shapes
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -195,3 +195,39 @@ def test_every_switch_counts_caches_and_stores_as_it_should(switches):
             cached, _ = model(idx[:, t : t + 1], cache=cache)
             full, _ = model(idx[:, : t + 1])
             assert torch.allclose(cached, full, atol=1e-12, rtol=0), f"position {t}"
+
+
+@pytest.mark.parametrize("p", [0.1, 0.2, 0.5, 0.9])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_dropout_keeps_1_minus_p_of_the_values_scaled_to_keep_the_mean(p, dtype):
+    n = 2_000_003  # not a multiple of 4: one 64-bit draw serves four values, the last draw part used
+    x = torch.ones(n, dtype=dtype)
+    torch.manual_seed(0)
+    y = dropout(x, p, training=True)
+    kept = y != 0
+    # The keep rate, over all values and for each of a draw's four 16-bit parts: 5 standard errors.
+    for part in [kept, *(kept[i::4] for i in range(4))]:
+        rate = part.double().mean().item()
+        assert abs(rate - (1 - p)) < 5 * math.sqrt(p * (1 - p) / part.numel()), rate
+    # The kept values are scaled by 1/(1-p), as x's type holds it (F.dropout's own rounding in 16 bits).
+    scale = torch.tensor(1 / (1 - p), dtype=dtype).item()
+    assert torch.allclose(y[kept].double(), torch.tensor(scale, dtype=torch.float64), rtol=1e-4)
+    assert abs(y.double().mean().item() - (1 - p) * scale) < 5 * math.sqrt(p / (1 - p) / n)  # the expected output: x
+    # Neighbouring values are independent: kept together as often as chance says.
+    both = (kept[:-1] & kept[1:]).double().mean().item()
+    assert abs(both - (1 - p) ** 2) < 5 * math.sqrt((1 - p) ** 2 / n)
+
+
+def test_cpu_dropout_draws_from_torchs_generator_and_is_off_outside_training():
+    x = torch.randn(64, 33)
+    torch.manual_seed(3)
+    a = dropout(x, 0.3, training=True)
+    torch.manual_seed(3)
+    assert torch.equal(dropout(x, 0.3, training=True), a)  # same seed, same mask: resume depends on it
+    assert not torch.equal(dropout(x, 0.3, training=True), a)  # the generator moved on
+    assert dropout(x, 0.3, training=False) is x and dropout(x, 0.0, training=True) is x
+    x.requires_grad_(True)
+    torch.manual_seed(3)
+    dropout(x, 0.3, training=True).sum().backward()
+    # The gradient goes through the same mask and scale.
+    assert torch.equal(x.grad != 0, a != 0) and torch.allclose(x.grad[a != 0], torch.tensor(1 / 0.7), rtol=1e-4)
