@@ -231,3 +231,24 @@ def test_cpu_dropout_draws_from_torchs_generator_and_is_off_outside_training():
     dropout(x, 0.3, training=True).sum().backward()
     # The gradient goes through the same mask and scale.
     assert torch.equal(x.grad != 0, a != 0) and torch.allclose(x.grad[a != 0], torch.tensor(1 / 0.7), rtol=1e-4)
+
+
+@pytest.mark.parametrize("switches", SWITCHES[::3], ids=switch_id)
+def test_the_step_products_are_the_matrix_products_a_training_step_runs(switches):
+    """bench's peak times params.step_products: torch's FLOP counter over a real forward and
+    backward (by-hand attention, as under CPU mixed precision or dropout) must find the same."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from tinygpt_cli.params import param_report, step_products
+
+    config = ModelConfig(vocab_size=11, **{**TINY_MODEL, **switches, "dropout": 0.1})
+    batch = 3
+    model = make_model(config).train()
+    idx = torch.randint(0, 11, (batch, config.block_size))
+    with FlopCounterMode(display=False) as counter:
+        _, loss = model(idx, idx)
+        loss.backward()
+    products = sum(p.count * p.flops for p in step_products(config, batch))
+    assert products == counter.get_total_flops()
+    tokens = batch * config.block_size
+    assert products <= param_report(config).flops_per_token() * tokens < 1.05 * products  # 6N counts norms and biases too

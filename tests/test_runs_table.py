@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import cli_env
+from conftest import cli_env, tiny_cli_flags
 
 from tinygpt_cli.config import build_config
 from tinygpt_cli.errors import UsageError
@@ -55,7 +55,8 @@ def make_run(root: Path, name: str, status: dict | None, val_losses=(3.0, 2.5), 
 @pytest.fixture
 def runs_root(tmp_path) -> Path:
     root = tmp_path / "runs"
-    make_run(root, "a-finished", {"status": "finished", "iteration": 100, "max_iters": 100, "best_val_loss": 2.5, "elapsed": 12.0},
+    make_run(root, "a-finished", {"status": "finished", "iteration": 100, "max_iters": 100, "best_val_loss": 2.5, "elapsed": 12.0,
+                                  "matmul_peak": {"dtype": "float32", "gflops": 0.5, "best_gflops": 1.0, "best_shape": "x"}},
              val_losses=(3.0, 2.7, 2.5))
     make_run(root, "b-stopped", {"status": "stopped", "iteration": 50, "max_iters": 100, "best_val_loss": 2.9, "elapsed": 5.0},
              val_losses=(3.1, 2.9), n_layer=4, learning_rate=3e-3)
@@ -83,6 +84,8 @@ def test_summaries_of_each_kind_of_run(runs_root):
     assert (a.status, a.iteration, a.max_iters, a.best_val_loss, a.elapsed) == ("finished", 100, 100, 2.5, 12.0)
     assert a.n_params == param_report(build_config(BASE).model).total
     assert a.tokens_per_s == pytest.approx(2000.0)  # the median of the step records after the first window
+    assert a.utilisation == pytest.approx(2000.0 * param_report(build_config(BASE).model).flops_per_token() / 1e9 / 0.5)
+    assert runs["b-stopped"].utilisation is None  # its run.json has no peak (written before tinygpt measured one)
     assert runs["b-stopped"].status == "stopped"
     assert runs["c-crashed"].status == "crashed"  # says running, but its pid is dead
     for name, file in (("d-corrupt", "config.json"), ("e-bad-status", "run.json")):
@@ -259,3 +262,16 @@ def test_an_export_in_the_runs_folder_is_no_broken_run(runs_root, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "cpu-hf" not in proc.stdout.split("also in")[0]  # no row (the fixture's own broken runs have theirs)
     assert "1 transformers export (not runs): cpu-hf" in " ".join(proc.stdout.split())
+
+
+def test_training_and_bench_put_the_steps_against_the_peak_of_the_models_own_products(run_cli, tiny_run, tiny_dataset):
+    from tinygpt_cli.rundir import RunDir
+    from tinygpt_cli.runs.table import read_summary
+
+    peak = RunDir(tiny_run).read_status()["matmul_peak"]
+    assert peak["dtype"] == "float32" and 0 < peak["gflops"] <= peak["best_gflops"]  # the tests' runs train in float32
+    assert 0 < read_summary(tiny_run).utilisation < 1
+    done = run_cli("bench", *tiny_cli_flags(tiny_dataset), "--steps", "2", "--repeats", "1", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert 0 < result["utilisation_of_best_shape"] <= result["utilisation"] < 1 and result["matmul_peak"]["best_shape"]

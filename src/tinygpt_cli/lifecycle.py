@@ -30,6 +30,7 @@ from .errors import CheckpointError, Command, TinyGPTError, TrainingStopped, Usa
 from .system.fsutil import check_writable, read_json, short_list, write_json_atomic
 from .optim import state_problems
 from .params import param_report
+from .peak import MatmulPeak, measure_matmul_peak
 from .interop.pretrained import check_tokenizer, fit_config, initial_weights, load_pretrained
 from .system.rng import rng_problems
 from .system.threads import ThreadPolicy
@@ -140,6 +141,7 @@ class TrainingRun:
         self.best_saved_after_last: int | None = None
         self.data_changes: list[dict[str, Any]] = []  # resumes onto another dataset (--allow-data-change), for run.json
         self.signals: StopSignals | None = None  # set while fit() runs
+        self.matmul_peak: MatmulPeak | None = None  # measured when fit() starts, for run.json
 
     # --- resuming --------------------------------------------------------------------------
     def restore(self, ckpt: Checkpoint) -> None:
@@ -211,8 +213,9 @@ class TrainingRun:
 
     def _write_status(self, status: str, **fields: Any) -> None:
         """run.json, with the CPU threads in use (they change with the machine's load)."""
-        threads = self.trainer.threads
+        threads, peak = self.trainer.threads, self.matmul_peak
         self.run.write_status(status, **fields, **({"threads": threads.describe()} if threads is not None else {}),
+                              **({"matmul_peak": peak.to_dict()} if peak is not None else {}),
                               **({"data_changes": self.data_changes} if self.data_changes else {}))
 
     def _write_running(self) -> None:
@@ -268,6 +271,10 @@ class TrainingRun:
                 self.tracker.close(failed)
 
     def _fit(self) -> TrainResult:
+        t = self.trainer
+        # What this machine's matrix products reach at the model's shapes (a second for the baby
+        # GPT on a CPU): `runs` puts the steps' speed against it.
+        self.matmul_peak = measure_matmul_peak(t.config.model, t.config.train.batch_size, t.device, t.dtype, repeats=2)
         self.reporter.on_start(self.start_info())
         self._write_running()
         # Under torchrun an evaluation runs to its end on every rank (they finish it together).

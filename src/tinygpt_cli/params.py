@@ -128,3 +128,42 @@ def activation_bytes(config: ModelConfig, batch_size: int) -> int:
     per_token = c.n_layer * (16 * c.n_embd + 2 * c.n_head * c.block_size) + 3 * c.vocab_size + 2 * c.n_embd
     return 4 * batch_size * c.block_size * per_token
 
+
+
+@dataclass(frozen=True)
+class Product:
+    """One matrix product of a training step: `batch` products of (m, k) by (k, n), `count`
+    times per micro-batch; a_t / b_t: that operand is a transposed view, as autograd passes it."""
+    name: str
+    batch: int
+    m: int
+    k: int
+    n: int
+    count: int
+    a_t: bool = False
+    b_t: bool = False
+
+    @property
+    def flops(self) -> int:  # of one product
+        return 2 * self.batch * self.m * self.k * self.n
+
+
+def step_products(config: ModelConfig, batch_size: int) -> list[Product]:
+    """The matrix products of one micro-batch's forward and backward pass, at their shapes: each
+    linear layer's y = x W^T, dx = dy W and dW = dy^T x over the B*T tokens, and attention's
+    scores and weighted sums with their gradients (the by-hand path of model.py: the full T x T).
+    Their FLOPs add up to flops_per_token() per token, but for the norms' and biases' few."""
+    C, T, L, nh = config.n_embd, config.block_size, config.n_layer, config.n_head
+    hs, M, BH = config.head_size, batch_size * config.block_size, batch_size * config.n_head
+    linears = [("attn.qkv", C, 3 * C, L), ("attn.proj", C, C, L), ("mlp.up", C, 4 * C, L), ("mlp.down", 4 * C, C, L),
+               ("lm_head", C, config.vocab_size, 1)]
+    products = []
+    for name, n_in, n_out, count in linears:
+        products += [Product(f"{name} forward", 1, M, n_in, n_out, count, b_t=True),
+                     Product(f"{name} input gradient", 1, M, n_out, n_in, count),
+                     Product(f"{name} weight gradient", 1, n_out, M, n_in, count, a_t=True)]
+    # Forward: q k^T (T, hs)(hs, T) and weights v (T, T)(T, hs); backward: d(weights) = dy v^T
+    # (T, hs)(hs, T), dv = weights^T dy, dq = d(scores) k and dk = d(scores)^T q, each (T, T)(T, hs).
+    products += [Product("attention scores", BH, T, hs, T, 2 * L, b_t=True),
+                 Product("attention sums", BH, T, T, hs, 4 * L)]
+    return products

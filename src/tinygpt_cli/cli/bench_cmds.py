@@ -30,23 +30,30 @@ def bench(
     """
     import torch
 
-    from ..runs.bench import matmul_peak_gflops, time_training_steps
     from ..config import resolve_config
+    from ..peak import measure_matmul_peak
+    from ..runs.bench import time_training_steps
+    from ..system.devices import pick_dtype
+    from ..system.distributed import DistContext
     from ..system.process import init_process
     from ..system.threads import BUSY_CORES, OtherLoad
+    from ..train import training_device
 
     run_config = resolve_config(preset, config, _with_dataset_vocabulary(flags))
     load = OtherLoad()
     with err.status(f"timing {repeats} x {steps} training steps…"):
         timing = time_training_steps(run_config, steps=steps, repeats=repeats, threads=init_process())
+        device = training_device(run_config.train.device, DistContext())
+        peak = measure_matmul_peak(run_config.model, run_config.train.batch_size, device, pick_dtype(run_config.train.dtype, device))
         others = load.since_last_look()
-        peak = matmul_peak_gflops() if run_config.train.device in ("auto", "cpu") and not torch.cuda.is_available() else None
     max_iters = run_config.train.max_iters
     result = {
         "ms_per_iter": timing.ms_per_iter,
         "tokens_per_s": timing.tokens_per_s,
         "gflops": timing.gflops,
-        "matmul_peak_gflops": peak,
+        "matmul_peak": peak.to_dict(),
+        "utilisation": peak.utilisation(timing.gflops),
+        "utilisation_of_best_shape": timing.gflops / peak.best_gflops,
         "max_iters": max_iters,
         "projected_training_seconds": timing.projected_seconds(max_iters),
         "threads": torch.get_num_threads(),
@@ -55,9 +62,12 @@ def bench(
     if as_json:
         print_json(result)
         return
+    threads = torch.get_num_threads() if device.type == "cpu" else None
     out.print(f"{timing.ms_per_iter:.1f} ms/iteration  |  {timing.tokens_per_s:,.0f} tokens/s  |  {timing.gflops:.1f} GFLOP/s"
-              + (f" ({100 * timing.gflops / peak:.0f}% of the {peak:.0f} GFLOP/s matmul peak)" if peak else "")
-              + f"  |  {torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''}")
+              + (f"  |  {threads} thread{'s' if threads > 1 else ''}" if threads else ""))
+    out.print(f"{100 * peak.utilisation(timing.gflops):.0f}% of the {peak.gflops:,.0f} GFLOP/s that this machine's {peak.dtype} "
+              f"matrix products reach at this model's shapes ({100 * timing.gflops / peak.best_gflops:.0f}% of the fastest "
+              f"shape's {peak.best_gflops:,.0f}: {peak.best_shape})")
     out.print(f"projected: {max_iters:,} iterations take about {rough_duration(timing.projected_seconds(max_iters))} of training steps "
               "(plus evaluation)")
     if others >= BUSY_CORES:

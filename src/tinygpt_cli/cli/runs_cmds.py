@@ -34,7 +34,7 @@ def runs_table(summaries, fields: list[str], title: str | None = None, skip: tup
 
     from ..runs.table import bits_per_byte_of, format_value, val_loss_of
 
-    columns = [c for c in ("name", "updated", "status", "params", *fields, "iters", "val loss", "bits/byte", "time", "tok/s") if c not in skip]
+    columns = [c for c in ("name", "updated", "status", "params", *fields, "iters", "val loss", "bits/byte", "time", "tok/s", "% peak") if c not in skip]
     rows = []
 
     def val(s, value) -> str:  # "~": training's estimate, the run has no final evaluation
@@ -49,6 +49,7 @@ def runs_table(summaries, fields: list[str], title: str | None = None, skip: tup
             "val loss": val(s, val_loss_of),
             "bits/byte": val(s, bits_per_byte_of),
             "tok/s": "-" if s.tokens_per_s is None else f"{s.tokens_per_s:,.0f}",
+            "% peak": "-" if s.utilisation is None else f"{100 * s.utilisation:.0f}%",
             **{f: format_value(f, s.config[f]) if s.config else "-" for f in fields},
         })
     widths = {c: max([len(r[c]) for r in rows] + [len(c)]) for c in columns}
@@ -56,7 +57,7 @@ def runs_table(summaries, fields: list[str], title: str | None = None, skip: tup
     def too_wide() -> bool:
         return sum(widths[c] + 3 for c in columns) + 1 > out.width
 
-    for droppable in ("updated", "tok/s", "time", "params"):  # names and numbers stay whole: drop these first
+    for droppable in ("updated", "% peak", "tok/s", "time", "params"):  # names and numbers stay whole: drop these first
         if too_wide() and droppable in columns:
             columns.remove(droppable)
     if too_wide() and len(fields) > 1:  # then the differing settings share one column that wraps between them

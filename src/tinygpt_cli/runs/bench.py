@@ -1,4 +1,5 @@
-"""Measure what this machine does: training step time for a configuration, and matmul peak.
+"""Measure what this machine does: training step time for a configuration (the matmul peak at its
+shapes is peak.py's).
 
 Used by `tinygpt bench` and by the scripts under benchmarks/. Synthetic token ids stand in for
 a dataset: step time does not depend on the text.
@@ -14,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import RunConfig
 from ..data.dataset import Dataset, DatasetInfo
+from ..config import RunConfig
 from ..params import param_report
 from ..train import Trainer
 from ..system.threads import ThreadPolicy
@@ -85,14 +86,3 @@ def time_training_steps(config: RunConfig, steps: int = 20, warmup: int = 3, rep
     tokens = c.train.batch_size * c.train.grad_accum * c.model.block_size
     return StepTiming(statistics.median(samples), samples, tokens, param_report(c.model).flops_per_token())
 
-
-def matmul_peak_gflops(n: int = 1024, repeats: int = 10) -> float:
-    """Best fp32 matrix-multiply rate on the CPU, the ceiling for training throughput."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best / 1e9

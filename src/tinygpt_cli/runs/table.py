@@ -48,6 +48,10 @@ class RunSummary:
     final_val_bits_per_byte: float | None = None
     elapsed: float | None = None
     tokens_per_s: float | None = None
+    # What the machine's matrix products reached at the model's shapes, in the run's precision
+    # (run.json's matmul_peak, peak.py), and the steps' rate as a fraction of it.
+    matmul_peak_gflops: float | None = None
+    utilisation: float | None = None
     error: str | None = None  # why the run is unreadable
     differing: dict[str, Any] = field(default_factory=dict)  # filled by summarize_runs
 
@@ -57,6 +61,7 @@ class RunSummary:
             "n_params": self.n_params, "iteration": self.iteration, "max_iters": self.max_iters,
             "best_val_loss": self.best_val_loss, "best_val_bits_per_byte": self.best_val_bits_per_byte,
             "final_val_loss": self.final_val_loss, "final_val_bits_per_byte": self.final_val_bits_per_byte, "elapsed": self.elapsed, "tokens_per_s": self.tokens_per_s,
+            "matmul_peak_gflops": self.matmul_peak_gflops, "utilisation": self.utilisation,
             "differing": self.differing, "config": self.config, "error": self.error,
         }
 
@@ -138,7 +143,8 @@ def read_summary(path: Path, name: str | None = None) -> RunSummary:
         summary.error = f"run.json: {str(e).splitlines()[0]}"
         return summary
 
-    summary.n_params = param_report(ModelConfig(**{k: summary.config[k] for k in ModelConfig.model_fields})).total
+    params = param_report(ModelConfig(**{k: summary.config[k] for k in ModelConfig.model_fields}))
+    summary.n_params = params.total
     try:
         records = run.read_metrics()
     except TinyGPTError as e:
@@ -157,6 +163,8 @@ def read_summary(path: Path, name: str | None = None) -> RunSummary:
         summary.iteration = status.get("iteration") if isinstance(status.get("iteration"), int) else None
         summary.best_val_loss = finite_number(status.get("best_val_loss"))
         summary.elapsed = finite_number(status.get("elapsed"))
+        peak = status.get("matmul_peak")
+        summary.matmul_peak_gflops = finite_number(peak.get("gflops")) if isinstance(peak, dict) else None
         final = status.get("final_eval") if summary.status == "finished" else None
         if isinstance(final, dict):
             summary.final_val_loss = finite_number(final.get("val_loss"))
@@ -175,6 +183,8 @@ def read_summary(path: Path, name: str | None = None) -> RunSummary:
         summary.elapsed = finite_number(records[-1].get("elapsed"))
     speeds = [v for v in (finite_number(r.get("tokens_per_s")) for r in steps[1:] or steps) if v is not None]
     summary.tokens_per_s = statistics.median(speeds) if speeds else None
+    if summary.tokens_per_s is not None and summary.matmul_peak_gflops:
+        summary.utilisation = summary.tokens_per_s * params.flops_per_token() / 1e9 / summary.matmul_peak_gflops
     return summary
 
 

@@ -1,0 +1,72 @@
+"""What this machine's matrix products reach at one model's shapes, in the run's precision: the
+ceiling of its training throughput. `tinygpt bench` reports a step's speed against it, and a
+training records it in run.json, for `runs`.
+
+A CPU's rate depends on the shape (on a 2-core AMX Xeon in bfloat16: 0.2 TFLOP/s for attention's
+scores, 3.3 for a 384 x 384 projection over 16k tokens) and on the precision, so one square
+product in float32 says little: the products timed here are the step's own
+(params.py:step_products, which torch's FLOP counter checks in the tests).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .config import ModelConfig
+from .params import step_products
+
+
+@dataclass(frozen=True)
+class MatmulPeak:
+    dtype: str
+    gflops: float  # all of a step's products, each at its share of the step's FLOPs
+    best_gflops: float  # the fastest shape's rate
+    best_shape: str
+
+    def utilisation(self, gflops: float) -> float:
+        """A step's rate (by the FLOPs of its products) as a fraction of `gflops` here: below 1, as
+        the step runs those products and more."""
+        return gflops / self.gflops
+
+    def to_dict(self) -> dict:
+        return {"dtype": self.dtype, "gflops": self.gflops, "best_gflops": self.best_gflops, "best_shape": self.best_shape}
+
+
+def _operand(rows: int, cols: int, transposed: bool, batch: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    shape = (batch, cols, rows) if transposed else (batch, rows, cols)
+    t = torch.randn(shape, device=device, dtype=dtype)
+    t = t.transpose(1, 2) if transposed else t
+    return t[0] if batch == 1 else t
+
+
+def measure_matmul_peak(config: ModelConfig, batch_size: int, device: torch.device, dtype: torch.dtype,
+                        repeats: int = 3) -> MatmulPeak:
+    """Time each distinct product of a training step (best of `repeats`, after one untimed) in
+    `dtype` on `device`: plain `a @ b`, with the operands laid out as autograd passes them."""
+    sync = {"cuda": torch.cuda.synchronize, "mps": getattr(torch, "mps", None) and torch.mps.synchronize}.get(device.type) or (lambda: None)
+    timed: dict[tuple, float] = {}
+    total_flops = total_seconds = 0.0
+    best = (0.0, "")
+    for p in step_products(config, batch_size):
+        key = (p.batch, p.m, p.k, p.n, p.a_t, p.b_t)
+        if key not in timed:
+            a = _operand(p.m, p.k, p.a_t, p.batch, device, dtype)
+            b = _operand(p.k, p.n, p.b_t, p.batch, device, dtype)
+            times = []
+            for _ in range(repeats + 1):
+                sync()
+                t0 = time.perf_counter()
+                a @ b
+                sync()
+                times.append(time.perf_counter() - t0)
+            timed[key] = min(times[1:])
+            rate = p.flops / timed[key] / 1e9
+            if rate > best[0]:
+                shape = f"({p.m}, {p.k}) @ ({p.k}, {p.n})" + (f" x {p.batch}" if p.batch > 1 else "")
+                best = (rate, f"{p.name} {shape}")
+        total_flops += p.count * p.flops
+        total_seconds += p.count * timed[key]
+    return MatmulPeak(str(dtype).removeprefix("torch."), total_flops / total_seconds / 1e9, *best)
