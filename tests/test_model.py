@@ -252,3 +252,16 @@ def test_the_step_products_are_the_matrix_products_a_training_step_runs(switches
     assert products == counter.get_total_flops()
     tokens = batch * config.block_size
     assert products <= param_report(config).flops_per_token() * tokens < 1.05 * products  # 6N counts norms and biases too
+
+
+@pytest.mark.parametrize("switches", SWITCHES[::3], ids=switch_id)
+def test_a_model_built_to_load_is_the_same_model_once_its_weights_are_in(switches):
+    config = ModelConfig(vocab_size=11, **{**TINY_MODEL, **switches})
+    source = make_model(config).eval()
+    torch.manual_seed(1)
+    model = GPT(config, init=False).eval()
+    model.load_state_dict(source.state_dict())
+    assert model.lm_head.weight is model.tok_emb.weight  # still tied
+    idx = torch.randint(0, 11, (2, config.block_size))
+    with torch.no_grad():
+        assert torch.equal(model(idx, idx)[1], source(idx, idx)[1])  # the rotary tables too

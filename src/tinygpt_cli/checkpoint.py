@@ -480,6 +480,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[GP
     if memory is not None and 4 * tables > memory:
         raise CheckpointError(f"{path}: its rotary tables for block_size {c.block_size:,} would need "
                               f"{4 * tables / 2**30:,.1f} GiB; this machine has {memory / 2**30:,.1f} GiB")
-    model = GPT(ckpt.model_config)
+    model = GPT(ckpt.model_config, init=False)
     load_model_weights(model, ckpt.weights, path)
     return model.to(device).eval(), ckpt

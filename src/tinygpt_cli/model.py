@@ -251,7 +251,10 @@ def weight_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 
 class GPT(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, init: bool = True):
+        """init=False: the weights are about to be loaded, so GPT-2's initial values are not drawn
+        (a twentieth of a second of `generate`'s start for the baby GPT, half a second for GPT-2's
+        size; torch's layers still draw their own defaults)."""
         super().__init__()
         self.config = config
         self.tok_emb = nn.Embedding(config.vocab_size, config.n_embd)  # what each token is
@@ -267,6 +270,8 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         # Weight tying: reading a token in and writing one out share one matrix.
         self.lm_head.weight = self.tok_emb.weight
+        if not init:
+            return
         self.apply(self._init_weights)
         # GPT-2: each block adds two residual branches; shrinking their output projections by
         # 1/sqrt(2 n_layer) keeps the residual stream's variance from growing with depth.
