@@ -228,7 +228,7 @@ def main() -> None:
                             [1000 * v for v in nano_whole], tinygpt_faster_by=statistics.median(nano_whole) / statistics.median(whole)))
     report("cpu_speed", rows, {"peaks": {k: v.to_dict() for k, v in peaks.items()}, "profiles_s": profiles,
                                "weight_casts_ms_per_micro_step": casts, "load_average": loads,
-                               "step_flops": flops_per_step})
+                               "step_flops": flops_per_step}, per_cpu_kind=True)
 
 
 if __name__ == "__main__":

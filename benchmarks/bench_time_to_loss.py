@@ -40,7 +40,7 @@ def main() -> None:
                  "val_estimate": median([r["val_estimate"] for r in rows]),
                  "val_full_split": median([r["val_full_split"] for r in rows]),
                  "peak_rss_mib": max(r["peak_rss_mib"] for r in rows), "met": ""})
-    report("time_to_loss", rows, {"preset": args.preset, "extra_flags": args.extra})
+    report("time_to_loss", rows, {"preset": args.preset, "extra_flags": args.extra}, per_cpu_kind=True)
 
 
 if __name__ == "__main__":

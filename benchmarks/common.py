@@ -33,6 +33,20 @@ def cpu_name() -> str:
     return f"{fields.get('model name', platform.machine())} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')})"
 
 
+def cpu_kind() -> str:
+    """The CPU's kind, as far as tinygpt's speed goes: amx, avx512-bf16, avx512, avx2, or the
+    machine's architecture (arm64...). Results of each kind are kept side by side."""
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    for flag, kind in (("amx_bf16", "amx"), ("avx512_bf16", "avx512-bf16"), ("avx512f", "avx512"), ("avx2", "avx2")):
+        if flag in flags:
+            return kind
+    return platform.machine().lower()
+
+
 def run_process(cmd: list[str], **kwargs) -> tuple[float, float, subprocess.CompletedProcess]:
     """Wall seconds and peak RSS (MiB) of one child process, start to exit."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
@@ -49,16 +63,18 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def report(name: str, rows: list[dict], extra: dict | None = None) -> Path:
-    """Print rows as an aligned table and write them, with the machine, to results/NAME.json."""
+def report(name: str, rows: list[dict], extra: dict | None = None, per_cpu_kind: bool = False) -> Path:
+    """Print rows as an aligned table and write them, with the machine, to results/NAME.json
+    (per_cpu_kind: results/NAME-KIND.json, beside the other kinds' results)."""
     columns = list(rows[0])
     widths = {c: max(len(c), *(len(_fmt(r[c])) for r in rows)) for c in columns}
     print("  ".join(c.ljust(widths[c]) for c in columns))
     for r in rows:
         print("  ".join(_fmt(r[c]).ljust(widths[c]) for c in columns))
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps({"benchmark": name, "machine": machine(), "rows": rows, **(extra or {})}, indent=2) + "\n")
+    path = RESULTS / (f"{name}-{cpu_kind()}.json" if per_cpu_kind else f"{name}.json")
+    path.write_text(json.dumps({"benchmark": name, "machine": {**machine(), "cpu_kind": cpu_kind()}, "rows": rows, **(extra or {})},
+                               indent=2) + "\n")
     print(f"-> {path}")
     return path
 

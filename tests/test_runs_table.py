@@ -275,3 +275,20 @@ def test_training_and_bench_put_the_steps_against_the_peak_of_the_models_own_pro
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert 0 < result["utilisation_of_best_shape"] <= result["utilisation"] < 1 and result["matmul_peak"]["best_shape"]
+
+
+def test_a_product_too_large_to_time_whole_is_timed_on_a_part_within_the_bound(monkeypatch):
+    import torch
+
+    import tinygpt_cli.peak as peak
+    from tinygpt_cli.config import ModelConfig
+
+    made = []
+    real_operand = peak._operand
+    monkeypatch.setattr(peak, "_operand", lambda *a: made.append(a[:4]) or real_operand(*a))
+    monkeypatch.setattr(peak, "TIMED_FLOPS", 2**22)
+    config = ModelConfig(n_layer=1, n_head=2, n_embd=64, block_size=64, vocab_size=5000)  # the LM head: 2 x 512 x 64 x 5000 FLOPs
+    result = peak.measure_matmul_peak(config, 8, torch.device("cpu"), torch.float32, repeats=1)
+    pairs = list(zip(made[::2], made[1::2]))  # (rows, cols, transposed, batch) of a, then of b
+    assert pairs and all(2 * a[3] * a[0] * a[1] * b[1] <= 2**22 for a, b in pairs)
+    assert 0 < result.gflops <= result.best_gflops

@@ -10,13 +10,16 @@ product in float32 says little: the products timed here are the step's own
 
 from __future__ import annotations
 
+import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from .config import ModelConfig
-from .params import step_products
+from .params import Product, step_products
+
+TIMED_FLOPS = 2**35  # a product larger than this (34 GFLOP) is timed on a part of it
 
 
 @dataclass(frozen=True)
@@ -47,22 +50,13 @@ def measure_matmul_peak(config: ModelConfig, batch_size: int, device: torch.devi
     """Time each distinct product of a training step (best of `repeats`, after one untimed) in
     `dtype` on `device`: plain `a @ b`, with the operands laid out as autograd passes them."""
     sync = {"cuda": torch.cuda.synchronize, "mps": getattr(torch, "mps", None) and torch.mps.synchronize}.get(device.type) or (lambda: None)
-    timed: dict[tuple, float] = {}
+    timed: dict[Product, float] = {}
     total_flops = total_seconds = 0.0
     best = (0.0, "")
     for p in step_products(config, batch_size):
-        key = (p.batch, p.m, p.k, p.n, p.a_t, p.b_t)
+        key = replace(p, name="", count=1)
         if key not in timed:
-            a = _operand(p.m, p.k, p.a_t, p.batch, device, dtype)
-            b = _operand(p.k, p.n, p.b_t, p.batch, device, dtype)
-            times = []
-            for _ in range(repeats + 1):
-                sync()
-                t0 = time.perf_counter()
-                a @ b
-                sync()
-                times.append(time.perf_counter() - t0)
-            timed[key] = min(times[1:])
+            timed[key] = _product_seconds(p, device, dtype, repeats, sync)
             rate = p.flops / timed[key] / 1e9
             if rate > best[0]:
                 shape = f"({p.m}, {p.k}) @ ({p.k}, {p.n})" + (f" x {p.batch}" if p.batch > 1 else "")
@@ -70,3 +64,24 @@ def measure_matmul_peak(config: ModelConfig, batch_size: int, device: torch.devi
         total_flops += p.count * p.flops
         total_seconds += p.count * timed[key]
     return MatmulPeak(str(dtype).removeprefix("torch."), total_flops / total_seconds / 1e9, *best)
+
+
+def _product_seconds(p: Product, device: torch.device, dtype: torch.dtype, repeats: int, sync) -> float:
+    """Seconds of product `p`. One past TIMED_FLOPS (GPT-2's LM head over 4,096 tokens: 316
+    GFLOP) is timed on a part, its largest side halved until it fits, and scaled up: at these
+    sizes the rate no longer depends on the size, and the time and memory stay bounded."""
+    sides = {"batch": p.batch, "m": p.m, "k": p.k, "n": p.n}
+    while 2 * math.prod(sides.values()) > TIMED_FLOPS:
+        largest = max(sides, key=sides.__getitem__)
+        sides[largest] //= 2
+    part = replace(p, **sides)
+    a = _operand(part.m, part.k, part.a_t, part.batch, device, dtype)
+    b = _operand(part.k, part.n, part.b_t, part.batch, device, dtype)
+    times = []
+    for _ in range(repeats + 1):
+        sync()
+        t0 = time.perf_counter()
+        a @ b
+        sync()
+        times.append(time.perf_counter() - t0)
+    return min(times[1:]) * p.flops / part.flops
