@@ -38,9 +38,10 @@ class MatmulPeak:
         return {"dtype": self.dtype, "gflops": self.gflops, "best_gflops": self.best_gflops, "best_shape": self.best_shape}
 
 
-def _operand(rows: int, cols: int, transposed: bool, batch: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+def _operand(rows: int, cols: int, transposed: bool, batch: int, device: torch.device, dtype: torch.dtype,
+             generator: torch.Generator) -> torch.Tensor:
     shape = (batch, cols, rows) if transposed else (batch, rows, cols)
-    t = torch.randn(shape, device=device, dtype=dtype)
+    t = torch.randn(shape, device=device, dtype=dtype, generator=generator)
     t = t.transpose(1, 2) if transposed else t
     return t[0] if batch == 1 else t
 
@@ -75,8 +76,9 @@ def _product_seconds(p: Product, device: torch.device, dtype: torch.dtype, repea
         largest = max(sides, key=sides.__getitem__)
         sides[largest] //= 2
     part = replace(p, **sides)
-    a = _operand(part.m, part.k, part.a_t, part.batch, device, dtype)
-    b = _operand(part.k, part.n, part.b_t, part.batch, device, dtype)
+    generator = torch.Generator(device).manual_seed(0)  # values of its own: the process's generators stay untouched
+    a = _operand(part.m, part.k, part.a_t, part.batch, device, dtype, generator)
+    b = _operand(part.k, part.n, part.b_t, part.batch, device, dtype, generator)
     times = []
     for _ in range(repeats + 1):
         sync()
