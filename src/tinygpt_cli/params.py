@@ -129,7 +129,6 @@ def activation_bytes(config: ModelConfig, batch_size: int) -> int:
     return 4 * batch_size * c.block_size * per_token
 
 
-
 @dataclass(frozen=True)
 class Product:
     """One matrix product of a training step: `batch` products of (m, k) by (k, n), `count`
