@@ -2,7 +2,9 @@
 
 1. The baby preset's training step (6/6/384, block 256, batch 64, dropout 0.2), the real step
    (Trainer.train_step) in the default precision: with tinygpt's dropout, with torch's
-   F.dropout in its place (what tinygpt did before), and with dropout 0; with --nanogpt-dir,
+   F.dropout in its place (what tinygpt did before, on a CPU with fast bfloat16 like the one
+   measured; on a float32-only CPU attention took the fused kernel then, not this variant's
+   by-hand path), and with dropout 0; with --nanogpt-dir,
    nanoGPT's own train.py on its baby config (float32 on a CPU, compile off), its printed
    per-iteration times. Alternated, so that the machine's drifts hit all alike.
 2. The peak: what the step's own matrix products reach on this machine (tinygpt_cli/peak.py), in
@@ -42,7 +44,7 @@ from common import TINYGPT, clean_env, report, run_process
 from tinygpt_cli.config import resolve_config
 from tinygpt_cli.params import param_report
 from tinygpt_cli.peak import measure_matmul_peak
-from tinygpt_cli.runs.bench import time_steps, training_step_fn
+from tinygpt_cli.runs.bench import time_steps, training_step_fn, warm_up
 from tinygpt_cli.system.devices import pick_dtype
 from tinygpt_cli.system.process import init_process
 
@@ -61,7 +63,7 @@ def step_variants(threads) -> dict:
     for name, (fn, p) in variants.items():
         model_module.dropout = fn
         steps[name] = (fn, training_step_fn(resolve_config("baby", None, {**BABY, "dropout": p}), threads=threads))
-        steps[name][1]()  # warm-up
+        warm_up(steps[name][1])
     model_module.dropout = OURS
     return steps
 

@@ -226,6 +226,7 @@ def test_cpu_dropout_draws_from_torchs_generator_and_is_off_outside_training():
     assert torch.equal(dropout(x, 0.3, training=True), a)  # same seed, same mask: resume depends on it
     assert not torch.equal(dropout(x, 0.3, training=True), a)  # the generator moved on
     assert dropout(x, 0.3, training=False) is x and dropout(x, 0.0, training=True) is x
+    assert dropout(x, 1e-6, training=True) is x  # p under 2^-17: all kept (the threshold past int16's range)
     x.requires_grad_(True)
     torch.manual_seed(3)
     dropout(x, 0.3, training=True).sum().backward()

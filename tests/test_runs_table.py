@@ -56,7 +56,7 @@ def make_run(root: Path, name: str, status: dict | None, val_losses=(3.0, 2.5), 
 def runs_root(tmp_path) -> Path:
     root = tmp_path / "runs"
     make_run(root, "a-finished", {"status": "finished", "iteration": 100, "max_iters": 100, "best_val_loss": 2.5, "elapsed": 12.0,
-                                  "matmul_peak": {"dtype": "float32", "gflops": 0.5, "best_gflops": 1.0, "best_shape": "x"}},
+                                  "matmul_peak": {"dtype": "float32", "gflops": 0.5, "best_gflops": 1.0, "best_shape": "x", "processes": 2}},
              val_losses=(3.0, 2.7, 2.5))
     make_run(root, "b-stopped", {"status": "stopped", "iteration": 50, "max_iters": 100, "best_val_loss": 2.9, "elapsed": 5.0},
              val_losses=(3.1, 2.9), n_layer=4, learning_rate=3e-3)
@@ -84,7 +84,8 @@ def test_summaries_of_each_kind_of_run(runs_root):
     assert (a.status, a.iteration, a.max_iters, a.best_val_loss, a.elapsed) == ("finished", 100, 100, 2.5, 12.0)
     assert a.n_params == param_report(build_config(BASE).model).total
     assert a.tokens_per_s == pytest.approx(2000.0)  # the median of the step records after the first window
-    assert a.utilisation == pytest.approx(2000.0 * param_report(build_config(BASE).model).flops_per_token() / 1e9 / 0.5)
+    # Two processes (torchrun) measured 0.5 GFLOP/s each; the logged tokens/s are both of theirs.
+    assert a.utilisation == pytest.approx(2000.0 * param_report(build_config(BASE).model).flops_per_token() / 1e9 / (2 * 0.5))
     assert runs["b-stopped"].utilisation is None  # its run.json has no peak (written before tinygpt measured one)
     assert runs["b-stopped"].status == "stopped"
     assert runs["c-crashed"].status == "crashed"  # says running, but its pid is dead
@@ -94,6 +95,14 @@ def test_summaries_of_each_kind_of_run(runs_root):
     assert fields == ["n_layer", "learning_rate"]
     assert runs["b-stopped"].differing == {"n_layer": 4, "learning_rate": 3e-3}
     assert runs["d-corrupt"].differing == {}
+
+
+@pytest.mark.parametrize("peak", [[1.0], {"gflops": -1.0}, {"gflops": 0}, {"gflops": "fast"}, {"gflops": 1.0, "processes": 0},
+                                  {"gflops": 1.0, "processes": "two"}])
+def test_a_peak_that_is_no_peak_gives_no_utilisation(tmp_path, peak):
+    path = make_run(tmp_path, "odd", {"status": "finished", "iteration": 100, "max_iters": 100, "matmul_peak": peak})
+    summary = read_summary(path)
+    assert summary.status == "finished" and summary.tokens_per_s and summary.utilisation is None
 
 
 def test_running_with_a_live_pid_stays_running(tmp_path):

@@ -215,7 +215,8 @@ class TrainingRun:
         """run.json, with the CPU threads in use (they change with the machine's load)."""
         threads, peak = self.trainer.threads, self.matmul_peak
         self.run.write_status(status, **fields, **({"threads": threads.describe()} if threads is not None else {}),
-                              **({"matmul_peak": peak.to_dict()} if peak is not None else {}),
+                              # processes: each measured its own; the logged tokens/s are all of theirs together
+                              **({"matmul_peak": {**peak.to_dict(), "processes": self.trainer.world_size}} if peak is not None else {}),
                               **({"data_changes": self.data_changes} if self.data_changes else {}))
 
     def _write_running(self) -> None:
@@ -272,14 +273,16 @@ class TrainingRun:
 
     def _fit(self) -> TrainResult:
         t = self.trainer
-        # What this machine's matrix products reach at the model's shapes (a second for the baby
-        # GPT on a CPU): `runs` puts the steps' speed against it.
-        self.matmul_peak = measure_matmul_peak(t.config.model, t.config.train.batch_size, t.device, t.dtype, repeats=2)
         self.reporter.on_start(self.start_info())
         self._write_running()
         # Under torchrun an evaluation runs to its end on every rank (they finish it together).
         cut_short = lambda: self.trainer.evaluating and not self.trainer.dist.enabled  # noqa: E731
         with StopSignals(lambda signum: self.reporter.on_stop_requested(signum, cut_short())) as self.signals:
+            # What the matrix products reach at the model's shapes here (a second for the baby GPT
+            # on a CPU; a stop asked meanwhile is taken before the first step): `runs` puts the
+            # steps' speed against it.
+            self.matmul_peak = measure_matmul_peak(t.config.model, t.config.train.batch_size, t.device, t.dtype, repeats=2)
+            self._write_running()
             try:
                 finished = self.trainer.fit(self)
             except NonFiniteLoss as e:

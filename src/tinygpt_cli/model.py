@@ -102,6 +102,8 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
         return F.dropout(x, p, True)
     levels = 1 << DROPOUT_BITS
     kept = max(1, round((1 - p) * levels))
+    if kept == levels:  # p under 2^-17: every value kept
+        return x
     words = torch.empty((x.numel() + 3) // 4, dtype=torch.int64).random_(-(2**63), 2**63 - 1)  # 64 uniform bits each
     bits = words.view(torch.int16)[: x.numel()].view(x.shape)  # uniform in [-2^15, 2^15)
     mask = (bits < kept - levels // 2).to(x.dtype).mul_(levels / kept)  # 2^16/k or 0, in x's type

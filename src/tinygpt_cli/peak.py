@@ -48,8 +48,8 @@ def _operand(rows: int, cols: int, transposed: bool, batch: int, device: torch.d
 
 def measure_matmul_peak(config: ModelConfig, batch_size: int, device: torch.device, dtype: torch.dtype,
                         repeats: int = 3) -> MatmulPeak:
-    """Time each distinct product of a training step (best of `repeats`, after one untimed) in
-    `dtype` on `device`: plain `a @ b`, with the operands laid out as autograd passes them."""
+    """Time each distinct product of a training step (the best of `repeats` samples, after an
+    untimed call) in `dtype` on `device`: plain `a @ b`, with the operands laid out as autograd passes them."""
     sync = {"cuda": torch.cuda.synchronize, "mps": getattr(torch, "mps", None) and torch.mps.synchronize}.get(device.type) or (lambda: None)
     timed: dict[Product, float] = {}
     total_flops = total_seconds = 0.0
@@ -79,11 +79,15 @@ def _product_seconds(p: Product, device: torch.device, dtype: torch.dtype, repea
     generator = torch.Generator(device).manual_seed(0)  # values of its own: the process's generators stay untouched
     a = _operand(part.m, part.k, part.a_t, part.batch, device, dtype, generator)
     b = _operand(part.k, part.n, part.b_t, part.batch, device, dtype, generator)
-    times = []
-    for _ in range(repeats + 1):
+    def seconds(calls: int) -> float:  # of one call, timed over `calls` queued back to back
         sync()
         t0 = time.perf_counter()
-        a @ b
+        for _ in range(calls):
+            a @ b
         sync()
-        times.append(time.perf_counter() - t0)
-    return min(times[1:]) * p.flops / part.flops
+        return (time.perf_counter() - t0) / calls
+
+    # Enough calls a sample for a millisecond: a GPU's short kernels are then timed as a step
+    # queues them, not each with a launch and a synchronisation of its own.
+    calls = min(1000, math.ceil(1e-3 / max(seconds(1), 1e-9)))
+    return min(seconds(calls) for _ in range(repeats)) * p.flops / part.flops

@@ -163,8 +163,10 @@ def read_summary(path: Path, name: str | None = None) -> RunSummary:
         summary.iteration = status.get("iteration") if isinstance(status.get("iteration"), int) else None
         summary.best_val_loss = finite_number(status.get("best_val_loss"))
         summary.elapsed = finite_number(status.get("elapsed"))
-        peak = status.get("matmul_peak")
-        summary.matmul_peak_gflops = finite_number(peak.get("gflops")) if isinstance(peak, dict) else None
+        peak = status.get("matmul_peak") if isinstance(status.get("matmul_peak"), dict) else {}
+        gflops, processes = finite_number(peak.get("gflops")), peak.get("processes", 1)
+        if gflops is not None and gflops > 0 and isinstance(processes, int) and processes >= 1:
+            summary.matmul_peak_gflops = gflops * processes  # torchrun: every process's products together
         final = status.get("final_eval") if summary.status == "finished" else None
         if isinstance(final, dict):
             summary.final_val_loss = finite_number(final.get("val_loss"))
