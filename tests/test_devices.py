@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import subprocess
@@ -34,6 +35,24 @@ def test_cpu_probe_without_torchs_private_checks_says_no(monkeypatch):
     monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
     monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
     assert devices.cpu_has_fast_bfloat16() is False
+
+
+@pytest.mark.parametrize("bf16, expected", [(True, torch.bfloat16), (False, torch.float16)])
+def test_auto_dtype_on_a_gpu_is_float16_where_bfloat16_is_only_emulated(monkeypatch, bf16, expected):
+    """A T4 (Colab's free GPU) has no bfloat16: auto trains there in float16, with loss scaling."""
+    monkeypatch.setattr(devices, "cuda_has_bfloat16", lambda device: bf16)
+    assert pick_dtype("auto", torch.device("cuda")) == expected
+
+
+@pytest.mark.parametrize("capability_8, emulated", [(True, True), (False, True), (False, False)])
+def test_gpu_probe_does_not_count_emulated_bfloat16(monkeypatch, capability_8, emulated):
+    """torch.cuda.is_bf16_supported() says yes on a T4 (it can emulate bfloat16) unless asked not to."""
+    def is_bf16_supported(including_emulation=True):
+        return capability_8 or (including_emulation and emulated)
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    assert devices.cuda_has_bfloat16(torch.device("cuda")) is capability_8
 
 
 def test_unknown_names_are_usage_errors():

@@ -42,13 +42,14 @@ def val_losses(run) -> list[tuple[int, float]]:
     return [(r["iter"], r["val_loss"]) for r in RunDir(run).read_metrics() if "val_loss" in r]
 
 
-def test_a_bfloat16_step_is_finite_and_close_to_float32(tiny_dataset):
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])  # float16: what auto picks on a T4
+def test_a_reduced_precision_step_is_finite_and_close_to_float32(tiny_dataset, dtype):
     losses = {}
-    for dtype in ("float32", "bfloat16"):
-        trainer = Trainer(tiny_config(tiny_dataset, device=DEVICE, dtype=dtype), load_dataset(tiny_dataset))
-        losses[dtype] = [trainer.train_step().item() for _ in range(5)]
-    assert all(math.isfinite(loss) for loss in losses["bfloat16"])
-    assert losses["bfloat16"] == pytest.approx(losses["float32"], rel=0.02)
+    for name in ("float32", dtype):
+        trainer = Trainer(tiny_config(tiny_dataset, device=DEVICE, dtype=name), load_dataset(tiny_dataset))
+        losses[name] = [trainer.train_step().item() for _ in range(5)]
+    assert all(math.isfinite(loss) for loss in losses[dtype])
+    assert losses[dtype] == pytest.approx(losses["float32"], rel=0.02)
 
 
 def test_compile_trains(tiny_dataset, tmp_path):
@@ -80,8 +81,9 @@ def test_a_checkpoint_saved_on_the_device_loads_and_samples_on_a_cpu(tiny_datase
     assert len(text) == 30
 
 
-def test_a_stopped_run_resumes_on_the_device_from_the_same_step(tiny_dataset, tmp_path):
-    config = tiny_config(tiny_dataset, device=DEVICE, max_iters=40, eval_interval=10)
+@pytest.mark.parametrize("dtype", ["auto", "float16"])  # float16: its loss scale comes back too
+def test_a_stopped_run_resumes_on_the_device_from_the_same_step(tiny_dataset, tmp_path, dtype):
+    config = tiny_config(tiny_dataset, device=DEVICE, max_iters=40, eval_interval=10, dtype=dtype)
     train_new(config, tmp_path / "whole")
     with pytest.raises(TrainingStopped):
         train_new(config, tmp_path / "part", signal_at_step(20, signal.SIGINT))

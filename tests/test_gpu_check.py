@@ -25,9 +25,11 @@ def test_the_gpu_check_dry_run_runs_every_stage(tmp_path):
     stages = results["stages"]
     assert results["dry_run"] and list(stages) == ["machine", "tests", "tinygpt", "nanogpt", "sampling"]
     assert {name for name, s in stages.items() if s["status"] != "ok"} <= ({"nanogpt"} if nanogpt is None else set())
-    assert [c["outcome"] for c in stages["tests"]["tests"]] == ["passed"] * 6
-    for recipe in stages["tinygpt"]["recipes"].values():
+    assert [c["outcome"] for c in stages["tests"]["tests"]] == ["passed"] * 8
+    recipes = stages["tinygpt"]["recipes"]
+    for recipe in recipes.values():
         assert recipe["curve"] and recipe["curve"][0]["iter"] == 0 and recipe["process_wall_s"] > 0
+    assert [name for name, r in recipes.items() if "--dtype float16" in r["command"]] == ["tinygpt fast in float16 (auto on a T4)"]
     if nanogpt:
         assert stages["nanogpt"]["curve"][0]["iter"] == 0
     assert {(r["batch"], r["kv_cache"]) for r in stages["sampling"]["rows"]} == {(1, True), (1, False), (16, True), (16, False)}

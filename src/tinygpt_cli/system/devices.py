@@ -69,11 +69,18 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
         raise UsageError(f"unknown dtype {name!r}: choose from {', '.join(DTYPES)}")
     if name == "auto":
         if device.type == "cuda":
-            bf16 = torch.cuda.is_bf16_supported()
-        else:
-            bf16 = device.type == "cpu" and cpu_has_fast_bfloat16()
-        return torch.bfloat16 if bf16 else torch.float32
+            return torch.bfloat16 if cuda_has_bfloat16(device) else torch.float16
+        return torch.bfloat16 if device.type == "cpu" and cpu_has_fast_bfloat16() else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def cuda_has_bfloat16(device: torch.device) -> bool:
+    """Whether the GPU multiplies bfloat16 in hardware (compute capability 8.0 on: A100, RTX 30xx,
+    H100). Older cards (a T4, a V100) only emulate it, slowly, so `auto` trains there in float16
+    with loss scaling (train.py's GradScaler). torch's is_bf16_supported() counts emulation as
+    support unless told not to."""
+    with torch.cuda.device(device):
+        return torch.cuda.is_bf16_supported(including_emulation=False)
 
 
 def cpu_has_fast_bfloat16() -> bool:
