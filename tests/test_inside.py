@@ -175,22 +175,19 @@ def test_the_commands_read_a_bpe_run(run_cli, tmp_path):
     assert len(shown["embeddings"]["tokens"]) == len(shown["embeddings"]["coordinates"]) == 300
 
 
-def test_a_map_of_thousands_of_tokens_labels_the_most_frequent_and_tells_the_untrained_apart(tmp_path, monkeypatch):
+def test_a_map_of_thousands_of_tokens_labels_the_most_frequent_and_tells_the_untrained_apart():
     """A 4,096-token BPE labelled token by token is one black blot; its byte tokens that the text
     never holds form a cluster that nothing explained."""
     pytest.importorskip("matplotlib")
     import tinygpt_cli.inside.pictures as pictures
 
-    saved = {}
-    monkeypatch.setattr(pictures, "save_png", lambda fig, path: saved.setdefault("fig", fig))
     rng = np.random.default_rng(0)
     n = 4096
     counts = rng.integers(1, 1000, n)
     counts[:200] = 0  # never in the text
     counts[300] = 10**6  # the most frequent of all
     labels = [f"t{i}" for i in range(n)]
-    pictures.embedding_map(rng.normal(size=(n, 2)), np.array([0.3, 0.2]), labels, None, tmp_path / "map.png", counts)
-    ax = saved["fig"].axes[0]
+    ax = pictures.embedding_map(rng.normal(size=(n, 2)), np.array([0.3, 0.2]), labels, None, counts).figure.axes[0]
     annotated = [t.get_text() for t in ax.texts]
     assert len(annotated) == pictures.MAP_LABELS and "t300" in annotated
     assert not {f"t{i}" for i in range(200)} & set(annotated)  # an untrained token is never among the most frequent

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from tinygpt_cli.config import build_config
 from tinygpt_cli.errors import TinyGPTError
-from tinygpt_cli.runs.plots import in_bits_per_byte, loss_series, plot_runs, require_matplotlib, save_png, terminal_curve
+from tinygpt_cli.runs.plots import in_bits_per_byte, loss_series, plot_runs, require_matplotlib, terminal_curve
 
 pytest.importorskip("matplotlib")
 from matplotlib.lines import Line2D  # noqa: E402
@@ -35,13 +35,13 @@ def records(n_evals: int = 4, every: int = 50, start: float = 4.0, with_steps: b
     return out
 
 
-def lines(fig) -> list[Line2D]:
-    return [a for a in fig.axes[0].get_children() if isinstance(a, Line2D) and a.get_label() and not a.get_label().startswith("_")]
+def lines(picture) -> list[Line2D]:
+    return [a for a in picture.figure.axes[0].get_children() if isinstance(a, Line2D) and a.get_label() and not a.get_label().startswith("_")]
 
 
 def test_one_run_has_a_train_and_a_val_curve():
-    fig = plot_runs([("run", records())])
-    curves = lines(fig)
+    picture = plot_runs([("run", records())])
+    curves = lines(picture)
     assert [c.get_label() for c in curves] == ["train", "val (estimates)"]
     train, val = curves
     assert list(val.get_xdata()) == [0, 50, 100, 150]
@@ -50,14 +50,14 @@ def test_one_run_has_a_train_and_a_val_curve():
 
 def test_several_runs_overlay_with_labels_and_time_axis():
     runs = [("n_layer=2", records()), ("n_layer=4", records(start=3.0)), ("no evals yet", records(1, with_steps=False)[:0])]
-    fig = plot_runs(runs, x="time")
-    curves = lines(fig)
+    picture = plot_runs(runs, x="time")
+    curves = lines(picture)
     assert len(curves) == 4  # the run with no records adds none
     assert {c.get_label() for c in curves} == {"n_layer=2 (train)", "n_layer=2 (val)", "n_layer=4 (train)", "n_layer=4 (val)"}
-    assert "wall time" in fig.axes[0].get_xlabel()
+    assert "wall time" in picture.figure.axes[0].get_xlabel()
     val = next(c for c in curves if c.get_label() == "n_layer=2 (val)")
     assert list(val.get_xdata()) == [0, 10, 20, 30]  # elapsed seconds
-    legend = fig.axes[0].get_legend()
+    legend = picture.figure.axes[0].get_legend()
     assert legend is not None and len(legend.get_texts()) == 4
 
 
@@ -67,12 +67,14 @@ def test_train_curve_falls_back_to_eval_estimates():
 
 
 def test_png_file_is_valid(tmp_path):
-    path = save_png(plot_runs([("a", records()), ("b", records(start=2))]), tmp_path / "sub" / "loss.png")
+    picture = plot_runs([("a", records()), ("b", records(start=2))])
+    path = picture.save(tmp_path / "sub" / "loss.png")
     data = path.read_bytes()
     assert data.startswith(PNG_MAGIC) and data[12:16] == b"IHDR"
     width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
     assert width > 300 and height > 200
     assert not list(tmp_path.rglob("*.tmp"))
+    assert picture._repr_png_() == data  # what a notebook shows inline is the file's picture
 
 
 def test_missing_matplotlib_is_a_clear_error(monkeypatch):
@@ -167,8 +169,8 @@ def test_losses_in_bits_per_byte_use_the_logged_ratio():
             if key in before:
                 assert after[key] == pytest.approx(before[key] * factor)
     assert in_bits_per_byte(records()) is None  # an older log: nothing to convert with
-    fig = plot_runs([("bpe", converted)], y_label="bits per byte")
-    assert fig.axes[0].get_ylabel() == "bits per byte"
+    picture = plot_runs([("bpe", converted)], y_label="bits per byte")
+    assert picture.figure.axes[0].get_ylabel() == "bits per byte"
 
 
 def test_plot_command_without_matplotlib(run_cli, tmp_path):

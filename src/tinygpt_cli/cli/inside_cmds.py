@@ -102,7 +102,7 @@ def attention(
     if png is not None:
         from ..inside.pictures import attention_grid
 
-        attention_grid(weights, labels, png)
+        attention_grid(weights, labels).save(png)
     if as_json:
         print_json({"tokens": labels, "ids": ids, "weights": weights.tolist(), **({"png": str(png)} if png else {})})
         return
@@ -184,9 +184,9 @@ def surprise(
     report = result.report(tokenizer)
     labels = report["tokens"]
     if html is not None:
-        from ..inside.pictures import surprise_html
+        from ..inside.pictures import surprise_page
 
-        surprise_html(labels, result.losses, result.loss, result.bits_per_byte, html)
+        surprise_page(labels, result.losses, result.loss, result.bits_per_byte).save(html)
     if as_json:
         print_json(report | ({"html": str(html)} if html else {}))
         return
@@ -228,7 +228,7 @@ def embeddings(
     if png is not None:
         from ..inside.pictures import embedding_map
 
-        embedding_map(coords, explained, labels, positions, png, training_counts(ckpt))
+        embedding_map(coords, explained, labels, positions, training_counts(ckpt)).save(png)
     if as_json:
         print_json(report | ({"png": str(png)} if png else {}))
         return

@@ -110,7 +110,7 @@ def plot(
     """
     from ..errors import TinyGPTError
     from ..rundir import resolve_run
-    from ..runs.plots import check_x_axis, in_bits_per_byte, plot_runs, require_matplotlib, save_png
+    from ..runs.plots import check_x_axis, in_bits_per_byte, plot_runs, require_matplotlib
     from ..runs.table import run_paths, summarize_runs
 
     if old_out is not None:
@@ -146,9 +146,9 @@ def plot(
             print_curve(records, label)
         return
     target = out_path or (summaries[0].path / "loss.png" if len(summaries) == 1 else Path("loss.png"))
-    fig = plot_runs(series, x=x, title=title, y_label="bits per byte" if bits_per_byte else "loss (cross-entropy, nats per token)")
-    save_png(fig, target)
-    curves = [line for line in fig.axes[0].get_lines() if line.get_linestyle() != "None"]  # not the final evaluations' stars
+    picture = plot_runs(series, x=x, title=title, y_label="bits per byte" if bits_per_byte else "loss (cross-entropy, nats per token)")
+    picture.save(target)
+    curves = [line for line in picture.figure.axes[0].get_lines() if line.get_linestyle() != "None"]  # not the final evaluations' stars
     out.print(f"wrote {target} ({len(curves)} curves, {len(series)} run{'s' * (len(series) > 1)})", markup=False)
 
 
@@ -298,13 +298,13 @@ def sweep(
 def _sweep_summary(plan, result, as_json: bool) -> None:
     """The comparison table (best first) and sweep.png in the sweep folder."""
     from ..errors import TinyGPTError
-    from ..runs.plots import plot_runs, save_png
+    from ..runs.plots import plot_runs
     from ..runs.table import sort_runs, summarize_runs
 
     summaries, fields = summarize_runs([c.path for c in plan.cells], plan.out)
     png: Path | None = plan.out / "sweep.png"
     try:
-        save_png(plot_runs([s for s in _labelled(summaries, fields) if s[1]], title=f"sweep {plan.out.name}"), png)
+        plot_runs([s for s in _labelled(summaries, fields) if s[1]], title=f"sweep {plan.out.name}").save(png)
     except TinyGPTError as e:
         err.print(f"no sweep.png: {e.message}" + (f" ({render_hint(e.hint)})" if e.hint else ""), markup=False)
         png = None

@@ -1,18 +1,18 @@
-"""Files that show a model's inside: attention grids and embedding maps as PNG (matplotlib, the
-`plot` extra, imported only here and only when asked for), and surprise as a standalone HTML page.
+"""Pictures of a model's inside: attention grids and embedding maps (matplotlib, the `plot`
+extra, imported only here and only when asked for), and surprise as coloured HTML. Each comes
+back as an object that a notebook shows inline and that saves as a file (runs/plots.py).
 """
 
 from __future__ import annotations
 
-import html as html_escape
-from pathlib import Path
+import html
 
 import numpy as np
 
-from ..runs.plots import require_matplotlib, save_png, write_output
+from ..runs.plots import Page, Picture, require_matplotlib
 
 
-def attention_grid(weights: np.ndarray, labels: list[str], path: Path) -> None:
+def attention_grid(weights: np.ndarray, labels: list[str]) -> Picture:
     """Every layer (rows) and head (columns), the prompt's tokens on both axes."""
     require_matplotlib()
     from matplotlib.figure import Figure
@@ -29,14 +29,14 @@ def attention_grid(weights: np.ndarray, labels: list[str], path: Path) -> None:
             ax.set_xticks(range(T), labels, fontsize=6, rotation=90)
             ax.set_yticks(range(T), labels, fontsize=6)
     fig.suptitle("attention: each row is a token looking back at the columns")
-    save_png(fig, path)
+    return Picture(fig)
 
 
 MAP_LABELS = 150  # tokens labelled on the map at most: more make one black blot
 
 
-def embedding_map(coords: np.ndarray, explained: np.ndarray, labels: list[str], positions: np.ndarray | None, path: Path,
-                  counts: np.ndarray | None = None) -> None:
+def embedding_map(coords: np.ndarray, explained: np.ndarray, labels: list[str], positions: np.ndarray | None,
+                  counts: np.ndarray | None = None) -> Picture:
     """The tokens on the embeddings' two principal axes; beside it, with learned positions, the
     cosine similarity of every pair of position embeddings. With the training text's token
     `counts`, the MAP_LABELS most frequent tokens are labelled, and the tokens the text never
@@ -70,23 +70,17 @@ def embedding_map(coords: np.ndarray, explained: np.ndarray, labels: list[str], 
         axes[1].set_xlabel("position")
         axes[1].set_ylabel("position")
         fig.colorbar(image, ax=axes[1], shrink=0.8)
-    save_png(fig, path)
+    return Picture(fig)
 
 
-def surprise_html(tokens: list[str], losses: np.ndarray, loss: float, bits_per_byte: float, path: Path) -> None:
+def surprise_page(tokens: list[str], losses: np.ndarray, loss: float, bits_per_byte: float) -> Page:
     """The text with each token's background as red as the model's loss there (the first token
     is context only); the loss shows on hover."""
     scale = max(float(losses.max()), 1e-9)
-    spans = [f"<span>{html_escape.escape(tokens[0])}</span>"]
+    spans = [f"<span>{html.escape(tokens[0])}</span>"]
     for token, value in zip(tokens[1:], losses):
         spans.append(f'<span title="{value:.3f} nats" style="background: rgba(220, 30, 30, {0.85 * value / scale:.3f})">'
-                     f"{html_escape.escape(token)}</span>")
-    page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>surprise, by tinygpt</title>
-<style>body {{ font-family: sans-serif; max-width: 60em; margin: 2em auto; }}
-pre {{ white-space: pre-wrap; font-size: 15px; line-height: 1.5; }}</style></head>
-<body><p>{len(losses):,} tokens scored: loss {loss:.4f} nats per token, {bits_per_byte:.3f} bits per byte.
+                     f"{html.escape(token)}</span>")
+    return Page("surprise, by tinygpt", f"""<p>{len(losses):,} tokens scored: loss {loss:.4f} nats per token, {bits_per_byte:.3f} bits per byte.
 Redder means more surprised (up to {scale:.2f} nats); hover a token for its loss.</p>
-<pre>{"".join(spans)}</pre></body></html>
-"""
-    write_output(path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
+<pre style="white-space: pre-wrap; font-size: 15px; line-height: 1.5">{"".join(spans)}</pre>""")

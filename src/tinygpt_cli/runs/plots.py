@@ -9,6 +9,8 @@ split, drawn as a star.
 
 from __future__ import annotations
 
+import html
+import io
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -71,13 +73,58 @@ def in_bits_per_byte(records: list[dict[str, Any]]) -> list[dict[str, Any]] | No
     return [{**r, **{k: r[k] * factor for k in LOSS_FIELDS if finite_number(r.get(k)) is not None}} for r in records]
 
 
-def plot_runs(runs: list[tuple[str, list[dict[str, Any]]]], x: str = "iter", title: str | None = None,
-              y_label: str = "loss (cross-entropy, nats per token)"):
-    """A matplotlib Figure with a train (dashed) and a val (solid) curve per run that has them.
+class Picture:
+    """A matplotlib figure that a notebook shows inline (Jupyter asks for `_repr_png_`) and that
+    `save` writes as a PNG file. `figure` is the matplotlib Figure, to change or save otherwise.
 
-    `runs` holds (label, metrics records) pairs. Uses the object-oriented API only (no pyplot),
-    so no window system and no global figure state are involved.
-    """
+    Only the object-oriented API is used (no pyplot), so no window system and no global figure
+    state are involved, and nothing is drawn twice in a notebook."""
+
+    DPI = 110
+
+    def __init__(self, figure) -> None:
+        self.figure = figure
+
+    def png(self) -> bytes:
+        buffer = io.BytesIO()
+        self.figure.savefig(buffer, format="png", dpi=self.DPI)
+        return buffer.getvalue()
+
+    def _repr_png_(self) -> bytes:
+        return self.png()
+
+    def save(self, path: str | Path) -> Path:
+        """Write the PNG to `path`, atomically."""
+        return write_output(path, lambda tmp: tmp.write_bytes(self.png()))
+
+
+class Page:
+    """An HTML picture (coloured text): inline in a notebook (`_repr_html_`), or `save`d as a
+    standalone page."""
+
+    def __init__(self, title: str, body: str) -> None:
+        self.title, self.body = title, body
+
+    def _repr_html_(self) -> str:
+        return self.body
+
+    def html(self) -> str:
+        return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{html.escape(self.title)}</title>
+<style>body {{ font-family: sans-serif; max-width: 60em; margin: 2em auto; }}</style></head>
+<body>{self.body}</body></html>
+"""
+
+    def save(self, path: str | Path) -> Path:
+        """Write the standalone page to `path`, atomically."""
+        return write_output(path, lambda tmp: tmp.write_text(self.html(), encoding="utf-8"))
+
+
+def plot_runs(runs: list[tuple[str, list[dict[str, Any]]]], x: str = "iter", title: str | None = None,
+              y_label: str = "loss (cross-entropy, nats per token)") -> Picture:
+    """A train (dashed) and a val (solid) curve per run that has them, as a Picture.
+
+    `runs` holds (label, metrics records) pairs."""
     require_matplotlib()
     from matplotlib.figure import Figure
 
@@ -105,7 +152,7 @@ def plot_runs(runs: list[tuple[str, list[dict[str, Any]]]], x: str = "iter", tit
     ax.grid(True, alpha=0.3)
     if ax.get_lines():
         ax.legend(fontsize="small")
-    return fig
+    return Picture(fig)
 
 
 def write_output(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -119,11 +166,6 @@ def write_output(path: str | Path, write: Callable[[Path], None]) -> Path:
     except OSError as e:
         raise TinyGPTError(f"cannot write {path}: {e.strerror or e}", "pass a path in a folder you can write to") from e
     return path
-
-
-def save_png(fig, path: str | Path) -> Path:
-    """Write the figure as a PNG."""
-    return write_output(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
 
 
 def _fmt_loss(v: float) -> str:
