@@ -127,7 +127,7 @@ def predict(
 
     Example: tinygpt predict --run runs/cpu --prompt "ROMEO:" --temperature 0.5 --top-k 5
     """
-    from ..inside.measure import candidates_report, token_labels, top_candidates
+    from ..inside.measure import candidates_report, sampling_settings, token_labels, top_candidates
     from ..inside.measure import predict as distribution
 
     model, ckpt = _load(run, checkpoint, device)
@@ -142,7 +142,6 @@ def predict(
     labels = token_labels(tokenizer, [c.token_id for c in candidates])
     from rich.table import Table
 
-    settings = f"temperature {temperature:g}" + (f", top-k {top_k}" if top_k else "") + (f", top-p {top_p:g}" if top_p is not None else "")
     table = Table(title=f"the next token after {prompt!r}", title_justify="left")
     for col, justify in (("token", "left"), ("model", "right"), ("", "left"), ("generate", "right"), (" ", "left")):
         table.add_column(col, justify=justify, no_wrap=True, min_width=len(col))
@@ -150,7 +149,7 @@ def predict(
         table.add_row(label, f"{c.model_probability:.1%}", "█" * round(c.model_probability * BAR),
                       f"{c.probability:.1%}", "[green]" + "█" * round(c.probability * BAR) + "[/]")
     out.print(table)
-    out.print(f"model: its own probabilities; generate: what generate draws from with {settings}")
+    out.print(f"model: its own probabilities; generate: what generate draws from with {sampling_settings(temperature, top_k, top_p)}")
 
 
 def surprise(

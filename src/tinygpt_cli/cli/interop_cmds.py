@@ -6,23 +6,10 @@ from pathlib import Path
 
 import typer
 
-from .console import out, print_json
+from .console import out, print_json, render_hint
 from .options import CHECKPOINT, JSON, OVERWRITE, RUN, run_named
 
 EXPORT_FORMATS = ("hf",)
-
-
-def _train_command(ckpt) -> str:
-    """The train command line that reproduces a checkpoint's settings: every one that differs
-    from its default, spelled as a flag."""
-    from ..config import FIELD_INFO
-    from ..errors import Command
-    from .console import render_hint
-
-    settings = {**ckpt.model_config.model_dump(), **(ckpt.train_config or {})}
-    options = {name: value for name, value in settings.items()
-               if name in FIELD_INFO and name != "vocab_size" and value != FIELD_INFO[name].default}
-    return render_hint(Command("train", options=options))
 
 
 def export(
@@ -39,6 +26,7 @@ def export(
     """
     from ..checkpoint import load_checkpoint
     from ..errors import UsageError
+    from ..interop.card import train_command
     from ..interop.export import export_hf
     from ..rundir import resolve_checkpoint
 
@@ -52,7 +40,7 @@ def export(
         source, checkpoint = None, source
     checkpoint = resolve_checkpoint(source, checkpoint)
     ckpt = load_checkpoint(checkpoint)
-    result = export_hf(ckpt, checkpoint, folder, _train_command(ckpt), overwrite)
+    result = export_hf(ckpt, checkpoint, folder, render_hint(train_command(ckpt)), overwrite)
     if as_json:
         print_json({"folder": str(result.folder), "checkpoint": str(checkpoint), "architecture": result.architecture,
                     "parameters": result.parameters, "files": result.files})

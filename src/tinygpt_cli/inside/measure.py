@@ -74,6 +74,11 @@ def top_candidates(shaped: np.ndarray, raw: np.ndarray, k: int) -> list[Candidat
     return [Candidate(int(i), float(shaped[i]), float(raw[i])) for i in order]
 
 
+def sampling_settings(temperature: float, top_k: int | None, top_p: float | None) -> str:
+    """The settings that shape what generate draws from, in words."""
+    return f"temperature {temperature:g}" + (f", top-k {top_k}" if top_k else "") + (f", top-p {top_p:g}" if top_p is not None else "")
+
+
 def token_labels(tokenizer: Tokenizer, ids: list[int]) -> list[str]:
     return [token_label(tokenizer, i) for i in ids]
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import Command
 from ..system.fsutil import read_limited
 
 CARD_FILE = "README.md"
@@ -24,3 +25,14 @@ def is_tinygpt_export(folder: Path) -> bool:
         return read_limited(card, 1 << 20).startswith(CARD_HEADER.encode())
     except (OSError, ValueError):  # unreadable, or far larger than a card of ours
         return False
+
+
+def train_command(ckpt) -> Command:
+    """The train command that reproduces a checkpoint's settings, for its model card: every
+    setting that differs from its default."""
+    from ..config import FIELD_INFO
+
+    settings = {**ckpt.model_config.model_dump(), **(ckpt.train_config or {})}
+    options = {name: value for name, value in settings.items()
+               if name in FIELD_INFO and name != "vocab_size" and value != FIELD_INFO[name].default}
+    return Command("train", options=options)

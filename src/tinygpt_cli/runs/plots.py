@@ -93,6 +93,10 @@ class Picture:
     def _repr_png_(self) -> bytes:
         return self.png()
 
+    def __repr__(self) -> str:
+        title = self.figure.get_suptitle() or next((ax.get_title() for ax in self.figure.axes if ax.get_title()), "")
+        return f"<Picture {title!r}: a notebook shows it; .save(path) writes it as a PNG>"
+
     def save(self, path: str | Path) -> Path:
         """Write the PNG to `path`, atomically."""
         return write_output(path, lambda tmp: tmp.write_bytes(self.png()))
@@ -107,6 +111,9 @@ class Page:
 
     def _repr_html_(self) -> str:
         return self.body
+
+    def __repr__(self) -> str:
+        return f"<Page {self.title!r}: a notebook shows it; .save(path) writes it as a web page>"
 
     def html(self) -> str:
         return f"""<!doctype html>
