@@ -78,13 +78,25 @@ def readme_python() -> list[str]:
 
 def test_the_readmes_python_runs(tiny_run, tiny_dataset, tmp_path):
     """The README's library example, on the tiny run and its dataset instead of runs/cpu and tiny Shakespeare."""
-    [code] = [block for block in readme_python() if "tinygpt_cli" in block]
+    [code] = [block for block in readme_python() if "load_model" in block]
     code = code.replace("runs/cpu/best.safetensors", str(tiny_run / "best.safetensors")).replace("data/shakespeare", str(tiny_dataset))
     code = code.replace('"ROMEO:"', '"The "')  # a prompt in the tiny text's vocabulary
     result = subprocess.run([sys.executable, "-c", code], env=cli_env(ONE_THREAD_ENV), capture_output=True, text=True,
                             timeout=120, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert float(result.stdout.strip().splitlines()[-1]) > 0  # bits per byte
+
+
+def test_the_readmes_notebook_example_runs(shakespeare_path, tmp_path):
+    """The README's notebook calls, outside a notebook (they print there), on a tiny model."""
+    [code] = [block for block in readme_python() if "notebook as tg" in block]
+    code = code.replace('tg.prepare_shakespeare("data/shakespeare")', f'tg.prepare_shakespeare("data/shakespeare", source={str(shakespeare_path)!r})')
+    code = code.replace('preset="cpu",', 'preset="cpu", n_layer=1, n_head=2, n_embd=32, max_iters=20, eval_interval=10, eval_iters=2,')
+    result = subprocess.run([sys.executable, "-c", code], env=cli_env(ONE_THREAD_ENV), capture_output=True, text=True,
+                            timeout=120, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "done: 20 iterations" in result.stdout and result.stdout.splitlines()[-1].strip()
+    assert "\nROMEO:" in result.stdout and (tmp_path / "runs" / "cpu" / "best.safetensors").is_file()
 
 
 def test_the_readmes_transformers_example_runs_on_an_export(tiny_run, run_cli, tmp_path):

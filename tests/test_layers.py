@@ -54,7 +54,7 @@ LAYERS = [
     {"inside"},  # looking inside a model (its pictures use the plots' writer)
     {"serving"},  # many clients' answers from one process: the models, the scheduler
     {"server"},  # the web stack over it: the OpenAI API, the playground
-    {"cli", "__main__"},
+    {"cli", "notebook", "__main__"},  # the front ends: the command line, and the notebook's calls
 ]
 
 
