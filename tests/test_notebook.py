@@ -101,3 +101,10 @@ def test_a_picture_shows_and_saves_the_same_png(tiny_run, tmp_path):
     assert picture._repr_png_().startswith(PNG_MAGIC)
     assert picture.save(tmp_path / "a.png").read_bytes() == picture._repr_png_()
     assert "attention" in repr(picture)
+
+
+def test_an_error_in_a_notebook_shows_as_the_command_line_shows_it(capsys):
+    from tinygpt_cli.errors import Command, UsageError
+
+    tg.brief_error(None, UsageError, UsageError("no run folder at runs/x", Command("resume", options={"run": "runs/x"})), None)
+    assert capsys.readouterr().err == "Error: no run folder at runs/x\nTry: tinygpt resume --run runs/x\n"

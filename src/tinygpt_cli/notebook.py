@@ -12,21 +12,23 @@ display that updates in place. examples/tinygpt.ipynb walks through them all.
     print(tg.generate("runs/cpu", "ROMEO:", seed=1))
 
 Every call sets the process as the command line does (system/process.py:init_process), so it runs
-as fast. A training stopped from the notebook (Kernel > Interrupt) saves its last checkpoint;
+as fast, and in a Jupyter kernel our errors show as `Error:` and `Try:` lines (show_errors_briefly). A training stopped from the notebook (Kernel > Interrupt) saves its last checkpoint;
 `tg.resume(run)` goes on from there.
 """
 
 from __future__ import annotations
 
 import html
+import os
 import re
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .conversation import Conversation
-from .errors import TrainingStopped
+from .errors import TinyGPTError, TrainingStopped
 from .lifecycle import StartInfo, TrainingReporter, TrainResult
 from .runs.plots import Page, Picture
 
@@ -265,6 +267,24 @@ class LiveTraining(TrainingReporter):
                 f"<div>{html.escape(self.status)}</div>{lines}</div>")
 
 
+def show_errors_briefly() -> None:
+    """In a Jupyter kernel, a TinyGPTError shows as the command line shows it: `Error: ...` and
+    `Try: ...`, without a traceback (TINYGPT_DEBUG=1 keeps the traceback). Set when this module is
+    imported in a kernel: the notebook's own setting, as init_process is the command line's."""
+    if in_a_notebook() and not os.environ.get("TINYGPT_DEBUG"):
+        from IPython import get_ipython
+
+        get_ipython().set_custom_exc((TinyGPTError,), brief_error)
+
+
+def brief_error(shell, etype, error: TinyGPTError, tb, tb_offset=None) -> None:
+    from .cli.console import render_hint
+
+    print(f"Error: {error.message}", file=sys.stderr)
+    if error.hint:
+        print(f"Try: {render_hint(error.hint)}", file=sys.stderr)
+
+
 def in_a_notebook() -> bool:
     """Whether this process is a Jupyter kernel (Jupyter, Colab, VS Code), which shows HTML."""
     try:
@@ -384,3 +404,6 @@ def export(run: str | Path, folder: str | Path, overwrite: bool = False) -> Path
     path = resolve_checkpoint(Path(run))
     ckpt = load_checkpoint(path)
     return export_hf(ckpt, path, Path(folder), render_hint(train_command(ckpt)), overwrite).folder
+
+
+show_errors_briefly()
