@@ -10,7 +10,8 @@ check goes on):
 2. correctness: `pytest -m gpu` (tests/test_gpu.py: bfloat16, compile, KV cache, a GPU
    checkpoint sampled on a CPU, resume, torchrun over NCCL);
 3. time to quality: `tinygpt train` on tiny Shakespeare until the first val loss <= 1.47
-   (`--stop-at-val-loss`), compiled, in bfloat16: a fast recipe (Muon, rotary positions) and
+   (`--stop-at-val-loss`), compiled, in `--dtype auto`'s precision (bfloat16 on a card that
+   multiplies it in hardware, float16 on a T4 or V100): a fast recipe (Muon, rotary positions) and
    the classic baby GPT (AdamW, learned positions, nanoGPT's recipe); wall time of the whole
    process and the loss curve against time; then the fast recipe in float16 with loss scaling,
    what `--dtype auto` trains in on a card without bfloat16 (a T4), for a shorter time;

@@ -37,22 +37,20 @@ def test_cpu_probe_without_torchs_private_checks_says_no(monkeypatch):
     assert devices.cpu_has_fast_bfloat16() is False
 
 
-@pytest.mark.parametrize("bf16, expected", [(True, torch.bfloat16), (False, torch.float16)])
-def test_auto_dtype_on_a_gpu_is_float16_where_bfloat16_is_only_emulated(monkeypatch, bf16, expected):
-    """A T4 (Colab's free GPU) has no bfloat16: auto trains there in float16, with loss scaling."""
-    monkeypatch.setattr(devices, "cuda_has_bfloat16", lambda device: bf16)
-    assert pick_dtype("auto", torch.device("cuda")) == expected
-
-
-@pytest.mark.parametrize("capability_8, emulated", [(True, True), (False, True), (False, False)])
-def test_gpu_probe_does_not_count_emulated_bfloat16(monkeypatch, capability_8, emulated):
-    """torch.cuda.is_bf16_supported() says yes on a T4 (it can emulate bfloat16) unless asked not to."""
+@pytest.mark.parametrize("capability, expected", [((9, 0), torch.bfloat16), ((8, 0), torch.bfloat16), ((7, 5), torch.float16),
+                                                   ((7, 0), torch.float16), ((6, 1), torch.float32)])
+def test_auto_dtype_on_a_gpu_follows_what_the_card_multiplies_in_hardware(monkeypatch, capability, expected):
+    """A T4 (7.5, Colab's free GPU) emulates bfloat16, and torch.cuda.is_bf16_supported() says yes
+    to it unless asked not to: auto trains there in float16, with loss scaling. A Pascal card (6.x)
+    has no tensor cores: float32."""
     def is_bf16_supported(including_emulation=True):
-        return capability_8 or (including_emulation and emulated)
+        return capability >= (8, 0) or including_emulation
 
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
-    assert devices.cuda_has_bfloat16(torch.device("cuda")) is capability_8
+    assert pick_dtype("auto", torch.device("cuda")) == expected
+    assert pick_dtype("float16", torch.device("cuda")) == torch.float16  # a name is always obeyed
 
 
 def test_unknown_names_are_usage_errors():

@@ -97,6 +97,29 @@ class StartInfo:
     chat: bool = False  # trained on conversations: `tinygpt chat` is the next step
     grown_tokens: int = 0  # fine-tuning: rows the token embedding grew by (the chat tokens)
 
+    def notes(self) -> list[tuple[str, str]]:
+        """What the start of a run says beyond its shape, for a reporter to render, as (kind,
+        text): kind "info", "note" (the result changes) or "warning"."""
+        train = self.config.train
+        found = []
+        if self.start_iter:
+            found.append(("info", f"resuming at iteration {self.start_iter:,} of {train.max_iters:,}"))
+        elif train.init_from:
+            found.append(("info", f"fine-tuning: the weights of {train.init_from}, a new optimiser state and schedule"))
+        if self.grown_tokens:
+            found.append(("info", f"the token embedding grew by {self.grown_tokens} rows for the chat tokens, each the mean of the others"))
+        if self.chat and not self.start_iter:
+            found.append(("info", "conversations: the loss counts the assistant's tokens only"))
+        if self.previous_dtype:
+            found.append(("note", f"iterations up to {self.start_iter:,} ran in {self.previous_dtype}, the rest run in {self.dtype} "
+                                  "here: the result will differ slightly from an uninterrupted run"))
+        if self.best_saved_after_last is not None:
+            found.append(("note", f"best.safetensors (iteration {self.best_saved_after_last:,}) was saved after last.safetensors "
+                                  "(an interrupted save): it is kept as the best so far"))
+        if self.projected_seconds > 3600:
+            found.append(("warning", f"this may take about {self.projected_seconds / 3600:.1f} h on {self.device}"))
+        return found
+
 
 class TrainingReporter:
     """Receives progress; the CLI renders it. Every method does nothing by default."""

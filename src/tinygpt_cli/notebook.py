@@ -28,11 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from .conversation import Conversation
-from .errors import TinyGPTError, TrainingStopped
+from .errors import TinyGPTError, TrainingStopped, UsageError
 from .lifecycle import StartInfo, TrainingReporter, TrainResult
 from .runs.plots import Page, Picture
 
-NUMBER = re.compile(r"[-+]?[\d,]+(\.\d+)?%?")  # a Table's cells that are numbers, aligned right
+NUMBER = re.compile(r"[-+]?\d[\d,]*(\.\d+)?%?")  # a Table's cells that are numbers, aligned right
 UPDATE_SECONDS = 0.5  # the live display redraws at most this often (each redraw is a message to the browser)
 
 
@@ -163,7 +163,7 @@ def train(out: str | Path, preset: str | None = None, overwrite: bool = False, *
     config = resolve_config(preset, None, settings, notes)
     for note in notes:
         print(f"note: {note}")
-    return _stoppable(lambda reporter: train_new(config, Path(out), reporter, overwrite=overwrite, threads=init_process()))
+    return _stoppable(Path(out), lambda reporter: train_new(config, Path(out), reporter, overwrite=overwrite, threads=init_process()))
 
 
 def resume(run: str | Path, **settings: Any) -> TrainResult | None:
@@ -171,15 +171,15 @@ def resume(run: str | Path, **settings: Any) -> TrainResult | None:
     from .lifecycle import resume as resume_run
     from .system.process import init_process
 
-    return _stoppable(lambda reporter: resume_run(Path(run), settings, reporter, threads=init_process()))
+    return _stoppable(Path(run), lambda reporter: resume_run(Path(run), settings, reporter, threads=init_process()))
 
 
-def _stoppable(start) -> TrainResult | None:
+def _stoppable(run: Path, start) -> TrainResult | None:
     reporter = LiveTraining()
     try:
         return start(reporter)
     except TrainingStopped as e:
-        reporter.say(f"stopped: {e.message}. tg.resume(run) goes on from there.")
+        reporter.say(f"stopped: {e.message}. tg.resume({str(run)!r}) goes on from there.")
         return None
 
 
@@ -193,7 +193,7 @@ class LiveTraining(TrainingReporter):
         self.lines: list[str] = []
         self.status = ""
         self.progress = (0, 1)
-        self.start_iter = 0
+        self.first_step: tuple[int, float] | None = None  # (iteration, elapsed) of this session's first step
         self.handle = None
         self.drawn_at = 0.0
 
@@ -202,29 +202,24 @@ class LiveTraining(TrainingReporter):
         self.header = (f"{info.run}: {info.n_params:,} parameters ({m.n_layer} layers, {m.n_head} heads, "
                        f"{m.n_embd} wide, block {m.block_size}), {info.tokens_per_iter:,} tokens per iteration, "
                        f"on {info.device} in {info.dtype}")
-        self.start_iter = info.start_iter
         self.progress = (info.start_iter, info.config.train.max_iters)
-        if info.start_iter:
-            self.lines.append(f"resuming at iteration {info.start_iter:,}")
-        elif info.config.train.init_from:
-            self.lines.append(f"fine-tuning the weights of {info.config.train.init_from}")
-        if info.grown_tokens:
-            self.lines.append(f"the token embedding grew by {info.grown_tokens} rows for the chat tokens")
-        if info.chat and not info.start_iter:
-            self.lines.append("conversations: the loss counts the assistant's tokens only")
+        self.lines = [text if kind == "info" else f"{kind}: {text}" for kind, text in info.notes()]
         if in_a_notebook():
-            from IPython.display import HTML, display
+            from IPython.display import display
 
-            self.handle = display(HTML(self.html()), display_id=True)
+            self.handle = display(self.bundle(), raw=True, display_id=True)
         else:
             print("\n".join([self.header, *self.lines]))
 
     def on_step(self, record: dict[str, Any]) -> None:
         done, total = record["iter"], self.progress[1]
         self.progress = (done, total)
-        per_iter = record["elapsed"] / max(1, done - self.start_iter)
+        if self.first_step is None:
+            self.first_step = (done, record["elapsed"])
+        first, since = self.first_step
+        left = f", about {(record['elapsed'] - since) / (done - first) * (total - done):.0f} s to go" if done > first else ""
         self.status = (f"iteration {done:,} of {total:,}: loss {record['loss']:.4f}, {record['tokens_per_s']:,.0f} tokens/s, "
-                       f"{record['elapsed']:.0f} s, about {per_iter * (total - done):.0f} s to go")
+                       f"{record['elapsed']:.0f} s{left}")
         self.draw(force=done == total)
 
     def on_eval(self, record: dict[str, Any]) -> None:
@@ -237,9 +232,15 @@ class LiveTraining(TrainingReporter):
         self.draw(force=True)
         return lambda n: None
 
+    def on_stop_requested(self, signum: int, evaluating: bool) -> None:
+        # Inside the signal handler: only remember it; the display shows it at its next redraw.
+        now = "cutting this evaluation short" if evaluating else "finishing this step"
+        self.status = f"stopping: {now}, then saving last.safetensors (interrupt again to abort without saving)"
+
     def on_end(self, status: str, record: dict[str, Any]) -> None:
         self.status = ""
         if status != "finished":
+            self.draw(force=True)
             return
         final = record["final_eval"]
         scored = f": val {final['val_loss']:.4f} ({final['val_bits_per_byte']:.3f} bits/byte) over {final['tokens']:,} tokens" if final else ""
@@ -254,24 +255,24 @@ class LiveTraining(TrainingReporter):
     def draw(self, force: bool = False) -> None:
         if self.handle is None or (not force and time.monotonic() - self.drawn_at < UPDATE_SECONDS):
             return
-        from IPython.display import HTML
-
-        self.handle.update(HTML(self.html()))
+        self.handle.update(self.bundle(), raw=True)
         self.drawn_at = time.monotonic()
 
-    def html(self) -> str:
+    def bundle(self) -> dict[str, str]:
+        """The display as HTML, and as text for a kernel's front end that shows no HTML."""
         done, total = self.progress
         lines = "".join(f"<div>{html.escape(line)}</div>" for line in self.lines)
-        return (f"<div style='font-family:monospace'><div>{html.escape(self.header)}</div>"
+        page = (f"<div style='font-family:monospace'><div>{html.escape(self.header)}</div>"
                 f"<progress value='{done}' max='{total}' style='width:100%'></progress>"
                 f"<div>{html.escape(self.status)}</div>{lines}</div>")
+        return {"text/html": page, "text/plain": "\n".join(line for line in [self.header, self.status, *self.lines] if line)}
 
 
 def show_errors_briefly() -> None:
     """In a Jupyter kernel, a TinyGPTError shows as the command line shows it: `Error: ...` and
     `Try: ...`, without a traceback (TINYGPT_DEBUG=1 keeps the traceback). Set when this module is
     imported in a kernel: the notebook's own setting, as init_process is the command line's."""
-    if in_a_notebook() and not os.environ.get("TINYGPT_DEBUG"):
+    if in_a_notebook() and os.environ.get("TINYGPT_DEBUG") != "1":
         from IPython import get_ipython
 
         get_ipython().set_custom_exc((TinyGPTError,), brief_error)
@@ -295,12 +296,18 @@ def in_a_notebook() -> bool:
 
 
 def plot(*runs: str | Path, x: str = "iter") -> Picture:
-    """The train and val loss curves of one or more runs (`tinygpt plot`); x="time" for wall time."""
-    from .rundir import RunDir
+    """The train and val loss curves of one or more runs, labelled by what differs (`tinygpt
+    plot`); x="time" for wall time. Runs of different vocabularies are drawn in bits per byte."""
     from .runs.plots import check_x_axis, plot_runs
+    from .runs.table import plot_series, run_paths
 
     check_x_axis(x)
-    return plot_runs([(Path(run).name, RunDir(Path(run)).read_metrics()) for run in runs], x=x)
+    if not runs:
+        raise UsageError("name the runs to plot: tg.plot(\"runs/cpu\")")
+    found = plot_series(run_paths([Path(run) for run in runs]))  # bits per byte when their vocabularies differ
+    for label, why in found.skipped:
+        print(f"skipped {label}: {why}")
+    return plot_runs(found.series, x=x, y_label=found.y_label)
 
 
 # --- sampling and looking inside ----------------------------------------------------------------
@@ -324,7 +331,7 @@ def generate(run: str | Path, prompt: str, max_new_tokens: int = 500, temperatur
 
     model, ckpt = _load(run)
     set_sampling_precision(model, "auto")
-    ids = ckpt.tokenizer.encode(prompt)
+    ids = ckpt.tokenizer.encode(prompt or "\n")  # empty: from a newline, as `tinygpt generate`
     return ckpt.tokenizer.decode(ids + list(sample(model, ids, max_new_tokens, temperature=temperature, top_k=top_k,
                                                    top_p=top_p, seed=seed)))
 
@@ -388,9 +395,14 @@ def chat(run: str | Path, system: str | None = None) -> Chat:
 
 
 class Chat(Conversation):
+    """A Conversation that answers whole replies, for a notebook."""
+
     def say(self, text: str, temperature: float = 0.8, seed: int | None = None) -> str:
         """The model's reply to `text`, whole; the exchange joins the history."""
         return "".join(self.reply(text, temperature=temperature, seed=seed))
+
+    def __repr__(self) -> str:
+        return f"<Chat: {len(self.history) // 2} exchanges; .say(text) answers>"
 
 
 def export(run: str | Path, folder: str | Path, overwrite: bool = False) -> Path:

@@ -57,6 +57,7 @@ def live_columns(width: int) -> list:
 
 def make_reporter(interactive: bool):
     """A TrainingReporter that draws a live progress line on a terminal and plain lines otherwise."""
+    from rich.markup import escape
     from rich.progress import Progress
 
     from ..lifecycle import TrainingReporter
@@ -81,29 +82,10 @@ def make_reporter(interactive: bool):
                 f"device {info.device} ({info.dtype}){'  |  ' + info.threads if info.threads else ''}  |  {cfg.model.n_layer} layers, {cfg.model.n_head} heads, "
                 f"{cfg.model.n_embd} wide, block {cfg.model.block_size} tokens"
             )
-            if info.start_iter:
-                out.print(f"resuming at iteration {info.start_iter:,} of {self.max_iters:,}")
-            elif cfg.train.init_from:
-                out.print(f"fine-tuning: the weights of {cfg.train.init_from}, a new optimiser state and schedule", soft_wrap=True)
-            if info.grown_tokens:
-                out.print(f"the token embedding grew by {info.grown_tokens} rows for the chat tokens, each the mean of the others", soft_wrap=True)
-            if info.chat and not info.start_iter:
-                out.print("conversations: the loss counts the assistant's tokens only", soft_wrap=True)
-            if info.previous_dtype:
-                out.print(
-                    f"[yellow]note:[/] iterations up to {info.start_iter:,} ran in {info.previous_dtype}, the rest run in "
-                    f"{info.dtype} here: the result will differ slightly from an uninterrupted run"
-                )
-            if info.best_saved_after_last is not None:
-                out.print(
-                    f"[yellow]note:[/] best.safetensors (iteration {info.best_saved_after_last:,}) was saved after "
-                    f"last.safetensors (an interrupted save): it is kept as the best so far"
-                )
-            if info.projected_seconds > 3600:
-                out.print(
-                    f"[yellow]warning:[/] this may take about {info.projected_seconds / 3600:.1f} h on {info.device}; "
-                    "for a quick CPU run try: tinygpt train --preset cpu"
-                )
+            for kind, text in info.notes():
+                if kind == "warning":
+                    text += "; for a quick CPU run try: tinygpt train --preset cpu"
+                out.print(("" if kind == "info" else f"[yellow]{kind}:[/] ") + escape(text), soft_wrap=True)
             if interactive:
                 self.progress = Progress(*live_columns(out.width), console=out, transient=False)
                 self.progress.start()

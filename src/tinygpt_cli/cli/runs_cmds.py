@@ -84,16 +84,6 @@ def runs_table(summaries, fields: list[str], title: str | None = None, skip: tup
 
 
 
-def _labelled(summaries, fields: list[str]) -> list[tuple[str, list[dict]]]:
-    from ..rundir import RunDir
-    from ..runs.table import label_for
-
-    labels = [label_for(s, fields) for s in summaries]
-    if len(set(labels)) < len(labels):
-        labels = [s.name if label == s.name else f"{s.name}: {label}" for s, label in zip(summaries, labels)]
-    return [(label, RunDir(s.path).read_metrics()) for s, label in zip(summaries, labels)]
-
-
 def plot(
     run: list[Path] = typer.Option(None, "--run", help="A run folder to plot (runs/NAME, or just NAME; default: the most recent run); repeat it to overlay runs; a sweep folder adds all its runs."),
     positional: list[Path] = typer.Argument(None, hidden=True, help="Runs, as earlier versions took them (deprecated: --run)."),
@@ -108,10 +98,9 @@ def plot(
 
     Example: tinygpt plot --run runs/a --run runs/b --x time
     """
-    from ..errors import TinyGPTError
     from ..rundir import resolve_run
-    from ..runs.plots import check_x_axis, in_bits_per_byte, plot_runs, require_matplotlib
-    from ..runs.table import run_paths, summarize_runs
+    from ..runs.plots import check_x_axis, plot_runs, require_matplotlib
+    from ..runs.table import plot_series, run_paths
 
     if old_out is not None:
         err.print(f"note: --out is deprecated for plot: --png {old_out}", markup=False)
@@ -124,29 +113,20 @@ def plot(
         runs = [*positional, *(run or [])]
     else:
         runs = run or [resolve_run()]
-    summaries, fields = summarize_runs(run_paths(runs))
-    vocabularies = sorted({s.config["vocab_size"] for s in summaries if s.config is not None})
-    if bits_per_byte is None:
-        bits_per_byte = len(vocabularies) > 1
-        if bits_per_byte:
-            err.print(f"note: these runs have different vocabularies ({', '.join(f'{v:,}' for v in vocabularies)} tokens): "
-                      "their losses per token do not compare, so they are plotted in bits per byte (--nats for the losses per token)",
-                      markup=False, soft_wrap=True)
-    series = []
-    for label, records in _labelled(summaries, fields):
-        converted = in_bits_per_byte(records) if bits_per_byte and records else records
-        if converted:
-            series.append((label, converted))
-        else:
-            err.print(f"skipped {label}: {'no bits per byte in its log (an older run)' if records else 'no metrics yet'}", markup=False)
-    if not series:
-        raise TinyGPTError("none of these runs has logged any loss yet", "train for at least 10 iterations first")
+    found = plot_series(run_paths(runs), bits_per_byte)
+    if bits_per_byte is None and found.bits_per_byte:
+        err.print(f"note: these runs have different vocabularies ({', '.join(f'{v:,}' for v in found.vocabularies)} tokens): "
+                  "their losses per token do not compare, so they are plotted in bits per byte (--nats for the losses per token)",
+                  markup=False, soft_wrap=True)
+    for label, why in found.skipped:
+        err.print(f"skipped {label}: {why}", markup=False)
+    series, summaries = found.series, found.summaries
     if terminal:
         for label, records in series:
             print_curve(records, label)
         return
     target = out_path or (summaries[0].path / "loss.png" if len(summaries) == 1 else Path("loss.png"))
-    picture = plot_runs(series, x=x, title=title, y_label="bits per byte" if bits_per_byte else "loss (cross-entropy, nats per token)")
+    picture = plot_runs(series, x=x, title=title, y_label=found.y_label)
     picture.save(target)
     curves = [line for line in picture.figure.axes[0].get_lines() if line.get_linestyle() != "None"]  # not the final evaluations' stars
     out.print(f"wrote {target} ({len(curves)} curves, {len(series)} run{'s' * (len(series) > 1)})", markup=False)
@@ -299,12 +279,12 @@ def _sweep_summary(plan, result, as_json: bool) -> None:
     """The comparison table (best first) and sweep.png in the sweep folder."""
     from ..errors import TinyGPTError
     from ..runs.plots import plot_runs
-    from ..runs.table import sort_runs, summarize_runs
+    from ..runs.table import labelled_metrics, sort_runs, summarize_runs
 
     summaries, fields = summarize_runs([c.path for c in plan.cells], plan.out)
     png: Path | None = plan.out / "sweep.png"
     try:
-        plot_runs([s for s in _labelled(summaries, fields) if s[1]], title=f"sweep {plan.out.name}").save(png)
+        plot_runs([s for s in labelled_metrics(summaries, fields) if s[1]], title=f"sweep {plan.out.name}").save(png)
     except TinyGPTError as e:
         err.print(f"no sweep.png: {e.message}" + (f" ({render_hint(e.hint)})" if e.hint else ""), markup=False)
         png = None

@@ -29,7 +29,7 @@ def attention_grid(weights: np.ndarray, labels: list[str]) -> Picture:
             ax.set_xticks(range(T), labels, fontsize=6, rotation=90)
             ax.set_yticks(range(T), labels, fontsize=6)
     fig.suptitle("attention: each row is a token looking back at the columns")
-    return Picture(fig)
+    return Picture(fig, "attention")
 
 
 MAP_LABELS = 150  # tokens labelled on the map at most: more make one black blot
@@ -70,7 +70,7 @@ def embedding_map(coords: np.ndarray, explained: np.ndarray, labels: list[str], 
         axes[1].set_xlabel("position")
         axes[1].set_ylabel("position")
         fig.colorbar(image, ax=axes[1], shrink=0.8)
-    return Picture(fig)
+    return Picture(fig, "embeddings")
 
 
 def surprise_page(tokens: list[str], losses: np.ndarray, loss: float, bits_per_byte: float) -> Page:

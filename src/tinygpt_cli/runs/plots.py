@@ -82,8 +82,8 @@ class Picture:
 
     DPI = 110
 
-    def __init__(self, figure) -> None:
-        self.figure = figure
+    def __init__(self, figure, title: str) -> None:
+        self.figure, self.title = figure, title
 
     def png(self) -> bytes:
         buffer = io.BytesIO()
@@ -94,8 +94,7 @@ class Picture:
         return self.png()
 
     def __repr__(self) -> str:
-        title = self.figure.get_suptitle() or next((ax.get_title() for ax in self.figure.axes if ax.get_title()), "")
-        return f"<Picture {title!r}: a notebook shows it; .save(path) writes it as a PNG>"
+        return f"<Picture {self.title!r}: a notebook shows it; .save(path) writes it as a PNG>"
 
     def save(self, path: str | Path) -> Path:
         """Write the PNG to `path`, atomically."""
@@ -155,11 +154,12 @@ def plot_runs(runs: list[tuple[str, list[dict[str, Any]]]], x: str = "iter", tit
                     label="val over the split, best checkpoint" if single else f"{label} (val over the split)")
     ax.set_xlabel("iteration" if x == "iter" else f"wall time ({unit})")
     ax.set_ylabel(y_label)
-    ax.set_title(title or ("loss" if single else "loss by run"))
+    title = title or ("loss" if single else "loss by run")
+    ax.set_title(title)
     ax.grid(True, alpha=0.3)
     if ax.get_lines():
         ax.legend(fontsize="small")
-    return Picture(fig)
+    return Picture(fig, title)
 
 
 def write_output(path: str | Path, write: Callable[[Path], None]) -> Path:

@@ -267,3 +267,49 @@ def sort_runs(summaries: list[RunSummary], key: str = "name", reverse: bool = Fa
     except TypeError:  # mixed types in a hyperparameter: compare as text
         present.sort(key=lambda s: (str(get(s)), s.name), reverse=reverse)
     return present + missing
+
+
+def labelled_metrics(summaries: list[RunSummary], fields: list[str]) -> list[tuple[str, list[dict]]]:
+    """Each run's metrics records under its label: what differs between the runs, with the run's
+    name where two labels would be the same."""
+    labels = [label_for(s, fields) for s in summaries]
+    if len(set(labels)) < len(labels):
+        labels = [s.name if label == s.name else f"{s.name}: {label}" for s, label in zip(summaries, labels)]
+    return [(label, RunDir(s.path).read_metrics()) for s, label in zip(summaries, labels)]
+
+
+@dataclass
+class PlotSeries:
+    """What `plot` draws of some runs: (label, records) pairs, in bits per byte or nats per token."""
+
+    series: list[tuple[str, list[dict]]]
+    summaries: list[RunSummary]
+    bits_per_byte: bool
+    vocabularies: list[int]  # the runs' vocabulary sizes: more than one and bits per byte was picked for them
+    skipped: list[tuple[str, str]]  # (label, why) of the runs left out
+
+    @property
+    def y_label(self) -> str:
+        return "bits per byte" if self.bits_per_byte else "loss (cross-entropy, nats per token)"
+
+
+def plot_series(paths: list[Path], bits_per_byte: bool | None = None) -> PlotSeries:
+    """The loss curves of the run folders `paths`; bits_per_byte None picks bits per byte when
+    their vocabularies differ (their losses per token do not compare). Runs with nothing to draw
+    are skipped, saying why; none at all is an error."""
+    from .plots import in_bits_per_byte
+
+    summaries, fields = summarize_runs(paths)
+    vocabularies = sorted({s.config["vocab_size"] for s in summaries if s.config is not None})
+    if bits_per_byte is None:
+        bits_per_byte = len(vocabularies) > 1
+    series, skipped = [], []
+    for label, records in labelled_metrics(summaries, fields):
+        converted = in_bits_per_byte(records) if bits_per_byte and records else records
+        if converted:
+            series.append((label, converted))
+        else:
+            skipped.append((label, "no bits per byte in its log (an older run)" if records else "no metrics yet"))
+    if not series:
+        raise TinyGPTError("none of these runs has logged any loss yet", "train for at least 10 iterations first")
+    return PlotSeries(series, summaries, bits_per_byte, vocabularies, skipped)

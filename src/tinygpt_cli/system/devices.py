@@ -69,18 +69,22 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
         raise UsageError(f"unknown dtype {name!r}: choose from {', '.join(DTYPES)}")
     if name == "auto":
         if device.type == "cuda":
-            return torch.bfloat16 if cuda_has_bfloat16(device) else torch.float16
+            return cuda_auto_dtype(device)
         return torch.bfloat16 if device.type == "cpu" and cpu_has_fast_bfloat16() else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
-def cuda_has_bfloat16(device: torch.device) -> bool:
-    """Whether the GPU multiplies bfloat16 in hardware (compute capability 8.0 on: A100, RTX 30xx,
-    H100). Older cards (a T4, a V100) only emulate it, slowly, so `auto` trains there in float16
-    with loss scaling (train.py's GradScaler). torch's is_bf16_supported() counts emulation as
-    support unless told not to."""
+def cuda_auto_dtype(device: torch.device) -> torch.dtype:
+    """What `--dtype auto` trains in on a GPU: bfloat16 where the card multiplies it in hardware
+    (compute capability 8.0 on: an A100, an RTX 30xx, an H100); float16 with loss scaling
+    (train.py's GradScaler) on the tensor-core cards before them (7.x: a T4, a V100), which
+    only emulate bfloat16, slowly; float32 on older cards, which have no tensor cores. torch's
+    is_bf16_supported() counts emulation as support unless told not to."""
     with torch.cuda.device(device):
-        return torch.cuda.is_bf16_supported(including_emulation=False)
+        if torch.cuda.is_bf16_supported(including_emulation=False):
+            return torch.bfloat16
+        major, _ = torch.cuda.get_device_capability()
+    return torch.float16 if major >= 7 else torch.float32
 
 
 def cpu_has_fast_bfloat16() -> bool:
