@@ -107,3 +107,11 @@ def test_an_error_in_a_notebook_shows_as_the_command_line_shows_it(capsys):
 
     tg.brief_error(None, UsageError, UsageError("no run folder at runs/x", Command("resume", options={"run": "runs/x"})), None)
     assert capsys.readouterr().err == "Error: no run folder at runs/x\nTry: tinygpt resume --run runs/x\n"
+
+
+@pytest.mark.parametrize("settings", [{"temperature": -0.5}, {"top_k": 0}, {"top_p": 1.5}])
+def test_sampling_settings_have_the_command_lines_bounds(tiny_run, settings):
+    from tinygpt_cli.errors import UsageError
+
+    with pytest.raises(UsageError):
+        tg.generate(tiny_run, "The ", 5, **settings)

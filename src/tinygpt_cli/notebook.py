@@ -323,12 +323,23 @@ def _load(run: str | Path):
     return model, ckpt
 
 
+def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
+    """The bounds that generate's options have on the command line."""
+    if temperature < 0:
+        raise UsageError(f"temperature={temperature:g}: 0 (greedy) or more")
+    if top_k is not None and top_k < 1:
+        raise UsageError(f"top_k={top_k}: 1 or more, or None for no limit")
+    if top_p is not None and not 0 <= top_p <= 1:
+        raise UsageError(f"top_p={top_p:g}: between 0 and 1, or None for no limit")
+
+
 def generate(run: str | Path, prompt: str, max_new_tokens: int = 500, temperature: float = 0.8,
              top_k: int | None = None, top_p: float | None = None, seed: int | None = None) -> str:
     """The prompt and what the run's best model writes after it (`tinygpt generate`)."""
     from .sampling import generate as sample
     from .sampling import set_sampling_precision
 
+    check_sampling(temperature, top_k, top_p)
     model, ckpt = _load(run)
     set_sampling_precision(model, "auto")
     ids = ckpt.tokenizer.encode(prompt or "\n")  # empty: from a newline, as `tinygpt generate`
@@ -354,6 +365,7 @@ def predict(run: str | Path, prompt: str, temperature: float = 1.0, top_k: int |
     from .inside.measure import candidates_report, prompt_ids, sampling_settings, top_candidates
     from .inside.measure import predict as distribution
 
+    check_sampling(temperature, top_k, top_p)
     model, ckpt = _load(run)
     ids, _ = prompt_ids(ckpt.tokenizer, prompt, model.config.block_size)
     shaped, raw = distribution(model, ids, temperature, top_k, top_p)
@@ -399,6 +411,7 @@ class Chat(Conversation):
 
     def say(self, text: str, temperature: float = 0.8, seed: int | None = None) -> str:
         """The model's reply to `text`, whole; the exchange joins the history."""
+        check_sampling(temperature, None, None)
         return "".join(self.reply(text, temperature=temperature, seed=seed))
 
     def __repr__(self) -> str:
