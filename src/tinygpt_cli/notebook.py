@@ -98,13 +98,11 @@ def prepare_chat(inputs: list[str | Path], data_dir: str | Path, tokenizer: str 
     """Conversation files (JSON Lines of {"messages": [...]}) as a chat dataset that trains the
     assistant's tokens only (`tinygpt prepare chat`), in the vocabulary of the run or dataset
     `tokenizer` names (or "char", "bpe")."""
-    from .data.prepare_chat import DEFAULT_CONTEXT
     from .data.prepare_chat import prepare_chat as prepare
-    from .interop.pretrained import source_context, tokenizer_choice
+    from .interop.pretrained import chat_context, tokenizer_choice
 
     choice = tokenizer_choice(str(tokenizer), None)
-    context = (source_context(str(tokenizer)) if choice.kind == "given" else None) or DEFAULT_CONTEXT
-    result = prepare([str(i) for i in inputs], Path(data_dir), Path(data_dir).name, choice, context)
+    result = prepare([str(i) for i in inputs], Path(data_dir), Path(data_dir).name, choice, chat_context(str(tokenizer), choice))
     return _dataset_table(result.info, "reused" if result.reused else "prepared")
 
 
@@ -119,11 +117,11 @@ def vocab(data_dir: str | Path = "data/shakespeare", limit: int = 20) -> Table:
     import numpy as np
 
     from .data.dataset import load_dataset
-    from .data.tokenizer import token_counts, token_label
+    from .data.tokenizer import token_label
 
     dataset = load_dataset(Path(data_dir))
     tokenizer = dataset.tokenizer
-    counts = token_counts(dataset.train, tokenizer.size) + token_counts(dataset.val, tokenizer.size)
+    counts = dataset.token_counts()
     total = int(counts.sum())
     order = np.argsort(-counts, kind="stable")[:limit]
     rows = [[token_label(tokenizer, int(i)), int(i), _number(int(counts[i])), Bar(counts[i] / counts[order[0]])] for i in order]
@@ -389,12 +387,12 @@ def embeddings(run: str | Path) -> Picture:
     """The token embeddings on their two principal axes (`tinygpt embeddings --png`)."""
     import numpy as np
 
-    from .inside.measure import embedding_report, training_counts
+    from .inside.measure import embedding_report, position_embeddings, training_counts
     from .inside.pictures import embedding_map
 
     model, ckpt = _load(run)
     report = embedding_report(model, ckpt.tokenizer)
-    positions = model.pos_emb.weight.detach().float().cpu().numpy() if hasattr(model, "pos_emb") else None
+    positions = position_embeddings(model)
     return embedding_map(np.array(report["coordinates"]), np.array(report["explained_variance"]), report["tokens"], positions,
                          training_counts(ckpt))
 

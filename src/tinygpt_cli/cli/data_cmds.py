@@ -166,14 +166,13 @@ def prepare_chat(
 
     Example: tinygpt prepare chat chats.jsonl --tokenizer runs/cpu --data-dir data/chat
     """
-    from ..data.prepare_chat import DEFAULT_CONTEXT
     from ..data.prepare_chat import prepare_chat as run
-    from ..interop.pretrained import source_context, tokenizer_choice
+    from ..interop.pretrained import chat_context, tokenizer_choice
 
     name = _dataset_name(inputs, name)
     choice = tokenizer_choice(tokenizer, vocab_size)
     if context is None:
-        context = (source_context(tokenizer) if choice.kind == "given" else None) or DEFAULT_CONTEXT
+        context = chat_context(tokenizer, choice)
     result = run(inputs, data_dir or Path("data") / name, name, choice, context, val_fraction, skip_invalid, glob, follow_symlinks)
     for why in result.skipped[:5]:
         err.print(f"[yellow]skipped[/] {why}", markup=True, soft_wrap=True)
@@ -233,7 +232,7 @@ def vocab(
     if path.is_dir():
         dataset = load_dataset(path)
         tokenizer = dataset.tokenizer
-        counts = token_counts(dataset.train, tokenizer.size) + token_counts(dataset.val, tokenizer.size)
+        counts = dataset.token_counts()
     elif path.exists():
         text = decode_text(read_source(str(path)), str(path))
         tokenizer = Vocabulary.from_text(text)

@@ -217,13 +217,13 @@ def embeddings(
     """
     import numpy as np
 
-    from ..inside.measure import embedding_report, training_counts
+    from ..inside.measure import embedding_report, position_embeddings, training_counts
 
     model, ckpt = _load(run, checkpoint, device)
     tokenizer = ckpt.tokenizer
     report = embedding_report(model, tokenizer)
     coords, explained, labels = np.array(report["coordinates"]), np.array(report["explained_variance"]), report["tokens"]
-    positions = model.pos_emb.weight.detach().float().cpu().numpy() if hasattr(model, "pos_emb") else None
+    positions = position_embeddings(model)
     if png is not None:
         from ..inside.pictures import embedding_map
 

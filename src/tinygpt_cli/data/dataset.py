@@ -283,6 +283,10 @@ class Dataset:
         counts = token_counts(self.val, self.tokenizer.size)  # folders of format 1 and 2
         return float(counts @ byte_lengths(self.tokenizer)) / len(self.val)
 
+    def token_counts(self) -> np.ndarray:
+        """How often each id occurs in both splits."""
+        return token_counts(self.train, self.tokenizer.size) + token_counts(self.val, self.tokenizer.size)
+
 
 def load_dataset(folder: str | Path) -> Dataset:
     folder = Path(folder)

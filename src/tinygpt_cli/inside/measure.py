@@ -141,6 +141,11 @@ def embedding_report(model: GPT, tokenizer: Tokenizer) -> dict:
             "explained_variance": explained.tolist()}
 
 
+def position_embeddings(model: GPT) -> np.ndarray | None:
+    """The learned position table (block_size, n_embd); None with rotary positions, which have none."""
+    return model.pos_emb.weight.detach().float().cpu().numpy() if hasattr(model, "pos_emb") else None
+
+
 def cosine_similarity(matrix: np.ndarray) -> np.ndarray:
     unit = matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
     return unit @ unit.T

@@ -104,6 +104,14 @@ def source_tokenizer(source: str) -> Tokenizer:
     return read_tokenizer_json(where / "tokenizer.json")
 
 
+def chat_context(source: str, choice: TokenizerChoice) -> int:
+    """The tokens a conversation may take when `prepare chat` is not told: the context of the
+    model whose tokenizer it takes, else data/prepare_chat.py's default."""
+    from ..data.prepare_chat import DEFAULT_CONTEXT
+
+    return (source_context(source) if choice.kind == "given" else None) or DEFAULT_CONTEXT
+
+
 def source_context(source: str) -> int | None:
     """The context (block size) of the model a `--tokenizer SOURCE` names: a run, a checkpoint or
     a transformers folder; None for a tokenizer file or a hub id (read without its weights)."""
