@@ -115,3 +115,16 @@ def test_sampling_settings_have_the_command_lines_bounds(tiny_run, settings):
 
     with pytest.raises(UsageError):
         tg.generate(tiny_run, "The ", 5, **settings)
+
+
+def test_plot_reads_runs_as_the_command_does(tiny_run, tmp_path):
+    pytest.importorskip("matplotlib")
+    from tinygpt_cli.errors import TinyGPTError
+
+    with pytest.raises(TinyGPTError, match="no run folder"):
+        tg.plot(tmp_path / "runs" / "misspelt")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "config.json").write_text((tiny_run / "config.json").read_text())
+    with pytest.raises(TinyGPTError, match="none of these runs has logged any loss yet"):
+        tg.plot(tmp_path / "empty")
+    assert tg.plot(tiny_run).figure.axes[0].get_ylabel() == "loss (cross-entropy, nats per token)"

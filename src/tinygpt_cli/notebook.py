@@ -303,6 +303,8 @@ def plot(*runs: str | Path, x: str = "iter") -> Picture:
     if not runs:
         raise UsageError("name the runs to plot: tg.plot(\"runs/cpu\")")
     found = plot_series(run_paths([Path(run) for run in runs]))  # bits per byte when their vocabularies differ
+    if found.vocabulary_note():
+        print(f"note: {found.vocabulary_note()}")
     for label, why in found.skipped:
         print(f"skipped {label}: {why}")
     return plot_runs(found.series, x=x, y_label=found.y_label)

@@ -114,10 +114,8 @@ def plot(
     else:
         runs = run or [resolve_run()]
     found = plot_series(run_paths(runs), bits_per_byte)
-    if bits_per_byte is None and found.bits_per_byte:
-        err.print(f"note: these runs have different vocabularies ({', '.join(f'{v:,}' for v in found.vocabularies)} tokens): "
-                  "their losses per token do not compare, so they are plotted in bits per byte (--nats for the losses per token)",
-                  markup=False, soft_wrap=True)
+    if bits_per_byte is None and found.vocabulary_note():
+        err.print(f"note: {found.vocabulary_note()} (--nats for the losses per token)", markup=False, soft_wrap=True)
     for label, why in found.skipped:
         err.print(f"skipped {label}: {why}", markup=False)
     series, summaries = found.series, found.summaries

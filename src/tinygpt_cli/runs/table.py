@@ -292,6 +292,13 @@ class PlotSeries:
     def y_label(self) -> str:
         return "bits per byte" if self.bits_per_byte else "loss (cross-entropy, nats per token)"
 
+    def vocabulary_note(self) -> str | None:
+        """Why the losses are in bits per byte, when that was picked for the runs' vocabularies."""
+        if not (self.bits_per_byte and len(self.vocabularies) > 1):
+            return None
+        return (f"these runs have different vocabularies ({', '.join(f'{v:,}' for v in self.vocabularies)} tokens): "
+                "their losses per token do not compare, so they are plotted in bits per byte")
+
 
 def plot_series(paths: list[Path], bits_per_byte: bool | None = None) -> PlotSeries:
     """The loss curves of the run folders `paths`; bits_per_byte None picks bits per byte when
