@@ -12,8 +12,9 @@ display that updates in place. examples/tinygpt.ipynb walks through them all.
     print(tg.generate("runs/cpu", "ROMEO:", seed=1))
 
 Every call sets the process as the command line does (system/process.py:init_process), so it runs
-as fast, and in a Jupyter kernel our errors show as `Error:` and `Try:` lines (show_errors_briefly). A training stopped from the notebook (Kernel > Interrupt) saves its last checkpoint;
-`tg.resume(run)` goes on from there.
+as fast, and in a Jupyter kernel our errors show as `Error:` and `Try:` lines
+(show_errors_briefly). A training stopped from the notebook (Kernel > Interrupt) saves its last
+checkpoint; `tg.resume(run)` goes on from there.
 """
 
 from __future__ import annotations
