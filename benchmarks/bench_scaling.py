@@ -35,7 +35,9 @@ from tinygpt_cli.system.process import init_process
 LAYERS = (2, 4, 6)
 WIDTHS = (64, 128, 192, 256)
 HEAD_SIZE = 32
-START_AND_END_S = 8.0  # a process's start (imports, data, the first evaluation) and its final evaluation, measured on the cpu preset
+# A process's start (imports, data, the first evaluation) and its final evaluation: an estimate,
+# not a measurement (the cells record how far each whole process's wall time landed from its budget).
+START_AND_END_S = 8.0
 
 
 def shape_settings(shape: str) -> dict:

@@ -136,7 +136,6 @@ def params(preset: str = "cpu", **settings: Any) -> Table:
     from .config import resolve_config
     from .params import param_report
 
-    settings.setdefault("vocab_size", 65)  # tiny Shakespeare's characters, as `tinygpt params` assumes
     report = param_report(resolve_config(preset, None, settings).model)
     c = report.config
     rows = [[r.name, r.shape, _number(r.count), r.note] for r in report.embedding]
