@@ -1,19 +1,22 @@
-"""A hand sweep of model shapes at fixed wall-time budgets: the data a time dial's rule is fitted
-on (issue #32, `train --time`), measured a cell at a time and kept between sessions.
+"""A hand sweep of model shapes at fixed wall-time budgets, and the scaling law fitted on it:
+the rule behind `train --time` (issue #32).
 
 Each cell is one shape (n_layer x n_embd, head size 32, the cpu preset's recipe otherwise:
-block 64, batch 16, Muon and rotary positions) trained on tiny Shakespeare for one budget of
-wall time, as a whole `tinygpt train` process: its step time is measured first (a few steps,
-once warm), the iterations are what fits the budget after the start and the final evaluation,
-and the run evaluates at its start and its end only. The cell records the whole process's wall
-time, the iterations, the parameters and tokens seen, and the final validation loss of its best
-checkpoint over the whole split.
+block 64, batch 16, Muon and rotary positions) trained on tiny Shakespeare as a whole
+`tinygpt train --time BUDGET` process with its shape given, so the run fits its iterations to
+the budget as it goes (cells measured before `--time` existed ran a number of iterations timed
+beforehand, and their walls landed 0.65 to 1.31 of the budget: "method": "iterations"). The
+cell records the whole process's wall time, the iterations, the parameters and tokens seen, and
+the final validation loss of its best checkpoint over the whole split.
+
+`--fit` fits L(N, D) = E + A / N^alpha + B / D^beta (runs/law.py) on every cell, writes the fit
+into the results file and the rule tinygpt ships (src/tinygpt_cli/runs/rules/tinyshakespeare-char.json).
 
 A sweep on a 2-core CPU takes long (12 shapes x 10 minutes is 2 hours), so the results file
 keeps every cell measured on this CPU kind, and a rerun measures only the cells it lacks:
 several sessions complete a grid together.
 
-Usage: python benchmarks/bench_scaling.py --source PATH/TO/input.txt --budgets 120 [--shapes 2x64,4x128 ...]
+Usage: python benchmarks/bench_scaling.py --source PATH/TO/input.txt --budgets 120 [--shapes 2x64,4x128 ...] [--fit]
 """
 
 from __future__ import annotations
@@ -23,21 +26,19 @@ import json
 import os
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 from common import RESULTS, TINYGPT, cpu_kind, machine, run_process
-from tinygpt_cli.config import resolve_config
+from tinygpt_cli.config import PRESETS, resolve_config
 from tinygpt_cli.params import param_report
-from tinygpt_cli.runs.bench import time_training_steps
-from tinygpt_cli.system.process import init_process
+from tinygpt_cli.runs.law import SHIPPED_RULE, Point, Rule, describe_law, fit_law
 
 LAYERS = (2, 4, 6)
 WIDTHS = (64, 128, 192, 256)
 HEAD_SIZE = 32
-# A process's start (imports, data, the first evaluation) and its final evaluation: an estimate,
-# not a measurement (the cells record how far each whole process's wall time landed from its budget).
-START_AND_END_S = 8.0
+TOKENS_PER_ITER = 16 * 64  # the cpu preset's batch x block
+# What the rule's runs share: a plan on other settings says its choice is extrapolated.
+RECIPE = {k: v for k, v in PRESETS["cpu"].items() if k not in ("n_layer", "n_head", "n_embd", "max_iters", "eval_interval", "eval_iters", "warmup_iters")}
 
 
 def shape_settings(shape: str) -> dict:
@@ -51,21 +52,32 @@ def cell_key(shape: str, budget: int) -> str:
 
 def measure_cell(shape: str, budget: int, data_dir: Path, work: Path) -> dict:
     settings = shape_settings(shape)
-    config = resolve_config("cpu", None, {**settings, "vocab_size": 65})
-    timing = time_training_steps(config, steps=5, warmup=2, repeats=1, threads=init_process())
-    iters = max(10, int((budget - START_AND_END_S) * 1000 / timing.ms_per_iter))
     run = work / shape
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in settings.items()]
-    command = TINYGPT + ["train", "--preset", "cpu", *flags, "--max-iters", str(iters), "--eval-interval", str(iters),
-                         "--data-dir", str(data_dir), "--out", str(run), "--overwrite"]
+    command = TINYGPT + ["train", "--preset", "cpu", *flags, "--time", f"{budget}s", "--data-dir", str(data_dir), "--out", str(run), "--overwrite"]
     load = os.getloadavg()[0]
     wall, _, _ = run_process(command)
     status = json.loads((run / "run.json").read_text())
-    report = param_report(config.model)
-    return {"shape": shape, **settings, "budget_s": budget, "wall_s": round(wall, 2), "iters": iters,
-            "ms_per_iter_measured": round(timing.ms_per_iter, 2), "params": report.total, "non_embedding_params": report.non_embedding,
-            "tokens": iters * timing.tokens_per_iter, "final_val_loss": status["final_eval"]["val_loss"],
-            "best_val_estimate": status["best_val_loss"], "load_average": round(load, 2)}
+    report = param_report(resolve_config("cpu", None, {**settings, "vocab_size": 65}).model)
+    return {"shape": shape, **settings, "budget_s": budget, "method": "time", "wall_s": round(wall, 2), "iters": status["iteration"],
+            "params": report.total, "non_embedding_params": report.non_embedding, "tokens": status["iteration"] * TOKENS_PER_ITER,
+            "final_val_loss": status["final_eval"]["val_loss"], "best_val_estimate": status["best_val_loss"], "load_average": round(load, 2)}
+
+
+def fit(results: dict, train_tokens: int) -> None:
+    """Fit the law on every cell; write it into `results` and as the rule tinygpt ships."""
+    points = [Point(c["shape"], c["non_embedding_params"], c["tokens"], c["final_val_loss"], c["wall_s"]) for c in results["cells"].values()]
+    law, spread = fit_law(points)
+    m = results["machine"]
+    rule = Rule(law, points, {"corpus": "tiny Shakespeare", "tokenizer": "char", "vocab_size": 65, "train_tokens": train_tokens,
+                              "recipe": "the cpu preset's, head size 32", "recipe_settings": RECIPE,
+                              "machine": f"{m.get('cpu', 'a CPU')} ({m['cpu_kind']}), {m.get('cores', '?')} cores",
+                              "measured_by": "benchmarks/bench_scaling.py"}, spread)
+    residuals = {f"{p.shape}@{p.tokens}": round(p.val_loss - law.loss(p.params, p.tokens), 4) for p in points}
+    results["fit"] = {"law": rule.to_dict()["law"], "uncertainty": spread, "residuals": residuals, "formula": describe_law(law)}
+    SHIPPED_RULE.parent.mkdir(exist_ok=True)
+    rule.save(SHIPPED_RULE)
+    print(f"{describe_law(law)}; residuals {min(residuals.values()):+.3f} to {max(residuals.values()):+.3f} -> {SHIPPED_RULE}")
 
 
 def main() -> None:
@@ -74,6 +86,7 @@ def main() -> None:
     parser.add_argument("--budgets", default="120", help="wall-time budgets in seconds, comma-separated")
     parser.add_argument("--shapes", default=",".join(f"{n}x{w}" for n in LAYERS for w in WIDTHS),
                         help="n_layer x n_embd, comma-separated (default: the 12 of 2, 4, 6 layers by 64 to 256 wide)")
+    parser.add_argument("--fit", action="store_true", help="fit the law on every cell and write the rule tinygpt ships")
     args = parser.parse_args()
     path = RESULTS / f"scaling-{cpu_kind()}.json"
     results = json.loads(path.read_text()) if path.exists() else {"benchmark": "scaling", "machine": {**machine(), "cpu_kind": cpu_kind()},
@@ -84,19 +97,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         run_process(TINYGPT + ["prepare", "shakespeare", "--source", str(args.source), "--data-dir", str(data)])
+        train_tokens = json.loads((data / "meta.json").read_text())["train_tokens"]
         for shape, budget in todo:
-            t0 = time.perf_counter()
             cell = measure_cell(shape, budget, data, Path(tmp))
             results["cells"][cell_key(shape, budget)] = cell
             path.write_text(json.dumps(results, indent=2) + "\n")  # each cell kept as soon as it is measured
             print(f"{cell_key(shape, budget)}: val {cell['final_val_loss']:.4f} after {cell['iters']:,} iterations, "
-                  f"{cell['wall_s']:.1f} s wall ({time.perf_counter() - t0:.0f} s with the timing), load {cell['load_average']}", flush=True)
+                  f"{cell['wall_s']:.1f} s wall, load {cell['load_average']}", flush=True)
     for budget in budgets:
         cells = sorted((c for c in results["cells"].values() if c["budget_s"] == budget), key=lambda c: c["final_val_loss"])
         if cells:
             walls = [c["wall_s"] / budget for c in cells]
             print(f"{budget} s: best {cells[0]['shape']} at {cells[0]['final_val_loss']:.4f} of {len(cells)} shapes; "
                   f"wall / budget median {statistics.median(walls):.2f} ({min(walls):.2f} to {max(walls):.2f})")
+    if args.fit:
+        fit(results, train_tokens)
+        path.write_text(json.dumps(results, indent=2) + "\n")
     print(f"-> {path}")
 
 

@@ -47,7 +47,7 @@ LAYERS = [
     {"errors"},
     {"system"},  # process plumbing: files, devices, threads, torchrun, random generators
     {"data"},  # text to token ids
-    {"config", "model", "params", "peak", "optim", "evaluate", "sampling", "conversation", "tasks", "checkpoint", "rundir", "train", "tracking"},
+    {"config", "model", "params", "peak", "optim", "evaluate", "sampling", "conversation", "tasks", "checkpoint", "rundir", "train", "timekeeper", "tracking"},
     {"interop"},  # transformers folders, export, pretrained weights
     {"lifecycle"},  # a run's life: it starts from pretrained weights too
     {"runs"},  # many runs: the table, sweeps, benchmarks, plots

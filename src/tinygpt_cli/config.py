@@ -6,12 +6,13 @@ Every field becomes a `--kebab-case` flag of `tinygpt train`; its description is
 
 from __future__ import annotations
 
+import re
 import reprlib
 import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import Command, ConfigError, UsageError
 from .system.fsutil import FileTooLarge, read_limited
@@ -24,6 +25,37 @@ else:  # pragma: no cover
 
 def _panel(name: str) -> dict:
     return {"panel": name}
+
+
+MAX_TIME_S = 30 * 24 * 3600
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(h|m|s)", re.IGNORECASE)
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration as people write it: "90s", "10m", "2h", "1h30m", "1.5h"; a bare
+    number is seconds."""
+    cleaned = text.strip().lower()
+    try:
+        return float(cleaned)
+    except ValueError:
+        pass
+    parts = _DURATION.findall(cleaned)
+    if not parts or "".join(_DURATION.sub("", cleaned).split()):
+        raise ValueError(f"{text!r} is not a duration: write it like 90s, 10m, 2h or 1h30m")
+    return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[unit] for n, unit in parts)
+
+
+def describe_duration(seconds: float) -> str:
+    """A duration the way parse_duration reads it: "90s", "10m", "1h30m", "2m05s"."""
+    total = round(seconds)
+    h, rem = divmod(total, 3600)
+    m, s = divmod(rem, 60)
+    parts = [f"{h}h"] if h else []
+    if m or (h and s):
+        parts.append(f"{m:02d}m" if h else f"{m}m")
+    if s or not parts:
+        parts.append(f"{s:02d}s" if parts else f"{s}s")
+    return "".join(parts)
 
 
 class ModelConfig(BaseModel):
@@ -80,6 +112,7 @@ class TrainConfig(BaseModel):
 
     eval_interval: int = Field(250, ge=1, description="Evaluate train/val loss and save `last` every N steps.", json_schema_extra=_panel("Run"))
     eval_iters: int = Field(200, gt=0, le=10**6, description="Batches averaged per loss estimate.", json_schema_extra=_panel("Run"))
+    time: float | None = Field(None, gt=0, le=MAX_TIME_S, description="Train for this long, then stop (90s, 10m, 2h; whole process, evaluations and saves included): the iterations are fitted to the pace the run measures. On `train`, it also picks the model's shape for the time: any shape flag you give is kept.", json_schema_extra={**_panel("Run"), "text": True})
     stop_at_val_loss: float | None = Field(None, gt=0, description="Stop as soon as an evaluation's val loss is at or below this (a time-to-quality target).", json_schema_extra=_panel("Run"))
     seed: int = Field(1337, ge=0, le=2**32 - 1, description="Random seed: same seed, same run.", json_schema_extra=_panel("Run"))
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="Where to compute (auto: cuda, then mps, then cpu).", json_schema_extra=_panel("Run"))
@@ -87,6 +120,11 @@ class TrainConfig(BaseModel):
     compile: bool = Field(False, description="Compile the model with torch.compile (slow start, faster steps).", json_schema_extra=_panel("Run"))
     init_from: str | None = Field(None, min_length=1, max_length=4096, description="Start from these weights instead of random ones, with their shape and tokenizer: a run folder or checkpoint, a transformers GPT-2 or GPT-NeoX folder, or a Hugging Face hub id such as gpt2 (downloaded once, then cached).", json_schema_extra=_panel("Run"))
     log: Literal["none", "tensorboard", "wandb"] = Field("none", description="Also log metrics to TensorBoard (event files in the run folder) or Weights & Biases (WANDB_MODE=offline works offline).", json_schema_extra=_panel("Run"))
+
+    @field_validator("time", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return parse_duration(value) if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _cross_field(self) -> TrainConfig:
@@ -143,6 +181,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
 }
 DEFAULT_PRESET = "baby"
+TIME_PRESET = "cpu"  # with --time and no preset
 # A settings file holds a few dozen lines: anything far larger is not one (or is /dev/zero).
 MAX_CONFIG_BYTES = 2**20
 
@@ -221,11 +260,11 @@ def resolve_config(preset: str | None, config_file: Path | None, flags: dict[str
     """Merge preset < config file < flags (flags that are None were not given). Adjustments made
     for the user (a preset's warmup scaled to a short run) are appended to `notes`."""
     file_values = read_config_file(config_file) if config_file else {}
-    preset = preset or file_values.pop("preset", None) or DEFAULT_PRESET
-    file_values.pop("preset", None)
+    chosen = {**{k: v for k, v in file_values.items() if k != "preset"}, **{k: v for k, v in flags.items() if v is not None}}
+    # A run given a time starts from the recipe its rule was measured with (runs/timedial.py).
+    preset = preset or file_values.get("preset") or (TIME_PRESET if chosen.get("time") is not None else DEFAULT_PRESET)
     if not isinstance(preset, str) or preset not in PRESETS:
         raise UsageError(f"unknown preset {preset!r}: choose from {', '.join(PRESETS)}")
-    chosen = {**file_values, **{k: v for k, v in flags.items() if v is not None}}
     values = {**PRESETS[preset], **chosen}
     if chosen.get("init_from") is not None:
         # The source's shape replaces the preset's (lifecycle.train_new): the model settings
@@ -234,6 +273,12 @@ def resolve_config(preset: str | None, config_file: Path | None, flags: dict[str
     if "warmup_iters" not in chosen:
         _scale_warmup(values, preset, notes if notes is not None else [])
     return build_config(values)
+
+
+def given_settings(config_file: Path | None, flags: dict[str, Any]) -> set[str]:
+    """The settings the user chose, by flag or in a settings file (not by preset)."""
+    from_file = read_config_file(config_file) if config_file else {}
+    return {k for k in from_file if k != "preset"} | {k for k, v in flags.items() if v is not None}
 
 
 def _scale_warmup(values: dict[str, Any], preset: str, notes: list[str]) -> None:

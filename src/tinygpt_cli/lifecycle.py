@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import signal
 import threading
+import time
 from contextlib import nullcontext, suppress
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ import torch
 from pydantic import ValidationError
 
 from .checkpoint import Checkpoint, load_checkpoint, load_model_weights, save_checkpoint
-from .config import SHAPE_FIELDS, RunConfig, build_config, check_against_data, first_problem, flag_name
+from .config import SHAPE_FIELDS, RunConfig, build_config, check_against_data, describe_duration, first_problem, flag_name
 from .data.dataset import Dataset, load_dataset
 from .data.tokenizer import byte_lengths
 from .evaluate import predictions, score_val, val_windows
@@ -35,6 +36,7 @@ from .interop.pretrained import check_tokenizer, fit_config, initial_weights, lo
 from .system.rng import rng_problems
 from .system.threads import ThreadPolicy
 from .rundir import RunDir
+from .timekeeper import Replan, TimeKeeper
 from .tracking import Tracker, open_tracker
 from .train import EvaluationAbandoned, NonFiniteLoss, Trainer
 
@@ -104,6 +106,8 @@ class StartInfo:
         found = []
         if self.start_iter:
             found.append(("info", f"resuming at iteration {self.start_iter:,} of {train.max_iters:,}"))
+        if train.time is not None:
+            found.append(("info", f"given {describe_duration(train.time)}: the iterations follow this run's pace, to end on time"))
         elif train.init_from:
             found.append(("info", f"fine-tuning: the weights of {train.init_from}, a new optimiser state and schedule"))
         if self.grown_tokens:
@@ -116,7 +120,7 @@ class StartInfo:
         if self.best_saved_after_last is not None:
             found.append(("note", f"best.safetensors (iteration {self.best_saved_after_last:,}) was saved after last.safetensors "
                                   "(an interrupted save): it is kept as the best so far"))
-        if self.projected_seconds > 3600:
+        if self.projected_seconds > 3600 and train.time is None:
             found.append(("warning", f"this may take about {self.projected_seconds / 3600:.1f} h on {self.device}"))
         return found
 
@@ -127,6 +131,10 @@ class TrainingReporter:
     def on_start(self, info: StartInfo) -> None: ...
     def on_step(self, record: dict[str, Any]) -> None: ...
     def on_eval(self, record: dict[str, Any]) -> None: ...
+    def on_plan(self, record: dict[str, Any]) -> None:
+        """A run given a time changed its max_iters to end on time (timekeeper.Replan): the
+        record holds iter, max_iters, the previous one (was), whether it was the first fifth's
+        calibration (calibrating) or a machine that slowed down, and a sentence (text)."""
     def on_final_eval(self, windows: int) -> Callable[[int], None]:
         """The final evaluation starts, over `windows` windows: a callback told of each batch scored."""
         return lambda n: None
@@ -165,6 +173,8 @@ class TrainingRun:
         self.data_changes: list[dict[str, Any]] = []  # resumes onto another dataset (--allow-data-change), for run.json
         self.signals: StopSignals | None = None  # set while fit() runs
         self.matmul_peak: MatmulPeak | None = None  # measured when fit() starts, for run.json
+        self.started = time.monotonic()  # a new run's time (--time) counts from here, its setup included
+        self.keeper: TimeKeeper | None = None  # set when fit() starts, for a run given a time
 
     # --- resuming --------------------------------------------------------------------------
     def restore(self, ckpt: Checkpoint) -> None:
@@ -204,8 +214,14 @@ class TrainingRun:
     def on_step(self, record: dict[str, Any]) -> None:
         self._log(record)
         self.reporter.on_step(record)
+        if self.keeper is not None:
+            cfg = self.trainer.config.train
+            replan = self.keeper.after_steps(self.trainer.step, cfg.max_iters, cfg.eval_interval, cfg.warmup_iters)
+            if replan is not None:
+                self._replan(replan)
 
     def on_eval(self, record: dict[str, Any], improved: bool) -> None:
+        saving = time.perf_counter()
         self._log(record)
         # `best` first: a crash between the two saves then leaves `last` at the previous
         # evaluation and `best` ahead of it, which a resume keeps (keep_best_saved_after_last).
@@ -213,8 +229,33 @@ class TrainingRun:
             self.save("best")
         self.save("last")
         self._write_running()
+        if self.keeper is not None:
+            t = self.trainer
+            self.keeper.evaluated(t.eval_seconds + time.perf_counter() - saving, 2 * t.config.train.eval_iters * t.tokens_per_iter())
         self.tracker.checkpoint_saved()  # a do-nothing Tracker off rank 0
         self.reporter.on_eval({**record, "best_val_loss": self.trainer.best_val, "improved": improved})
+
+    def _replan(self, replan: Replan) -> None:
+        """Another max_iters, so that a run given a time ends on time; config.json keeps it, so a
+        resume goes on with the same plan."""
+        t = self.trainer
+        was = t.config.train.max_iters
+        t.config = t.config.model_copy(update={"train": t.config.train.model_copy(update={"max_iters": replan.max_iters})})
+        if self.is_main:
+            write_json_atomic(self.run.config_path, t.config.model_dump())
+            self._write_running()
+        why = "fitted to this run's pace" if replan.calibrating else "the machine slowed down"
+        self.reporter.on_plan({"iter": t.step, "max_iters": replan.max_iters, "was": was, "calibrating": replan.calibrating,
+                               "text": f"{why}: {replan.max_iters:,} iterations instead of {was:,}, to end on time"})
+
+    def _timekeeper(self) -> TimeKeeper | None:
+        t = self.trainer
+        budget = t.config.train.time
+        if budget is None:
+            return None
+        used = t.elapsed_before if t.step else time.monotonic() - self.started
+        final = min(predictions(t.dataset.val, t.dataset.val_mask), max(FINAL_EVAL_TOKENS, t.eval_tokens()))
+        return TimeKeeper(budget, used, t.tokens_per_iter(), 2 * t.config.train.eval_iters * t.tokens_per_iter(), final)
 
     # --- the run folder ----------------------------------------------------------------------
     def save(self, kind: str) -> None:
@@ -306,6 +347,7 @@ class TrainingRun:
             # steps' speed against it.
             self.matmul_peak = measure_matmul_peak(t.config.model, t.config.train.batch_size, t.device, t.dtype, repeats=2)
             self._write_running()
+            self.keeper = self._timekeeper()
             try:
                 finished = self.trainer.fit(self)
             except NonFiniteLoss as e:
@@ -420,10 +462,15 @@ def prepare_training(config: RunConfig) -> tuple[RunConfig, Dataset]:
 
 
 def train_new(config: RunConfig, run_path: Path, reporter: TrainingReporter | None = None,
-              overwrite: bool = False, dist: DistContext = DistContext(), threads: ThreadPolicy | None = None) -> TrainResult:
+              overwrite: bool = False, dist: DistContext = DistContext(), threads: ThreadPolicy | None = None,
+              started: float | None = None) -> TrainResult:
     """Start a run in `run_path`, from random weights or from config.train.init_from's. Under
     torchrun only rank 0 touches the folder. `threads`: the process's CPU thread policy
-    (system/process.py:init_process), which the training then keeps fitted to the load."""
+    (system/process.py:init_process), which the training then keeps fitted to the load.
+    `started`: when a run given a time (config.train.time) started, as time.monotonic() (the
+    command's start, its plan included); by default, now."""
+    started = time.monotonic() if started is None else started
+    check_time_alone(config, dist.world_size)
     run = RunDir(run_path)
     if dist.is_main:
         run.check_not_in_use()
@@ -438,7 +485,17 @@ def train_new(config: RunConfig, run_path: Path, reporter: TrainingReporter | No
             run.clear()
             tracker = open_tracker(trainer.config.train.log, run, trainer.config, 0)
             write_json_atomic(run.config_path, trainer.config.model_dump())
-        return TrainingRun(trainer, run, reporter or TrainingReporter(), tracker).fit()
+        training = TrainingRun(trainer, run, reporter or TrainingReporter(), tracker)
+        training.started = started
+        return training.fit()
+
+
+def check_time_alone(config: RunConfig, processes: int) -> None:
+    """A run given a time fits its iterations to its own pace: processes under torchrun would
+    each fit theirs (the plan would need a collective of its own)."""
+    if config.train.time is not None and processes > 1:
+        raise UsageError("--time runs in one process: under torchrun each process would fit the iterations to its own pace",
+                         "leave out --nproc, or give --max-iters instead of --time")
 
 
 def _check_new_run_folder(run: RunDir, overwrite: bool) -> None:
@@ -479,6 +536,14 @@ def _data_change(ckpt: Checkpoint, dataset: Dataset, run: RunDir, allowed: bool)
     return {"iteration": ckpt.iteration, "from_sha256": trained_on, "to_sha256": dataset.info.digest}
 
 
+def _without_time_for_iters(saved: RunConfig, overrides: dict[str, Any]) -> dict[str, Any]:
+    """A resume given --max-iters runs that many iterations: a time the run was given would
+    otherwise fit them away again (a resume given --time keeps it, or sets a new one)."""
+    if "max_iters" in overrides and "time" not in overrides and saved.train.time is not None:
+        return {**overrides, "time": None}
+    return overrides
+
+
 def read_run_config(run: RunDir) -> RunConfig:
     try:
         saved = read_json(run.config_path)
@@ -514,7 +579,8 @@ def resume(run_path: Path, overrides: dict[str, Any] | None = None, reporter: Tr
                          Command("train", before="start a new run instead:"))
     with run.locked() if dist.is_main else nullcontext():
         saved = read_run_config(run)
-        config = build_config({**saved.flat(), **overrides})
+        config = build_config({**saved.flat(), **_without_time_for_iters(saved, overrides)})
+        check_time_alone(config, dist.world_size)
         if not run.last_path.exists():
             raise TinyGPTError(f"{run.path} has no last checkpoint to resume from",
                                Command("train", options={"out": str(run.path), "overwrite": True}))

@@ -220,6 +220,11 @@ class LiveTraining(TrainingReporter):
                        f"{record['elapsed']:.0f} s{left}")
         self.draw(force=done == total)
 
+    def on_plan(self, record: dict[str, Any]) -> None:
+        self.progress = (record["iter"], record["max_iters"])
+        if not record["calibrating"]:
+            self.say(f"note: {record['text']}")
+
     def on_eval(self, record: dict[str, Any]) -> None:
         star = " (best so far)" if record["improved"] else ""
         self.say(f"eval at {record['iter']:,}: train {record['train_loss']:.4f}, val {record['val_loss']:.4f} "

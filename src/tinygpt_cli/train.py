@@ -119,6 +119,7 @@ class Trainer:
         self._t0 = time.perf_counter()
         self.stop_requested: Callable[[], bool] = lambda: False  # fit() sets the run's
         self.evaluating = False  # inside evaluate(): a stop then cuts the evaluation short
+        self.eval_seconds = 0.0  # the last evaluation's
 
     # --- state in and out of checkpoints -------------------------------------------------
     def checkpoint(self, kind: str) -> Checkpoint:
@@ -270,10 +271,12 @@ class Trainer:
         due = self.step % cfg.eval_interval == 0 or self.step == cfg.max_iters
         if not due or self.evaluated_at == self.step:
             return
+        started = time.perf_counter()
         try:
             losses = self.evaluate()
         except EvaluationAbandoned:  # a stop: `last` is saved without it, a resume evaluates again
             return
+        self.eval_seconds = time.perf_counter() - started
         self.evaluated_at = self.step
         self.last_val = losses["val"]
         improved = self.best_val is None or losses["val"] < self.best_val
@@ -308,12 +311,12 @@ class Trainer:
     def fit(self, events: LoopEvents) -> bool:
         """Train to max_iters (or to the val loss target), evaluating every eval_interval steps.
         Returns False when `events` asked to stop first; raises NonFiniteLoss when the loss diverges."""
-        cfg = self.config.train
         self._t0 = time.perf_counter()
         self.stop_requested = events.stop_requested
         self._maybe_evaluate(events)
         window_start, window_steps = time.perf_counter(), 0
-        while self.step < cfg.max_iters and not self.reached_target():
+        # The config is read at every step: a run given a time may change its max_iters (timekeeper.py).
+        while self.step < (cfg := self.config.train).max_iters and not self.reached_target():
             if events.stop_requested() and not self.dist.enabled:
                 return False  # one process needs no agreement: stop before another step
             if self.threads is not None:

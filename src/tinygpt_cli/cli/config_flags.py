@@ -23,8 +23,9 @@ CONFIG_OPTION = typer.Option(None, "--config", help="TOML file of settings (flag
 
 def _option(name: str, defaults_from_run: bool) -> inspect.Parameter:
     info = FIELD_INFO[name]
-    annotation = info.annotation
-    panel = (info.json_schema_extra or {}).get("panel", "Options")
+    extra = info.json_schema_extra or {}
+    annotation = str if extra.get("text") else info.annotation  # "text": the field parses its own text (a duration)
+    panel = extra.get("panel", "Options")
     if defaults_from_run:  # resume: an unset flag keeps the run's own value, not the field's default
         default = " (default: the run's saved value)"
     else:

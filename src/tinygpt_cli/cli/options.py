@@ -9,6 +9,7 @@ import typer
 
 RUN = typer.Option(None, "--run", help="Run folder to read (default: the most recent run in runs/).")
 CHECKPOINT = typer.Option(None, "--checkpoint", help="A checkpoint file (.safetensors) instead of a run.")
+DRY_RUN = typer.Option(False, "--dry-run", help="Show what would be trained (sweep: the grid, each run's parameters and projected time; train --time: the plan and every shape it weighed), and train nothing.")
 JSON = typer.Option(False, "--json", help="Print JSON for scripts instead of text for people (no progress display).")
 DEVICE = typer.Option("auto", "--device", help="Where to compute (auto: cuda, then mps, then cpu).")
 OVERWRITE = typer.Option(False, "--overwrite", help="Replace what an earlier run of this command wrote in the folder; a folder that holds anything else is refused.")

@@ -100,6 +100,13 @@ def make_reporter(interactive: bool):
                 out.print(fit_line([f"iter {record['iter']:>6}", f"loss {fields['loss']}", f"lr {fields['lr']}",
                                     f"{fields['tps']} tok/s", f"elapsed {format_duration(record['elapsed'])}"], out.width))
 
+        def on_plan(self, record: dict[str, Any]) -> None:
+            self.max_iters = record["max_iters"]
+            if self.progress is not None:
+                self.progress.update(self.task, total=self.max_iters)
+            if not record["calibrating"]:  # the calibration's changes show in the total alone
+                (self.progress.console if self.progress is not None else out).print(f"[yellow]note:[/] {escape(record['text'])}")
+
         def on_eval(self, record: dict[str, Any]) -> None:
             star = " *" if record["improved"] else ""
             line = fit_line([f"eval {record['iter']:>6}", f"train {record['train_loss']:.4f}",

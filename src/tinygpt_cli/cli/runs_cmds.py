@@ -14,7 +14,7 @@ import typer
 
 from .config_flags import CONFIG_OPTION, PRESET_OPTION
 from .console import err, format_duration, out, print_json, render_hint
-from .options import JSON, say_deprecated
+from .options import DRY_RUN, JSON, say_deprecated
 from .reporting import make_reporter, print_curve
 
 STATUS_STYLE = {"finished": "green", "stopped": "yellow", "running": "cyan", "failed": "red", "aborted": "red", "crashed": "red",
@@ -213,7 +213,7 @@ def sweep(
     preset: str = PRESET_OPTION,
     config: Path = CONFIG_OPTION,
     out_dir: Path = typer.Option(None, "--out", help="Sweep folder, one run folder per cell (default: runs/sweep-<timestamp>)."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Show the grid, each run's parameters and projected time; train nothing."),
+    dry_run: bool = DRY_RUN,
     as_json: bool = JSON,
 ) -> None:
     """Train a grid of runs: any train flag takes comma-separated values, every combination runs.

@@ -11,7 +11,7 @@ import typer
 from ..config import MODEL_FIELDS, TRAIN_FIELDS
 from .config_flags import CONFIG_OPTION, PRESET_OPTION, with_config_flags
 from .console import err, out, print_json
-from .options import JSON, OVERWRITE, RUN, run_named
+from .options import DRY_RUN, JSON, OVERWRITE, RUN, run_named
 from .reporting import make_reporter
 
 TRAIN_FLAGS = [f for f in MODEL_FIELDS + TRAIN_FIELDS if f != "vocab_size"]  # vocab size comes from the data
@@ -83,13 +83,38 @@ def _reporter_for(dist, as_json: bool):
     return make_reporter(_interactive()) if dist.is_main and not as_json else TrainingReporter()
 
 
-def _print_summary(result, dist, as_json: bool) -> None:
+def _print_summary(result, dist, as_json: bool, plan=None) -> None:
     """--json: the run's outcome as one JSON object (rank 0 only)."""
     if as_json and dist.is_main:
         print_json({"status": "finished", "run": str(result.run), "iterations": result.iteration,
                     "best_val_loss": result.best_val_loss, "last_val_loss": result.last_val_loss,
                     "val_loss_estimated_over_tokens": result.estimated_over_tokens, "final_eval": result.final_eval,
-                    "elapsed_s": result.elapsed, "best_checkpoint": str(Path(result.run) / "best.safetensors")})
+                    "elapsed_s": result.elapsed, "best_checkpoint": str(Path(result.run) / "best.safetensors"),
+                    **({"time_plan": plan.to_dict()} if plan is not None else {})})
+
+
+def _show_plan(plan, say, dry_run: bool) -> None:
+    """What a --time plan chose and why; with --dry-run, every candidate it weighed."""
+    from rich.markup import escape
+
+    say.print(f"time dial: {escape(plan.reason())}", soft_wrap=True)
+    for note in plan.notes:
+        say.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
+    if not dry_run:
+        return
+    from rich.table import Table
+
+    table = Table(title=f"candidates, lowest predicted val loss first (planned in {plan.planning_s:.1f} s; ~: estimated from FLOPs)")
+    for name in ("shape", "heads", "params", "ms/iter", "iters", "tokens/param", "val loss"):
+        table.add_column(name, justify="left" if name == "shape" else "right", no_wrap=True)
+    fitting = [c for c in plan.candidates if c.iters > 0]
+    for c in fitting:
+        table.add_row(f"{c.n_layer}x{c.n_embd}", str(c.n_head), f"{c.params:,}", f"{'' if c.timed else '~'}{c.ms_per_iter:.1f}",
+                      f"{c.iters:,}", f"{c.tokens / c.params:.1f}", f"{c.predicted_loss:.4f}")
+    say.print(table)
+    if len(fitting) < len(plan.candidates):
+        say.print(f"too slow to train at all in the time: {', '.join(c.shape for c in plan.candidates if c.iters == 0)}", soft_wrap=True)
+    say.print(f"rule: {escape(plan.rule.source)}", soft_wrap=True)
 
 
 @with_config_flags(TRAIN_FLAGS)
@@ -100,15 +125,19 @@ def train(
     out_dir: Path = typer.Option(None, "--out", help="Run folder (default: runs/<timestamp>)."),
     overwrite: bool = OVERWRITE,
     nproc: int = typer.Option(None, "--nproc", min=1, help="Data-parallel processes on this machine (starts torchrun for you).", rich_help_panel="Run"),
+    rule: Path = typer.Option(None, "--rule", help="The scaling rule --time plans with: a rule.json of tinygpt scaling (default: the one fitted on tiny Shakespeare).", rich_help_panel="Run"),
+    dry_run: bool = DRY_RUN,
     as_json: bool = JSON,
 ) -> None:
     """Train a GPT from scratch on a prepared dataset.
 
     Example: tinygpt train --preset cpu --max-iters 2000
+    Example: tinygpt train --time 10m   (the best model for ten minutes on this machine)
     """
     import time
 
-    from ..config import resolve_config
+    started = time.monotonic()
+    from ..config import given_settings, resolve_config
     from ..system.distributed import backend_name, broadcast_int, context_from_env, destroy_process_group, init_process_group
     from ..rundir import RUNS_DIR, default_run_name
     from ..system.devices import pick_device
@@ -118,8 +147,21 @@ def train(
     notes: list[str] = []
     run_config = resolve_config(preset, config, flags, notes)
     say = err if as_json else out  # with --json, stdout holds the JSON alone
-    for note in notes if os.environ.get("RANK", "0") == "0" else []:  # said once under torchrun
+    for note in notes if dist_rank_is_main() else []:  # said once under torchrun
         say.print(f"[yellow]note:[/] {note}")
+    plan = None
+    if run_config.train.time is not None:
+        plan = _plan(run_config, given_settings(config, flags), rule, started, nproc)
+        run_config = plan.config
+        if dist_rank_is_main():
+            _show_plan(plan, say, dry_run and not as_json)
+    elif rule is not None:
+        from ..errors import UsageError
+
+        raise UsageError("--rule is the rule --time plans with: give --time too")
+    if dry_run:
+        _dry_run(run_config, plan, as_json)
+        return
     if nproc is not None and nproc > 1:
         _check_nproc(nproc, pick_device(run_config.train.device))
         _launch_torchrun(nproc, out_dir or RUNS_DIR / default_run_name())
@@ -135,10 +177,41 @@ def train(
                       f"({run_config.train.batch_size} per process x {run_config.train.grad_accum} accumulation steps)")
         with _quiet_unless_main(dist):
             result = train_new(run_config, run_path, _reporter_for(dist, as_json), overwrite=overwrite, dist=dist,
-                               threads=init_process())
-        _print_summary(result, dist, as_json)
+                               threads=init_process(), started=started)
+        _print_summary(result, dist, as_json, plan)
     finally:
         destroy_process_group()
+
+
+def dist_rank_is_main() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _plan(run_config, fixed: set[str], rule_path: Path | None, started: float, nproc: int | None):
+    """The --time plan: the shape and iterations for the time (runs/timedial.py)."""
+    from ..lifecycle import check_time_alone
+    from ..runs.law import SHIPPED_RULE, load_rule
+    from ..runs.timedial import plan_for_time
+    from ..system.process import init_process
+
+    check_time_alone(run_config, int(os.environ.get("WORLD_SIZE", nproc or 1)))
+    with err.status("time dial: timing the candidate shapes on this machine..."):
+        return plan_for_time(run_config, run_config.train.time, fixed, load_rule(rule_path or SHIPPED_RULE),
+                             threads=init_process(), started=started)
+
+
+def _dry_run(run_config, plan, as_json: bool) -> None:
+    from ..params import param_report
+
+    if as_json:
+        print_json({"config": run_config.flat(), "params": param_report(run_config.model).total,
+                    **({"time_plan": plan.to_dict()} if plan is not None else {})})
+        return
+    if plan is None:
+        for name, value in run_config.flat().items():
+            out.print(f"{name} = {value}", markup=False)
+        out.print(f"{param_report(run_config.model).total:,} parameters", markup=False)
+    out.print("dry run: nothing trained", markup=False)
 
 
 @with_config_flags(RESUME_FLAGS, defaults_from_run=True)
