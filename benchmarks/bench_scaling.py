@@ -29,16 +29,14 @@ import tempfile
 from pathlib import Path
 
 from common import RESULTS, TINYGPT, cpu_kind, machine, run_process
-from tinygpt_cli.config import PRESETS, resolve_config
+from tinygpt_cli.config import resolve_config
 from tinygpt_cli.params import param_report
-from tinygpt_cli.runs.law import SHIPPED_RULE, Point, Rule, describe_law, fit_law
+from tinygpt_cli.runs.law import SHIPPED_RULE, Point, Rule, describe_law, fit_law, recipe_of
 
 LAYERS = (2, 4, 6)
 WIDTHS = (64, 128, 192, 256)
 HEAD_SIZE = 32
 TOKENS_PER_ITER = 16 * 64  # the cpu preset's batch x block
-# What the rule's runs share: a plan on other settings says its choice is extrapolated.
-RECIPE = {k: v for k, v in PRESETS["cpu"].items() if k not in ("n_layer", "n_head", "n_embd", "max_iters", "eval_interval", "eval_iters", "warmup_iters")}
 
 
 def shape_settings(shape: str) -> dict:
@@ -70,7 +68,7 @@ def fit(results: dict, train_tokens: int) -> None:
     law, spread = fit_law(points)
     m = results["machine"]
     rule = Rule(law, points, {"corpus": "tiny Shakespeare", "tokenizer": "char", "vocab_size": 65, "train_tokens": train_tokens,
-                              "recipe": "the cpu preset's, head size 32", "recipe_settings": RECIPE,
+                              "recipe": "the cpu preset's, head size 32", "recipe_settings": recipe_of(resolve_config("cpu", None, {})),
                               "machine": f"{m.get('cpu', 'a CPU')} ({m['cpu_kind']}), {m.get('cores', '?')} cores",
                               "measured_by": "benchmarks/bench_scaling.py"}, spread)
     residuals = {f"{p.shape}@{p.tokens}": round(p.val_loss - law.loss(p.params, p.tokens), 4) for p in points}

@@ -60,6 +60,7 @@ BASES = {
     ("train",): lambda c: ([], [*tiny_cli_flags(c.dataset, **TRAIN_BRIEFLY), "--out", c.folder / "run"]),
     ("resume",): lambda c: ([], ["--run", c.copy_of_run()]),
     ("sweep",): lambda c: ([], [*tiny_cli_flags(c.dataset, **TRAIN_BRIEFLY, seed="1,2"), "--out", c.folder / "sweep"]),
+    ("scaling",): lambda c: ([], ["--time", "5m", "--shapes", "1x16,1x32", "--data-dir", c.dataset, "--out", c.folder / "scaling", "--dry-run"]),
     ("bench",): lambda c: ([], [*tiny_cli_flags(None, **TRAIN_BRIEFLY), "--vocab-size", "50", "--steps", "1", "--repeats", "1"]),
     ("generate",): lambda c: ([], ["--run", c.run, "--max-new-tokens", "3", "--prompt", "the"]),
     ("params",): lambda c: ([], ["--run", c.run]),

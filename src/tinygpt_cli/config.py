@@ -33,16 +33,16 @@ _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(h|m|s)", re.IGNORECASE)
 
 def parse_duration(text: str) -> float:
     """Seconds in a duration as people write it: "90s", "10m", "2h", "1h30m", "1.5h"; a bare
-    number is seconds."""
+    number is seconds. Zero, a sign, nan or inf are not durations."""
     cleaned = text.strip().lower()
-    try:
-        return float(cleaned)
-    except ValueError:
-        pass
-    parts = _DURATION.findall(cleaned)
-    if not parts or "".join(_DURATION.sub("", cleaned).split()):
+    if re.fullmatch(r"\d+(\.\d+)?", cleaned):
+        parts = [(cleaned, "s")]
+    else:  # number-unit pairs and nothing else, spaces aside
+        parts = _DURATION.findall(cleaned) if not _DURATION.sub("", cleaned).strip() else []
+    seconds = sum(float(n) * {"h": 3600, "m": 60, "s": 1}[unit] for n, unit in parts)
+    if seconds <= 0:
         raise ValueError(f"{text!r} is not a duration: write it like 90s, 10m, 2h or 1h30m")
-    return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[unit] for n, unit in parts)
+    return seconds
 
 
 def describe_duration(seconds: float) -> str:

@@ -1,4 +1,4 @@
-"""`tinygpt plot`, `tinygpt runs` and `tinygpt sweep`: see and compare runs.
+"""`tinygpt plot`, `tinygpt runs`, `tinygpt sweep` and `tinygpt scaling`: see and compare runs.
 
 torch and matplotlib are imported inside the commands only, so `tinygpt --help` stays quick.
 """
@@ -188,7 +188,7 @@ def _cell_reporter(interactive: bool):
     inner = make_reporter(interactive)
 
     class CellReporter(TrainingReporter):
-        on_start, on_step, on_eval, on_final_eval = inner.on_start, inner.on_step, inner.on_eval, inner.on_final_eval
+        on_start, on_step, on_eval, on_final_eval, on_plan = inner.on_start, inner.on_step, inner.on_eval, inner.on_final_eval, inner.on_plan
 
         def on_end(self, status: str, result: dict) -> None:
             for display in (getattr(inner, "progress", None), getattr(inner, "final_bar", None)):
@@ -298,7 +298,109 @@ def _sweep_summary(plan, result, as_json: bool) -> None:
         out.print(f"wrote {png}", markup=False)
 
 
+def scaling(
+    total: str = typer.Option(..., "--time", help="The whole grid's time (1h, 90m): each size trains for t, 2t and 4t, which add up to it."),
+    shapes: str = typer.Option("4x64,4x128,6x128,6x192", "--shapes", help="The model sizes, LAYERSxWIDTH, comma-separated (heads 32 wide)."),
+    preset: str = PRESET_OPTION,
+    data_dir: Path = typer.Option(Path("data/shakespeare"), "--data-dir", help="Prepared dataset folder, as the prepare command writes it."),
+    out_dir: Path = typer.Option(None, "--out", help="Folder of the grid's runs, rule.json and scaling.png (default: runs/scaling-<timestamp>)."),
+    dry_run: bool = DRY_RUN,
+    as_json: bool = JSON,
+) -> None:
+    """Measure your own scaling law: a grid of model sizes and times on your data, here.
+
+    Each size trains for t, 2t and 4t; the law L(N, D) = E + A/N^alpha + B/D^beta is fitted on
+    their final losses. rule.json then plans train --time with it; scaling.png shows loss against
+    compute, one curve per size, and the compute-optimal frontier.
+
+    Rerun the same command with --out FOLDER to skip finished runs and resume stopped ones.
+
+    Example: tinygpt scaling --time 1h --out runs/scaling
+    """
+    from ..config import TIME_PRESET, parse_duration, resolve_config
+    from ..errors import TrainingStopped, UsageError
+    from ..lifecycle import TrainingReporter, prepare_training
+    from ..rundir import RUNS_DIR, default_run_name
+    from ..runs.law import SHIPPED_RULE, load_rule
+    from ..runs.scaling import parse_shapes, plan_scaling, run_scaling
+    from ..system.process import init_process
+
+    try:
+        seconds = parse_duration(total)
+    except ValueError as e:
+        raise UsageError(f"--time: {e}") from None
+    config = prepare_training(resolve_config(preset or TIME_PRESET, None, {"data_dir": str(data_dir)}))[0]  # the data first
+    plan = plan_scaling(config, seconds, parse_shapes(shapes), out_dir or RUNS_DIR / f"scaling-{default_run_name()}")
+    again = (f"tinygpt scaling --time {shlex.quote(total)} --shapes {shapes}" + (f" --preset {preset}" if preset else "")
+             + f" --data-dir {shlex.quote(str(data_dir))} --out {shlex.quote(str(plan.out))}")
+    if dry_run:
+        _show_scaling_plan(plan, as_json)
+        return
+    say = err if as_json else out
+    say.print(f"scaling: {len(plan.cells)} runs into {plan.out}, {total} in all (stopped? {again} resumes it)", markup=False, soft_wrap=True)
+    verbs = {"train": "training", "resume": "resuming", "finished": "finished before"}
+
+    def on_cell(i: int, cell, state: str) -> None:
+        say.print(f"[bold]\\[{i + 1}/{len(plan.cells)}][/] {cell.name}: {verbs[state]}")
+
+    interactive = sys.stdout.isatty() and not as_json
+    try:
+        run_scaling(plan, load_rule(SHIPPED_RULE), (lambda cell: TrainingReporter()) if as_json else (lambda cell: _cell_reporter(interactive)),
+                    on_cell, init_process())
+    except TrainingStopped as e:
+        raise TrainingStopped(e.message, again, e.exit_code) from None
+    _scaling_summary(plan, as_json)
+
+
+def _show_scaling_plan(plan, as_json: bool) -> None:
+    if as_json:
+        print_json(plan.to_dict())
+        return
+    from rich.table import Table
+
+    from ..config import describe_duration
+    from ..params import param_report
+
+    out.print(f"{len(plan.cells)} runs into {plan.out}, {describe_duration(plan.total_s)} in all", markup=False, soft_wrap=True)
+    table = Table()
+    for col in ("run", "heads", "parameters", "state"):
+        table.add_column(col, justify="left" if col in ("run", "state") else "right", no_wrap=True)
+    for cell in plan.cells:
+        model = plan.config.model.model_copy(update=dict(zip(("n_layer", "n_embd", "n_head"), cell.shape)))
+        table.add_row(cell.name, str(cell.shape[2]), f"{param_report(model).non_embedding:,}", cell.state())
+    out.print(table)
+    out.print("parameters: outside the embeddings, the N of the law", markup=False)
+
+
+def _scaling_summary(plan, as_json: bool) -> None:
+    """The fitted law, rule.json and scaling.png, and what to do with them."""
+    from ..errors import TinyGPTError
+    from ..runs.law import describe_law
+    from ..runs.scaling import fit_scaling, scaling_picture
+
+    rule = fit_scaling(plan)
+    rule.save(plan.out / "rule.json")
+    png: Path | None = plan.out / "scaling.png"
+    try:
+        scaling_picture(rule, f"scaling law of {rule.fitted_on['corpus']}, {len(rule.points)} runs").save(png)
+    except TinyGPTError as e:
+        err.print(f"no scaling.png: {e.message}" + (f" ({render_hint(e.hint)})" if e.hint else ""), markup=False)
+        png = None
+    law, spread = rule.law, rule.uncertainty
+    if as_json:
+        print_json({**rule.to_dict(), "rule": str(plan.out / "rule.json"), "plot": str(png) if png else None})
+        return
+    out.print(describe_law(law), markup=False)
+    for name in ("alpha", "beta"):
+        out.print(f"  {name} = {getattr(law, name):.3f} ± {spread.get(name, float('nan')):.3f} (bootstrap standard deviation)", markup=False)
+    out.print(f"the best size grows as compute^{law.beta / (law.alpha + law.beta):.2f}, the tokens as "
+              f"compute^{law.alpha / (law.alpha + law.beta):.2f}", markup=False)
+    out.print(f"wrote {plan.out / 'rule.json'}" + (f" and {png}" if png else ""), markup=False)
+    out.print(f"next: tinygpt train --time 10m --rule {shlex.quote(str(plan.out / 'rule.json'))}", markup=False)
+
+
 def register(app: typer.Typer) -> None:
     app.command("plot")(plot)
     app.command("runs")(list_runs)
     app.command("sweep", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(sweep)
+    app.command("scaling")(scaling)

@@ -27,11 +27,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import TinyGPTError
+from ..config import RunConfig
+from ..errors import Command, TinyGPTError
 from ..system.fsutil import read_json, write_json_atomic
 
 RULE_FORMAT = "tinygpt scaling rule 1"
+WRITES_A_RULE = Command("scaling", options={"time": "1h"}, why="measures your own; its folder then holds rule.json")
 SHIPPED_RULE = Path(__file__).parent / "rules" / "tinyshakespeare-char.json"
+# The settings a rule's runs share besides their shape and length: a plan on others is extrapolated.
+RECIPE_FIELDS = ("block_size", "batch_size", "grad_accum", "dropout", "bias", "pos_embedding", "norm", "activation", "qk_norm",
+                 "optimizer", "learning_rate", "muon_lr", "min_lr", "lr_decay", "weight_decay", "beta1", "beta2", "grad_clip")
 HUBER_DELTA = 1e-3
 BOOTSTRAP_FITS = 40
 
@@ -89,12 +94,17 @@ class Rule:
         write_json_atomic(path, self.to_dict())
 
 
+def recipe_of(config: RunConfig) -> dict[str, Any]:
+    flat = config.flat()
+    return {k: flat[k] for k in RECIPE_FIELDS}
+
+
 def load_rule(path: Path) -> Rule:
     """A rule file, checked: a one-line error for anything else."""
     try:
         data = read_json(path)
     except FileNotFoundError as e:
-        raise TinyGPTError(f"no scaling rule at {path}", "tinygpt scaling writes one (its rule.json)") from e
+        raise TinyGPTError(f"no scaling rule at {path}", WRITES_A_RULE) from e
     except (OSError, ValueError) as e:
         raise TinyGPTError(f"cannot read the scaling rule {path}: {e}") from e
     try:
@@ -104,9 +114,9 @@ def load_rule(path: Path) -> Rule:
         points = [Point(**p) for p in data.get("points", [])]
         rule = Rule(law, points, dict(data.get("fitted_on", {})), dict(data.get("uncertainty", {})), str(path))
     except (AttributeError, KeyError, TypeError, ValueError) as e:
-        raise TinyGPTError(f"{path} is not a tinygpt scaling rule: {e}", "tinygpt scaling writes one (its rule.json)") from e
+        raise TinyGPTError(f"{path} is not a tinygpt scaling rule: {e}", WRITES_A_RULE) from e
     if not all(math.isfinite(v) and v >= 0 for v in asdict(law).values()):
-        raise TinyGPTError(f"{path} holds a law with a negative or infinite constant", "fit it again with tinygpt scaling")
+        raise TinyGPTError(f"{path} holds a law with a negative or infinite constant", WRITES_A_RULE)
     return rule
 
 
@@ -154,11 +164,11 @@ def fit_law(points: list[Point], bootstrap: int = BOOTSTRAP_FITS, seed: int = 0)
     fits to resamples of them (each resample's fit starts from the best one)."""
     if len({p.params for p in points}) < 2 or len({p.tokens for p in points}) < 3 or len(points) < 6:
         raise TinyGPTError(f"a scaling law needs at least 6 runs of 2 sizes or more; {len(points)} finished",
-                           "give tinygpt scaling more time, or fewer sizes")
+                           "give the grid more time, or fewer sizes")
     grid = itertools.product([0.3], [2.0, 8.0], [0.3, 0.7], [2.0, 8.0], [0.3, 0.7])
     found = _fit_from(list(grid), points)
     if found is None:
-        raise TinyGPTError("the scaling law did not converge on these runs", "measure more runs (tinygpt scaling --time longer)")
+        raise TinyGPTError("the scaling law did not converge on these runs", "give the grid more time, or other sizes")
     law = _law(found[1])
     rng = random.Random(seed)
     samples = []
