@@ -86,6 +86,15 @@ def test_training_outside_a_notebook_prints_its_lines(tiny_dataset, tmp_path, ca
     assert printed.startswith(f"{tmp_path / 'run'}: ") and "eval at 10:" in printed and "done: 20 iterations" in printed
 
 
+def test_training_for_a_time_plans_the_run_and_keeps_the_shape_given(tiny_dataset, tmp_path, capsys, torch_one_thread):
+    settings = {**TINY_MODEL, **TINY_TRAIN, "max_iters": None, "eval_interval": None, "time": "4s"}
+    result = tg.train(tmp_path / "run", preset="cpu", data_dir=str(tiny_dataset), **settings)
+    printed = capsys.readouterr().out
+    assert printed.startswith("time dial: 4s on this machine: 2 layers x 32 wide") and "note: kept your --n-layer" in printed
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["train"]["time"] == 4 and saved["train"]["max_iters"] == result.iteration
+
+
 def test_a_table_escapes_its_cells_and_draws_bars():
     table = tg.Table("the <next> token", ["token", "share", ""], [["<b>", "50.0%", tg.Bar(0.5)], ["&", "5.0%", tg.Bar(0.05)]])
     page = table._repr_html_()

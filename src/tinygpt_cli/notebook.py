@@ -148,20 +148,34 @@ def params(preset: str = "cpu", **settings: Any) -> Table:
 
 # --- training -----------------------------------------------------------------------------------
 
-def train(out: str | Path, preset: str | None = None, overwrite: bool = False, **settings: Any) -> TrainResult | None:
+def train(out: str | Path, preset: str | None = None, overwrite: bool = False, rule: str | Path | None = None,
+          **settings: Any) -> TrainResult | None:
     """Train a model from scratch, or fine-tune one (init_from=RUN), into the run folder `out`
     (`tinygpt train`). `settings` are train's options by their names (max_iters=2000,
-    data_dir="data/shakespeare"), over the preset's. Progress updates in place; a stop from the
-    notebook saves the run and returns None."""
+    data_dir="data/shakespeare"), over the preset's; time="10m" picks the shape and iterations
+    for the time (with `rule`: a rule.json that `tinygpt scaling` wrote, instead of the shipped one).
+    Progress updates in place; a stop from the notebook saves the run and returns None."""
+    import time
+
     from .config import resolve_config
     from .lifecycle import train_new
     from .system.process import init_process
 
+    started = time.monotonic()
     notes: list[str] = []
     config = resolve_config(preset, None, settings, notes)
+    if config.train.time is not None:
+        from .runs.law import SHIPPED_RULE, load_rule
+        from .runs.timedial import plan_for_time
+
+        given = {k for k, v in settings.items() if v is not None}
+        plan = plan_for_time(config, config.train.time, given, load_rule(Path(rule) if rule else SHIPPED_RULE), init_process(), started)
+        config = plan.config
+        notes = [f"time dial: {plan.reason()}", *plan.notes, *notes]
     for note in notes:
-        print(f"note: {note}")
-    return _stoppable(Path(out), lambda reporter: train_new(config, Path(out), reporter, overwrite=overwrite, threads=init_process()))
+        print(note if note.startswith("time dial") else f"note: {note}")
+    return _stoppable(Path(out), lambda reporter: train_new(config, Path(out), reporter, overwrite=overwrite, threads=init_process(),
+                                                            started=started))
 
 
 def resume(run: str | Path, **settings: Any) -> TrainResult | None:

@@ -1,0 +1,99 @@
+"""`train --time` against the hand sweep and against the presets stretched to the same time (issue #32).
+
+At each budget, on tiny Shakespeare, three whole `tinygpt train` processes run one after the other:
+- the time dial: `train --time B`, which picks its shape and iterations with the shipped rule;
+- the cpu preset stretched: `train --preset cpu --time B` with the preset's own shape given, so
+  that only its iterations follow the time;
+- the cpu-classic preset, stretched the same way.
+Each records the whole process's wall time, the shape, the iterations and the final validation
+loss of its best checkpoint over the whole split. The best cell of the hand sweep at the same
+budget comes from results/scaling-<cpu kind>.json (benchmarks/bench_scaling.py).
+
+Done when (issue #32): the dial within 0.02 of the hand sweep's best cell, below both presets,
+and its wall within 10% of the budget. The results file keeps every budget measured on this CPU
+kind; a rerun measures only the budgets it lacks.
+
+Usage: python benchmarks/bench_time_dial.py --source PATH/TO/input.txt --budgets 120,300
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from common import RESULTS, TINYGPT, cpu_kind, machine, run_process
+from tinygpt_cli.config import PRESETS
+
+CPU_SHAPE = ["--n-layer", "4", "--n-embd", "128", "--n-head", "4"]  # both cpu presets'
+ARMS = {
+    "time dial": [],
+    "cpu preset, stretched": ["--preset", "cpu", *CPU_SHAPE],
+    "cpu-classic preset, stretched": ["--preset", "cpu-classic", *CPU_SHAPE],
+}
+assert all(PRESETS[p][k] == v for p in ("cpu", "cpu-classic") for k, v in (("n_layer", 4), ("n_embd", 128), ("n_head", 4)))
+
+
+def measure(arm: str, budget: int, data_dir: Path, work: Path) -> dict:
+    run = work / arm.split(",")[0].replace(" ", "-")
+    command = TINYGPT + ["train", *ARMS[arm], "--time", f"{budget}s", "--data-dir", str(data_dir), "--out", str(run), "--overwrite", "--json"]
+    load = os.getloadavg()[0]
+    wall, _, done = run_process(command)
+    summary = json.loads(done.stdout)
+    model = json.loads((run / "config.json").read_text())["model"]
+    status = json.loads((run / "run.json").read_text())
+    return {"arm": arm, "budget_s": budget, "wall_s": round(wall, 2), "wall_over_budget": round(wall / budget, 3),
+            "shape": f"{model['n_layer']}x{model['n_embd']}", "n_head": model["n_head"], "iters": summary["iterations"],
+            "final_val_loss": summary["final_eval"]["val_loss"], "dtype": status["matmul_peak"]["dtype"],
+            "predicted_val_loss": summary["time_plan"]["chosen"]["predicted_loss"], "load_average": round(load, 2)}
+
+
+def hand_sweep_best(budget: int) -> dict | None:
+    path = RESULTS / f"scaling-{cpu_kind()}.json"
+    cells = [c for c in json.loads(path.read_text())["cells"].values() if c["budget_s"] == budget] if path.exists() else []
+    if not cells:
+        return None
+    best = min(cells, key=lambda c: c["final_val_loss"])
+    return {"shape": best["shape"], "final_val_loss": best["final_val_loss"], "wall_s": best["wall_s"], "shapes": len(cells)}
+
+
+def verdict(rows: list[dict], best: dict | None) -> dict:
+    dial = next(r for r in rows if r["arm"] == "time dial")
+    presets = min(r["final_val_loss"] for r in rows if r["arm"] != "time dial")
+    return {"dial_minus_hand_sweep_best": None if best is None else round(dial["final_val_loss"] - best["final_val_loss"], 4),
+            "within_0.02_of_hand_sweep": None if best is None else dial["final_val_loss"] <= best["final_val_loss"] + 0.02,
+            "beats_both_presets": dial["final_val_loss"] < presets,
+            "every_wall_within_10_percent": all(abs(r["wall_over_budget"] - 1) <= 0.10 for r in rows)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--source", type=Path, required=True, help="tiny Shakespeare's input.txt")
+    parser.add_argument("--budgets", default="120,300", help="seconds, comma-separated")
+    args = parser.parse_args()
+    path = RESULTS / f"time_dial-{cpu_kind()}.json"
+    results = json.loads(path.read_text()) if path.exists() else {"benchmark": "time_dial", "machine": {**machine(), "cpu_kind": cpu_kind()},
+                                                                   "budgets": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        run_process(TINYGPT + ["prepare", "shakespeare", "--source", str(args.source), "--data-dir", str(data)])
+        for budget in (int(b) for b in args.budgets.split(",")):
+            if str(budget) in results["budgets"]:
+                continue
+            rows = []
+            for arm in ARMS:
+                rows.append(measure(arm, budget, data, Path(tmp)))
+                r = rows[-1]
+                print(f"{budget} s, {arm}: {r['shape']} x {r['iters']:,} iterations, val {r['final_val_loss']:.4f} "
+                      f"(predicted {r['predicted_val_loss']:.4f}), wall {r['wall_s']:.1f} s, load {r['load_average']}", flush=True)
+            best = hand_sweep_best(budget)
+            results["budgets"][str(budget)] = {"runs": rows, "hand_sweep_best": best, "verdict": verdict(rows, best)}
+            path.write_text(json.dumps(results, indent=2) + "\n")
+            print(f"{budget} s: {results['budgets'][str(budget)]['verdict']}", flush=True)
+    print(f"-> {path}")
+
+
+if __name__ == "__main__":
+    main()
