@@ -84,6 +84,16 @@ def test_a_machine_that_speeds_up_late_never_lengthens_the_run():
     assert clock.now < keeper.deadline - 10
 
 
+def test_a_resumed_run_is_only_ever_shortened():
+    clock = Clock()
+    keeper = TimeKeeper(100.0, 60.0, tokens_per_iter=1000, eval_tokens=0, final_eval_tokens=0, calibrate=False, clock=clock)
+    replans = []
+    for step in range(10, 200, 10):
+        clock.now += 1.0  # 0.1 s a step: 1,000 steps would fit the 40 s left, and the plan has 200
+        replans.append(keeper.after_steps(step, 200, 10**9, warmup_iters=5))
+    assert replans == [None] * len(replans)
+
+
 def test_evaluations_count_against_the_time_but_not_in_the_pace():
     clock, keeper, _ = run_on_the_clock(100.0, 1000, lambda step: 0.05, eval_interval=100, eval_seconds=2.0)
     assert keeper.pace() == pytest.approx(0.05)

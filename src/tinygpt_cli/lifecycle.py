@@ -255,7 +255,8 @@ class TrainingRun:
             return None
         used = t.elapsed_before if t.step else time.monotonic() - self.started
         final = min(predictions(t.dataset.val, t.dataset.val_mask), max(FINAL_EVAL_TOKENS, t.eval_tokens()))
-        return TimeKeeper(budget, used, t.tokens_per_iter(), 2 * t.config.train.eval_iters * t.tokens_per_iter(), final)
+        return TimeKeeper(budget, used, t.tokens_per_iter(), 2 * t.config.train.eval_iters * t.tokens_per_iter(), final,
+                          calibrate=not t.step)
 
     # --- the run folder ----------------------------------------------------------------------
     def save(self, kind: str) -> None:

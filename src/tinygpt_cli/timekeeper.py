@@ -3,9 +3,10 @@ measures, evaluations and saves included.
 
 A plan's first number of iterations comes from a few timed steps before the run (runs/timedial.py)
 and can be a third off: the run's own steps then go at another pace (threads settle, the machine's
-load changes, memory warms up). So, in the first fifth of the time left when the steps start (in
-a resumed run too), the iterations are fitted to the measured pace both ways; after that, only a machine that slows down shortens the run (a longer
-run would raise the decayed learning rate again), and the run says so.
+load changes, memory warms up). So, in the first fifth of the time, the iterations are fitted
+to the measured pace both ways; after that, and in a resumed run, only a machine that slows
+down shortens the run (a longer run would raise the decayed learning rate again), and the run
+says so.
 
 Fitting the iterations changes where the learning-rate schedule ends (train.py:learning_rate_at).
 Early in the run the cosine has hardly moved, so the change costs nothing measurable.
@@ -40,12 +41,14 @@ def evaluations_left(step: int, max_iters: int, interval: int) -> int:
 
 class TimeKeeper:
     """Fits a run's max_iters to the time it has left. `budget_s`: the run's whole time;
-    `used_s`: the part of it spent before now (the setup, or the runs a resume continues)."""
+    `used_s`: the part of it spent before now (the setup, or the runs a resume continues).
+    `calibrate`: fit both ways at first (a run from its first step; a resumed one is past its
+    warmup and into its decay, where only shortening is safe)."""
 
     def __init__(self, budget_s: float, used_s: float, tokens_per_iter: int, eval_tokens: int, final_eval_tokens: int,
-                 clock=time.monotonic):
+                 calibrate: bool = True, clock=time.monotonic):
         self.clock = clock
-        self.budget = budget_s
+        self.budget, self.calibrate = budget_s, calibrate
         self.began = clock()
         self.deadline = self.began + budget_s - used_s
         # The tokens of a step, of a periodic evaluation (both splits) and of the final one.
@@ -84,7 +87,7 @@ class TimeKeeper:
         after_loop = evaluations_left(step, max_iters, eval_interval) * per_eval + self.final_eval_tokens * forward_s_per_token
         fitting = lambda end: max(step, warmup_iters + 1, step + int((end - now - after_loop) / pace))  # noqa: E731
         projected = (max_iters - step) * pace + after_loop
-        if now - self.began < CALIBRATION_SHARE * (self.deadline - self.began):
+        if self.calibrate and now - self.began < CALIBRATION_SHARE * (self.deadline - self.began):
             fitted = fitting(self.deadline)
             return Replan(fitted, True, projected) if abs(fitted - max_iters) > REFIT_SHARE * max_iters else None
         slack = max(LATE_SLACK_MIN_S, LATE_SLACK_SHARE * self.budget)
