@@ -133,7 +133,7 @@ class TrainingReporter:
     def on_eval(self, record: dict[str, Any]) -> None: ...
     def on_plan(self, record: dict[str, Any]) -> None:
         """A run given a time changed its max_iters to end on time (timekeeper.Replan): the
-        record holds iter, max_iters, the previous one (was), whether it was the first fifth's
+        record holds iter, max_iters, the previous one (was), whether it was the first half's
         calibration (calibrating) or a machine that slowed down, and a sentence (text)."""
     def on_final_eval(self, windows: int) -> Callable[[int], None]:
         """The final evaluation starts, over `windows` windows: a callback told of each batch scored."""

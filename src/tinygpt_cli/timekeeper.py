@@ -3,13 +3,13 @@ measures, evaluations and saves included.
 
 A plan's first number of iterations comes from a few timed steps before the run (runs/timedial.py)
 and can be a third off: the run's own steps then go at another pace (threads settle, the machine's
-load changes, memory warms up). So, in the first fifth of the time, the iterations are fitted
-to the measured pace both ways; after that, and in a resumed run, only a machine that slows
-down shortens the run (a longer run would raise the decayed learning rate again), and the run
-says so.
+load changes, memory warms up). So, in the first half of the time, the iterations follow the
+measured pace both ways; after that, and in a resumed run, only a machine that slows down
+shortens the run (a longer run would raise the decayed learning rate again), and the run says so.
 
 Fitting the iterations changes where the learning-rate schedule ends (train.py:learning_rate_at).
-Early in the run the cosine has hardly moved, so the change costs nothing measurable.
+In the first half the cosine is still high and moves slowly: 10% more iterations at a third of
+the way raise the rate from 0.75 of its peak to 0.79.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-CALIBRATION_SHARE = 0.2  # the share of the time in which the iterations move both ways
+CALIBRATION_SHARE = 0.5  # the share of the time in which the iterations move both ways
 REFIT_SHARE = 0.01  # ... when the fitted number differs from the plan's by more than this share
 LATE_SLACK_SHARE = 0.03  # later: shortened when the projected end is past the deadline by this share of the time
 LATE_SLACK_MIN_S = 2.0  # ... or by this much, whichever is longer; it then aims half of that before the deadline
