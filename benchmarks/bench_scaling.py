@@ -9,8 +9,9 @@ beforehand, and their walls landed 0.65 to 1.31 of the budget: "method": "iterat
 cell records the whole process's wall time, the iterations, the parameters and tokens seen, and
 the final validation loss of its best checkpoint over the whole split.
 
-`--fit` fits L(N, D) = E + A / N^alpha + B / D^beta (runs/law.py) on every cell, writes the fit
-into the results file and the rule tinygpt ships (src/tinygpt_cli/runs/rules/tinyshakespeare-char.json).
+`--fit` fits L(N, D) = E + A / N^alpha + B / D^beta (runs/law.py) on the cells of the depths the
+time dial chooses from (4 layers and up), writes the fit into the results file and the rule
+tinygpt ships (src/tinygpt_cli/runs/rules/tinyshakespeare-char.json).
 
 A sweep on a 2-core CPU takes long (12 shapes x 10 minutes is 2 hours), so the results file
 keeps every cell measured on this CPU kind, and a rerun measures only the cells it lacks:
@@ -32,6 +33,7 @@ from common import RESULTS, TINYGPT, cpu_kind, machine, run_process
 from tinygpt_cli.config import resolve_config
 from tinygpt_cli.params import param_report
 from tinygpt_cli.runs.law import SHIPPED_RULE, Point, Rule, describe_law, fit_law, recipe_of
+from tinygpt_cli.runs.timedial import DEPTHS
 
 LAYERS = (2, 4, 6)
 WIDTHS = (64, 128, 192, 256)
@@ -45,7 +47,16 @@ def shape_settings(shape: str) -> dict:
 
 
 def cell_key(shape: str, budget: int) -> str:
+    """A cell measured with --time; those measured before it ran a number of iterations instead,
+    and are kept under the same key with "-iterations" after it."""
     return f"{shape}@{budget}s"
+
+
+def at_budget(cells: dict, budget: int) -> list[dict]:
+    """The cells of one budget: those kept by --time when there are any (their walls are the budget)."""
+    cells = [c for c in cells.values() if c["budget_s"] == budget]
+    timed = [c for c in cells if c["method"] == "time"]
+    return timed or cells
 
 
 def measure_cell(shape: str, budget: int, data_dir: Path, work: Path) -> dict:
@@ -63,19 +74,24 @@ def measure_cell(shape: str, budget: int, data_dir: Path, work: Path) -> dict:
 
 
 def fit(results: dict, train_tokens: int) -> None:
-    """Fit the law on every cell; write it into `results` and as the rule tinygpt ships."""
-    points = [Point(c["shape"], c["non_embedding_params"], c["tokens"], c["final_val_loss"], c["wall_s"]) for c in results["cells"].values()]
+    """Fit the law on the cells of the depths the time dial chooses from (2-layer shapes sit 0.015
+    to 0.04 above a law fitted on the deeper ones); write it into `results` and as the rule tinygpt ships."""
+    points = [Point(c["shape"], c["non_embedding_params"], c["tokens"], c["final_val_loss"], c["wall_s"])
+              for c in results["cells"].values() if c["n_layer"] >= min(DEPTHS)]
     law, spread = fit_law(points)
     m = results["machine"]
     rule = Rule(law, points, {"corpus": "tiny Shakespeare", "tokenizer": "char", "vocab_size": 65, "train_tokens": train_tokens,
                               "recipe": "the cpu preset's, head size 32", "recipe_settings": recipe_of(resolve_config("cpu", None, {})),
                               "machine": f"{m.get('cpu', 'a CPU')} ({m['cpu_kind']}), {m.get('cores', '?')} cores",
                               "measured_by": "benchmarks/bench_scaling.py"}, spread)
-    residuals = {f"{p.shape}@{p.tokens}": round(p.val_loss - law.loss(p.params, p.tokens), 4) for p in points}
-    results["fit"] = {"law": rule.to_dict()["law"], "uncertainty": spread, "residuals": residuals, "formula": describe_law(law)}
+    residuals = {key: round(c["final_val_loss"] - law.loss(c["non_embedding_params"], c["tokens"]), 4) for key, c in results["cells"].items()}
+    results["fit"] = {"law": rule.to_dict()["law"], "uncertainty": spread, "fitted_on_cells": len(points),
+                      "fitted_on": f"the cells of {min(DEPTHS)} layers or more", "residuals_of_every_cell": residuals,
+                      "formula": describe_law(law)}
     SHIPPED_RULE.parent.mkdir(exist_ok=True)
     rule.save(SHIPPED_RULE)
-    print(f"{describe_law(law)}; residuals {min(residuals.values()):+.3f} to {max(residuals.values()):+.3f} -> {SHIPPED_RULE}")
+    fitted = [residuals[k] for k, c in results["cells"].items() if c["n_layer"] >= min(DEPTHS)]
+    print(f"{describe_law(law)}; residuals of the fitted cells {min(fitted):+.3f} to {max(fitted):+.3f} -> {SHIPPED_RULE}")
 
 
 def main() -> None:
@@ -103,10 +119,10 @@ def main() -> None:
             print(f"{cell_key(shape, budget)}: val {cell['final_val_loss']:.4f} after {cell['iters']:,} iterations, "
                   f"{cell['wall_s']:.1f} s wall, load {cell['load_average']}", flush=True)
     for budget in budgets:
-        cells = sorted((c for c in results["cells"].values() if c["budget_s"] == budget), key=lambda c: c["final_val_loss"])
+        cells = sorted(at_budget(results["cells"], budget), key=lambda c: c["final_val_loss"])
         if cells:
             walls = [c["wall_s"] / budget for c in cells]
-            print(f"{budget} s: best {cells[0]['shape']} at {cells[0]['final_val_loss']:.4f} of {len(cells)} shapes; "
+            print(f"{budget} s: best {cells[0]['shape']} at {cells[0]['final_val_loss']:.4f} of {len(cells)} shapes ({cells[0]['method']}); "
                   f"wall / budget median {statistics.median(walls):.2f} ({min(walls):.2f} to {max(walls):.2f})")
     if args.fit:
         fit(results, train_tokens)

@@ -24,6 +24,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from bench_scaling import at_budget
 from common import RESULTS, TINYGPT, cpu_kind, machine, run_process
 from tinygpt_cli.config import PRESETS
 
@@ -47,16 +48,26 @@ def measure(arm: str, budget: int, data_dir: Path, work: Path) -> dict:
     return {"arm": arm, "budget_s": budget, "wall_s": round(wall, 2), "wall_over_budget": round(wall / budget, 3),
             "shape": f"{model['n_layer']}x{model['n_embd']}", "n_head": model["n_head"], "iters": summary["iterations"],
             "final_val_loss": summary["final_eval"]["val_loss"], "dtype": status["matmul_peak"]["dtype"],
-            "predicted_val_loss": summary["time_plan"]["chosen"]["predicted_loss"], "load_average": round(load, 2)}
+            "predicted_val_loss": summary["time_plan"]["chosen"]["predicted_loss"], "planned_iters": summary["time_plan"]["chosen"]["iters"],
+            "tokens_per_s_by_quarter": pace_by_quarter(run), "threads": status.get("threads"), "load_average": round(load, 2)}
 
 
 def hand_sweep_best(budget: int) -> dict | None:
     path = RESULTS / f"scaling-{cpu_kind()}.json"
-    cells = [c for c in json.loads(path.read_text())["cells"].values() if c["budget_s"] == budget] if path.exists() else []
+    cells = at_budget(json.loads(path.read_text())["cells"], budget) if path.exists() else []
     if not cells:
         return None
     best = min(cells, key=lambda c: c["final_val_loss"])
-    return {"shape": best["shape"], "final_val_loss": best["final_val_loss"], "wall_s": best["wall_s"], "shapes": len(cells)}
+    return {"shape": best["shape"], "final_val_loss": best["final_val_loss"], "wall_s": best["wall_s"], "shapes": len(cells),
+            "method": best["method"]}
+
+
+def pace_by_quarter(run: Path) -> list[int]:
+    """Tokens per second in each quarter of the run's steps (metrics.jsonl): a machine that
+    changed speed shows here, and explains a wall that ended early."""
+    steps = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "tokens_per_s" in r]
+    quarters = [steps[i * len(steps) // 4:(i + 1) * len(steps) // 4] for i in range(4)]
+    return [round(sum(r["tokens_per_s"] for r in q) / len(q)) for q in quarters if q]
 
 
 def verdict(rows: list[dict], best: dict | None) -> dict:
@@ -72,6 +83,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", type=Path, required=True, help="tiny Shakespeare's input.txt")
     parser.add_argument("--budgets", default="120,300", help="seconds, comma-separated")
+    parser.add_argument("--again", action="store_true", help="measure these budgets again (the file keeps the earlier measurement under 'earlier')")
     args = parser.parse_args()
     path = RESULTS / f"time_dial-{cpu_kind()}.json"
     results = json.loads(path.read_text()) if path.exists() else {"benchmark": "time_dial", "machine": {**machine(), "cpu_kind": cpu_kind()},
@@ -80,7 +92,7 @@ def main() -> None:
         data = Path(tmp) / "data"
         run_process(TINYGPT + ["prepare", "shakespeare", "--source", str(args.source), "--data-dir", str(data)])
         for budget in (int(b) for b in args.budgets.split(",")):
-            if str(budget) in results["budgets"]:
+            if str(budget) in results["budgets"] and not args.again:
                 continue
             rows = []
             for arm in ARMS:
@@ -89,7 +101,9 @@ def main() -> None:
                 print(f"{budget} s, {arm}: {r['shape']} x {r['iters']:,} iterations, val {r['final_val_loss']:.4f} "
                       f"(predicted {r['predicted_val_loss']:.4f}), wall {r['wall_s']:.1f} s, load {r['load_average']}", flush=True)
             best = hand_sweep_best(budget)
-            results["budgets"][str(budget)] = {"runs": rows, "hand_sweep_best": best, "verdict": verdict(rows, best)}
+            earlier = results["budgets"].get(str(budget))
+            results["budgets"][str(budget)] = {"runs": rows, "hand_sweep_best": best, "verdict": verdict(rows, best),
+                                               **({"earlier": [earlier, *earlier.pop("earlier", [])]} if earlier else {})}
             path.write_text(json.dumps(results, indent=2) + "\n")
             print(f"{budget} s: {results['budgets'][str(budget)]['verdict']}", flush=True)
     print(f"-> {path}")

@@ -257,3 +257,20 @@ def test_the_readme_tree_names_every_module_and_nothing_else():
     tree = readme_tree()
     assert sorted(modules - tree) == [], "modules missing from the README's file tree"
     assert sorted(tree - modules) == [], "the README's file tree names files that do not exist"
+
+
+def test_every_file_of_the_package_that_is_not_python_is_package_data():
+    """A wheel holds a package's .py files, and its other files only when pyproject.toml names
+    them (the playground's assets, the shipped scaling rule): an editable install would not notice."""
+    import fnmatch
+    import tomllib
+
+    globs = tomllib.loads((PACKAGE.parent.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    data = [p for p in PACKAGE.rglob("*") if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts]
+    assert data
+    def listed(path: Path) -> bool:  # by a glob of any package above it, relative to that package
+        owners = [parent for parent in path.parents if parent.is_relative_to(PACKAGE)]  # namespace packages too (server/)
+        return any(fnmatch.fnmatch(str(path.relative_to(owner)), g)
+                   for owner in owners for g in globs.get(".".join(owner.relative_to(PACKAGE.parent).parts), []))
+
+    assert [str(p.relative_to(PACKAGE)) for p in data if not listed(p)] == []

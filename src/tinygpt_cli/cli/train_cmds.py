@@ -104,7 +104,7 @@ def _show_plan(plan, say, dry_run: bool) -> None:
         return
     from rich.table import Table
 
-    table = Table(title=f"candidates, lowest predicted val loss first (planned in {plan.planning_s:.1f} s; ~: estimated from FLOPs)")
+    table = Table(title=f"the shapes weighed, best first (planned in {plan.planning_s:.1f} s)")
     for name in ("shape", "heads", "params", "ms/iter", "iters", "tokens/param", "val loss"):
         table.add_column(name, justify="left" if name == "shape" else "right", no_wrap=True)
     fitting = [c for c in plan.candidates if c.iters > 0]
@@ -112,6 +112,7 @@ def _show_plan(plan, say, dry_run: bool) -> None:
         table.add_row(f"{c.n_layer}x{c.n_embd}", str(c.n_head), f"{c.params:,}", f"{'' if c.timed else '~'}{c.ms_per_iter:.1f}",
                       f"{c.iters:,}", f"{c.tokens / c.params:.1f}", f"{c.predicted_loss:.4f}")
     say.print(table)
+    say.print("ms/iter: timed here; ~: estimated from the FLOPs at the rate of those timed; val loss: the rule's prediction", soft_wrap=True)
     if len(fitting) < len(plan.candidates):
         say.print(f"too slow to train at all in the time: {', '.join(c.shape for c in plan.candidates if c.iters == 0)}", soft_wrap=True)
     say.print(f"rule: {escape(plan.rule.source)}", soft_wrap=True)
