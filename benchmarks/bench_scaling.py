@@ -53,10 +53,12 @@ def cell_key(shape: str, budget: int) -> str:
 
 
 def at_budget(cells: dict, budget: int) -> list[dict]:
-    """The cells of one budget: those kept by --time when there are any (their walls are the budget)."""
-    cells = [c for c in cells.values() if c["budget_s"] == budget]
-    timed = [c for c in cells if c["method"] == "time"]
-    return timed or cells
+    """One cell per shape at one budget: the one kept by --time where there is one (its wall is the budget)."""
+    by_shape: dict[str, dict] = {}
+    for c in cells.values():
+        if c["budget_s"] == budget and (c["shape"] not in by_shape or c["method"] == "time"):
+            by_shape[c["shape"]] = c
+    return list(by_shape.values())
 
 
 def measure_cell(shape: str, budget: int, data_dir: Path, work: Path) -> dict:

@@ -165,7 +165,7 @@ def test_every_symbol_the_readme_points_to_exists():
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     table = readme.split("## Where each idea lives", 1)[1].split("\n## ", 1)[0]
     assert len(re.findall(SYMBOL, table)) >= 15
-    assert TUTORIAL.read_text(encoding="utf-8").count("\nRead next: ") == 11
+    assert TUTORIAL.read_text(encoding="utf-8").count("\nRead next: ") == 12
     symbols = re.findall(SYMBOL, docs_text())
     for module, dotted in symbols:
         obj = importlib.import_module(f"tinygpt_cli.{module.replace('/', '.')}")

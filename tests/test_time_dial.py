@@ -137,9 +137,9 @@ def test_a_rule_file_round_trips_and_says_what_it_was_fitted_on(tmp_path):
     assert "16 runs of a text (char tokens)" in again.summary()
 
 
-@pytest.mark.parametrize("content, message", [("{", "cannot read"), ('{"format": "other"}', "not a tinygpt scaling rule"),
-                                               ('{"format": "tinygpt scaling rule 1", "law": {"E": 1}}', "not a tinygpt scaling rule"),
-                                               ('[1, 2]', "not a tinygpt scaling rule")])
+@pytest.mark.parametrize("content, message", [("{", "cannot read"), ('{"format": "other"}', "not a scaling rule"),
+                                               ('{"format": "tinygpt-scaling-rule-1", "law": {"E": 1}}', "not a scaling rule"),
+                                               ('[1, 2]', "not a scaling rule")])
 def test_a_file_that_is_not_a_rule_is_one_line(tmp_path, content, message):
     (tmp_path / "rule.json").write_text(content)
     with pytest.raises(TinyGPTError, match=message):
@@ -326,3 +326,13 @@ def test_scaling_trains_what_is_left_of_its_grid_and_fits_a_rule_that_train_plan
                                    "--n-layer", "1", "--n-embd", "16", "--n-head", "1", "--block-size", "16", "--dry-run", "--json")
     assert code == 0, stderr
     assert json.loads(stdout)["time_plan"]["rule"] == str(tmp_path / "grid" / "rule.json")
+
+
+def test_a_sweep_of_times_reruns_into_its_folder_without_retraining(tiny_dataset, tmp_path, run_cli):
+    """Its runs fitted their own iterations to their time: a rerun finds them finished, not changed."""
+    flags = [*tiny_cli_flags(tiny_dataset, max_iters=None, eval_interval=None), "--time", "3s,4s", "--out", tmp_path / "sweep"]
+    first = run_cli("sweep", *flags, env={"OMP_NUM_THREADS": "1"})
+    assert first.returncode == 0, first.stderr
+    again = run_cli("sweep", *flags, env={"OMP_NUM_THREADS": "1"})
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count("skipped (finished)") == 2

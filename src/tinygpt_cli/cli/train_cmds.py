@@ -115,7 +115,10 @@ def _show_plan(plan, say, dry_run: bool) -> None:
     say.print("ms/iter: timed here; ~: estimated from the FLOPs at the rate of those timed; val loss: the rule's prediction", soft_wrap=True)
     if len(fitting) < len(plan.candidates):
         say.print(f"too slow to train at all in the time: {', '.join(c.shape for c in plan.candidates if c.iters == 0)}", soft_wrap=True)
-    say.print(f"rule: {escape(plan.rule.source)}", soft_wrap=True)
+    from ..runs.law import SHIPPED_RULE
+
+    shipped = plan.rule.source == str(SHIPPED_RULE)
+    say.print(f"rule: {'the one tinygpt ships (runs/rules/' + SHIPPED_RULE.name + ')' if shipped else escape(plan.rule.source)}", soft_wrap=True)
 
 
 @with_config_flags(TRAIN_FLAGS)

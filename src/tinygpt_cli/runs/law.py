@@ -31,7 +31,7 @@ from ..config import RunConfig
 from ..errors import Command, TinyGPTError
 from ..system.fsutil import read_json, write_json_atomic
 
-RULE_FORMAT = "tinygpt scaling rule 1"
+RULE_FORMAT = "tinygpt-scaling-rule-1"
 WRITES_A_RULE = Command("scaling", options={"time": "1h"}, why="measures your own; its folder then holds rule.json")
 SHIPPED_RULE = Path(__file__).parent / "rules" / "tinyshakespeare-char.json"
 # The settings a rule's runs share besides their shape and length: a plan on others is extrapolated.
@@ -114,7 +114,7 @@ def load_rule(path: Path) -> Rule:
         points = [Point(**p) for p in data.get("points", [])]
         rule = Rule(law, points, dict(data.get("fitted_on", {})), dict(data.get("uncertainty", {})), str(path))
     except (AttributeError, KeyError, TypeError, ValueError) as e:
-        raise TinyGPTError(f"{path} is not a tinygpt scaling rule: {e}", WRITES_A_RULE) from e
+        raise TinyGPTError(f"{path} is not a scaling rule of tinygpt's: {e}", WRITES_A_RULE) from e
     if not all(math.isfinite(v) and v >= 0 for v in asdict(law).values()):
         raise TinyGPTError(f"{path} holds a law with a negative or infinite constant", WRITES_A_RULE)
     return rule

@@ -75,6 +75,8 @@ def parse_grid_args(args: list[str]) -> dict[str, list[str]]:
 
 def convert_value(name: str, raw: str) -> Any:
     """A raw flag value as the field's type (range rules are checked later, per cell)."""
+    if (FIELD_INFO[name].json_schema_extra or {}).get("text"):
+        return raw  # the field reads its own text (a duration), when each cell's config is built
     try:
         return TypeAdapter(FIELD_INFO[name].annotation).validate_python(raw)
     except ValidationError as e:
@@ -173,7 +175,9 @@ def _saved_changes(cell: Cell) -> dict[str, Any]:
     saved = read_run_config(RunDir(cell.path)).flat()
     wanted = cell.config.flat()
     changes = {}
-    for name in SWEEP_FIELDS:
+    # A run given a time fits its own iterations to it (timekeeper.py): they are not a change.
+    owned = {"max_iters", "eval_interval", "warmup_iters"} if wanted.get("time") is not None else set()
+    for name in (n for n in SWEEP_FIELDS if n not in owned):
         a, b = wanted[name], saved.get(name)
         if name == "data_dir":
             a, b = str(Path(a).resolve()), str(Path(str(b)).resolve())
@@ -245,10 +249,12 @@ def project(plan: SweepPlan, time_steps: Callable | None = None, threads: Thread
             timings[key] = float(time_steps(config))
         ms = timings.get(key)
         remaining = 0 if action == "skip" else max(0, config.train.max_iters - done)
+        projected = projected_seconds(ms, config, remaining) if ms is not None else 0.0
         rows.append({"name": cell.name, "values": cell.values, "path": str(cell.path), "action": action,
                      "n_params": param_report(config.model).total, "max_iters": config.train.max_iters,
                      "done_iters": done, "ms_per_iter": ms,
-                     "projected_seconds": projected_seconds(ms, config, remaining) if ms is not None else 0.0})
+                     # a run given a time takes it (its iterations follow from it)
+                     "projected_seconds": config.train.time if config.train.time and action != "skip" else projected})
     return rows
 
 
