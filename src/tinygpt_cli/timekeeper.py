@@ -30,7 +30,6 @@ PACE_WINDOW_MIN_S = 3.0
 class Replan:
     max_iters: int
     calibrating: bool  # False: the machine slowed down after the calibration
-    projected_end_s: float  # seconds from now to the end the old plan would have taken
 
 
 def evaluations_left(step: int, max_iters: int, interval: int) -> int:
@@ -89,10 +88,10 @@ class TimeKeeper:
         projected = (max_iters - step) * pace + after_loop
         if self.calibrate and now - self.began < CALIBRATION_SHARE * (self.deadline - self.began):
             fitted = fitting(self.deadline)
-            return Replan(fitted, True, projected) if abs(fitted - max_iters) > REFIT_SHARE * max_iters else None
+            return Replan(fitted, True) if abs(fitted - max_iters) > REFIT_SHARE * max_iters else None
         slack = max(LATE_SLACK_MIN_S, LATE_SLACK_SHARE * self.budget)
         if now + projected > self.deadline + slack:  # aim a little early: one cut, not one every few steps
             while len(self.marks) > 1:  # and judge the next one on the pace from here on alone
                 self.marks.popleft()
-            return Replan(min(max_iters, fitting(self.deadline - slack / 2)), False, projected)
+            return Replan(min(max_iters, fitting(self.deadline - slack / 2)), False)
         return None

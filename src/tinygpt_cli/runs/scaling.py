@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import RunConfig, build_config, describe_duration
-from ..errors import TinyGPTError, UsageError
+from ..errors import UsageError
 from ..params import param_report
 from ..rundir import RunDir
 from ..system.threads import ThreadPolicy
