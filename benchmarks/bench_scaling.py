@@ -32,12 +32,11 @@ from pathlib import Path
 from common import RESULTS, TINYGPT, cpu_kind, machine, run_process
 from tinygpt_cli.config import resolve_config
 from tinygpt_cli.params import param_report
-from tinygpt_cli.runs.law import SHIPPED_RULE, Point, Rule, describe_law, fit_law, recipe_of
+from tinygpt_cli.runs.law import HEAD_SIZE, SHIPPED_RULE, Point, Rule, describe_law, fit_law, recipe_of
 from tinygpt_cli.runs.timedial import DEPTHS
 
 LAYERS = (2, 4, 6)
 WIDTHS = (64, 128, 192, 256)
-HEAD_SIZE = 32
 TOKENS_PER_ITER = 16 * 64  # the cpu preset's batch x block
 
 

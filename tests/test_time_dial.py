@@ -54,7 +54,7 @@ def run_on_the_clock(budget: float, max_iters: int, seconds_per_step, eval_inter
         step += 1
         if step % eval_interval == 0:
             clock.now += eval_seconds
-            keeper.evaluated(eval_seconds, 1)
+            keeper.evaluated(eval_seconds)
         if step % 10 == 0:
             plan = keeper.after_steps(step, max_iters, eval_interval, warmup_iters=5)
             if plan is not None:

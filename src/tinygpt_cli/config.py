@@ -149,6 +149,11 @@ class RunConfig(BaseModel):
     def flat(self) -> dict[str, Any]:
         return {**self.model.model_dump(), **self.train.model_dump()}
 
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens one process trains on per optimiser step."""
+        return self.train.batch_size * self.train.grad_accum * self.model.block_size
+
 
 FIELD_INFO = {**ModelConfig.model_fields, **TrainConfig.model_fields}  # name -> type, default, description
 MODEL_FIELDS = tuple(ModelConfig.model_fields)

@@ -230,8 +230,7 @@ class TrainingRun:
         self.save("last")
         self._write_running()
         if self.keeper is not None:
-            t = self.trainer
-            self.keeper.evaluated(t.eval_seconds + time.perf_counter() - saving, 2 * t.config.train.eval_iters * t.tokens_per_iter())
+            self.keeper.evaluated(self.trainer.eval_seconds + time.perf_counter() - saving)
         self.tracker.checkpoint_saved()  # a do-nothing Tracker off rank 0
         self.reporter.on_eval({**record, "best_val_loss": self.trainer.best_val, "improved": improved})
 

@@ -55,12 +55,11 @@ class TimeKeeper:
         self.marks: deque[tuple[float, int, float]] = deque()  # (time, step, evaluation seconds so far)
         self.eval_total = 0.0
         self.eval_seconds: float | None = None  # the last periodic evaluation's, its saves included
-        self.eval_s_per_token: float | None = None  # ... per token it scored
 
-    def evaluated(self, seconds: float, tokens: int) -> None:
-        """A periodic evaluation (and its checkpoint saves) took `seconds` over `tokens` tokens."""
+    def evaluated(self, seconds: float) -> None:
+        """A periodic evaluation (of eval_tokens, and its checkpoint saves) took `seconds`."""
         self.eval_total += seconds
-        self.eval_seconds, self.eval_s_per_token = seconds, seconds / max(1, tokens)
+        self.eval_seconds = seconds
 
     def pace(self) -> float | None:
         """Seconds per training step over the recent window, evaluations left out."""
@@ -81,8 +80,12 @@ class TimeKeeper:
             return None
         # Evaluations left, then the final one over the validation split (forward only: about a
         # third of a training step's time per token, until an evaluation has been timed).
-        forward_s_per_token = self.eval_s_per_token or pace / self.tokens_per_iter / 3
-        per_eval = self.eval_seconds or forward_s_per_token * self.eval_tokens
+        if self.eval_seconds is not None:
+            per_eval = self.eval_seconds
+            forward_s_per_token = per_eval / max(1, self.eval_tokens)
+        else:
+            forward_s_per_token = pace / self.tokens_per_iter / 3
+            per_eval = forward_s_per_token * self.eval_tokens
         after_loop = evaluations_left(step, max_iters, eval_interval) * per_eval + self.final_eval_tokens * forward_s_per_token
         fitting = lambda end: max(step, warmup_iters + 1, step + int((end - now - after_loop) / pace))  # noqa: E731
         projected = (max_iters - step) * pace + after_loop

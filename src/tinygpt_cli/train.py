@@ -301,8 +301,7 @@ class Trainer:
         return self.scored.get("val") or self.config.train.eval_iters * self.tokens_per_iter()
 
     def tokens_per_iter(self) -> int:
-        cfg = self.config.train
-        return cfg.batch_size * cfg.grad_accum * self.world_size * self.config.model.block_size
+        return self.config.tokens_per_step * self.world_size
 
     def reached_target(self) -> bool:
         target = self.config.train.stop_at_val_loss

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import typer
 
+from ..runs.scaling import DEFAULT_SHAPES
 from .config_flags import CONFIG_OPTION, PRESET_OPTION
 from .console import err, format_duration, out, print_json, render_hint
 from .options import DRY_RUN, JSON, say_deprecated
@@ -300,7 +301,7 @@ def _sweep_summary(plan, result, as_json: bool) -> None:
 
 def scaling(
     total: str = typer.Option(..., "--time", help="The whole grid's time (1h, 90m): each size trains for t, 2t and 4t, which add up to it."),
-    shapes: str = typer.Option("4x64,4x128,6x128,6x192", "--shapes", help="The model sizes, LAYERSxWIDTH, comma-separated (heads 32 wide)."),
+    shapes: str = typer.Option(DEFAULT_SHAPES, "--shapes", help="The model sizes, LAYERSxWIDTH, comma-separated (heads 32 wide)."),
     preset: str = PRESET_OPTION,
     data_dir: Path = typer.Option(Path("data/shakespeare"), "--data-dir", help="Prepared dataset folder, as the prepare command writes it."),
     out_dir: Path = typer.Option(None, "--out", help="Folder of the grid's runs, rule.json and scaling.png (default: runs/scaling-<timestamp>)."),

@@ -95,6 +95,6 @@ def time_training_steps(config: RunConfig, steps: int = 20, warmup: int = 3, rep
     warm_up(step, at_least=warmup)
     samples = [time_steps(step, steps) for _ in range(repeats)]
     c = config
-    tokens = c.train.batch_size * c.train.grad_accum * c.model.block_size
+    tokens = c.tokens_per_step
     return StepTiming(statistics.median(samples), samples, tokens, param_report(c.model).flops_per_token())
 

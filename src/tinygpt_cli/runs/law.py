@@ -37,6 +37,7 @@ SHIPPED_RULE = Path(__file__).parent / "rules" / "tinyshakespeare-char.json"
 # The settings a rule's runs share besides their shape and length: a plan on others is extrapolated.
 RECIPE_FIELDS = ("block_size", "batch_size", "grad_accum", "dropout", "bias", "pos_embedding", "norm", "activation", "qk_norm",
                  "optimizer", "learning_rate", "muon_lr", "min_lr", "lr_decay", "weight_decay", "beta1", "beta2", "grad_clip")
+HEAD_SIZE = 32  # the width of a head in every shape the rules are measured on, and the time dial chooses from
 HUBER_DELTA = 1e-3
 BOOTSTRAP_FITS = 40
 

@@ -23,13 +23,12 @@ from ..errors import UsageError
 from ..params import param_report
 from ..rundir import RunDir
 from ..system.threads import ThreadPolicy
-from .law import Point, Rule, fit_law, recipe_of
+from .law import HEAD_SIZE, Point, Rule, fit_law, recipe_of
 from .plots import Picture, require_matplotlib
 
 DEFAULT_SHAPES = "4x64,4x128,6x128,6x192"
 BUDGET_RATIOS = (1, 2, 4)
 MIN_CELL_S = 20.0
-HEAD_SIZE = 32
 
 
 def parse_shapes(text: str) -> list[tuple[int, int, int]]:
@@ -124,8 +123,7 @@ def finished_points(plan: ScalingPlan) -> list[Point]:
         if cell.state() != "finished" or not isinstance(final.get("val_loss"), (int, float)):
             continue
         config = read_run_config(RunDir(cell.path))
-        t = config.train
-        tokens = status["iteration"] * t.batch_size * t.grad_accum * config.model.block_size
+        tokens = status["iteration"] * config.tokens_per_step
         points.append(Point(cell.name, param_report(config.model).non_embedding, tokens, float(final["val_loss"]), status.get("elapsed")))
     return points
 
@@ -135,12 +133,13 @@ def fit_scaling(plan: ScalingPlan) -> Rule:
     from ..lifecycle import prepare_training
 
     config, dataset = prepare_training(plan.config)
-    law, spread = fit_law(finished_points(plan))
+    points = finished_points(plan)
+    law, spread = fit_law(points)
     machine = f"{platform.machine()} ({os.cpu_count()} cores)"
     fitted_on = {"corpus": dataset.info.name, "tokenizer": dataset.info.tokenizer, "vocab_size": dataset.tokenizer.size,
                  "train_tokens": len(dataset.train), "recipe_settings": recipe_of(config), "machine": machine,
                  "measured_by": "the scaling command", "runs": str(plan.out)}
-    return Rule(law, finished_points(plan), fitted_on, spread, str(plan.out / "rule.json"))
+    return Rule(law, points, fitted_on, spread, str(plan.out / "rule.json"))
 
 
 def optimal_params(rule: Rule, compute: float) -> float:

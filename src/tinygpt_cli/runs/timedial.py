@@ -27,14 +27,13 @@ from ..evaluate import predictions
 from ..lifecycle import FINAL_EVAL_TOKENS, prepare_training
 from ..params import param_report
 from ..system.threads import ThreadPolicy
-from .law import Rule
+from .law import HEAD_SIZE, Rule
 
 # The shapes a plan chooses from: head size 32, as in every point of the shipped rule. Depth 4 and
 # up: on tiny Shakespeare the 2-layer shapes of the hand sweep ended 0.014 to 0.024 above the
 # fitted law at 2 and 5 minutes (benchmarks/results/scaling-*.json), the deeper ones within 0.013.
 DEPTHS = (4, 6, 8)
 WIDTHS = (64, 96, 128, 192, 256, 384, 512)
-HEAD_SIZE = 32
 TIMED = 3  # the best candidates by the estimate that are timed for real
 EVALUATIONS = 8  # periodic evaluations in a planned run (each also saves `last`)
 START_S = 2.0  # building the model and measuring the matrix products' peak, before the first step
@@ -110,8 +109,7 @@ def _after_loop_s(config: RunConfig, ms_per_iter: float, val_tokens: int) -> flo
     """Seconds a run spends outside its steps: its start, the periodic evaluations (both splits,
     eval_iters batches each, forward only: about a third of a step per token) and the final
     evaluation of `best` over the validation split."""
-    t = config.train
-    tokens_per_iter = t.batch_size * t.grad_accum * config.model.block_size
+    t, tokens_per_iter = config.train, config.tokens_per_step
     forward_s_per_token = ms_per_iter / 1000 / tokens_per_iter / 3
     periodic = (EVALUATIONS + 1) * 2 * t.eval_iters * tokens_per_iter
     final = min(val_tokens, max(FINAL_EVAL_TOKENS, t.eval_iters * tokens_per_iter))
@@ -121,8 +119,7 @@ def _after_loop_s(config: RunConfig, ms_per_iter: float, val_tokens: int) -> flo
 def _candidate(config: RunConfig, shape: tuple[int, int, int], ms: float, timed: bool, seconds_left: float,
                val_tokens: int, rule: Rule) -> Candidate:
     shaped = _shaped(config, shape)
-    t = shaped.train
-    tokens_per_iter = t.batch_size * t.grad_accum * shaped.model.block_size
+    tokens_per_iter = shaped.tokens_per_step
     iters = max(0, int((seconds_left - _after_loop_s(shaped, ms, val_tokens)) * 1000 / ms))
     params = param_report(shaped.model).non_embedding
     loss = rule.law.loss(params, iters * tokens_per_iter) if iters else math.inf
