@@ -29,7 +29,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from common import RESULTS, TINYGPT, cpu_kind, machine, run_process
+from common import RESULTS, TINYGPT, code_version, cpu_kind, machine, run_process
 from tinygpt_cli.config import resolve_config
 from tinygpt_cli.params import param_report
 from tinygpt_cli.runs.law import HEAD_SIZE, SHIPPED_RULE, Point, Rule, describe_law, fit_law, recipe_of
@@ -71,7 +71,8 @@ def measure_cell(shape: str, budget: int, data_dir: Path, work: Path) -> dict:
     report = param_report(resolve_config("cpu", None, {**settings, "vocab_size": 65}).model)
     return {"shape": shape, **settings, "budget_s": budget, "method": "time", "wall_s": round(wall, 2), "iters": status["iteration"],
             "params": report.total, "non_embedding_params": report.non_embedding, "tokens": status["iteration"] * TOKENS_PER_ITER,
-            "final_val_loss": status["final_eval"]["val_loss"], "best_val_estimate": status["best_val_loss"], "load_average": round(load, 2)}
+            "final_val_loss": status["final_eval"]["val_loss"], "best_val_estimate": status["best_val_loss"], "load_average": round(load, 2),
+            "code": code_version()}
 
 
 def fit(results: dict, train_tokens: int) -> None:

@@ -23,6 +23,16 @@ def machine() -> dict:
             "torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version()}
 
 
+def code_version() -> str:
+    """The commit of the tinygpt measured (with "-dirty" for uncommitted changes): figures from
+    before and after a change stay told apart in one results file."""
+    try:
+        proc = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=RESULTS.parent, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return proc.stdout.strip() or "unknown"
+
+
 def cpu_name() -> str:
     """The CPU's model name, family and model numbers where Linux tells them (the name alone can be vague)."""
     try:
@@ -73,7 +83,8 @@ def report(name: str, rows: list[dict], extra: dict | None = None, per_cpu_kind:
         print("  ".join(_fmt(r[c]).ljust(widths[c]) for c in columns))
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / (f"{name}-{cpu_kind()}.json" if per_cpu_kind else f"{name}.json")
-    path.write_text(json.dumps({"benchmark": name, "machine": {**machine(), "cpu_kind": cpu_kind()}, "rows": rows, **(extra or {})},
+    path.write_text(json.dumps({"benchmark": name, "machine": {**machine(), "cpu_kind": cpu_kind()}, "code": code_version(),
+                                "rows": rows, **(extra or {})},
                                indent=2) + "\n")
     print(f"-> {path}")
     return path

@@ -16,15 +16,16 @@ pytestmark = pytest.mark.usefixtures("torch_one_thread")
 NS_BAND = (0.6, 1.25)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", [(48, 16), (16, 16), (16, 48)])  # tall, square, wide
-def test_orthogonalize_gives_singular_values_near_one(shape):
+def test_orthogonalize_gives_singular_values_near_one(shape, dtype):
     g = torch.randn(3, *shape, generator=torch.Generator().manual_seed(0)) * torch.tensor([1e-3, 1.0, 1e3]).view(3, 1, 1)
-    out = orthogonalize(g)
-    assert out.shape == g.shape
-    singular = torch.linalg.svdvals(out)
+    out = orthogonalize(g, dtype=dtype)
+    assert out.shape == g.shape and out.dtype == dtype
+    singular = torch.linalg.svdvals(out.float())
     assert singular.min() > NS_BAND[0] and singular.max() < NS_BAND[1]  # whatever the input's scale
     # The same directions as the input: U·Vᵀ of g aligns with g (trace(g^T·out) = sum of |singular values|).
-    assert torch.all(torch.einsum("nij,nij->n", g, out) > 0)
+    assert torch.all(torch.einsum("nij,nij->n", g, out.float()) > 0)
 
 
 def test_orthogonalize_refuses_a_single_matrix():
@@ -82,3 +83,20 @@ def test_params_reports_the_state_the_configured_optimizer_keeps(optimizer):
     opt.step()
     kept = sum(t.numel() * t.element_size() for state in opt.state.values() for k, t in state.items() if k != "step")
     assert param_report(config.model).optimizer_state_bytes(optimizer) == kept
+
+
+@pytest.mark.parametrize("compute", [torch.float32, torch.bfloat16, torch.float16])
+def test_muons_products_run_in_bfloat16_only_when_the_training_does(compute):
+    """A bfloat16 training (a CPU or GPU that multiplies bfloat16 fast) orthogonalises in bfloat16,
+    as the Muon reference does; float32 and float16 trainings in float32."""
+    from tinygpt_cli.config import resolve_config
+    from tinygpt_cli.optim import make_optimizer
+
+    config = resolve_config("cpu", None, {"n_layer": 1, "n_embd": 16, "n_head": 2, "block_size": 8})
+    model = GPT(config.model)
+    opt = make_optimizer(model, config.train, torch.device("cpu"), compute)
+    assert opt.ns_dtype == (torch.bfloat16 if compute == torch.bfloat16 else torch.float32)
+    x = torch.randint(0, config.model.vocab_size, (2, 8))
+    model(x, x)[1].backward()
+    opt.step()
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())  # the weights stay float32

@@ -91,7 +91,7 @@ class Trainer:
         self.rng = TrainingRNG(cfg.seed, self.device)
         with self.rng.drawing():  # the first weights
             self.model = build_model(config, self.device)
-        self.optimizer = make_optimizer(self.model, cfg, self.device)
+        self.optimizer = make_optimizer(self.model, cfg, self.device, self.dtype)
         self.forward = torch.compile(self.model) if cfg.compile else self.model
         if dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
