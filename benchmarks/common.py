@@ -24,13 +24,19 @@ def machine() -> dict:
 
 
 def code_version() -> str:
-    """The commit of the tinygpt measured (with "-dirty" for uncommitted changes): figures from
-    before and after a change stay told apart in one results file."""
+    """The commit of the tinygpt measured, with "-dirty" when its src/ has uncommitted changes
+    (results and notes written meanwhile do not count): figures from before and after a change
+    stay told apart in one results file."""
+    def git(*args: str) -> str:
+        proc = subprocess.run(["git", *args], cwd=RESULTS.parent, capture_output=True, text=True, timeout=10)
+        return proc.stdout.strip()
+
     try:
-        proc = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=RESULTS.parent, capture_output=True, text=True, timeout=10)
+        commit = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--", "../src")
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
-    return proc.stdout.strip() or "unknown"
+    return (commit or "unknown") + ("-dirty" if dirty else "")
 
 
 def cpu_name() -> str:
