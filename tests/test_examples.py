@@ -223,11 +223,10 @@ def loss_after(label: str, text: str) -> float:
     return float(re.search(rf"{label} (\d+\.\d+)", text).group(1))
 
 
-def top_prediction(text: str) -> tuple[str, float]:
-    """The first row of `predict`'s table: the most likely token and the model's probability."""
-    row = next(line for line in text.splitlines() if line.startswith("│ "))
-    cells = [c.strip() for c in row.strip("│").split("│")]
-    return cells[0], float(cells[1].rstrip("%"))
+def predictions(text: str) -> dict[str, float]:
+    """`predict`'s table, most likely first: each token and the model's probability (%)."""
+    rows = [[c.strip() for c in line.strip("│").split("│")] for line in text.splitlines() if line.startswith("│ ")]
+    return {cells[0]: float(cells[1].rstrip("%")) for cells in rows}
 
 
 def test_the_trained_lessons_come_out_as_the_tutorial_says_within_its_tolerance(run_cli, tmp_path, shakespeare_path):
@@ -254,8 +253,10 @@ def test_the_trained_lessons_come_out_as_the_tutorial_says_within_its_tolerance(
     assert abs(loss_after(r"val \(all\)\s+│\s+111,539\s+│", got) - loss_after(r"val \(all\)\s+│\s+111,539\s+│", shown)) <= LOSS_TOLERANCE
 
     got, shown = lesson('tinygpt predict --run runs/cpu --prompt "JULIET: O Rome" --temperature 0.5 --top-k 5 --show 8')
-    (token, p), (shown_token, shown_p) = top_prediction(got), top_prediction(shown)
-    assert token == shown_token and abs(p - shown_p) <= PROBABILITY_TOLERANCE
+    # Token by token, not by rank: two nearly tied tokens may swap places from one run to another.
+    got_p, shown_p = predictions(got), predictions(shown)
+    for token in list(shown_p)[:3]:
+        assert token in got_p and abs(got_p[token] - shown_p[token]) <= PROBABILITY_TOLERANCE, token
 
     got, shown = lesson('tinygpt surprise --run runs/cpu "ROMEO: What, ho! apothecary!"')
     assert "27 tokens scored" in got and abs(loss_after("loss", got) - loss_after("loss", shown)) <= LOSS_TOLERANCE
