@@ -22,7 +22,7 @@ import torch
 from common import report
 from tinygpt_cli.config import resolve_config
 from tinygpt_cli.optim import orthogonalize
-from tinygpt_cli.runs.bench import synthetic_dataset
+from tinygpt_cli.runs.bench import synthetic_dataset, time_steps
 from tinygpt_cli.train import Trainer
 
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -38,13 +38,12 @@ def products_ms(trainer: Trainer, dtype: torch.dtype, repeats: int = 20) -> floa
         if p.dim() == 2 and name.startswith("blocks."):
             stacks.setdefault(p.shape, []).append(torch.randn(p.shape))
     stacks = [torch.stack(ms) for ms in stacks.values()]
-    for s in stacks:
-        orthogonalize(s, dtype=dtype)
-    t0 = time.perf_counter()
-    for _ in range(repeats):
+    def products() -> None:
         for s in stacks:
             orthogonalize(s, dtype=dtype)
-    return (time.perf_counter() - t0) * 1000 / repeats
+
+    products()
+    return time_steps(products, repeats)
 
 
 def main() -> None:
@@ -65,10 +64,7 @@ def main() -> None:
     for _ in range(args.blocks):
         for name, dtype in PRECISIONS.items():
             trainer.optimizer.ns_dtype = dtype
-            t0 = time.perf_counter()
-            for _ in range(args.steps):
-                trainer.train_step()
-            steps[name].append((time.perf_counter() - t0) * 1000 / args.steps)
+            steps[name].append(time_steps(trainer.train_step, args.steps))
         loads.append(os.getloadavg()[0])
     baseline = statistics.median(steps["float32"])
     rows = [{"products": name, "step_ms": statistics.median(values), "step_ms_all": [round(v, 1) for v in values],
