@@ -21,7 +21,7 @@ from pathlib import Path
 from common import TINYGPT, clean_env, median, report, run_process
 
 
-def timed_run(folder: Path, args, env: dict[str, str] | None) -> dict:
+def timed_run(folder: Path, args, env: dict[str, str]) -> dict:
     """One training of the preset, whole process, and its checkpoint's loss over the whole validation split."""
     cmd = TINYGPT + ["train", "--preset", args.preset, "--data-dir", args.data_dir, "--out", str(folder), *args.extra]
     load = os.getloadavg()[0]  # before the run: what else the machine was doing
@@ -42,7 +42,8 @@ def main() -> None:
                         help="the src/ folder of another tinygpt checkout (a commit before a change): its runs alternate with these")
     parser.add_argument("extra", nargs="*", help="more train flags, after --")
     args = parser.parse_args()
-    versions = {"this": None} | ({"against": clean_env({"PYTHONPATH": str(args.against.resolve())})} if args.against else {})
+    # Both in the same environment (no OMP_* thread settings), only the code differs.
+    versions = {"this": clean_env({})} | ({"against": clean_env({"PYTHONPATH": str(args.against.resolve())})} if args.against else {})
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.repeats):
